@@ -1,0 +1,38 @@
+"""Engine registry: maps the ``engine`` setting to an implementation (crossbar's personality shape).
+
+Implementations are imported lazily, so the memory engine never imports txredisapi.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from twisted.internet.interfaces import IReactorTime
+
+from anygle.engine.base import Engine, EngineConfig, EngineSink, Match, Preferences, Stats
+
+ENGINES: dict[str, str] = {
+    "memory": "anygle.engine.memory:MemoryEngine",
+    "redis": "anygle.engine.redis:RedisEngine",
+}
+
+__all__ = [
+    "ENGINES",
+    "Engine",
+    "EngineConfig",
+    "EngineSink",
+    "Match",
+    "Preferences",
+    "Stats",
+    "create_engine",
+]
+
+
+def create_engine(name: str, config: EngineConfig, clock: IReactorTime) -> Engine:
+    """Build the engine called ``name`` (a key of :data:`ENGINES`)."""
+    try:
+        module_name, class_name = ENGINES[name].split(":")
+    except KeyError:
+        raise ValueError(f"unknown engine {name!r} (choose from {', '.join(ENGINES)})") from None
+    cls = getattr(importlib.import_module(module_name), class_name)
+    return cls(config, clock)

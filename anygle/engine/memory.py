@@ -1,0 +1,335 @@
+"""The ``memory`` engine: all state in this process, for a single instance and for development.
+
+Matching is indexed so that a join costs in proportion to the users it could be matched with, not
+to the queue length: each queue keeps its waiting users in arrival order, an index from interest to
+users, the set of *open* users (see :mod:`anygle.matching`) and the users with interests whose
+``interest-timeout`` has not run out yet, in expiry order.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+
+from anygle.engine.base import EngineConfig, EngineSink, Match, Preferences, Stats
+from anygle.matching import QueueEntry, is_open, pair_key, preference_key, shared_interests
+
+
+@dataclass(slots=True)
+class _Queue:
+    entries: dict[str, QueueEntry] = field(default_factory=dict)  # arrival order
+    by_interest: dict[str, dict[str, None]] = field(default_factory=dict)
+    open: dict[str, None] = field(default_factory=dict)
+    pending: deque[QueueEntry] = field(default_factory=deque)  # with interests, not yet open
+    waits: deque[float] = field(default_factory=deque)  # recent join -> matched, ms
+
+
+@dataclass(slots=True)
+class _Room:
+    room_id: str
+    a: str
+    b: str
+
+
+class MemoryEngine:
+    """One process, no Redis.  Every call completes synchronously (the Deferreds have fired)."""
+
+    name: ClassVar[str] = "memory"
+
+    def __init__(self, config: EngineConfig, clock: IReactorTime) -> None:
+        self.config = config
+        self.clock = clock
+        self.sink: EngineSink | None = None
+        self.online: dict[str, str] = {}  # user -> ip
+        self.queues: dict[str, _Queue] = {}
+        self.waiting: dict[str, QueueEntry] = {}  # user -> entry
+        self.rooms: dict[str, _Room] = {}  # room id -> room
+        self.room_of: dict[str, str] = {}  # user -> room id
+        self.cooldowns: dict[tuple[str, str], float] = {}  # pair -> until
+        self._cooldown_heap: list[tuple[float, tuple[str, str]]] = []
+        self._retry: dict[str, float] = {}  # user -> when a cooldown that blocked them ends
+        self.counters: dict[str, tuple[int, float]] = {}  # key -> (value, expires at)
+        self.bans: dict[tuple[str, str], tuple[str, float | None]] = {}
+        self.total_matches = 0
+        self.recent_waits: deque[float] = deque(maxlen=config.match_history)
+        self._seq = itertools.count()
+        self._next_purge = 0.0
+
+    # --- lifecycle ------------------------------------------------------------------------
+    def start(self, sink: EngineSink) -> Deferred[None]:
+        self.sink = sink
+        return succeed(None)
+
+    def stop(self) -> Deferred[None]:
+        for user_id in list(self.online):
+            self._disconnect(user_id)
+        return succeed(None)
+
+    def health(self) -> tuple[bool, str]:
+        return True, "ok"
+
+    # --- sessions -------------------------------------------------------------------------
+    def connect(self, user_id: str, ip: str) -> Deferred[None]:
+        self.online[user_id] = ip
+        return succeed(None)
+
+    def disconnect(self, user_id: str) -> Deferred[None]:
+        self._disconnect(user_id)
+        return succeed(None)
+
+    def _disconnect(self, user_id: str) -> None:
+        self._dequeue(user_id)
+        self._end_room(user_id, "disconnected")
+        self.online.pop(user_id, None)
+        self._retry.pop(user_id, None)
+
+    # --- queues ---------------------------------------------------------------------------
+    def join(self, user_id: str, prefs: Preferences, now: float) -> Deferred[Match | None]:
+        if user_id in self.room_of:
+            raise RuntimeError(f"join while in a room: {user_id}")
+        self._dequeue(user_id)
+        entry = QueueEntry(user_id, prefs, now, next(self._seq))
+        queue = self.queues.setdefault(prefs.queue, _Queue())
+        partner = self._find_partner(queue, entry, now)
+        if partner is not None:
+            return succeed(self._match(queue, partner, entry, now))
+        self._enqueue(queue, entry, now)
+        return succeed(None)
+
+    def leave_queue(self, user_id: str) -> Deferred[bool]:
+        return succeed(self._dequeue(user_id))
+
+    def _enqueue(self, queue: _Queue, entry: QueueEntry, now: float) -> None:
+        uid = entry.user_id
+        queue.entries[uid] = entry
+        self.waiting[uid] = entry
+        for interest in entry.interests:
+            queue.by_interest.setdefault(interest, {})[uid] = None
+        if is_open(entry, now, self.config.interest_timeout):
+            queue.open[uid] = None
+        elif not entry.prefs.interests_only:
+            queue.pending.append(entry)
+
+    def _dequeue(self, user_id: str) -> bool:
+        entry = self.waiting.pop(user_id, None)
+        if entry is None:
+            return False
+        queue = self.queues[entry.prefs.queue]
+        del queue.entries[user_id]
+        queue.open.pop(user_id, None)
+        for interest in entry.interests:
+            users = queue.by_interest[interest]
+            del users[user_id]
+            if not users:
+                del queue.by_interest[interest]
+        # ``pending`` is cleaned lazily in tick(): entries no longer waiting are skipped.
+        return True
+
+    def _cooling(self, a: str, b: str, now: float) -> float:
+        """When the pair's cooldown ends (0 when there is none)."""
+        until = self.cooldowns.get(pair_key(a, b), 0.0)
+        return until if until > now else 0.0
+
+    def _find_partner(self, queue: _Queue, seeker: QueueEntry, now: float) -> QueueEntry | None:
+        best: QueueEntry | None = None
+        best_key: tuple[int, float, int] | None = None
+        blocked_until = 0.0
+        seen: set[str] = set()
+        for interest in seeker.prefs.interests:
+            for uid in queue.by_interest.get(interest, ()):
+                if uid in seen or uid == seeker.user_id:
+                    continue
+                seen.add(uid)
+                until = self._cooling(seeker.user_id, uid, now)
+                if until:
+                    blocked_until = max(blocked_until, until)
+                    continue
+                candidate = queue.entries[uid]
+                key = preference_key(seeker, candidate)
+                if best_key is None or key < best_key:
+                    best, best_key = candidate, key
+        if best is None and is_open(seeker, now, self.config.interest_timeout):
+            for uid in queue.open:
+                if uid == seeker.user_id:
+                    continue
+                until = self._cooling(seeker.user_id, uid, now)
+                if until:
+                    blocked_until = max(blocked_until, until)
+                    continue
+                candidate = queue.entries[uid]
+                key = preference_key(seeker, candidate)
+                if best_key is None or key < best_key:
+                    best, best_key = candidate, key
+        if best is None and blocked_until:
+            self._retry[seeker.user_id] = blocked_until
+        return best
+
+    def _match(self, queue: _Queue, waiter: QueueEntry, seeker: QueueEntry, now: float) -> Match:
+        """Create the room; the user who waited longer is the initiator."""
+        self._dequeue(waiter.user_id)
+        self._dequeue(seeker.user_id)
+        for e in (waiter, seeker):
+            self._retry.pop(e.user_id, None)
+        match = Match(
+            room_id=uuid.uuid4().hex,
+            mode=seeker.prefs.mode,
+            initiator=waiter.user_id,
+            responder=seeker.user_id,
+            interests={
+                waiter.user_id: waiter.prefs.interests,
+                seeker.user_id: seeker.prefs.interests,
+            },
+            shared_interests=shared_interests(waiter, seeker),
+            matched_at=now,
+        )
+        room = _Room(match.room_id, waiter.user_id, seeker.user_id)
+        self.rooms[room.room_id] = room
+        self.room_of[room.a] = room.room_id
+        self.room_of[room.b] = room.room_id
+        self.total_matches += 1
+        for e in (waiter, seeker):
+            wait_ms = (now - e.joined_at) * 1000.0
+            queue.waits.append(wait_ms)
+            self.recent_waits.append(wait_ms)
+        while len(queue.waits) > self.config.match_history:
+            queue.waits.popleft()
+        assert self.sink is not None
+        self.sink.on_matched(waiter.user_id, match)
+        self.sink.on_matched(seeker.user_id, match)
+        return match
+
+    def tick(self, now: float) -> Deferred[int]:
+        """Open the users whose interest timeout ran out, retry the open and the cooled-down."""
+        made = 0
+        self._expire_cooldowns(now)
+        if now >= self._next_purge:
+            self._purge(now)
+        for queue in self.queues.values():
+            while (
+                queue.pending and now - queue.pending[0].joined_at >= self.config.interest_timeout
+            ):
+                entry = queue.pending.popleft()
+                if queue.entries.get(entry.user_id) is entry:
+                    queue.open[entry.user_id] = None
+            seekers = [queue.entries[u] for u in queue.open]
+            seekers += [
+                e
+                for u, e in queue.entries.items()
+                if u not in queue.open and 0 < self._retry.get(u, 0.0) <= now
+            ]
+            seekers.sort(key=lambda e: (e.joined_at, e.seq))
+            for seeker in seekers:
+                if self.waiting.get(seeker.user_id) is not seeker:
+                    continue  # matched earlier in this tick
+                self._retry.pop(seeker.user_id, None)
+                partner = self._find_partner(queue, seeker, now)
+                if partner is not None:
+                    waiter, joiner = sorted((seeker, partner), key=lambda e: (e.joined_at, e.seq))
+                    self._match(queue, waiter, joiner, now)
+                    made += 1
+        return succeed(made)
+
+    def _purge(self, now: float) -> None:
+        """Drop expired counters and bans so that memory does not grow with every IP seen."""
+        self._next_purge = now + 10.0
+        self.counters = {k: v for k, v in self.counters.items() if v[1] > now}
+        self.bans = {k: v for k, v in self.bans.items() if v[1] is None or v[1] > now}
+
+    def _expire_cooldowns(self, now: float) -> None:
+        heap = self._cooldown_heap
+        while heap and heap[0][0] <= now:
+            until, pair = heapq.heappop(heap)
+            if self.cooldowns.get(pair) == until:
+                del self.cooldowns[pair]
+
+    def queue_status(self, user_ids: list[str]) -> Deferred[dict[str, tuple[int, float]]]:
+        wanted = {u: self.waiting[u] for u in user_ids if u in self.waiting}
+        result: dict[str, tuple[int, float]] = {}
+        for name in {e.prefs.queue for e in wanted.values()}:
+            queue = self.queues[name]
+            estimate = self._estimate(queue)
+            for position, uid in enumerate(queue.entries, 1):
+                if uid in wanted:
+                    result[uid] = (position, estimate)
+        return succeed(result)
+
+    def _estimate(self, queue: _Queue) -> float:
+        waits = queue.waits or self.recent_waits
+        return round(sum(waits) / len(waits), 1) if waits else 0.0
+
+    # --- rooms ----------------------------------------------------------------------------
+    def leave_room(self, user_id: str, reason: str) -> Deferred[str | None]:
+        return succeed(self._end_room(user_id, reason))
+
+    def _end_room(self, user_id: str, reason: str) -> str | None:
+        room_id = self.room_of.pop(user_id, None)
+        if room_id is None:
+            return None
+        room = self.rooms.pop(room_id)
+        partner = room.b if room.a == user_id else room.a
+        self.room_of.pop(partner, None)
+        if reason == "skipped":
+            until = self.clock.seconds() + self.config.rematch_cooldown
+            pair = pair_key(user_id, partner)
+            self.cooldowns[pair] = until
+            heapq.heappush(self._cooldown_heap, (until, pair))
+        assert self.sink is not None
+        self.sink.on_partner_left(partner, room_id, reason)
+        return partner
+
+    def relay(self, partner_id: str, room_id: str, frame: dict) -> None:
+        if self.room_of.get(partner_id) == room_id:
+            assert self.sink is not None
+            self.sink.on_relay(partner_id, room_id, frame)
+
+    # --- stats ----------------------------------------------------------------------------
+    def stats(self) -> Deferred[Stats]:
+        waits = self.recent_waits
+        return succeed(
+            Stats(
+                total_online=len(self.online),
+                in_queue=len(self.waiting),
+                active_chats=len(self.rooms),
+                avg_match_time=round(sum(waits) / len(waits), 1) if waits else 0.0,
+                total_matches=self.total_matches,
+                queues={n: len(q.entries) for n, q in self.queues.items() if q.entries},
+            )
+        )
+
+    # --- counters and bans ----------------------------------------------------------------
+    def incr(self, key: str, ttl: float) -> Deferred[int]:
+        now = self.clock.seconds()
+        value, expires = self.counters.get(key, (0, 0.0))
+        value = value + 1 if expires > now else 1
+        self.counters[key] = (value, now + ttl)
+        return succeed(value)
+
+    def get_count(self, key: str) -> Deferred[int]:
+        value, expires = self.counters.get(key, (0, 0.0))
+        return succeed(value if expires > self.clock.seconds() else 0)
+
+    def get_ban(self, user_id: str | None, ip: str | None) -> Deferred[str | None]:
+        now = self.clock.seconds()
+        for key in (("users", user_id), ("ips", ip)):
+            if key[1] is None or key not in self.bans:
+                continue
+            reason, until = self.bans[key]
+            if until is None or until > now:
+                return succeed(reason)
+            del self.bans[key]
+        return succeed(None)
+
+    def ban(self, kind: str, value: str, reason: str, ttl: float | None) -> Deferred[None]:
+        until = None if ttl is None else self.clock.seconds() + ttl
+        self.bans[(kind, value)] = (reason, until)
+        return succeed(None)
+
+    def unban(self, kind: str, value: str) -> Deferred[bool]:
+        return succeed(self.bans.pop((kind, value), None) is not None)
