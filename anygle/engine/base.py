@@ -195,3 +195,8 @@ class Engine(Protocol):
         """``kind`` is ``'users'`` or ``'ips'``; ``ttl=None`` bans for good."""
 
     def unban(self, kind: str, value: str) -> Deferred[bool]: ...
+
+
+class EngineUnavailable(Exception):
+    """Shared state cannot be reached right now (Redis down): the hub answers
+    ``SERVICE_UNAVAILABLE`` and keeps local chats going."""
