@@ -1,0 +1,36 @@
+"""Client-visible errors: one exception type, one table of stable codes.
+
+Handlers raise :class:`ClientError`; the protocol turns it into ``{type:'error', data:{code,
+message}}`` in one place.  Codes are part of the wire contract (listed in the README): never
+rename one.
+"""
+
+from __future__ import annotations
+
+CODES: dict[str, str] = {
+    "BAD_FRAME": "the frame is not a msgpack (binary) or JSON (text) map with a string 'type'",
+    "FRAME_TOO_LARGE": "the frame is larger than the 16 KiB limit",
+    "UNKNOWN_TYPE": "'type' is not a client message type",
+    "INVALID_DATA": "'data' does not have the shape this message type needs",
+    "NOT_IN_CHAT": "this message needs a partner, and you have none",
+    "TEEN_MODERATED_ONLY": "teens can only join the moderated queue",
+    "BANNED": "this user or address is banned",
+    "RATE_LIMITED": "too many messages; slow down",
+    "SERVICE_UNAVAILABLE": "shared state is unreachable right now; try again shortly",
+    "TOO_MANY_ERRORS": "too many bad frames; the connection is closed",
+    "INTERNAL_ERROR": "the server failed to handle this message",
+}
+
+
+class ClientError(Exception):
+    """An error the client caused or must be told about; ``code`` is a key of :data:`CODES`."""
+
+    def __init__(self, code: str, message: str | None = None) -> None:
+        if code not in CODES:
+            raise ValueError(f"unknown error code {code!r}")
+        self.code = code
+        self.message = message or CODES[code]
+        super().__init__(f"{code}: {self.message}")
+
+    def frame(self) -> dict:
+        return {"type": "error", "data": {"code": self.code, "message": self.message}}

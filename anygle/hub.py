@@ -1,0 +1,249 @@
+"""The hub: one per instance, it holds the local sessions and turns client intents into engine calls
+and engine events into server frames.
+
+It knows nothing of sockets (a :class:`~anygle.session.Client` is anything with ``send`` and
+``close``) and nothing of storage (everything shared goes through the :class:`Engine`), so it is
+tested with plain objects and runs unchanged on every engine.
+
+Queue and room operations of one user run one at a time (:meth:`Session.serial`); relays do not
+wait for them, they use the room the user is in when the message arrives.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from anygle.engine.base import Engine, EngineUnavailable, Match, Preferences, Stats
+from anygle.errors import ClientError
+from anygle.session import CHATTING, CLOSED, IDLE, QUEUED, Client, Session
+
+PARTNER_LEFT_FRAMES = {
+    "skipped": {"type": "partner_skipped"},
+    "disconnected": {"type": "partner_disconnected"},
+}
+
+
+@dataclass(frozen=True, slots=True)
+class HubSettings:
+    stats_interval: float = 5.0  # s between ``stats`` pushes
+    searching_interval: float = 3.0  # s between ``searching`` updates to waiting users
+
+
+class Hub:
+    """Implements :class:`~anygle.engine.base.EngineSink` for the engine."""
+
+    log = Logger()
+
+    def __init__(self, engine: Engine, clock: IReactorTime, settings: HubSettings) -> None:
+        self.engine = engine
+        self.clock = clock
+        self.settings = settings
+        self.sessions: dict[str, Session] = {}
+        self.started_at = clock.seconds()
+
+    def now_ms(self) -> int:
+        return int(self.clock.seconds() * 1000)
+
+    # --- connection lifecycle ---------------------------------------------------------------
+    async def open(self, client: Client, ip: str) -> Session:
+        """Admit a new connection: refuse banned addresses, register the user, say ``connected``."""
+        reason = await self.engine.get_ban(None, ip)
+        if reason is not None:
+            raise ClientError("BANNED", f"banned: {reason}")
+        session = Session(str(uuid.uuid4()), ip, client)
+        self.sessions[session.user_id] = session
+        try:
+            await self.engine.connect(session.user_id, ip)
+        except BaseException:
+            del self.sessions[session.user_id]
+            raise
+        client.send({"type": "connected", "data": {"userId": session.user_id}})
+        return session
+
+    def close(self, session: Session) -> Deferred[Any]:
+        """The connection is gone: stop delivering to it, then leave queue and room."""
+        if session.state == CLOSED:
+            return Deferred.fromCoroutine(_nothing())
+        session.state = CLOSED
+        self.sessions.pop(session.user_id, None)
+        return session.serial(lambda: self._disconnect(session))
+
+    async def _disconnect(self, session: Session) -> None:
+        await self.engine.disconnect(session.user_id)
+
+    # --- queue and room intents -------------------------------------------------------------
+    def join(self, session: Session, prefs: Preferences) -> Deferred[Any]:
+        return session.serial(lambda: self._join(session, prefs))
+
+    async def _join(self, session: Session, prefs: Preferences) -> None:
+        if session.state == CLOSED:
+            return
+        reason = await self.engine.get_ban(session.user_id, session.ip)
+        if reason is not None:
+            self.on_kick(session.user_id, "BANNED", f"banned: {reason}")
+            return
+        if session.state == CHATTING:  # join in a chat = skip, then requeue with the new prefs
+            await self._leave_room(session, "skipped")
+        session.prefs = prefs
+        await self._enqueue(session)
+
+    def skip(self, session: Session) -> Deferred[Any]:
+        if session.prefs is None:
+            raise ClientError("NOT_IN_CHAT", "join before you skip")
+        return session.serial(lambda: self._skip(session))
+
+    async def _skip(self, session: Session) -> None:
+        if session.state == CHATTING:
+            await self._leave_room(session, "skipped")
+        elif session.state != IDLE:
+            return  # already searching (or closed): nothing to skip
+        await self._enqueue(session)
+
+    async def _leave_room(self, session: Session, reason: str) -> None:
+        assert session.room_id is not None
+        session.ended_rooms.append(session.room_id)
+        session.state, session.room_id, session.partner_id = IDLE, None, None
+        await self.engine.leave_room(session.user_id, reason)
+
+    async def _enqueue(self, session: Session) -> None:
+        assert session.prefs is not None
+        session.state = QUEUED
+        session.queued_at = self.clock.seconds()
+        try:
+            # On a match, on_matched() runs before this returns and moves the session on.
+            await self.engine.join(session.user_id, session.prefs, session.queued_at)
+        except EngineUnavailable:
+            if session.state == QUEUED:
+                session.state = IDLE
+            raise ClientError("SERVICE_UNAVAILABLE") from None
+        if session.state == QUEUED:
+            status = await self.engine.queue_status([session.user_id])
+            self._send_searching(session, status)
+
+    def _send_searching(self, session: Session, status: dict[str, tuple[int, float]]) -> None:
+        if session.state == QUEUED and session.user_id in status:
+            position, estimate = status[session.user_id]
+            session.client.send(
+                {"type": "searching", "data": {"position": position, "estimatedTime": estimate}}
+            )
+
+    # --- relays -----------------------------------------------------------------------------
+    def _partner(self, session: Session) -> tuple[str, str]:
+        if session.state != CHATTING or session.partner_id is None or session.room_id is None:
+            raise ClientError("NOT_IN_CHAT")
+        return session.partner_id, session.room_id
+
+    def relay(self, session: Session, frame: dict[str, Any]) -> None:
+        """Send a server frame to the session's partner."""
+        partner, room = self._partner(session)
+        self.engine.relay(partner, room, frame)
+
+    def message_frame(self, content: str) -> dict[str, Any]:
+        """The seed's ``Message``: ``{id, content, timestamp}`` (timestamp: ms since the epoch)."""
+        return {
+            "type": "message",
+            "data": {"id": secrets.token_hex(8), "content": content, "timestamp": self.now_ms()},
+        }
+
+    def message(self, session: Session, content: str) -> None:
+        self._partner(session)
+        self.relay(session, self.message_frame(content))
+
+    # --- engine events (EngineSink) ----------------------------------------------------------
+    def on_matched(self, user_id: str, match: Match) -> None:
+        session = self.sessions.get(user_id)
+        if session is None:
+            return
+        if match.room_id in session.ended_rooms:
+            # The partner left before we heard the room began: keep searching.
+            if session.state == QUEUED:
+                session.serial(lambda: self._enqueue(session)).addErrback(self._log_failure)
+            return
+        if session.state == CHATTING:
+            self.log.error(
+                "engine matched {user} into {new} while in {old}",
+                user=user_id,
+                new=match.room_id,
+                old=session.room_id,
+            )
+        partner = match.partner_of(user_id)
+        session.state, session.room_id, session.partner_id = CHATTING, match.room_id, partner
+        session.client.send(
+            {
+                "type": "matched",
+                "data": {
+                    "roomId": match.room_id,
+                    "partnerId": partner,
+                    "mode": match.mode,
+                    "isInitiator": user_id == match.initiator,
+                    "partnerInfo": {
+                        "interests": list(match.interests.get(partner, ())),
+                        "sharedInterests": list(match.shared_interests),
+                    },
+                },
+            }
+        )
+
+    def on_partner_left(self, user_id: str, room_id: str, reason: str) -> None:
+        session = self.sessions.get(user_id)
+        if session is None:
+            return
+        session.ended_rooms.append(room_id)
+        if session.room_id == room_id:
+            session.state, session.room_id, session.partner_id = IDLE, None, None
+            session.client.send(
+                PARTNER_LEFT_FRAMES.get(reason, PARTNER_LEFT_FRAMES["disconnected"])
+            )
+
+    def on_relay(self, user_id: str, room_id: str, frame: dict[str, Any]) -> None:
+        session = self.sessions.get(user_id)
+        if session is not None and session.room_id == room_id:
+            session.client.send(frame)
+
+    def on_kick(self, user_id: str, code: str, reason: str) -> None:
+        session = self.sessions.get(user_id)
+        if session is not None:
+            session.client.send(ClientError(code, reason).frame())
+            session.client.close(1008, reason[:120])
+
+    # --- periodic pushes ----------------------------------------------------------------------
+    async def push_searching(self) -> None:
+        """Refresh ``searching {position, estimatedTime}`` for every waiting local user."""
+        waiting = [s for s in self.sessions.values() if s.state == QUEUED]
+        if not waiting:
+            return
+        status = await self.engine.queue_status([s.user_id for s in waiting])
+        for session in waiting:
+            self._send_searching(session, status)
+
+    async def push_stats(self) -> None:
+        """``stats`` to every connected client."""
+        frame = stats_frame(await self.engine.stats())
+        for session in list(self.sessions.values()):
+            session.client.send(frame)
+
+    def _log_failure(self, failure: Any) -> None:
+        self.log.failure("hub operation failed", failure)
+
+
+def stats_frame(stats: Stats) -> dict[str, Any]:
+    return {
+        "type": "stats",
+        "data": {
+            "totalOnline": stats.total_online,
+            "inQueue": stats.in_queue,
+            "activeChats": stats.active_chats,
+            "avgMatchTime": stats.avg_match_time,
+        },
+    }
+
+
+async def _nothing() -> None:
+    return None

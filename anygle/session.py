@@ -1,0 +1,54 @@
+"""The state of one connected user on this instance, as the hub sees it."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred, succeed
+
+from anygle.engine.base import Preferences
+
+IDLE, QUEUED, CHATTING, CLOSED = "idle", "queued", "chatting", "closed"
+
+
+class Client(Protocol):
+    """What the hub needs from a connection (the WebSocket protocol, or a test double)."""
+
+    def send(self, frame: dict[str, Any]) -> None: ...
+
+    def close(self, code: int, reason: str) -> None: ...
+
+
+@dataclass(eq=False)
+class Session:
+    user_id: str
+    ip: str
+    client: Client
+    state: str = IDLE
+    prefs: Preferences | None = None  # last join; a skip requeues with it
+    room_id: str | None = None
+    partner_id: str | None = None
+    queued_at: float = 0.0
+    # rooms that ended before we heard they began (cross-instance event order is not guaranteed)
+    ended_rooms: deque[str] = field(default_factory=lambda: deque(maxlen=8))
+    _tail: Deferred[Any] = field(default_factory=lambda: succeed(None))
+
+    def serial(self, fn: Callable[[], Coroutine[Any, Any, Any]]) -> Deferred[Any]:
+        """Run the coroutine function ``fn`` after this user's earlier queue/room operation.
+
+        Join, skip and disconnect of one user may each wait on the engine; running them one at a
+        time per user makes "in two rooms" and "queued twice" impossible by construction.  The
+        returned Deferred carries ``fn``'s result or failure; the chain itself never breaks.
+        """
+        result: Deferred[Any] = Deferred()
+
+        def run(_: object) -> Deferred[Any]:
+            d = Deferred.fromCoroutine(fn())
+            d.chainDeferred(result)  # afterwards ``d`` holds None: the chain goes on
+            return d
+
+        self._tail.addCallback(run)
+        return result

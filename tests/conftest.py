@@ -1,0 +1,126 @@
+"""Shared fixtures: real servers on port 0, real WebSocket clients over loopback.
+
+Every async test must be decorated (``@pytest_twisted.ensureDeferred``); an undecorated coroutine
+test is turned into a failure below instead of passing without running.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor, task
+
+from anygle.config import Settings
+from anygle.tap import AnygleService
+from tests.wsclient import Client
+
+ENGINES = ["memory"]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        fn = getattr(item, "obj", None)
+        if inspect.iscoroutinefunction(fn) and not hasattr(fn, "_pytest_twisted_mark"):
+            raise pytest.UsageError(
+                f"{item.nodeid} is an undecorated async test: use @pytest_twisted.ensureDeferred"
+            )
+
+
+class ServerHandle:
+    """A running Anygle instance in the test's reactor."""
+
+    def __init__(self, service: AnygleService) -> None:
+        self.service = service
+        self.clients: list[Client] = []
+
+    @property
+    def hub(self):  # noqa: ANN201
+        return self.service.hub
+
+    @property
+    def engine(self):  # noqa: ANN201
+        return self.service.engine
+
+    @property
+    def ws_port(self) -> int:
+        return self.service.ws.port.getHost().port
+
+    @property
+    def http_port(self) -> int:
+        return self.service.http.port.getHost().port
+
+    async def client(self, **kwargs: Any) -> Client:
+        c = await Client.connect(self.ws_port, **kwargs)
+        self.clients.append(c)
+        return c
+
+    async def pair(self, **join: Any) -> tuple[Client, Client]:
+        """Two clients matched with each other (``a`` waited first and is the initiator)."""
+        a, b = await self.client(), await self.client()
+        a.join(**join)
+        await a.expect("searching")
+        b.join(**join)
+        ma, mb = await a.expect("matched"), await b.expect("matched")
+        assert ma["data"]["roomId"] == mb["data"]["roomId"]
+        return a, b
+
+    async def stop(self) -> None:
+        for c in self.clients:
+            await c.close()
+        await self.service.stopService()
+        for _ in range(100):
+            if not self.service.factory.connections:
+                break
+            await task.deferLater(reactor, 0.05, lambda: None)
+
+
+def settings(engine: str = "memory", **overrides: Any) -> Settings:
+    base = Settings(
+        ws="tcp:0:interface=127.0.0.1",
+        http="tcp:0:interface=127.0.0.1",
+        engine=engine,
+        instance_id="test",
+        stats_interval=3600.0,  # tests that want pushes ask for them
+        searching_interval=3600.0,
+        ping_interval=0.0,
+    )
+    return dataclasses.replace(base, **overrides)
+
+
+@pytest.fixture(params=ENGINES)
+def engine_name(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest_twisted.async_yield_fixture
+async def make_server(engine_name: str):  # noqa: ANN201
+    """``await make_server(**settings)`` starts an instance; all are stopped after the test."""
+    started: list[ServerHandle] = []
+
+    async def make(**overrides: Any) -> ServerHandle:
+        overrides.setdefault("engine", engine_name)
+        service = AnygleService(settings(**overrides), reactor)
+        service.startService()
+        handle = ServerHandle(service)
+        started.append(handle)
+        return handle
+
+    yield make
+    for handle in started:
+        await handle.stop()
+
+
+@pytest_twisted.async_yield_fixture
+async def server(make_server):  # noqa: ANN001, ANN201
+    yield await make_server()
+
+
+async def sleep(seconds: float) -> None:
+    await task.deferLater(reactor, seconds, lambda: None)
+
+
+__all__ = ["ServerHandle", "defer", "settings", "sleep"]
