@@ -38,11 +38,11 @@ class ServerHandle:
         self.clients: list[Client] = []
 
     @property
-    def hub(self):  # noqa: ANN201
+    def hub(self):
         return self.service.hub
 
     @property
-    def engine(self):  # noqa: ANN201
+    def engine(self):
         return self.service.engine
 
     @property
@@ -97,7 +97,7 @@ def engine_name(request: pytest.FixtureRequest) -> str:
 
 
 @pytest_twisted.async_yield_fixture
-async def make_server(engine_name: str):  # noqa: ANN201
+async def make_server(engine_name: str):
     """``await make_server(**settings)`` starts an instance; all are stopped after the test."""
     started: list[ServerHandle] = []
 
@@ -115,7 +115,7 @@ async def make_server(engine_name: str):  # noqa: ANN201
 
 
 @pytest_twisted.async_yield_fixture
-async def server(make_server):  # noqa: ANN001, ANN201
+async def server(make_server):
     yield await make_server()
 
 
