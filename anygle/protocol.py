@@ -40,6 +40,7 @@ from __future__ import annotations
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.util import encode_truncate
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -201,7 +202,9 @@ class AnygleProtocol(WebSocketServerProtocol):
 
     def close(self, code: int, reason: str) -> None:
         if self.state == self.STATE_OPEN:
-            self.sendClose(code, reason)
+            # sendClose() only allows the codes a *client application* may send (1000, 3000-4999);
+            # a server legitimately closes with 1001 (going away), 1008 (policy) or 1011 (error).
+            self.sendCloseFrame(code=code, reasonUtf8=encode_truncate(reason, 123))
         elif self.state == self.STATE_CONNECTING:
             self.dropConnection(abort=True)
 
@@ -233,6 +236,7 @@ class AnygleFactory(WebSocketServerFactory):
             openHandshakeTimeout=10,
             closeHandshakeTimeout=5,
             tcpNoDelay=True,
+            failByDrop=False,  # tell a violating client why (e.g. 1009 too big) before closing
             allowedOrigins=origins,
             allowNullOrigin=True,
             trustXForwardedFor=0,

@@ -26,8 +26,9 @@ class _Protocol(WebSocketClientProtocol):
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         frame = msgpack.unpackb(payload, raw=False) if isBinary else json.loads(payload)
-        self.client._frames.put(frame)
         self.client.received.append(frame)
+        self.client.binary.append(isBinary)
+        self.client._frames.put(frame)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.client.close_code = code
@@ -46,6 +47,7 @@ class Client:
         self._opened: defer.Deferred[_Protocol] = defer.Deferred()
         self._frames: defer.DeferredQueue[dict[str, Any] | None] = defer.DeferredQueue()
         self.received: list[dict[str, Any]] = []
+        self.binary: list[bool] = []  # frame kind of each received frame
         self.closed: defer.Deferred[int | None] = defer.Deferred()
         self.close_code: int | None = None
         self.close_reason: str | None = None
