@@ -373,7 +373,7 @@ async def test_json_client_chats_with_msgpack_client(server):
 @pytest_twisted.ensureDeferred
 async def test_stats_and_searching_are_pushed(make_server):
     server = await make_server(stats_interval=0.2, searching_interval=0.2)
-    a, b = await server.pair()
+    a, _ = await server.pair()
     c = await server.client()
     c.join()
     await c.expect("searching")
@@ -490,7 +490,7 @@ async def test_too_many_bad_frames_closes_the_connection(server):
         while True:
             frame = await c.next(3)
             codes.append(frame["data"]["code"])
-    except Exception:  # noqa: BLE001 - Closed ends the stream
+    except Exception:  # Closed ends the stream
         pass
     assert codes[-1] == "TOO_MANY_ERRORS"
     assert c.close_code == 1008
