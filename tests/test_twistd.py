@@ -1,0 +1,30 @@
+"""The daemon as users run it: ``twistd -n anygle`` and the README's example client."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+from tests.procutil import ROOT, Instance
+
+
+def test_twistd_serves_the_example_client_and_stops_cleanly():
+    inst = Instance().start()
+    try:
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "examples" / "chat_client.py"), inst.url],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert result.returncode == 0, result.stderr
+        lines = result.stdout.splitlines()
+        assert sum("matched in room" in line for line in lines) == 2, result.stdout
+        assert sum("got 'hello from" in line for line in lines) == 2, result.stdout
+    finally:
+        code = inst.stop()
+    # twistd re-raises the signal it stopped on, so a clean SIGTERM stop reads as -SIGTERM
+    assert code == -signal.SIGTERM, inst.output()[-3000:]
+    assert "Server Shut Down." in inst.output()
+    assert "Traceback" not in inst.output()
