@@ -1,0 +1,970 @@
+"""The ``redis`` engine: many instances share queues, rooms, stats and bans through one Redis.
+
+* **State** lives in the seed's keys (``user:``, ``socket:``, ``queue:``, ``room:``,
+  ``stats:global``, ``banned:``) plus the extra keys documented in ``docs/redis.md``.
+* **Atomicity.**  Every change of shared state is one Lua script (``anygle/engine/lua/``, loaded
+  with ``SCRIPT LOAD``, called with ``EVALSHA``, ``EVAL`` on ``NOSCRIPT``): matching removes both
+  users from their queue and creates the room in one step, a room is ended by exactly one caller.
+  The matching rules mirror :mod:`anygle.matching` / the memory engine.
+* **Delivery.**  Each instance has one inbox, the stream ``inbox:{instance}``, read by a dedicated
+  connection (``XREAD BLOCK`` from the last id seen: nothing is lost or repeated when that
+  connection drops, unlike pub/sub).  Scripts append ``matched`` / ``partner left`` / ``kick``
+  events for users of *other* instances; relays to a partner elsewhere are batched per reactor turn
+  into one ``XADD`` per target inbox.  Partners on the same instance relay with a direct call and
+  no Redis at all, so their chats go on through a Redis outage.
+* **Order.**  Every command (relays and scripts alike) goes over one pipelined connection, and the
+  relay batch is flushed before any script runs, so a partner never sees ``partner_left`` before
+  the last messages, nor a message before ``matched`` (early events for a room not known yet are
+  held back until its ``matched``).
+* **Liveness.**  ``instance:{id}`` is refreshed every second with a 3 s TTL; the same script reaps
+  every registered instance whose key is gone (users leave queues, partners are told, counts go
+  down) — whoever runs it first.  An instance that finds its own key gone (it was reaped, or Redis
+  lost its data) registers its local state again (*resync*).
+* **Outage.**  While Redis is unreachable, calls fail at once with :class:`EngineUnavailable`
+  (``SERVICE_UNAVAILABLE`` for the client), ``health()`` says why, local chats go on, and the
+  connections come back with a short backoff (0.1 s doubling to 2 s).  Local changes made
+  meanwhile (disconnects, skips) mark the instance *dirty*: on reconnect it is reaped and
+  registered again, which ends its chats with users of other instances (both sides are told).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, ClassVar
+from urllib.parse import parse_qs, unquote, urlparse
+
+import msgpack
+import txredisapi
+from twisted.internet import defer
+from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from anygle.engine.base import (
+    AGE_CATEGORIES,
+    MODES,
+    QUEUE_TYPES,
+    EngineConfig,
+    EngineSink,
+    EngineUnavailable,
+    Match,
+    Preferences,
+    Stats,
+)
+
+__all__ = ["EngineUnavailable", "RedisEngine"]
+
+QUEUES = tuple(f"{c}:{m}:{t}" for c in AGE_CATEGORIES for m in MODES for t in QUEUE_TYPES)
+SCRIPTS = (
+    "ban",
+    "connect",
+    "disconnect",
+    "heartbeat",
+    "incr",
+    "join",
+    "leave_queue",
+    "leave_room",
+    "queue_status",
+    "reap",
+    "register",
+    "stats",
+    "tick",
+    "touch",
+)
+
+_CONNECTION_ERRORS = (txredisapi.ConnectionError, ConnectionError, defer.CancelledError)
+
+
+def _ms(seconds: float) -> int:
+    return round(seconds * 1000.0)
+
+
+def load_scripts() -> dict[str, str]:
+    """Every script with the shared helpers in front."""
+    lua = resources.files("anygle.engine") / "lua"
+    common = (lua / "common.lua").read_text()
+    return {name: common + "\n" + (lua / f"{name}.lua").read_text() for name in SCRIPTS}
+
+
+@dataclass(slots=True)
+class _Local:
+    """A user connected to this instance."""
+
+    ip: str
+    socket_id: str
+    prefs: Preferences | None = None  # while waiting
+    joined_at: float = 0.0
+    room: str | None = None
+
+
+@dataclass(slots=True)
+class _Room:
+    """A room with at least one local user."""
+
+    match: Match
+    instances: dict[str, str]
+    active: bool = False
+
+    @property
+    def local_only(self) -> bool:
+        return len(set(self.instances.values())) == 1
+
+
+@dataclass(slots=True)
+class _RedisAddress:
+    host: str = "127.0.0.1"
+    port: int = 6379
+    path: str | None = None
+    db: int = 0
+    password: str | None = None
+    username: str | None = None
+
+    @classmethod
+    def parse(cls, url: str) -> _RedisAddress:
+        u = urlparse(url)
+        if u.scheme == "unix":
+            db = int(parse_qs(u.query).get("db", ["0"])[0])
+            return cls(path=u.path, db=db, password=u.password and unquote(u.password))
+        if u.scheme not in ("redis", ""):
+            raise ValueError(f"unsupported Redis URL {url!r}")
+        db = int(u.path.strip("/") or 0)
+        return cls(
+            host=u.hostname or "127.0.0.1",
+            port=u.port or 6379,
+            db=db,
+            password=unquote(u.password) if u.password else None,
+            username=unquote(u.username) if u.username else None,
+        )
+
+    def __str__(self) -> str:
+        return self.path or f"{self.host}:{self.port}"
+
+
+class _Factory(txredisapi.RedisFactory):
+    """One reconnecting connection; tells the engine when it is usable and when it is gone."""
+
+    initialDelay = 0.1
+    factor = 2.0
+    maxDelay = 2.0
+    jitter = 0.1
+
+    def __init__(
+        self,
+        address: _RedisAddress,
+        reply_timeout: float,
+        on_ready: Callable[[Any], None],
+        on_lost: Callable[[Any], None],
+    ) -> None:
+        super().__init__(
+            str(address),
+            address.db or None,
+            1,
+            isLazy=True,
+            charset=None,
+            password=address.password,
+            replyTimeout=reply_timeout,
+            convertNumbers=False,
+            username=address.username,
+        )
+        self.on_ready = on_ready
+        self.on_lost = on_lost
+
+    def buildProtocol(self, addr: Any) -> Any:
+        proto = super().buildProtocol(addr)
+        proto.whenConnected().addCallback(self._ready)
+        return proto
+
+    def _ready(self, proto: Any) -> Any:
+        proto.whenDisconnected().addCallback(self.on_lost)
+        self.on_ready(proto)
+        return proto
+
+
+class RedisEngine:
+    """See the module docstring; ``docs/redis.md`` lists the keys."""
+
+    name: ClassVar[str] = "redis"
+    log = Logger()
+
+    heartbeat_interval: ClassVar[float] = 1.0
+    heartbeat_ttl: ClassVar[float] = 3.0
+    touch_interval: ClassVar[float] = 60.0
+    reply_timeout: ClassVar[float] = 3.0
+    startup_wait: ClassVar[float] = 5.0
+    batch_max: ClassVar[int] = 500
+
+    def __init__(self, config: EngineConfig, clock: IReactorTime) -> None:
+        from twisted.internet import reactor
+
+        self.config = config
+        self.clock = clock  # the engine's notion of "now" (cooldowns), as the memory engine
+        self.reactor: Any = reactor  # real time: heartbeats, reconnects, batching
+        self.instance = config.instance_id
+        self.inbox = f"inbox:{self.instance}"
+        self.address = _RedisAddress.parse(config.redis_url)
+        self.sink: EngineSink | None = None
+        self.scripts = load_scripts()
+        self.shas: dict[str, str] = {}
+        self.users: dict[str, _Local] = {}
+        self.rooms: dict[str, _Room] = {}
+        self._ended: dict[str, float] = {}  # room id -> when (recently ended here)
+        self._early: dict[str, list[tuple[float, tuple[Any, ...]]]] = {}
+        self._outbox: dict[str, list[tuple[Any, ...]]] = {}
+        self._flush_call: Any = None
+        self._cmd: Any = None  # command connection (protocol) when connected
+        self._reader: Any = None  # inbox connection
+        self._cmd_factory: _Factory | None = None
+        self._reader_factory: _Factory | None = None
+        self._available = False
+        self._registered = False  # registered at least once since start()
+        self._dirty = False
+        self._syncing: defer.Deferred[None] | None = None
+        self._ready_waiters: list[defer.Deferred[None]] = []
+        self._last_id = b"0-0"
+        self._reading = False
+        self._reason = "redis unavailable: not connected yet"
+        self._stopping = False
+        self._heartbeat: Any = None
+        self._next_touch = 0.0
+        self._total_matches = 0
+        self._last_stats: Stats | None = None
+        self.counters = {"relayed_remote": 0, "relayed_local": 0, "resyncs": 0, "reaped": 0}
+
+    # --- lifecycle ------------------------------------------------------------------------
+    def start(self, sink: EngineSink) -> defer.Deferred[None]:
+        self.sink = sink
+        self._stopping = False
+        self._cmd_factory = _Factory(
+            self.address, self.reply_timeout, self._cmd_ready, self._cmd_lost
+        )
+        self._reader_factory = _Factory(
+            self.address, self.reply_timeout + 2.0, self._reader_ready, self._reader_lost
+        )
+        for factory in (self._cmd_factory, self._reader_factory):
+            factory.startConnecting(self._endpoint())
+        self._heartbeat = self.reactor.callLater(self.heartbeat_interval, self._beat)
+        return self.when_ready(self.startup_wait).addErrback(self._start_failed)
+
+    def _start_failed(self, failure: Failure) -> None:
+        failure.trap(EngineUnavailable)
+        self.log.warn("redis engine started without Redis ({why}); retrying", why=self._reason)
+
+    def _endpoint(self) -> Any:
+        if self.address.path:
+            return UNIXClientEndpoint(self.reactor, self.address.path, timeout=2)
+        return HostnameEndpoint(self.reactor, self.address.host, self.address.port, timeout=2)
+
+    def when_ready(self, timeout: float | None = None) -> defer.Deferred[None]:
+        """Fires when the engine is usable; fails with EngineUnavailable after ``timeout``."""
+        if self._available:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._ready_waiters.append(d)
+        if timeout is not None:
+
+            def expire() -> None:
+                if not d.called:
+                    self._ready_waiters.remove(d)
+                    d.errback(EngineUnavailable(self._reason))
+
+            call = self.reactor.callLater(timeout, expire)
+            d.addBoth(lambda r: (call.active() and call.cancel(), r)[1])
+        return d
+
+    @defer.inlineCallbacks
+    def stop(self) -> Any:
+        """Clean stop: this instance's users leave at once (remote partners told)."""
+        self._stopping = True
+        if self._heartbeat is not None and self._heartbeat.active():
+            self._heartbeat.cancel()
+        if self._available:
+            try:
+                yield self._script("reap", self.instance, _ms(self.clock.seconds()))
+            except Exception as e:
+                self.log.warn("could not deregister cleanly: {e}", e=e)
+        self._available = False
+        self._reason = "redis unavailable: engine stopped"
+        told: set[str] = set()
+        for user_id, local in list(self.users.items()):
+            room = self.rooms.get(local.room) if local.room else None
+            if room is None or user_id in told:
+                continue
+            partner = room.match.partner_of(user_id)
+            told.update((user_id, partner))
+            if room.instances.get(partner) == self.instance and partner in self.users:
+                self.users[partner].room = None
+                local.room = None
+                self._sink().on_partner_left(partner, room.match.room_id, "disconnected")
+        self.users.clear()
+        self.rooms.clear()
+        for factory in (self._cmd_factory, self._reader_factory):
+            if factory is not None:
+                try:
+                    yield factory.disconnect()
+                except Exception:
+                    pass
+
+    def health(self) -> tuple[bool, str]:
+        if not self._available:
+            return False, self._reason
+        if self._reader is None:
+            return False, "redis unavailable: inbox connection down"
+        return True, "ok"
+
+    def _sink(self) -> EngineSink:
+        assert self.sink is not None, "engine not started"
+        return self.sink
+
+    # --- connections ----------------------------------------------------------------------
+    def _cmd_ready(self, proto: Any) -> None:
+        if self._stopping:
+            return
+        self._cmd = proto
+        self._reason = "redis unavailable: synchronising"
+        self._sync()
+
+    def _cmd_lost(self, proto: Any) -> None:
+        if self._cmd is proto:
+            self._cmd = None
+            was = self._available
+            self._available = False
+            self._reason = f"redis unavailable: lost connection to {self.address}"
+            if was and not self._stopping:
+                self.log.warn("{reason}", reason=self._reason)
+            self._outbox.clear()
+
+    def _reader_ready(self, proto: Any) -> None:
+        if self._stopping:
+            return
+        self._reader = proto
+        if not self._reading:
+            self._read()
+
+    def _reader_lost(self, proto: Any) -> None:
+        if self._reader is proto:
+            self._reader = None
+
+    def _sync(self) -> None:
+        """Load the scripts, then register (first time, or when dirty/reaped) or just go on."""
+        if self._syncing is not None:
+            return
+        self._syncing = defer.ensureDeferred(self._do_sync())
+        self._syncing.addErrback(self._sync_failed)
+        self._syncing.addBoth(self._sync_done)
+
+    async def _do_sync(self) -> None:
+        proto = self._cmd
+        if proto is None:
+            return
+        for name, source in self.scripts.items():
+            sha = await proto.execute_command("SCRIPT", "LOAD", source)
+            self.shas[name] = sha.decode() if isinstance(sha, bytes) else sha
+        if not self._registered:
+            await self._raw("DEL", self.inbox)
+            await self._resync()
+            self._registered = True
+        else:
+            alive, _ = await self._raw(
+                "EVALSHA",
+                self.shas["heartbeat"],
+                0,
+                self.instance,
+                _ms(self.heartbeat_ttl),
+                _ms(self.clock.seconds()),
+            )
+            if not alive or self._dirty:
+                await self._resync()
+        if self._cmd is proto:
+            self._available = True
+            self._reason = "ok"
+            waiters, self._ready_waiters = self._ready_waiters, []
+            for d in waiters:
+                d.callback(None)
+
+    def _sync_failed(self, failure: Failure) -> None:
+        self.log.warn("redis sync failed: {f}", f=failure.getErrorMessage())
+        self._reason = f"redis unavailable: {failure.getErrorMessage()}"
+        proto = self._cmd
+        if proto is not None and proto.transport is not None:
+            proto.transport.loseConnection()  # reconnect and try again
+
+    def _sync_done(self, _: Any) -> None:
+        self._syncing = None
+
+    async def _resync(self) -> None:
+        """Reap whatever Redis still holds of this instance and register the local state again.
+
+        Chats with users of other instances end (both sides told), local ones go on, waiting
+        users are queued again with their original join time.
+        """
+        now = self.clock.seconds()
+        self.counters["resyncs"] += 1
+        await self._raw("EVALSHA", self.shas["reap"], 0, self.instance, _ms(now))
+        self._outbox.clear()
+        for room_id, room in list(self.rooms.items()):
+            if not room.local_only:
+                del self.rooms[room_id]
+                self._ended[room_id] = self.reactor.seconds()
+                for user_id in (room.match.initiator, room.match.responder):
+                    local = self.users.get(user_id)
+                    if local is not None and local.room == room_id:
+                        local.room = None
+                        self._sink().on_partner_left(user_id, room_id, "disconnected")
+        self._dirty = False
+        users, rooms = [], []
+        for user_id, local in self.users.items():
+            room = self.rooms.get(local.room) if local.room else None
+            partner = room.match.partner_of(user_id) if room else ""
+            users.append((user_id, local.ip, local.socket_id, local.room or "", partner))
+        for room_id, room in self.rooms.items():
+            m = room.match
+            rooms.append((room_id, m.mode, m.initiator, m.responder))
+        await self._raw(
+            "EVALSHA",
+            self.shas["register"],
+            0,
+            self.instance,
+            _ms(self.heartbeat_ttl),
+            _ms(now),
+            msgpack.packb((users, rooms, self._total_matches)),
+        )
+        waiting = sorted(
+            ((u, lu) for u, lu in self.users.items() if lu.prefs is not None and lu.room is None),
+            key=lambda x: x[1].joined_at,
+        )
+        ds = []
+        for user_id, local in waiting:  # pipelined, in join order
+            d = self._raw("EVALSHA", self.shas["join"], 0, *self._join_args(user_id, local, now))
+            ds.append(d.addCallback(self._rejoined, user_id, now))
+        if ds:
+            await defer.gatherResults(ds, consumeErrors=True)
+
+    def _rejoined(self, reply: bytes, user_id: str, now: float) -> None:
+        try:
+            self._join_result(user_id, reply, now)
+        except EngineUnavailable:
+            pass
+
+    # --- commands -------------------------------------------------------------------------
+    def _raw(self, *args: Any) -> defer.Deferred[Any]:
+        proto = self._cmd
+        if proto is None:
+            return defer.fail(EngineUnavailable(self._reason))
+        try:
+            return proto.execute_command(*args)
+        except _CONNECTION_ERRORS as e:
+            return defer.fail(EngineUnavailable(str(e)))
+
+    def _script(self, name: str, *args: Any) -> defer.Deferred[Any]:
+        """EVALSHA (EVAL on NOSCRIPT); connection problems become EngineUnavailable."""
+        if not self._available:
+            return defer.fail(EngineUnavailable(self._reason))
+        self._flush_outbox()
+        d = self._raw("EVALSHA", self.shas[name], 0, *args)
+        d.addErrback(self._noscript, name, args)
+        d.addErrback(self._unavailable)
+        return d
+
+    def _noscript(self, failure: Failure, name: str, args: tuple[Any, ...]) -> Any:
+        failure.trap(txredisapi.ResponseError)
+        if not str(failure.value).startswith("NOSCRIPT"):
+            return failure
+        return self._raw("EVAL", self.scripts[name], 0, *args)
+
+    def _unavailable(self, failure: Failure) -> Any:
+        if failure.check(EngineUnavailable, *_CONNECTION_ERRORS):
+            # the command may or may not have run: Redis is resynchronised on reconnect
+            self._dirty = True
+            if not failure.check(EngineUnavailable):
+                raise EngineUnavailable(f"redis unavailable: {failure.getErrorMessage()}")
+        return failure
+
+    def _require(self) -> defer.Deferred[None]:
+        """Wait for the first registration after start() (briefly); afterwards fail fast."""
+        if self._available:
+            return defer.succeed(None)
+        if not self._registered and not self._stopping and self._cmd_factory is not None:
+            return self.when_ready(self.startup_wait)
+        return defer.fail(EngineUnavailable(self._reason))
+
+    # --- heartbeat, reaper, TTLs -----------------------------------------------------------
+    def _beat(self) -> None:
+        if self._stopping:
+            return
+        self._heartbeat = self.reactor.callLater(self.heartbeat_interval, self._beat)
+        try:
+            self._purge()
+            if not self._available or self._syncing is not None:
+                return
+            now = self.clock.seconds()
+            d = self._script(
+                "heartbeat", self.instance, _ms(self.heartbeat_ttl), _ms(now)
+            ).addCallback(self._beaten)
+            d.addErrback(self._log_failure, "heartbeat")
+            if self.reactor.seconds() >= self._next_touch:
+                self._next_touch = self.reactor.seconds() + self.touch_interval
+                self._touch().addErrback(self._log_failure, "touch")
+        except Exception:
+            self.log.failure("heartbeat failed")
+
+    def _beaten(self, reply: list[int]) -> None:
+        alive, reaped = reply
+        if reaped:
+            self.counters["reaped"] += reaped
+            self.log.info("reaped {n} users of dead instances", n=reaped)
+        if not alive and self._available:
+            self.log.warn("instance {i} was reaped or Redis lost its data: resync", i=self.instance)
+            self._available = False
+            self._reason = "redis unavailable: resynchronising"
+            self._sync()
+
+    def _touch(self) -> defer.Deferred[Any]:
+        rooms = [r for r, room in self.rooms.items() if room.active]
+        for r in rooms:
+            self.rooms[r].active = False
+        users = list(self.users)
+        ds = []
+        for i in range(0, max(len(users), len(rooms), 1), 1000):
+            payload = msgpack.packb(
+                (users[i : i + 1000], rooms[i : i + 1000], _ms(self.clock.seconds()))
+            )
+            ds.append(self._script("touch", payload))
+        return defer.gatherResults(ds, consumeErrors=True)
+
+    def _purge(self) -> None:
+        limit = self.reactor.seconds() - 60.0
+        if self._ended:
+            self._ended = {r: t for r, t in self._ended.items() if t > limit}
+        if self._early:
+            limit = self.reactor.seconds() - 30.0
+            for room_id in [r for r, evs in self._early.items() if evs[0][0] < limit]:
+                del self._early[room_id]
+
+    def _log_failure(self, failure: Failure, what: str) -> None:
+        if failure.check(EngineUnavailable):
+            return
+        self.log.failure("{what} failed", failure, what=what)
+
+    # --- inbox ----------------------------------------------------------------------------
+    def _read(self) -> None:
+        proto = self._reader
+        if proto is None or self._stopping:
+            self._reading = False
+            return
+        self._reading = True
+        try:
+            d = proto.execute_command(
+                "XREAD", "COUNT", 1000, "BLOCK", 1000, "STREAMS", self.inbox, self._last_id
+            )
+        except _CONNECTION_ERRORS:
+            self._reading = False
+            return
+        d.addCallbacks(self._got, self._read_failed)
+
+    def _got(self, reply: Any) -> None:
+        try:
+            for _stream, entries in reply or ():
+                for entry_id, fields in entries:
+                    self._last_id = entry_id
+                    try:
+                        for event in msgpack.unpackb(fields[1], raw=False):
+                            self._dispatch(event)
+                    except Exception:
+                        self.log.failure("bad inbox entry {id}", id=entry_id)
+        finally:
+            self._read()
+
+    def _read_failed(self, failure: Failure) -> None:
+        self._reading = False
+        if not failure.check(*_CONNECTION_ERRORS):
+            self.log.failure("inbox read failed", failure)
+            if self._reader is not None and self._reader.transport is not None:
+                self._reader.transport.loseConnection()
+        elif self._reader is not None and self._reader.connected:
+            self.reactor.callLater(0.1, self._read)
+
+    def _dispatch(self, event: list[Any]) -> None:
+        kind = event[0]
+        if kind == "r":
+            self._deliver(event[1], event[2], event[3])
+        elif kind == "m":
+            self._apply_match(event[1], None)
+        elif kind == "l":
+            self._partner_left(event[1], event[2], event[3])
+        elif kind == "k":
+            if event[1] in self.users:
+                self._sink().on_kick(event[1], event[2], event[3])
+
+    def _hold(self, room_id: str, event: tuple[Any, ...]) -> None:
+        """An event for a room whose ``matched`` has not reached us yet."""
+        self._early.setdefault(room_id, []).append((self.reactor.seconds(), event))
+
+    def _deliver(self, user_id: str, room_id: str, frame: dict[str, Any]) -> None:
+        local = self.users.get(user_id)
+        if local is None:
+            return
+        if local.room == room_id:
+            self._sink().on_relay(user_id, room_id, frame)
+        elif room_id not in self.rooms and room_id not in self._ended:
+            self._hold(room_id, ("r", user_id, room_id, frame))
+
+    def _partner_left(self, user_id: str, room_id: str, reason: str) -> None:
+        local = self.users.get(user_id)
+        if local is None:
+            return
+        if local.room == room_id:
+            local.room = None
+            self._forget_room(room_id)
+            self._sink().on_partner_left(user_id, room_id, reason)
+        elif room_id not in self.rooms and room_id not in self._ended:
+            self._hold(room_id, ("l", user_id, room_id, reason))
+
+    def _forget_room(self, room_id: str) -> None:
+        self.rooms.pop(room_id, None)
+        self._ended[room_id] = self.reactor.seconds()
+
+    def _apply_match(self, m: list[Any], matched_at: float | None) -> Match:
+        room_id, mode, initiator, responder, interests, shared, at_ms, instances = m
+        match = Match(
+            room_id=room_id,
+            mode=mode,
+            initiator=initiator,
+            responder=responder,
+            interests={k: tuple(v) for k, v in interests.items()},
+            shared_interests=tuple(shared),
+            matched_at=matched_at if matched_at is not None else at_ms / 1000.0,
+        )
+        local = [
+            u
+            for u in (initiator, responder)
+            if instances.get(u) == self.instance and u in self.users
+        ]
+        if not local:
+            return match
+        self.rooms[room_id] = _Room(match, dict(instances))
+        for u in local:
+            lu = self.users[u]
+            if lu.room is not None and lu.room != room_id:
+                self.log.error("{u} matched into {r} while in {o}", u=u, r=room_id, o=lu.room)
+            lu.room, lu.prefs = room_id, None
+        sink = self._sink()
+        for u in local:
+            sink.on_matched(u, match)
+        for _, event in self._early.pop(room_id, ()):
+            self._dispatch(list(event))
+        return match
+
+    # --- relays ---------------------------------------------------------------------------
+    def relay(self, partner_id: str, room_id: str, frame: dict) -> None:
+        room = self.rooms.get(room_id)
+        if room is None:
+            return
+        room.active = True
+        instance = room.instances.get(partner_id)
+        if instance == self.instance:
+            local = self.users.get(partner_id)
+            if local is not None and local.room == room_id:
+                self.counters["relayed_local"] += 1
+                self._sink().on_relay(partner_id, room_id, frame)
+            return
+        if instance is None or not self._available:
+            return  # lost: the partner's side is unreachable
+        self.counters["relayed_remote"] += 1
+        batch = self._outbox.setdefault(instance, [])
+        batch.append(("r", partner_id, room_id, frame))
+        if len(batch) >= self.batch_max:
+            self._flush_outbox()
+        elif self._flush_call is None:
+            self._flush_call = self.reactor.callLater(0, self._flush_outbox)
+
+    def _flush_outbox(self) -> None:
+        if self._flush_call is not None:
+            if self._flush_call.active():
+                self._flush_call.cancel()
+            self._flush_call = None
+        if not self._outbox:
+            return
+        outbox, self._outbox = self._outbox, {}
+        for instance, events in outbox.items():
+            d = self._raw(
+                "XADD",
+                f"inbox:{instance}",
+                "MAXLEN",
+                "~",
+                100000,
+                "*",
+                "b",
+                msgpack.packb(events),
+            )
+            d.addErrback(self._relay_failed, len(events))
+
+    def _relay_failed(self, failure: Failure, n: int) -> None:
+        self.log.warn("{n} relayed frames lost: {e}", n=n, e=failure.getErrorMessage())
+
+    # --- sessions -------------------------------------------------------------------------
+    def connect(self, user_id: str, ip: str) -> defer.Deferred[None]:
+        local = _Local(ip, uuid.uuid4().hex)
+        self.users[user_id] = local
+        if not self._available:
+            self._dirty = True  # registered on reconnect
+            return defer.succeed(None)
+        d = self._script(
+            "connect", user_id, self.instance, ip, local.socket_id, _ms(self.clock.seconds())
+        )
+        d.addCallback(lambda _: None)
+        d.addErrback(lambda f: f.trap(EngineUnavailable) and None)
+        return d
+
+    def disconnect(self, user_id: str) -> defer.Deferred[None]:
+        local = self.users.pop(user_id, None)
+        taken = self._take_room(local)
+        if not self._available:
+            self._offline_partner_left(user_id, taken, "disconnected")
+            return defer.succeed(None)
+        d = self._script("disconnect", user_id, self.instance, _ms(self.clock.seconds()))
+        d.addCallback(self._left, "disconnected")
+
+        def failed(f: Failure) -> None:
+            f.trap(EngineUnavailable)
+            self._offline_partner_left(user_id, taken, "disconnected")
+
+        d.addCallbacks(lambda _: None, failed)
+        return d
+
+    def _take_room(self, local: _Local | None) -> tuple[str, _Room | None] | None:
+        """Detach a local user from its room (before asking Redis to end it)."""
+        if local is None or local.room is None:
+            return None
+        room_id, local.room = local.room, None
+        room = self.rooms.pop(room_id, None)
+        self._ended[room_id] = self.reactor.seconds()
+        return room_id, room
+
+    def _offline_partner_left(
+        self, user_id: str, taken: tuple[str, _Room | None] | None, reason: str
+    ) -> str | None:
+        """Redis is unreachable: end the room here only (a local partner is told); Redis is put
+        right on reconnect (dirty), which tells a partner on another instance."""
+        self._dirty = True
+        if taken is None or taken[1] is None:
+            return None
+        room_id, room = taken
+        partner = room.match.partner_of(user_id)
+        if room.instances.get(partner) == self.instance:
+            self._partner_left(partner, room_id, reason)
+        return partner
+
+    def _left(self, reply: bytes, reason: str) -> str | None:
+        """After leave_room/disconnect: tell a local partner; returns the partner id."""
+        result = msgpack.unpackb(reply, raw=False)
+        if not result:
+            return None
+        partner, partner_instance, room_id = result
+        if partner_instance == self.instance:
+            self._partner_left(partner, room_id, reason)
+        self._forget_room(room_id)
+        return partner
+
+    # --- queues ---------------------------------------------------------------------------
+    def _join_args(self, user_id: str, local: _Local, now: float) -> tuple[Any, ...]:
+        prefs = local.prefs
+        assert prefs is not None
+        return (
+            user_id,
+            self.instance,
+            prefs.queue,
+            msgpack.packb(list(prefs.interests)),
+            1 if prefs.interests_only else 0,
+            _ms(local.joined_at),
+            _ms(now),
+            _ms(self.config.interest_timeout),
+            uuid.uuid4().hex,
+            self.config.match_history,
+        )
+
+    def join(self, user_id: str, prefs: Preferences, now: float) -> defer.Deferred[Match | None]:
+        local = self.users.get(user_id)
+        if local is not None and local.room is not None:
+            raise RuntimeError(f"join while in a room: {user_id}")
+        d = self._require()
+
+        def go(_: Any) -> defer.Deferred[Match | None]:
+            lu = self.users.get(user_id)
+            if lu is None:
+                raise RuntimeError(f"join before connect: {user_id}")
+            lu.prefs, lu.joined_at = prefs, now
+            d2 = self._script("join", *self._join_args(user_id, lu, now))
+            d2.addCallback(lambda reply: self._join_result(user_id, reply, now))
+            d2.addErrback(self._join_failed, user_id)
+            return d2
+
+        return d.addCallback(go)
+
+    def _join_failed(self, failure: Failure, user_id: str) -> Failure:
+        local = self.users.get(user_id)
+        if local is not None and failure.check(EngineUnavailable):
+            local.prefs = None
+        return failure
+
+    def _join_result(self, user_id: str, reply: bytes, now: float) -> Match | None:
+        result = msgpack.unpackb(reply, raw=False)
+        kind = result[0]
+        if kind == "match":
+            return self._apply_match(result[1], now)
+        if kind == "nouser":
+            # reaped while alive (a long stall): register again, the client retries
+            local = self.users.get(user_id)
+            if local is not None:
+                local.prefs = None
+            self._dirty = True
+            if self._available:
+                self._available = False
+                self._reason = "redis unavailable: resynchronising"
+                self._sync()
+            raise EngineUnavailable("this instance was reaped: resynchronising")
+        return None  # 'queued', or 'inroom': matched meanwhile, matched event on its way
+
+    def leave_queue(self, user_id: str) -> defer.Deferred[bool]:
+        local = self.users.get(user_id)
+        was_waiting = local is not None and local.prefs is not None
+        if local is not None:
+            local.prefs = None
+        if not self._available:
+            self._dirty = True
+            return defer.succeed(was_waiting)
+        d = self._script("leave_queue", user_id)
+        d.addCallback(bool)
+
+        def failed(f: Failure) -> bool:
+            f.trap(EngineUnavailable)
+            return was_waiting
+
+        return d.addErrback(failed)
+
+    def tick(self, now: float) -> defer.Deferred[int]:
+        if not self._available:
+            return defer.succeed(0)
+        d = self._script(
+            "tick",
+            self.instance,
+            _ms(now),
+            _ms(self.config.interest_timeout),
+            uuid.uuid4().hex[:24],
+            self.config.match_history,
+            *QUEUES,
+        )
+
+        def made(reply: bytes | None) -> int:
+            if not reply:
+                return 0
+            matches = msgpack.unpackb(reply, raw=False)
+            for m in matches:
+                self._apply_match(m, now)
+            return len(matches)
+
+        def failed(f: Failure) -> int:
+            f.trap(EngineUnavailable)
+            return 0
+
+        return d.addCallbacks(made, failed)
+
+    def queue_status(self, user_ids: list[str]) -> defer.Deferred[dict[str, tuple[int, float]]]:
+        if not user_ids:
+            return defer.succeed({})
+        d = self._script("queue_status", *user_ids)
+
+        def done(reply: bytes) -> dict[str, tuple[int, float]]:
+            return {
+                u: (int(pos), round(float(est), 1))
+                for u, pos, est in msgpack.unpackb(reply, raw=False)
+            }
+
+        return d.addCallback(done)
+
+    # --- rooms ----------------------------------------------------------------------------
+    def leave_room(self, user_id: str, reason: str) -> defer.Deferred[str | None]:
+        taken = self._take_room(self.users.get(user_id))
+        if not self._available:
+            return defer.succeed(self._offline_partner_left(user_id, taken, reason))
+        d = self._script(
+            "leave_room",
+            user_id,
+            self.instance,
+            reason,
+            _ms(self.clock.seconds()),
+            _ms(self.config.rematch_cooldown),
+        )
+        d.addCallback(self._left, reason)
+
+        def failed(f: Failure) -> str | None:
+            f.trap(EngineUnavailable)
+            return self._offline_partner_left(user_id, taken, reason)
+
+        return d.addErrback(failed)
+
+    # --- stats ----------------------------------------------------------------------------
+    def stats(self) -> defer.Deferred[Stats]:
+        d = self._script("stats", *QUEUES)
+
+        def done(reply: bytes) -> Stats:
+            online, in_queue, chats, total, waits, queues = msgpack.unpackb(reply, raw=False)
+            self._total_matches = max(self._total_matches, int(total))
+            stats = Stats(
+                total_online=int(online),
+                in_queue=int(in_queue),
+                active_chats=int(chats),
+                avg_match_time=round(sum(waits) / len(waits), 1) if waits else 0.0,
+                total_matches=int(total),
+                queues={q: int(n) for q, n in queues.items()} if queues else {},
+            )
+            self._last_stats = stats
+            return stats
+
+        return d.addCallback(done)
+
+    # --- counters and bans ----------------------------------------------------------------
+    def incr(self, key: str, ttl: float) -> defer.Deferred[int]:
+        return self._script("incr", key, max(1, _ms(ttl))).addCallback(int)
+
+    def get_count(self, key: str) -> defer.Deferred[int]:
+        if not self._available:
+            return defer.fail(EngineUnavailable(self._reason))
+        d = self._raw("GET", f"count:{key}").addErrback(self._unavailable)
+        return d.addCallback(lambda v: int(v) if v is not None else 0)
+
+    def get_ban(self, user_id: str | None, ip: str | None) -> defer.Deferred[str | None]:
+        keys = []
+        if user_id is not None:
+            keys.append(f"banned:users:{user_id}")
+        if ip is not None:
+            keys.append(f"banned:ips:{ip}")
+        if not keys:
+            return defer.succeed(None)
+        d = self._require()
+        d.addCallback(lambda _: self._raw("MGET", *keys))
+        d.addErrback(self._unavailable)
+
+        def first(values: list[bytes | None]) -> str | None:
+            for v in values:
+                if v is not None:
+                    return v.decode("utf-8", "replace")
+            return None
+
+        return d.addCallback(first)
+
+    def ban(self, kind: str, value: str, reason: str, ttl: float | None) -> defer.Deferred[None]:
+        if kind not in ("users", "ips"):
+            raise ValueError(f"bad ban kind {kind!r}")
+        ttl_ms = 0 if ttl is None else max(1, _ms(ttl))
+        d = self._script("ban", kind, value, reason, ttl_ms, self.instance)
+        return d.addCallback(lambda _: None)
+
+    def unban(self, kind: str, value: str) -> defer.Deferred[bool]:
+        if not self._available:
+            return defer.fail(EngineUnavailable(self._reason))
+        d = self._raw("DEL", f"banned:{kind}:{value}").addErrback(self._unavailable)
+        return d.addCallback(lambda n: bool(n))
