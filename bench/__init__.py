@@ -1,0 +1,1 @@
+"""Anygle benchmark suite (issue 6): ``python -m bench --help``."""

@@ -1,0 +1,561 @@
+"""One load-generating process: ``python -m bench.loadclient`` (started by ``bench.run``).
+
+It speaks WebSocket by hand on a plain Twisted ``Protocol`` — no Autobahn on the client side —
+so that the client costs much less per message than the server it measures:
+
+* frames we send are pre-built bytes (client frames must be masked; a zero masking key is legal
+  and leaves the payload as is), so a send is one ``transport.write`` of a constant;
+* frames we receive are parsed with a few index operations; a chat message is recognised by its
+  msgpack prefix and only counted (and echoed), never decoded.
+
+Relay traffic is self-clocking: the initiator of each pair sends ``window`` messages, and every
+message received is answered with one, so each pair keeps ``window`` messages in flight whatever
+process or instance the partner is on.
+
+Control: the first line on stdin is the job (JSON); later lines are commands (``go``, ``join``,
+``close``).  Events go to stdout as JSON lines (``progress``, ``ready``, ``result``, ``fatal``).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import resource
+import struct
+import sys
+import time
+from typing import Any
+
+import msgpack
+from twisted.internet import epollreactor
+
+epollreactor.install()
+
+from twisted.internet import protocol, reactor, stdio  # noqa: E402
+from twisted.protocols.basic import LineReceiver  # noqa: E402
+
+# a msgpack map {"type": "message", ...}: what both anygle and the bare relay deliver for chat
+MSG_PREFIX = b"\x82\xa4type\xa7message"
+WS_KEY = base64.b64encode(b"anygle-bench-key").decode()  # 16 bytes; the server only checks shape
+
+
+def client_frame(payload: bytes, opcode: int = 2) -> bytes:
+    """A masked client frame with a zero masking key (RFC 6455 5.3: any 32-bit key is valid)."""
+    n = len(payload)
+    if n < 126:
+        head = struct.pack("!BB", 0x80 | opcode, 0x80 | n)
+    elif n < 65536:
+        head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
+    else:
+        head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
+    return head + b"\0\0\0\0" + payload
+
+
+def packed(type_: str, data: Any = None) -> bytes:
+    frame: dict[str, Any] = {"type": type_}
+    if data is not None:
+        frame["data"] = data
+    return client_frame(msgpack.packb(frame))
+
+
+def raise_nofile(wanted: int) -> dict[str, Any]:
+    """Raise RLIMIT_NOFILE as far as allowed; report what we got and whether it is enough."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = max(wanted, soft)
+    note = ""
+    if target > hard:
+        try:
+            with open("/proc/sys/fs/nr_open") as f:
+                cap = int(f.read())
+        except OSError:
+            cap = target
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(target, cap), min(target, cap)))
+        except (ValueError, OSError) as e:
+            note = f"cannot raise the hard file limit {hard} to {target}: {e}"
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    elif target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < wanted and not note:
+        note = f"file limit {soft} is below the {wanted} descriptors wanted"
+    return {"nofile": soft, "nofile_wanted": wanted, "nofile_note": note}
+
+
+class Stats:
+    __slots__ = (
+        "closed",
+        "connected",
+        "delivered",
+        "errors",
+        "failed",
+        "latencies",
+        "matched",
+        "mispaired",
+        "opening",
+        "searching",
+    )
+
+    def __init__(self) -> None:
+        self.opening = 0
+        self.connected = 0  # got the server's `connected`
+        self.failed = 0  # connect or handshake failed
+        self.closed = 0  # closed by the server after opening
+        self.matched = 0
+        self.searching = 0
+        self.mispaired = 0
+        self.delivered = 0
+        self.errors: dict[str, int] = {}
+        self.latencies: list[tuple[float, bool]] = []  # (ms, isInitiator)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "connected": self.connected,
+            "failed": self.failed,
+            "closed": self.closed,
+            "matched": self.matched,
+            "searching": self.searching,
+            "mispaired": self.mispaired,
+            "delivered": self.delivered,
+            "errors": dict(self.errors),
+        }
+
+
+class Conn(protocol.Protocol):
+    """One raw WebSocket connection."""
+
+    def __init__(self, worker: Worker, index: int, path: str, host: str) -> None:
+        self.worker = worker
+        self.stats = worker.stats
+        self.index = index
+        self.path = path
+        self.host = host
+        self.buf = b""
+        self.open = False  # handshake done
+        self.user_id: str | None = None
+        self.partner_id: str | None = None
+        self.partner: Conn | None = None  # the other socket of the pair, when in this process
+        self.initiator = False
+        self.state = "connecting"
+        self.join_sent_at = 0.0
+
+    # --- connection ----------------------------------------------------------------------
+    def connectionMade(self) -> None:
+        self.transport.setTcpNoDelay(True)
+        self.transport.write(
+            (
+                f"GET {self.path} HTTP/1.1\r\nHost: {self.host}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {WS_KEY}\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
+
+    def connectionLost(self, reason: Any = None) -> None:
+        w = self.worker
+        if self.state == "connecting":
+            self.stats.failed += 1
+            w.opened_one()
+        elif not w.closing:
+            self.stats.closed += 1
+        self.state = "gone"
+        w.conns[self.index] = None
+
+    def send(self, frame: bytes) -> None:
+        self.transport.write(frame)
+
+    # --- receiving ---------------------------------------------------------------------------
+    def dataReceived(self, data: bytes) -> None:
+        buf = self.buf + data if self.buf else data
+        if not self.open:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                self.buf = buf
+                return
+            if not buf.startswith(b"HTTP/1.1 101"):
+                line = buf.split(b"\r\n", 1)[0].decode("latin-1")
+                self.worker.count_error("handshake: " + line[:60])
+                self.transport.abortConnection()
+                return
+            self.open = True
+            buf = buf[end + 4 :]
+        pos, n = 0, len(buf)
+        worker = self.worker
+        while n - pos >= 2:
+            b0 = buf[pos]
+            length = buf[pos + 1] & 0x7F
+            head = 2
+            if length == 126:
+                if n - pos < 4:
+                    break
+                length = (buf[pos + 2] << 8) | buf[pos + 3]
+                head = 4
+            elif length == 127:
+                if n - pos < 10:
+                    break
+                length = struct.unpack_from("!Q", buf, pos + 2)[0]
+                head = 10
+            end = pos + head + length
+            if end > n:
+                break
+            start = pos + head
+            pos = end
+            opcode = b0 & 0x0F
+            if opcode == 2:
+                if buf.startswith(MSG_PREFIX, start):
+                    # the hot path: count, answer, nothing else
+                    worker.stats.delivered += 1
+                    if worker.echo:
+                        self.transport.write(worker.msg_frame)
+                else:
+                    self.frame(msgpack.unpackb(buf[start:end], raw=False))
+            elif opcode == 9:  # ping -> pong with the same payload
+                self.transport.write(client_frame(buf[start:end], 10))
+            elif opcode == 8:
+                self.transport.write(client_frame(buf[start : start + 2], 8))
+                self.transport.loseConnection()
+                self.buf = b""
+                return
+            elif opcode == 1:
+                self.frame(json.loads(buf[start:end]))
+        self.buf = buf[pos:] if pos < n else b""
+
+    def frame(self, f: dict[str, Any]) -> None:
+        kind = f.get("type")
+        data = f.get("data") or {}
+        if kind == "connected":
+            self.user_id = data.get("userId", "")
+            self.state = "connected"
+            self.stats.connected += 1
+            self.worker.opened_one()
+        elif kind == "matched":
+            self.matched(data)
+        elif kind == "searching":
+            if self.state == "joining":
+                self.state = "searching"
+                self.stats.searching += 1
+                self.worker.progressed()
+        elif kind == "error":
+            self.worker.count_error(str(data.get("code")))
+
+    def matched(self, data: dict[str, Any]) -> None:
+        now = time.perf_counter()
+        if self.state == "matched":
+            self.worker.count_error("matched twice")
+            return
+        if self.state == "searching":
+            self.stats.searching -= 1
+        self.state = "matched"
+        self.stats.matched += 1
+        self.initiator = bool(data.get("isInitiator"))
+        self.partner_id = data.get("partnerId")
+        if self.join_sent_at:
+            self.stats.latencies.append(((now - self.join_sent_at) * 1000.0, self.initiator))
+        p = self.partner
+        if p is not None and p.user_id and self.partner_id and self.partner_id != p.user_id:
+            self.stats.mispaired += 1
+        self.worker.progressed()
+
+
+class ConnFactory(protocol.ClientFactory):
+    def __init__(self, conn: Conn) -> None:
+        self.conn = conn
+
+    def buildProtocol(self, addr: Any) -> Conn:
+        return self.conn
+
+    def clientConnectionFailed(self, connector: Any, reason: Any) -> None:
+        self.conn.worker.count_error("connect: " + reason.getErrorMessage()[:60])
+        self.conn.connectionLost(reason)
+
+
+class Worker:
+    """Opens the job's connections with a bounded number of handshakes in flight, then obeys."""
+
+    def __init__(self, job: dict[str, Any], out: Any) -> None:
+        self.job = job
+        self.out = out
+        self.stats = Stats()
+        self.kind = job["kind"]
+        self.n = int(job["n"])
+        self.conns: list[Conn | None] = [None] * self.n
+        self.next_index = 0
+        self.in_flight = 0
+        self.echo = False
+        self.closing = False
+        self.ready_sent = False
+        self.phase = "open"
+        content = job.get("content", "x" * 60)
+        self.msg_frame = packed("message", {"content": content})
+        self.limits = raise_nofile(self.n + 64)
+        self._progress_at = 0.0
+
+    # --- events to the harness --------------------------------------------------------------
+    def emit(self, ev: str, **fields: Any) -> None:
+        fields["ev"] = ev
+        fields["worker"] = self.job.get("worker", 0)
+        self.out.write(json.dumps(fields).encode() + b"\n")
+
+    def count_error(self, code: str) -> None:
+        self.stats.errors[code] = self.stats.errors.get(code, 0) + 1
+
+    def progressed(self) -> None:
+        now = time.monotonic()
+        if now - self._progress_at >= 0.5:
+            self._progress_at = now
+            self.emit("progress", phase=self.phase, **self.stats.snapshot())
+        self.check_ready()
+
+    # --- opening ----------------------------------------------------------------------------
+    def target(self, index: int) -> tuple[str, int]:
+        targets = self.job["targets"]
+        if self.kind == "relay":  # socket a of a pair -> first target, b -> last
+            return tuple(targets[0] if index % 2 == 0 else targets[-1])  # type: ignore[return-value]
+        return tuple(targets[index % len(targets)])  # type: ignore[return-value]
+
+    def path(self, index: int) -> str:
+        tag = self.job["tag"]
+        if self.kind == "relay":
+            return f"/?p={tag}-{index // 2}"
+        return f"/?p={tag}-{index // 2}"  # baseline pairs sockets by this key, anygle ignores it
+
+    def source(self, index: int) -> str | None:
+        sources = self.job.get("sources") or []
+        if not sources:
+            return None
+        per = int(self.job.get("per_source", 10000))
+        return sources[min(index // per, len(sources) - 1)]
+
+    def start(self) -> None:
+        self.emit("started", pid=os.getpid(), **self.limits)
+        self.fill()
+        reactor.callLater(0.5, self.tick)
+
+    def fill(self) -> None:
+        limit = int(self.job.get("concurrency", 64))
+        while self.in_flight < limit and self.next_index < self.n:
+            i = self.next_index
+            self.next_index += 1
+            self.in_flight += 1
+            host, port = self.target(i)
+            conn = Conn(self, i, self.path(i), f"{host}:{port}")
+            self.conns[i] = conn
+            src = self.source(i)
+            reactor.connectTCP(
+                host, port, ConnFactory(conn), timeout=30, bindAddress=(src, 0) if src else None
+            )
+
+    def opened_one(self) -> None:
+        self.in_flight -= 1
+        self.fill()
+        if self.next_index >= self.n and self.in_flight == 0 and self.phase == "open":
+            self.all_open()
+        self.progressed()
+
+    def all_open(self) -> None:
+        self.phase = "setup"
+        if self.kind == "relay" and self.job.get("protocol") == "anygle":
+            self.join_pairs()
+        self.check_ready()
+
+    def join_pairs(self) -> None:
+        queue = self.job.get("queue", "unmoderated")
+        tag = self.job["tag"]
+        for k in range(self.n // 2):
+            a, b = self.conns[2 * k], self.conns[2 * k + 1]
+            if a is None or b is None or a.state != "connected" or b.state != "connected":
+                continue
+            a.partner, b.partner = b, a
+            frame = packed(
+                "join",
+                {
+                    "ageCategory": "adult",
+                    "mode": "text",
+                    "queueType": queue,
+                    "interests": [f"{tag}-{k}"[-32:]],
+                    "interestsOnly": True,
+                },
+            )
+            for c in (a, b):
+                c.state = "joining"
+                c.send(frame)
+        if self.job.get("protocol") == "baseline":
+            return
+
+    def check_ready(self) -> None:
+        if self.ready_sent or self.phase not in ("setup", "queued"):
+            return
+        s = self.stats
+        if self.kind == "relay":
+            live = s.connected - s.closed
+            done = s.matched >= live
+        elif self.phase == "queued":
+            done = s.searching + s.matched >= s.connected - s.closed
+        else:
+            done = True
+        if done:
+            self.ready_sent = True
+            self.emit("ready", phase=self.phase, **self.stats.snapshot())
+
+    def tick(self) -> None:
+        """Periodic progress, even when nothing happens (so the harness sees a stall)."""
+        if self.closing:
+            return
+        self.emit("progress", phase=self.phase, **self.stats.snapshot())
+        reactor.callLater(0.5, self.tick)
+
+    # --- commands ---------------------------------------------------------------------------
+    def command(self, cmd: dict[str, Any]) -> None:
+        name = cmd["cmd"]
+        if name == "go" and self.kind == "relay":
+            self.go_relay(cmd)
+        elif name == "go" and self.kind == "latency":
+            self.go_latency(cmd)
+        elif name == "join":
+            self.join_queued(cmd)
+        elif name == "ready?":
+            self.ready_sent = False
+            self.check_ready()
+        elif name == "close":
+            self.close()
+
+    def go_relay(self, cmd: dict[str, Any]) -> None:
+        self.phase = "relay"
+        window = int(cmd.get("window", 10))
+        self.echo = True
+        frame = self.msg_frame * window
+        for c in self.conns:
+            if c is not None and c.state == "matched" and c.initiator:
+                c.send(frame)
+        warmup, duration = float(cmd["warmup"]), float(cmd["duration"])
+        marks: dict[str, Any] = {}
+
+        def start() -> None:
+            marks["t0"], marks["c0"] = time.perf_counter(), self.stats.delivered
+            marks["cpu0"] = os.times()
+
+        def stop() -> None:
+            t1, c1, cpu1 = time.perf_counter(), self.stats.delivered, os.times()
+            self.echo = False
+            secs = t1 - marks["t0"]
+            cpu = (cpu1.user + cpu1.system) - (marks["cpu0"].user + marks["cpu0"].system)
+            self.emit(
+                "result",
+                delivered=c1 - marks["c0"],
+                seconds=secs,
+                rate=(c1 - marks["c0"]) / secs if secs > 0 else 0.0,
+                cpu_seconds=cpu,
+                **{k: v for k, v in self.stats.snapshot().items() if k != "delivered"},
+            )
+
+        reactor.callLater(warmup, start)
+        reactor.callLater(warmup + duration, stop)
+
+    def go_latency(self, cmd: dict[str, Any]) -> None:
+        """Send one join per connection at ``rate``/s, starting after ``offset`` s."""
+        self.phase = "latency"
+        rate = float(cmd["rate"])
+        queue = self.job.get("queue", "unmoderated")
+        frame = packed(
+            "join", {"ageCategory": "adult", "mode": "text", "queueType": queue, "interests": []}
+        )
+        conns = [c for c in self.conns if c is not None and c.state == "connected"]
+        t0 = time.perf_counter() + float(cmd.get("offset", 0.0))
+        state = {"i": 0}
+
+        def pump() -> None:
+            now = time.perf_counter()
+            due = min(len(conns), int((now - t0) * rate) + 1) if now >= t0 else 0
+            while state["i"] < due:
+                c = conns[state["i"]]
+                state["i"] += 1
+                c.state = "joining"
+                c.join_sent_at = time.perf_counter()
+                c.send(frame)
+            if state["i"] < len(conns):
+                reactor.callLater(max(0.0, min(0.002, t0 + state["i"] / rate - now)), pump)
+            else:
+                reactor.callLater(float(cmd.get("grace", 3.0)), finish)
+
+        def finish() -> None:
+            lat = self.stats.latencies
+            self.emit(
+                "result",
+                joins=len(conns),
+                latencies=[round(ms, 3) for ms, _ in lat],
+                initiator=[1 if i else 0 for _, i in lat],
+                **self.stats.snapshot(),
+            )
+
+        reactor.callLater(0, pump)
+
+    def join_queued(self, cmd: dict[str, Any]) -> None:
+        """Every connection joins a queue with an interest nobody else has: it stays queued."""
+        self.phase = "queued"
+        tag = self.job["tag"]
+        queue = self.job.get("queue", "unmoderated")
+        for c in self.conns:
+            if c is not None and c.state == "connected":
+                c.state = "joining"
+                c.send(
+                    packed(
+                        "join",
+                        {
+                            "ageCategory": "adult",
+                            "mode": "text",
+                            "queueType": queue,
+                            "interests": [f"q{tag}-{c.index}"[-32:]],
+                            "interestsOnly": True,
+                        },
+                    )
+                )
+        self.ready_sent = False
+        self.check_ready()
+
+    def close(self) -> None:
+        self.closing = True
+        self.echo = False
+        for c in self.conns:
+            if c is not None and c.transport is not None:
+                c.transport.abortConnection()
+        self.emit("closed", **self.stats.snapshot())
+        reactor.callLater(0.2, reactor.stop)
+
+
+class Control(LineReceiver):
+    delimiter = b"\n"
+    MAX_LENGTH = 10_000_000
+
+    def __init__(self) -> None:
+        self.worker: Worker | None = None
+
+    def lineReceived(self, line: bytes) -> None:
+        if not line.strip():
+            return
+        msg = json.loads(line)
+        try:
+            if self.worker is None:
+                self.worker = Worker(msg, self.transport)
+                self.worker.start()
+            else:
+                self.worker.command(msg)
+        except Exception as e:
+            self.transport.write(json.dumps({"ev": "fatal", "error": repr(e)}).encode() + b"\n")
+            raise
+
+    def connectionLost(self, reason: Any = None) -> None:
+        # the harness went away: stop at once
+        if reactor.running:
+            reactor.stop()
+
+
+def main() -> None:
+    stdio.StandardIO(Control())
+    # Stop by ourselves whatever happens to the harness (the bench must be bounded in time).
+    reactor.callLater(float(os.environ.get("BENCH_WORKER_MAX_SECONDS", "900")), reactor.stop)
+    reactor.run()
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

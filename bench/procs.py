@@ -1,0 +1,399 @@
+"""Child processes of the harness: servers, Redis, nginx and load workers.
+
+Every process started here is registered and killed at the end — normal exit, exception, Ctrl-C or
+SIGTERM — and dies with the harness even if the harness is killed (``PR_SET_PDEATHSIG``).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import json
+import os
+import resource
+import selectors
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psutil
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_children: list[subprocess.Popen] = []
+_tmpdirs: list[str] = []
+
+
+def _die_with_parent() -> None:
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def kill_all() -> None:
+    """Terminate every child we started (then SIGKILL the stubborn ones)."""
+    for p in _children:
+        if p.poll() is None:
+            with contextlib.suppress(OSError):
+                p.terminate()
+    deadline = time.monotonic() + 5
+    for p in _children:
+        try:
+            p.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(OSError):
+                p.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(5)
+    _children.clear()
+    for d in _tmpdirs:
+        shutil.rmtree(d, ignore_errors=True)
+    _tmpdirs.clear()
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    kill_all()
+    raise SystemExit(128 + signum)
+
+
+def install_cleanup() -> None:
+    atexit.register(kill_all)
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGHUP, _on_signal)
+
+
+def tmpdir(prefix: str) -> str:
+    d = tempfile.mkdtemp(prefix=prefix)
+    _tmpdirs.append(d)
+    return d
+
+
+def raise_nofile(wanted: int) -> tuple[int, str]:
+    """Raise this process's file limit (children inherit it); say when it cannot reach ``wanted``."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    note = ""
+    if wanted > hard:
+        try:
+            with open("/proc/sys/fs/nr_open") as f:
+                cap = int(f.read())
+        except OSError:
+            cap = wanted
+        new = min(wanted, cap)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, new))
+        except (ValueError, OSError) as e:
+            note = f"cannot raise the hard file limit {hard} to {wanted} ({e}); "
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    elif wanted > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < wanted:
+        note += f"file limit is {soft}, below the {wanted} wanted: connection counts are capped"
+    return soft, note
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"exited with status {proc.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port} after {timeout:.0f} s")
+
+
+def spawn(argv: list[str], *, log: str | None = None, **kw: Any) -> subprocess.Popen:
+    out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
+    p = subprocess.Popen(
+        argv,
+        stdout=kw.pop("stdout", out),
+        stderr=kw.pop("stderr", subprocess.STDOUT if log else subprocess.DEVNULL),
+        preexec_fn=_die_with_parent,
+        **kw,
+    )
+    _children.append(p)
+    return p
+
+
+def stop(proc: subprocess.Popen | None) -> None:
+    if proc is None:
+        return
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    if proc in _children:
+        _children.remove(proc)
+
+
+def tail(path: str, lines: int = 15) -> str:
+    try:
+        with open(path, "rb") as f:
+            return b"\n".join(f.read().splitlines()[-lines:]).decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+class Server:
+    """One listening server process (anygle instance, bare relay, redis or nginx)."""
+
+    def __init__(self, name: str, argv: list[str], port: int, *, env: dict | None = None,
+                 cwd: str | None = None) -> None:
+        self.name = name
+        self.port = port
+        self.dir = tmpdir(f"anygle-bench-{name}-")
+        self.log = os.path.join(self.dir, "log")
+        self.proc = spawn(argv, log=self.log, env=env, cwd=cwd or self.dir)
+        try:
+            wait_port(port, self.proc)
+        except RuntimeError as e:
+            stop(self.proc)
+            raise RuntimeError(f"{name}: {e}\n{tail(self.log)}") from None
+        self.ps = psutil.Process(self.proc.pid)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def rss(self) -> int:
+        return self.ps.memory_info().rss
+
+    def cpu(self) -> float:
+        t = self.ps.cpu_times()
+        return t.user + t.system
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        stop(self.proc)
+
+
+def baseline(port: int | None = None) -> Server:
+    port = port or free_port()
+    return Server(
+        "baseline",
+        [sys.executable, "-m", "bench.baseline_relay", "--port", str(port)],
+        port,
+        env=dict(os.environ, PYTHONPATH=REPO),
+    )
+
+
+def anygle(engine: str = "memory", *, redis_url: str | None = None, instance: str = "bench",
+           extra: list[str] | None = None) -> Server:
+    port, http = free_port(), free_port()
+    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+    argv = [twistd, "-n", "--pidfile=", "anygle",
+            "--ws", f"tcp:{port}:interface=127.0.0.1:backlog=1024",
+            "--http", f"tcp:{http}:interface=127.0.0.1",
+            "--engine", engine, "--instance-id", instance]
+    if redis_url:
+        argv += ["--redis", redis_url]
+    argv += extra or []
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANYGLE_")}
+    env["PYTHONPATH"] = REPO
+    s = Server(f"anygle-{engine}-{instance}", argv, port, env=env)
+    s.http_port = http  # type: ignore[attr-defined]
+    return s
+
+
+def redis() -> Server:
+    port = free_port()
+    binary = shutil.which("redis-server") or "/usr/sbin/redis-server"
+    return Server("redis", [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                            "--appendonly", "no", "--loglevel", "warning"], port)
+
+
+NGINX_CONF = """
+daemon off;
+master_process off;
+worker_processes 1;
+worker_rlimit_nofile {nofile};
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections {conns}; multi_accept on; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    upstream anygle {{
+        {balance}
+{servers}
+    }}
+    server {{
+        listen 127.0.0.1:{port} backlog=1024;
+        location / {{
+            proxy_pass http://anygle;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection "upgrade";
+            proxy_read_timeout 300s;
+            proxy_buffering off;
+            tcp_nodelay on;
+        }}
+    }}
+}}
+"""
+
+
+def nginx(upstream_ports: list[int], *, sticky_pairs: bool, conns: int = 4096) -> Server:
+    """Our own nginx on a free port (never the system one): ``master_process off`` so that
+    killing this one process removes it all.  ``sticky_pairs`` hashes the ``p`` query argument
+    so both sockets of a pair reach the same instance (needed when instances share nothing)."""
+    binary = shutil.which("nginx") or "/usr/sbin/nginx"
+    port = free_port()
+    d = tmpdir("anygle-bench-nginx-")
+    conf = os.path.join(d, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(NGINX_CONF.format(
+            dir=d, port=port, conns=conns * 2 + 64, nofile=conns * 4 + 256,
+            balance="hash $arg_p consistent;" if sticky_pairs else "",
+            servers="\n".join(f"        server 127.0.0.1:{p};" for p in upstream_ports),
+        ))
+    return Server("nginx", [binary, "-c", conf, "-p", d + "/"], port)
+
+
+class Workers:
+    """Load worker processes (``bench.loadclient``) driven by JSON lines."""
+
+    def __init__(self, jobs: list[dict[str, Any]], progress: Callable[[str], None]) -> None:
+        self.progress = progress
+        self.procs: list[subprocess.Popen] = []
+        self.ps: list[psutil.Process] = []
+        self.sel = selectors.DefaultSelector()
+        self.state: dict[int, dict[str, Any]] = {}
+        self.events: dict[int, list[dict[str, Any]]] = {}
+        self.bufs: dict[int, bytes] = {}
+        env = dict(os.environ, PYTHONPATH=REPO)
+        for i, job in enumerate(jobs):
+            job = dict(job, worker=i)
+            p = spawn([sys.executable, "-m", "bench.loadclient"], stdin=subprocess.PIPE,
+                      stdout=subprocess.PIPE, stderr=None, env=env, cwd=REPO)
+            self.procs.append(p)
+            self.ps.append(psutil.Process(p.pid))
+            self.sel.register(p.stdout, selectors.EVENT_READ, i)
+            self.events[i], self.bufs[i], self.state[i] = [], b"", {}
+            self.send(i, job)
+
+    def send(self, i: int, msg: dict[str, Any]) -> None:
+        p = self.procs[i]
+        assert p.stdin is not None
+        p.stdin.write(json.dumps(msg).encode() + b"\n")
+        p.stdin.flush()
+
+    def broadcast(self, msg: dict[str, Any]) -> None:
+        for i in range(len(self.procs)):
+            self.send(i, msg)
+
+    def pump(self, timeout: float) -> None:
+        for key, _ in self.sel.select(timeout):
+            i = key.data
+            chunk = os.read(key.fileobj.fileno(), 1 << 20)
+            if not chunk:
+                self.sel.unregister(key.fileobj)
+                continue
+            data = self.bufs[i] + chunk
+            *lines, self.bufs[i] = data.split(b"\n")
+            for line in lines:
+                ev = json.loads(line)
+                if ev["ev"] == "progress":
+                    self.state[i] = ev
+                else:
+                    self.events[i].append(ev)
+                    if ev["ev"] in ("ready", "result", "started"):
+                        self.state[i] = {**self.state[i], **{k: v for k, v in ev.items()
+                                                             if k not in ("latencies",
+                                                                          "initiator")}}
+
+    def wait(self, ev: str, timeout: float, label: str = "") -> list[dict[str, Any]]:
+        """The first ``ev`` event of every worker; raises on timeout, fatal or a dead worker."""
+        deadline = time.monotonic() + timeout
+        last = 0.0
+        while True:
+            got = [next((e for e in self.events[i] if e["ev"] == ev), None)
+                   for i in range(len(self.procs))]
+            if all(got):
+                for i in range(len(self.procs)):
+                    self.events[i].remove(got[i])
+                return got  # type: ignore[return-value]
+            for i, evs in self.events.items():
+                fatal = next((e for e in evs if e["ev"] == "fatal"), None)
+                if fatal:
+                    raise RuntimeError(f"load worker {i}: {fatal['error']}")
+            for i, p in enumerate(self.procs):
+                if p.poll() is not None and not got[i]:
+                    raise RuntimeError(f"load worker {i} exited with {p.returncode}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{label or ev}: workers not done after {timeout:.0f} s "
+                                   f"({self.summary()})")
+            self.pump(0.25)
+            if time.monotonic() - last > 0.5:
+                last = time.monotonic()
+                self.progress(f"{label}: {self.summary()}")
+
+    def totals(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"errors": {}}
+        for st in self.state.values():
+            for k in ("connected", "failed", "closed", "matched", "searching", "mispaired",
+                      "delivered"):
+                out[k] = out.get(k, 0) + int(st.get(k, 0) or 0)
+            for code, n in (st.get("errors") or {}).items():
+                out["errors"][code] = out["errors"].get(code, 0) + n
+        return out
+
+    def summary(self) -> str:
+        t = self.totals()
+        parts = [f"{k} {t.get(k, 0)}" for k in ("connected", "matched", "searching", "delivered")
+                 if t.get(k)]
+        if t.get("failed"):
+            parts.append(f"failed {t['failed']}")
+        if t["errors"]:
+            parts.append(f"errors {sum(t['errors'].values())}")
+        return ", ".join(parts) or "starting"
+
+    def cpu(self) -> float:
+        total = 0.0
+        for p in self.ps:
+            with contextlib.suppress(psutil.Error):
+                t = p.cpu_times()
+                total += t.user + t.system
+        return total
+
+    def close(self) -> None:
+        for i, p in enumerate(self.procs):
+            if p.poll() is None:
+                with contextlib.suppress(OSError):
+                    self.send(i, {"cmd": "close"})
+        deadline = time.monotonic() + 10
+        for p in self.procs:
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+            if p in _children:
+                _children.remove(p)
+        self.sel.close()

@@ -1,0 +1,738 @@
+"""Anygle benchmark suite: ``python -m bench [SCENARIO ...] [options]`` (see ``--help``).
+
+Scenarios (all by default, in this order):
+
+``relay``     N matched pairs exchange 60-byte chat messages with a window; delivered messages/s
+              for the bare relay (``bench/baseline_relay.py``), anygle memory engine with
+              moderation off ('unmoderated') and on ('moderated'), Redis engine same-instance
+              and cross-instance.  Ratios against the baseline measured in the same run.
+``latency``   joins arrive at a set rate into one queue; join -> matched as the client sees it.
+``memory``    RSS growth per idle connected user and per queued user, anygle vs the bare relay.
+``scaleout``  total relay throughput through nginx: 1 vs 2 anygle instances.
+
+Every server, Redis, nginx and each load worker is its own process; all are killed at the end.
+Results: a table on stdout, JSON (and a PNG) in ``bench/results/<name>-<date>.*``.
+These are measurements, not tests: nothing here asserts a timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psutil
+
+from bench import procs
+
+RESULTS = os.path.join(procs.REPO, "bench", "results")
+CONTENT = "hey there! how is your day going? i am bored, want to chat ?"  # 60 bytes, benign
+assert len(CONTENT.encode()) == 60
+SCENARIOS = ("relay", "latency", "memory", "scaleout")
+
+TARGETS = {
+    "memory-on/baseline": 0.6,
+    "cross/same": 0.5,
+    "latency_p50_ms": 5.0,
+    "latency_p99_ms": 25.0,
+    "rss_per_conn/baseline": 1.2,
+}
+
+
+# --- output ---------------------------------------------------------------------------------
+class Progress:
+    """One status line on a terminal (rewritten in place), throttled lines otherwise."""
+
+    def __init__(self, stream: Any = sys.stderr) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.last = 0.0
+        self.t0 = time.monotonic()
+
+    def __call__(self, msg: str, force: bool = False) -> None:
+        now = time.monotonic()
+        stamp = f"[{now - self.t0:6.1f}s] "
+        if self.tty:
+            self.stream.write("\r\033[K" + (stamp + msg)[:160])
+            if force:
+                self.stream.write("\n")
+        elif force or now - self.last >= 2.0:
+            self.stream.write(stamp + msg + "\n")
+        else:
+            return
+        self.last = now
+        self.stream.flush()
+
+    def say(self, msg: str) -> None:
+        self(msg, force=True)
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    s = sorted(values)
+    k = (len(s) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
+    return round(s[lo] + (s[hi] - s[lo]) * (k - lo), 3)
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a and b else None
+
+
+# --- the harness --------------------------------------------------------------------------------
+class Bench:
+    def __init__(self, args: argparse.Namespace, progress: Progress) -> None:
+        self.args = args
+        self.progress = progress
+        self.run_id = dt.datetime.now(dt.UTC).strftime("%H%M%S")
+        self.next_source = 2  # 127.0.0.2, 127.0.0.3, ...
+        self.notes: list[str] = []
+        self._redis_ok: bool | None = None
+
+    # --- helpers ------------------------------------------------------------------------------
+    def sources(self, n: int) -> list[str]:
+        """Distinct loopback source addresses for ``n`` connections (per_source each)."""
+        per = self.args.per_source
+        count = max(1, -(-n // per))
+        out = []
+        for _ in range(count):
+            if self.next_source > 254:
+                self.next_source = 2
+            out.append(f"127.0.0.{self.next_source}")
+            self.next_source += 1
+        return out
+
+    def jobs(self, kind: str, total: int, *, protocol: str, targets: list[tuple[str, int]],
+             tag: str, queue: str = "unmoderated", pairs: bool = False,
+             workers: int | None = None) -> list[dict[str, Any]]:
+        """Split ``total`` connections over the workers (whole pairs when ``pairs``)."""
+        w = max(1, min(workers or self.args.workers, total // 2 or 1))
+        unit = 2 if pairs else 1
+        units = total // unit
+        jobs = []
+        for i in range(w):
+            n = (units // w + (1 if i < units % w else 0)) * unit
+            if kind == "latency" and n % 2:
+                n += 1
+            jobs.append({
+                "kind": kind, "n": n, "protocol": protocol, "targets": targets,
+                "tag": f"{tag}{self.run_id}w{i}", "queue": queue, "content": CONTENT,
+                "sources": self.sources(n), "per_source": self.args.per_source,
+                "concurrency": self.args.concurrency,
+            })
+        return jobs
+
+    def redis_available(self) -> tuple[bool, str]:
+        if self.args.no_redis:
+            return False, "skipped (--no-redis)"
+        if importlib.util.find_spec("anygle.engine.redis") is None:
+            return False, "anygle/engine/redis.py does not exist yet"
+        if not os.path.exists("/usr/bin/redis-server") and not shutil_which("redis-server"):
+            return False, "redis-server is not installed (apt-get install redis-server)"
+        return True, ""
+
+    def servers_cpu(self, servers: list[procs.Server]) -> float:
+        total = 0.0
+        for s in servers:
+            with contextlib.suppress(psutil.Error):
+                total += s.cpu()
+        return total
+
+    # --- relay ---------------------------------------------------------------------------------
+    def relay_row(self, row: str, servers: list[procs.Server], targets: list[tuple[str, int]],
+                  protocol: str, queue: str = "unmoderated", pairs: int | None = None
+                  ) -> dict[str, Any]:
+        a = self.args
+        pairs = pairs or a.pairs
+        label = f"relay {row}"
+        self.progress.say(f"{label}: {pairs} pairs, window {a.window}, "
+                          f"{a.warmup:g}+{a.duration:g} s")
+        workers = procs.Workers(
+            self.jobs("relay", pairs * 2, protocol=protocol, targets=targets, tag=row[:6],
+                      queue=queue, pairs=True),
+            self.progress,
+        )
+        try:
+            workers.wait("started", 20, label)
+            setup = workers.wait("ready", 60 + pairs / 50, f"{label} setup")
+            ready = workers.totals()
+            workers.broadcast({"cmd": "go", "warmup": a.warmup, "duration": a.duration,
+                               "window": a.window})
+            end = time.monotonic() + a.warmup
+            while time.monotonic() < end:
+                workers.pump(0.1)
+                self.progress(f"{label}: warming up ({workers.summary()})")
+            s0, c0, t0 = self.servers_cpu(servers), workers.cpu(), time.monotonic()
+            end = t0 + a.duration
+            d0 = workers.totals()["delivered"]
+            while time.monotonic() < end:
+                workers.pump(0.1)
+                d = workers.totals()["delivered"] - d0
+                el = time.monotonic() - t0
+                self.progress(f"{label}: {d / max(el, 1e-3):,.0f} msgs/s so far")
+            s1, c1, t1 = self.servers_cpu(servers), workers.cpu(), time.monotonic()
+            results = workers.wait("result", 30, label)
+        finally:
+            workers.close()
+        secs = t1 - t0
+        rate = sum(r["rate"] for r in results)
+        errors: dict[str, int] = {}
+        for r in results:
+            for k, v in r["errors"].items():
+                errors[k] = errors.get(k, 0) + v
+        out = {
+            "row": row,
+            "pairs": pairs,
+            "matched_pairs": ready.get("matched", 0) // 2,
+            "mispaired": ready.get("mispaired", 0),
+            "rate": round(rate, 1),
+            "server_cpu_pct": round(100 * (s1 - s0) / secs, 1),
+            "client_cpu_pct": round(100 * (c1 - c0) / secs, 1),
+            "workers": len(results),
+            "failed": sum(r["failed"] for r in results),
+            "closed": sum(r["closed"] for r in results),
+            "errors": errors,
+        }
+        del setup
+        for s in servers:
+            if not s.alive():
+                out["error"] = f"{s.name} died: {procs.tail(s.log, 5)}"
+        self.progress.say(f"{label}: {rate:,.0f} msgs/s (server CPU {out['server_cpu_pct']}%, "
+                          f"clients {out['client_cpu_pct']}%)")
+        return out
+
+    def run_row(self, row: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        try:
+            return fn()
+        except Exception as e:  # a failing row is reported, the suite goes on
+            self.progress.say(f"{row}: FAILED: {e}")
+            return {"row": row, "error": f"{type(e).__name__}: {e}"[:2000]}
+
+    def relay_baseline(self) -> dict[str, Any]:
+        s = procs.baseline()
+        try:
+            return self.relay_row("baseline", [s], [("127.0.0.1", s.port)], "baseline")
+        finally:
+            s.stop()
+
+    def relay_memory(self, queue: str, row: str) -> dict[str, Any]:
+        s = procs.anygle("memory", extra=self.args.server_arg)
+        try:
+            return self.relay_row(row, [s], [("127.0.0.1", s.port)], "anygle", queue)
+        finally:
+            s.stop()
+
+    def relay_redis(self, cross: bool, row: str) -> dict[str, Any]:
+        r = procs.redis()
+        servers: list[procs.Server] = []
+        try:
+            for name in ("a", "b") if cross else ("a",):
+                servers.append(procs.anygle("redis", redis_url=f"redis://127.0.0.1:{r.port}/0",
+                                            instance=f"bench-{name}", extra=self.args.server_arg))
+            targets = [("127.0.0.1", s.port) for s in servers]
+            out = self.relay_row(row, [*servers, r], targets, "anygle", self.args.redis_queue)
+            out["redis_cpu_pct_included"] = True
+            return out
+        except Exception as e:
+            logs = "\n".join(f"--- {s.name}\n{procs.tail(s.log, 8)}" for s in servers)
+            raise RuntimeError(f"{e}\n{logs}") from None
+        finally:
+            for s in servers:
+                s.stop()
+            r.stop()
+
+    def scenario_relay(self) -> dict[str, Any]:
+        a = self.args
+        plan: list[tuple[str, Callable[[], dict[str, Any]]]] = [
+            ("baseline", self.relay_baseline),
+            ("memory-off", lambda: self.relay_memory("unmoderated", "memory-off")),
+            ("memory-on", lambda: self.relay_memory("moderated", "memory-on")),
+        ]
+        ok, why = self.redis_available()
+        if ok:
+            plan += [("redis-same", lambda: self.relay_redis(False, "redis-same")),
+                     ("redis-cross", lambda: self.relay_redis(True, "redis-cross"))]
+        runs: dict[str, list[dict[str, Any]]] = {}
+        for rep in range(a.repeat):
+            for row, fn in plan:  # interleaved, so that drift on a noisy machine hits every row
+                if a.repeat > 1:
+                    self.progress.say(f"relay round {rep + 1}/{a.repeat}")
+                runs.setdefault(row, []).append(self.run_row(f"relay {row}", fn))
+        rows = []
+        for row, results in runs.items():
+            good = [r for r in results if "error" not in r and r.get("rate")]
+            best = dict(good[0] if good else results[-1])
+            if good:
+                best["rate"] = round(statistics.median(r["rate"] for r in good), 1)
+                best["rates"] = [r["rate"] for r in good]
+            rows.append(best)
+        if not ok:
+            for row in ("redis-same", "redis-cross"):
+                rows.append({"row": row, "error": f"not run: {why}"})
+        by = {r["row"]: r.get("rate") for r in rows}
+        for r in rows:
+            r["x_baseline"] = ratio(r.get("rate"), by.get("baseline"))
+        cross = next(r for r in rows if r["row"] == "redis-cross")
+        cross["x_same_instance"] = ratio(cross.get("rate"), by.get("redis-same"))
+        return {
+            "rows": rows,
+            "pairs": a.pairs, "window": a.window, "warmup_s": a.warmup, "duration_s": a.duration,
+            "repeat": a.repeat, "content_bytes": 60,
+            "targets": {"memory-on x_baseline": ">= 0.6", "redis-cross x_same_instance": ">= 0.5"},
+        }
+
+    # --- latency -------------------------------------------------------------------------------
+    def latency_row(self, engine: str) -> dict[str, Any]:
+        a = self.args
+        total = int(a.rate * a.latency_seconds)
+        total += total % 2
+        r = None
+        servers: list[procs.Server] = []
+        try:
+            if engine == "redis":
+                r = procs.redis()
+                servers.append(procs.anygle("redis", redis_url=f"redis://127.0.0.1:{r.port}/0",
+                                            extra=a.server_arg))
+            else:
+                servers.append(procs.anygle("memory", extra=a.server_arg))
+            s = servers[0]
+            label = f"latency {engine}"
+            self.progress.say(f"{label}: {total} joins at {a.rate:g}/s into one queue")
+            jobs = self.jobs("latency", total, protocol="anygle", targets=[("127.0.0.1", s.port)],
+                             tag="lat", queue=a.latency_queue)
+            workers = procs.Workers(jobs, self.progress)
+            try:
+                workers.wait("started", 20, label)
+                workers.wait("ready", 60 + total / 200, f"{label} connect")
+                w = len(jobs)
+                for i in range(w):
+                    workers.send(i, {"cmd": "go", "rate": a.rate / w, "offset": 0.2 + i / a.rate,
+                                     "grace": 3.0})
+                results = workers.wait("result", a.latency_seconds + 60, label)
+            finally:
+                workers.close()
+        except Exception as e:
+            logs = "\n".join(f"--- {s.name}\n{procs.tail(s.log, 8)}" for s in servers)
+            raise RuntimeError(f"{e}\n{logs}") from None
+        finally:
+            for s in servers:
+                s.stop()
+            if r is not None:
+                r.stop()
+        lat = [x for res in results for x in res["latencies"]]
+        joiner = [x for res in results for x, i in zip(res["latencies"], res["initiator"],
+                                                       strict=True) if not i]
+        errors: dict[str, int] = {}
+        for res in results:
+            for k, v in res["errors"].items():
+                errors[k] = errors.get(k, 0) + v
+        out = {
+            "row": engine, "rate": a.rate, "joins": sum(res["joins"] for res in results),
+            "matched": len(lat),
+            "p50_ms": percentile(lat, 0.5), "p95_ms": percentile(lat, 0.95),
+            "p99_ms": percentile(lat, 0.99), "max_ms": round(max(lat), 3) if lat else None,
+            "mean_ms": round(statistics.fmean(lat), 3) if lat else None,
+            "joiner_p50_ms": percentile(joiner, 0.5), "joiner_p99_ms": percentile(joiner, 0.99),
+            "errors": errors,
+            "samples": sorted(round(x, 2) for x in lat),
+        }
+        self.progress.say(f"{label}: median {out['p50_ms']} ms, p99 {out['p99_ms']} ms "
+                          f"({out['matched']}/{out['joins']} matched)")
+        return out
+
+    def scenario_latency(self) -> dict[str, Any]:
+        rows = [self.run_row("latency memory", lambda: self.latency_row("memory"))]
+        ok, why = self.redis_available()
+        if ok:
+            rows.append(self.run_row("latency redis", lambda: self.latency_row("redis")))
+        else:
+            rows.append({"row": "redis", "error": f"not run: {why}"})
+        return {"rows": rows, "rate": self.args.rate, "seconds": self.args.latency_seconds,
+                "queue": self.args.latency_queue,
+                "targets": {"redis p50_ms": "<= 5", "redis p99_ms": "<= 25"},
+                "note": "all users: join -> matched incl. waiting for the next arrival; "
+                        "joiner: the user whose join completed the pair (server path only)"}
+
+    # --- memory --------------------------------------------------------------------------------
+    def memory_row(self, kind: str, level: int) -> dict[str, Any]:
+        s = procs.baseline() if kind == "baseline" else procs.anygle("memory",
+                                                                     extra=self.args.server_arg)
+        label = f"memory {kind} {level}"
+        try:
+            time.sleep(1.0)
+            rss0 = s.rss()
+            self.progress.say(f"{label}: opening {level} connections (server RSS "
+                              f"{rss0 / 2**20:.1f} MiB)")
+            workers = procs.Workers(
+                self.jobs("idle", level, protocol="baseline" if kind == "baseline" else "anygle",
+                          targets=[("127.0.0.1", s.port)], tag="mem"),
+                self.progress,
+            )
+            try:
+                workers.wait("started", 20, label)
+                workers.wait("ready", 60 + level / 200, label)
+                time.sleep(2.0)
+                workers.pump(0)
+                idle = workers.totals()
+                rss1 = s.rss()
+                out = {"row": kind, "connections": level, "connected": idle["connected"],
+                       "failed": idle["failed"], "closed": idle["closed"],
+                       "rss_start_mib": round(rss0 / 2**20, 1),
+                       "rss_idle_mib": round(rss1 / 2**20, 1),
+                       "per_conn_kb": round((rss1 - rss0) / max(idle["connected"], 1) / 1024, 2)}
+                if kind != "baseline":
+                    workers.broadcast({"cmd": "join"})
+                    workers.wait("ready", 60 + level / 200, f"{label} queued")
+                    time.sleep(2.0)
+                    workers.pump(0)
+                    queued = workers.totals()
+                    rss2 = s.rss()
+                    out.update(queued=queued["searching"], rss_queued_mib=round(rss2 / 2**20, 1),
+                               per_queued_extra_kb=round((rss2 - rss1) / max(queued["searching"],
+                                                                             1) / 1024, 2))
+                    out["per_queued_kb"] = round(out["per_conn_kb"] + out["per_queued_extra_kb"],
+                                                 2)
+                out["errors"] = workers.totals()["errors"]
+                out["server_alive"] = s.alive()
+            finally:
+                workers.close()
+        finally:
+            s.stop()
+        self.progress.say(f"{label}: {out['per_conn_kb']} KB/connection"
+                          + (f", {out.get('per_queued_kb')} KB/queued user"
+                             if "per_queued_kb" in out else ""))
+        return out
+
+    def scenario_memory(self) -> dict[str, Any]:
+        rows = []
+        for level in self.args.memory_levels:
+            for kind in ("baseline", "anygle-memory"):
+                rows.append(self.run_row(f"memory {kind} {level}",
+                                         lambda k=kind, n=level: self.memory_row(k, n)))
+        base = {r.get("connections"): r.get("per_conn_kb") for r in rows
+                if r["row"] == "baseline"}
+        for r in rows:
+            if r["row"] != "baseline" and "per_conn_kb" in r:
+                r["x_baseline"] = ratio(r["per_conn_kb"], base.get(r["connections"]))
+                r["queued_x_baseline"] = ratio(r.get("per_queued_kb"), base.get(r["connections"]))
+        return {"rows": rows, "targets": {"anygle x_baseline per connection": "<= 1.2",
+                                          "20k connections": "no errors"}}
+
+    # --- scale-out -----------------------------------------------------------------------------
+    def scaleout_row(self, n: int, engine: str) -> dict[str, Any]:
+        r = procs.redis() if engine == "redis" else None
+        servers: list[procs.Server] = []
+        ng = None
+        try:
+            for i in range(n):
+                servers.append(procs.anygle(
+                    engine, redis_url=f"redis://127.0.0.1:{r.port}/0" if r else None,
+                    instance=f"bench-{i}", extra=self.args.server_arg))
+            ng = procs.nginx([s.port for s in servers], sticky_pairs=engine == "memory",
+                             conns=self.args.scaleout_pairs * 2 + 64)
+            extra = [ng] + ([r] if r else [])
+            out = self.relay_row(f"{n}-instance", [*servers, *extra], [("127.0.0.1", ng.port)],
+                                 "anygle", self.args.redis_queue if r else "unmoderated",
+                                 pairs=self.args.scaleout_pairs)
+            out["engine"] = engine
+            out["instances"] = n
+            out["per_instance_cpu_pct"] = None
+            return out
+        except Exception as e:
+            logs = "\n".join(f"--- {s.name}\n{procs.tail(s.log, 8)}" for s in servers)
+            raise RuntimeError(f"{e}\n{logs}") from None
+        finally:
+            for s in servers:
+                s.stop()
+            if ng:
+                ng.stop()
+            if r:
+                r.stop()
+
+    def scenario_scaleout(self) -> dict[str, Any]:
+        if self.args.no_nginx or not shutil_which("nginx"):
+            return {"rows": [], "error": "not run: nginx missing or --no-nginx "
+                                         "(apt-get install -y nginx)"}
+        ok, why = self.redis_available()
+        engine = self.args.scaleout_engine
+        if engine == "auto":
+            engine = "redis" if ok else "memory"
+        note = ("redis engine, nginx round-robin (pairs may span instances)" if engine == "redis"
+                else "memory engine, nginx hashes the pair key so both sockets of a pair reach "
+                     "the same instance" + (f" (redis engine not used: {why})" if not ok else ""))
+        rows = []
+        for n in (1, 2):
+            rows.append(self.run_row(f"scaleout {n}", lambda n=n: self.scaleout_row(n, engine)))
+        one = rows[0].get("rate")
+        for r in rows:
+            r["x_one_instance"] = ratio(r.get("rate"), one)
+        return {"rows": rows, "engine": engine, "note": note, "pairs": self.args.scaleout_pairs}
+
+
+def shutil_which(name: str) -> str | None:
+    import shutil
+
+    return shutil.which(name) or next(
+        (p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if os.path.exists(p)), None)
+
+
+# --- machine, table, JSON, plot -------------------------------------------------------------
+def machine() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "cpus": os.cpu_count(), "mem_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "kernel": platform.release(), "python": platform.python_version(),
+    }
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            info["cpu"] = next((ln.split(":", 1)[1].strip() for ln in f
+                                if ln.startswith("model name")), "")
+    for mod in ("twisted", "autobahn", "msgpack"):
+        with contextlib.suppress(Exception):
+            info[mod] = __import__(mod).__version__
+    with contextlib.suppress(Exception):
+        info["load_avg_at_start"] = [round(x, 2) for x in os.getloadavg()]
+    with contextlib.suppress(Exception):
+        info["git"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=procs.REPO,
+                                     capture_output=True, text=True, timeout=5).stdout.strip()
+    return info
+
+
+def fmt(v: Any, spec: str = "") -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float) and spec:
+        return format(v, spec)
+    return str(v)
+
+
+def table(results: dict[str, Any]) -> str:
+    """The results as Markdown tables (also what goes into docs/performance.md)."""
+    out: list[str] = []
+    rel = results.get("relay")
+    if rel:
+        out += [f"**Relay throughput** ({rel['pairs']} pairs, window {rel['window']}, 60-byte "
+                f"messages, {rel['duration_s']:g} s measured"
+                + (f", median of {rel['repeat']}" if rel["repeat"] > 1 else "") + ")", "",
+                "| row | msgs/s | × baseline | × same-instance | server CPU % | client CPU % "
+                "| notes |", "|---|---:|---:|---:|---:|---:|---|"]
+        for r in rel["rows"]:
+            note = r.get("error", "").splitlines()[0][:90] if r.get("error") else _errs(r)
+            out.append(f"| {r['row']} | {fmt(r.get('rate'), ',.0f')} | "
+                       f"{fmt(r.get('x_baseline'), '.2f')} | "
+                       f"{fmt(r.get('x_same_instance'), '.2f')} | "
+                       f"{fmt(r.get('server_cpu_pct'))} | {fmt(r.get('client_cpu_pct'))} | "
+                       f"{note} |")
+        out.append("")
+    lat = results.get("latency")
+    if lat:
+        out += [f"**Match latency** (joins at {lat['rate']:g}/s into one queue for "
+                f"{lat['seconds']:g} s; client-observed join → matched, ms)", "",
+                "| engine | matched | median | p95 | p99 | max | joiner median | joiner p99 "
+                "| notes |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for r in lat["rows"]:
+            note = r.get("error", "").splitlines()[0][:90] if r.get("error") else _errs(r)
+            out.append(f"| {r['row']} | {fmt(r.get('matched'))}/{fmt(r.get('joins'))} | "
+                       f"{fmt(r.get('p50_ms'))} | {fmt(r.get('p95_ms'))} | "
+                       f"{fmt(r.get('p99_ms'))} | {fmt(r.get('max_ms'))} | "
+                       f"{fmt(r.get('joiner_p50_ms'))} | {fmt(r.get('joiner_p99_ms'))} | "
+                       f"{note} |")
+        out.append("")
+    mem = results.get("memory")
+    if mem:
+        out += ["**Memory** (server RSS growth; idle = connected, queued = waiting in a queue)",
+                "", "| server | connections | connected | KB/connection | × baseline "
+                "| KB/queued user | × baseline | notes |",
+                "|---|---:|---:|---:|---:|---:|---:|---|"]
+        for r in mem["rows"]:
+            note = r.get("error", "").splitlines()[0][:90] if r.get("error") else _errs(r)
+            out.append(f"| {r['row']} | {fmt(r.get('connections'))} | {fmt(r.get('connected'))} "
+                       f"| {fmt(r.get('per_conn_kb'))} | {fmt(r.get('x_baseline'), '.2f')} | "
+                       f"{fmt(r.get('per_queued_kb'))} | "
+                       f"{fmt(r.get('queued_x_baseline'), '.2f')} | {note} |")
+        out.append("")
+    sc = results.get("scaleout")
+    if sc:
+        out += [f"**Scale-out behind nginx** ({sc.get('pairs')} pairs; {sc.get('note', '')})",
+                "", "| instances | msgs/s | × 1 instance | servers+nginx CPU % | client CPU % "
+                "| notes |", "|---|---:|---:|---:|---:|---|"]
+        if sc.get("error"):
+            out.append(f"| - | - | - | - | - | {sc['error']} |")
+        for r in sc.get("rows", []):
+            note = r.get("error", "").splitlines()[0][:90] if r.get("error") else _errs(r)
+            out.append(f"| {r['row']} | {fmt(r.get('rate'), ',.0f')} | "
+                       f"{fmt(r.get('x_one_instance'), '.2f')} | {fmt(r.get('server_cpu_pct'))} "
+                       f"| {fmt(r.get('client_cpu_pct'))} | {note} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def _errs(r: dict[str, Any]) -> str:
+    bits = []
+    if r.get("errors"):
+        bits.append("errors: " + ", ".join(f"{k}×{v}" for k, v in r["errors"].items()))
+    for k in ("failed", "closed", "mispaired"):
+        if r.get(k):
+            bits.append(f"{k} {r[k]}")
+    if r.get("matched_pairs") is not None and r.get("pairs") and r["matched_pairs"] < r["pairs"]:
+        bits.append(f"only {r['matched_pairs']}/{r['pairs']} pairs matched")
+    return "; ".join(bits)
+
+
+def plot(results: dict[str, Any], path: str) -> str | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8), dpi=80)
+    for r in (results.get("latency") or {}).get("rows", []):
+        if r.get("samples"):
+            xs = r["samples"]
+            ys = [(i + 1) / len(xs) for i in range(len(xs))]
+            ax1.plot(xs, ys, label=f"{r['row']} (p50 {r['p50_ms']}, p99 {r['p99_ms']} ms)")
+    ax1.set_xscale("log")
+    ax1.set_xlabel("join → matched, ms (client-observed, log)")
+    ax1.set_ylabel("fraction of users")
+    ax1.set_title("Match latency (CDF)")
+    ax1.grid(True, alpha=0.3)
+    ax1.legend(fontsize=8)
+    names, rates = [], []
+    for r in (results.get("relay") or {}).get("rows", []):
+        names.append(r["row"])
+        rates.append(r.get("rate") or 0)
+    for r in (results.get("scaleout") or {}).get("rows", []):
+        names.append(f"nginx {r['row']}")
+        rates.append(r.get("rate") or 0)
+    colors = ["#777" if n == "baseline" else "#3a7" for n in names]
+    ax2.bar(range(len(names)), rates, color=colors)
+    ax2.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+    ax2.set_ylabel("delivered msgs/s")
+    ax2.set_title("Relay throughput (grey: bare relay)")
+    for i, v in enumerate(rates):
+        ax2.text(i, v, f"{v:,.0f}" if v else "n/a", ha="center", va="bottom", fontsize=7)
+    fig.suptitle(f"Anygle bench {results['date']} ({results['machine'].get('cpus')} cores)",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+# --- CLI ------------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("scenarios", nargs="*", metavar="SCENARIO",
+                   help=f"any of {', '.join(SCENARIOS)} (default: all)")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny numbers for a smoke run (< 2 min; memory engine and baseline only "
+                        "unless --redis/--nginx are given)")
+    p.add_argument("--name", default=None, help="results file name prefix (default: full/quick)")
+    p.add_argument("--out", default=RESULTS, help="results directory")
+    p.add_argument("--workers", type=int, default=2, help="load worker processes")
+    p.add_argument("--pairs", type=int, default=200)
+    p.add_argument("--window", type=int, default=8, help="messages in flight per pair")
+    p.add_argument("--warmup", type=float, default=2.0)
+    p.add_argument("--duration", type=float, default=8.0, help="measured seconds per row")
+    p.add_argument("--repeat", type=int, default=1, help="relay rounds (median is reported)")
+    p.add_argument("--rate", type=float, default=500.0, help="joins/s for the latency scenario")
+    p.add_argument("--latency-seconds", type=float, default=8.0)
+    p.add_argument("--latency-queue", default="unmoderated")
+    p.add_argument("--redis-queue", default="unmoderated",
+                   help="queue type of the Redis relay and scale-out rows")
+    p.add_argument("--memory-levels", default="10000,20000",
+                   type=lambda s: [int(x) for x in s.split(",") if x])
+    p.add_argument("--scaleout-pairs", type=int, default=None)
+    p.add_argument("--scaleout-engine", choices=("auto", "redis", "memory"), default="auto")
+    p.add_argument("--per-source", type=int, default=10000,
+                   help="connections per source address 127.0.0.N (ephemeral ports: ~28k each)")
+    p.add_argument("--concurrency", type=int, default=64, help="handshakes in flight per worker")
+    p.add_argument("--no-redis", action="store_true")
+    p.add_argument("--no-nginx", action="store_true")
+    p.add_argument("--redis", action="store_true", help="with --quick: run the Redis rows too")
+    p.add_argument("--nginx", action="store_true", help="with --quick: run scale-out too")
+    p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--server-arg", action="append", default=[],
+                   help="extra argument for every anygle instance (repeatable), e.g. "
+                        "--server-arg=--stats-interval=3600")
+    a = p.parse_args(argv)
+    a.scenarios = list(a.scenarios) or list(SCENARIOS)
+    unknown = sorted(set(a.scenarios) - set(SCENARIOS))
+    if unknown:
+        p.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
+    if a.quick:
+        a.pairs, a.window, a.warmup, a.duration = 20, 4, 0.5, 2.0
+        a.rate, a.latency_seconds, a.memory_levels = 200.0, 1.0, [200]
+        a.no_redis = a.no_redis or not a.redis
+        a.no_nginx = a.no_nginx or not a.nginx
+        a.workers = min(a.workers, 2)
+        a.repeat = 1
+    if a.scaleout_pairs is None:
+        a.scaleout_pairs = a.pairs
+    a.name = a.name or ("quick" if a.quick else "full")
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    procs.install_cleanup()
+    progress = Progress()
+    need = max([*args.memory_levels, args.pairs * 2]) * 2 + 4096
+    nofile, note = procs.raise_nofile(need)
+    if note:
+        progress.say(f"warning: {note}")
+    started = dt.datetime.now(dt.UTC)
+    results: dict[str, Any] = {
+        "name": args.name,
+        "date": started.strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(),
+        "limits": {"nofile": nofile, "nofile_wanted": need, "note": note},
+        "config": {k: v for k, v in vars(args).items() if k not in ("out",)},
+        "targets": TARGETS,
+    }
+    bench = Bench(args, progress)
+    os.makedirs(args.out, exist_ok=True)
+    stamp = started.strftime("%Y%m%d-%H%M%S")
+    path = os.path.join(args.out, f"{args.name}-{stamp}.json")
+    try:
+        for name in SCENARIOS:
+            if name in args.scenarios:
+                progress.say(f"== {name}")
+                results[name] = getattr(bench, f"scenario_{name}")()
+                with open(path + ".tmp", "w") as f:  # partial results survive an interruption
+                    json.dump(results, f, indent=1)
+    except KeyboardInterrupt:
+        progress.say("interrupted: writing what was measured")
+        results["interrupted"] = True
+    finally:
+        procs.kill_all()
+    results["seconds"] = round((dt.datetime.now(dt.UTC) - started).total_seconds(), 1)
+    with open(path, "w") as f:
+        json.dump(results, f, indent=1)
+    with contextlib.suppress(OSError):
+        os.remove(path + ".tmp")
+    png = None if args.no_plot else plot(results, path[:-5] + ".png")
+    text = table(results)
+    sys.stdout.write("\n" + text + "\n")
+    sys.stdout.write(f"machine: {results['machine'].get('cpus')} cores, "
+                     f"{results['machine'].get('cpu', '?')}; {results['date']}; "
+                     f"{results['seconds']} s\nJSON: {path}\n" + (f"PNG: {png}\n" if png else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
