@@ -28,3 +28,11 @@ def test_twistd_serves_the_example_client_and_stops_cleanly():
     assert code == -signal.SIGTERM, inst.output()[-3000:]
     assert "Server Shut Down." in inst.output()
     assert "Traceback" not in inst.output()
+
+
+def test_readme_shows_the_example_client_verbatim():
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("The example client, in full:\n\n```python\n", 1)[1].split("```", 1)[0]
+    source = (ROOT / "examples" / "chat_client.py").read_text()
+    code = source.split('"""', 2)[2].lstrip("\n")  # without the module docstring
+    assert block == code
