@@ -1,0 +1,472 @@
+"""The redis engine driven directly (no hub, no sockets) against a real ``redis-server``.
+
+Several engines in one reactor play several instances.  A differential test replays random
+operations on the memory and the redis engine and requires the same matches.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import msgpack
+import pytest
+import pytest_twisted
+from twisted.internet import reactor, task
+
+from anygle.engine.base import EngineConfig, EngineUnavailable, Match, Preferences
+from anygle.engine.memory import MemoryEngine
+from anygle.engine.redis import QUEUES, RedisEngine
+from tests.redisutil import RedisServer
+
+
+class Sink:
+    """Records every event, in order."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[Any, ...]] = []
+
+    def on_matched(self, user_id: str, match: Match) -> None:
+        self.events.append(("matched", user_id, match))
+
+    def on_partner_left(self, user_id: str, room_id: str, reason: str) -> None:
+        self.events.append(("left", user_id, room_id, reason))
+
+    def on_relay(self, user_id: str, room_id: str, frame: dict) -> None:
+        self.events.append(("relay", user_id, room_id, frame))
+
+    def on_kick(self, user_id: str, code: str, reason: str) -> None:
+        self.events.append(("kick", user_id, code, reason))
+
+    def of(self, kind: str, user: str | None = None) -> list[tuple[Any, ...]]:
+        return [e for e in self.events if e[0] == kind and (user is None or e[1] == user)]
+
+
+async def sleep(seconds: float) -> None:
+    await task.deferLater(reactor, seconds, lambda: None)
+
+
+async def eventually(pred, timeout: float = 5.0, step: float = 0.02) -> float:
+    """Wait until ``pred()`` is true; returns the seconds it took."""
+    start = reactor.seconds()
+    while not pred():
+        if reactor.seconds() - start > timeout:
+            raise AssertionError("condition not reached in time")
+        await sleep(step)
+    return reactor.seconds() - start
+
+
+@pytest.fixture(scope="module")
+def redis_module():
+    server = RedisServer().start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def redis(redis_module: RedisServer) -> RedisServer:
+    if redis_module.proc is None or redis_module.proc.poll() is not None:
+        redis_module.start()
+    redis_module.command("FLUSHALL")
+    return redis_module
+
+
+@pytest_twisted.async_yield_fixture
+async def engines(redis: RedisServer):
+    """``await make(name, **config)`` -> (engine, sink); all stopped afterwards."""
+    made: list[RedisEngine] = []
+
+    async def make(name: str = "a", **overrides: Any) -> tuple[RedisEngine, Sink]:
+        cfg = EngineConfig(instance_id=name, redis_url=redis.url, **overrides)
+        engine = RedisEngine(cfg, reactor)
+        sink = Sink()
+        await engine.start(sink)
+        made.append(engine)
+        return engine, sink
+
+    yield make
+    for engine in made:
+        await engine.stop()
+
+
+def prefs(interests: tuple[str, ...] = (), only: bool = False, **kw: str) -> Preferences:
+    age, mode, queue = kw.get("age", "adult"), kw.get("mode", "text"), kw.get("queue", "moderated")
+    return Preferences(age, mode, queue, interests, only)
+
+
+def now() -> float:
+    return reactor.seconds()
+
+
+@pytest_twisted.ensureDeferred
+async def test_same_instance_match_relay_and_leave(engines, redis: RedisServer):
+    e, sink = await engines("a")
+    assert e.health() == (True, "ok")
+    await e.connect("u1", "10.0.0.1")
+    await e.connect("u2", "10.0.0.2")
+    assert await e.join("u1", prefs(), now()) is None
+    m = await e.join("u2", prefs(), now())
+    assert m is not None and (m.initiator, m.responder) == ("u1", "u2")
+    assert [ev[1] for ev in sink.of("matched")] == ["u1", "u2"]
+    stats = await e.stats()
+    assert (stats.total_online, stats.active_chats, stats.total_matches, stats.in_queue) == (
+        2,
+        1,
+        1,
+        0,
+    )
+    # relay: synchronous, no Redis
+    e.relay("u2", m.room_id, {"type": "message", "data": {"content": "hi"}})
+    assert sink.of("relay", "u2")[-1][3]["data"]["content"] == "hi"
+    assert e.counters["relayed_local"] == 1
+    # the seed's keys
+    room = redis.command("GET", f"room:{m.room_id}")
+    assert room is not None and b'"initiator":"u1"' in room
+    assert 1700 < redis.command("TTL", f"room:{m.room_id}") <= 1800
+    assert redis.command("HGET", "stats:global", "activeChats") == b"1"
+    assert b'"state":"chatting"' in redis.command("GET", "user:u1")
+    assert await e.leave_room("u1", "skipped") == "u2"
+    assert sink.of("left") == [("left", "u2", m.room_id, "skipped")]
+    assert await e.leave_room("u2", "skipped") is None
+    assert redis.command("GET", f"room:{m.room_id}") is None
+    # cooldown: the pair is kept apart
+    assert await e.join("u1", prefs(), now()) is None
+    assert await e.join("u2", prefs(), now()) is None
+    assert (await e.stats()).in_queue == 2
+    await e.disconnect("u1")
+    await e.disconnect("u2")
+    stats = await e.stats()
+    assert (stats.total_online, stats.active_chats, stats.in_queue) == (0, 0, 0)
+    assert redis.command("HGET", "stats:global", "online") == b"0"
+    assert redis.command("HLEN", "waiting") == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_cross_instance_match_relay_in_order_and_partner_left(engines, redis):
+    a, sa = await engines("a")
+    b, sb = await engines("b")
+    await a.connect("ua", "1.1.1.1")
+    await b.connect("ub", "2.2.2.2")
+    assert await a.join("ua", prefs(("music",)), now()) is None
+    m = await b.join("ub", prefs(("music", "art")), now())
+    assert m is not None and m.initiator == "ua" and m.shared_interests == ("music",)
+    await eventually(lambda: sa.of("matched"))
+    ma, mb = sa.of("matched")[0][2], sb.of("matched")[0][2]
+    assert (ma.room_id, ma.initiator, ma.interests) == (mb.room_id, mb.initiator, mb.interests)
+    for i in range(200):
+        a.relay("ub", m.room_id, {"type": "message", "data": {"n": i}})
+        b.relay("ua", m.room_id, {"type": "message", "data": {"n": i}})
+    await eventually(lambda: len(sb.of("relay")) == 200 and len(sa.of("relay")) == 200)
+    assert [ev[3]["data"]["n"] for ev in sb.of("relay")] == list(range(200))
+    assert [ev[3]["data"]["n"] for ev in sa.of("relay")] == list(range(200))
+    # messages sent just before a skip arrive before partner_skipped
+    a.relay("ub", m.room_id, {"type": "message", "data": {"n": "last"}})
+    assert await a.leave_room("ua", "skipped") == "ub"
+    await eventually(lambda: sb.of("left"))
+    kinds = [ev[0] for ev in sb.events]
+    assert kinds[-2:] == ["relay", "left"] and sb.events[-2][3]["data"]["n"] == "last"
+    assert sb.of("left") == [("left", "ub", m.room_id, "skipped")]
+    assert await b.leave_room("ub", "skipped") is None
+    await sleep(0.2)
+    assert len(sb.of("left")) == 1 and not sa.of("left")
+
+
+@pytest_twisted.ensureDeferred
+async def test_both_skip_at_once_room_ends_once(engines):
+    a, sa = await engines("a")
+    b, sb = await engines("b")
+    for _ in range(20):
+        await a.connect("x", "1.1.1.1")
+        await b.connect("y", "2.2.2.2")
+        await a.join("x", prefs(), now())
+        m = await b.join("y", prefs(), now())
+        room_id = m.room_id
+        await eventually(lambda: "x" in a.users and a.users["x"].room == room_id)  # noqa: B023
+        r1, r2 = a.leave_room("x", "disconnected"), b.leave_room("y", "disconnected")
+        results = [await r1, await r2]
+        assert sorted(r is None for r in results) == [False, True]
+        await sleep(0.05)
+        lefts = [ev for ev in sa.of("left") + sb.of("left") if ev[2] == m.room_id]
+        assert len(lefts) <= 1  # the loser already left by itself: nobody told twice
+        await a.disconnect("x")
+        await b.disconnect("y")
+    stats = await a.stats()
+    assert (stats.active_chats, stats.total_online) == (0, 0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_interest_fallback_interests_only_and_oldest_first(engines):
+    e, sink = await engines("a", interest_timeout=0.3)
+    for u in ("p", "q", "r", "s", "t"):
+        await e.connect(u, "1.1.1.1")
+    t0 = now()
+    assert await e.join("p", prefs(("chess",)), t0) is None
+    assert await e.join("q", prefs(("golf",), only=True), t0 + 0.01) is None
+    assert await e.join("r", prefs(("tennis",)), t0 + 0.02) is None
+    assert await e.tick(t0 + 0.1) == 0
+    # after the timeout p and r are open (q is interestsOnly): the oldest two meet
+    assert await e.tick(t0 + 0.35) == 1
+    (m,) = [ev[2] for ev in sink.of("matched", "p")]
+    assert (m.initiator, m.responder, m.shared_interests) == ("p", "r", ())
+    assert (await e.stats()).in_queue == 1
+    # q only takes golf
+    assert await e.join("s", prefs(), t0 + 0.4) is None
+    assert await e.tick(t0 + 5) == 0
+    m2 = await e.join("t", prefs(("golf", "x")), t0 + 5)
+    assert m2 is not None and {m2.initiator, m2.responder} == {"q", "t"}
+    assert m2.shared_interests == ("golf",)
+
+
+@pytest_twisted.ensureDeferred
+async def test_prefers_most_shared_interests(engines):
+    e, _sink = await engines("a")
+    for u in ("a1", "a2", "a3", "me"):
+        await e.connect(u, "1.1.1.1")
+    t0 = now()
+    await e.join("a1", prefs(("a",), only=True), t0)
+    await e.join("a2", prefs(("b", "c"), only=True), t0 + 0.01)
+    await e.join("a3", prefs(("d", "e"), only=True), t0 + 0.02)
+    m = await e.join("me", prefs(("e", "d", "c", "b", "a")), t0 + 0.03)
+    assert m.initiator == "a2" and m.shared_interests == ("b", "c")
+
+
+@pytest_twisted.ensureDeferred
+async def test_instance_death_partners_told_and_queue_cleaned(engines, redis):
+    a, sa = await engines("a")
+    b, _sb = await engines("b")
+    await a.connect("alive", "1.1.1.1")
+    await b.connect("doomed", "2.2.2.2")
+    await b.connect("waiter", "2.2.2.3")
+    await b.join("doomed", prefs(), now())
+    m = await a.join("alive", prefs(), now())
+    assert m is not None
+    await b.join("waiter", prefs(("rare",), only=True), now())
+    # b "dies": no more heartbeats, connections gone, nothing cleaned up
+    b._stopping = True
+    b._heartbeat.cancel()
+    b._cmd.transport.abortConnection()
+    b._reader.transport.abortConnection()
+    b._cmd_factory.stopTrying()
+    b._reader_factory.stopTrying()
+    took = await eventually(lambda: sa.of("left"), timeout=6)
+    assert took < 5
+    assert sa.of("left") == [("left", "alive", m.room_id, "disconnected")]
+    assert redis.command("HLEN", "waiting") == 0
+    assert redis.command("SISMEMBER", "instances", "b") == 0
+    stats = await a.stats()
+    assert (stats.total_online, stats.active_chats, stats.in_queue) == (1, 0, 0)
+    assert redis.command("HGET", "stats:global", "online") == b"1"
+
+
+@pytest_twisted.ensureDeferred
+async def test_clean_stop_removes_users_at_once(engines, redis):
+    a, sa = await engines("a")
+    b, _sb = await engines("b")
+    await a.connect("ua", "1.1.1.1")
+    await b.connect("ub", "2.2.2.2")
+    await b.connect("uw", "2.2.2.3")
+    await a.join("ua", prefs(), now())
+    m = await b.join("ub", prefs(), now())
+    await b.join("uw", prefs(("z",), only=True), now())
+    await b.stop()
+    took = await eventually(lambda: sa.of("left"), timeout=2)
+    assert took < 1
+    assert sa.of("left")[0][2] == m.room_id
+    assert redis.command("HLEN", "waiting") == 0
+    assert (await a.stats()).total_online == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_outage_local_chat_goes_on_and_matching_resumes(engines, redis):
+    a, sa = await engines("a")
+    b, _sb = await engines("b")
+    for u in ("l1", "l2", "w"):
+        await a.connect(u, "1.1.1.1")
+    await b.connect("r1", "2.2.2.2")
+    await a.join("l1", prefs(), now())
+    local = await a.join("l2", prefs(), now())
+    await a.join("w", prefs(("wait",), only=True), now())
+    redis.kill()
+    await eventually(lambda: not a.health()[0])
+    _ok, reason = a.health()
+    assert reason.startswith("redis unavailable")
+    with pytest.raises(EngineUnavailable):
+        await b.join("r1", prefs(), now())
+    a.relay("l2", local.room_id, {"type": "message", "data": {"x": 1}})
+    assert sa.of("relay", "l2")
+    assert await a.tick(now()) == 0
+    await sleep(1.0)
+    redis.start()
+    took = await eventually(lambda: a.health()[0] and b.health()[0], timeout=6)
+    assert took < 5
+    a.relay("l1", local.room_id, {"type": "message", "data": {"x": 2}})
+    assert sa.of("relay", "l1")
+    # state was rebuilt: the local room, the waiting user, online counts
+    stats = await a.stats()
+    assert (stats.total_online, stats.active_chats, stats.in_queue) == (4, 1, 1)
+    m = await b.join("r1", prefs(("wait",)), now())
+    assert m is not None and {m.initiator, m.responder} == {"w", "r1"}
+    await eventually(lambda: sa.of("matched", "w"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_disconnect_during_outage_is_put_right_on_reconnect(engines, redis):
+    a, _sa = await engines("a")
+    b, sb = await engines("b")
+    await a.connect("ua", "1.1.1.1")
+    await a.connect("ua2", "1.1.1.1")
+    await b.connect("ub", "2.2.2.2")
+    await a.join("ua", prefs(), now())
+    m = await b.join("ub", prefs(), now())
+    # only a loses Redis (its connections are cut and come back)
+    a._cmd.transport.abortConnection()
+    await eventually(lambda: not a.health()[0])
+    await a.disconnect("ua")
+    await eventually(lambda: a.health()[0], timeout=6)
+    await eventually(lambda: sb.of("left"), timeout=3)
+    assert sb.of("left") == [("left", "ub", m.room_id, "disconnected")]
+    assert (await b.stats()).total_online == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_counters_and_bans(engines, redis):
+    a, _sa = await engines("a")
+    b, sb = await engines("b")
+    assert await a.incr("msg:1.2.3.4", 10) == 1
+    assert await b.incr("msg:1.2.3.4", 10) == 2
+    assert await a.get_count("msg:1.2.3.4") == 2
+    assert await a.get_count("nothing") == 0
+    assert 9000 < redis.command("PTTL", "count:msg:1.2.3.4") <= 10000
+    assert await a.get_ban("u", "9.9.9.9") is None
+    await a.ban("ips", "9.9.9.9", "spam", None)
+    assert redis.command("GET", "banned:ips:9.9.9.9") == b"spam"
+    assert redis.command("TTL", "banned:ips:9.9.9.9") == -1
+    assert await b.get_ban("u", "9.9.9.9") == "spam"
+    await b.connect("victim", "5.5.5.5")
+    await a.ban("users", "victim", "abuse", 60)
+    assert 50 < redis.command("TTL", "banned:users:victim") <= 60
+    assert await b.get_ban("victim", "5.5.5.5") == "abuse"
+    await eventually(lambda: sb.of("kick"))
+    assert sb.of("kick") == [("kick", "victim", "BANNED", "abuse")]
+    assert await a.unban("users", "victim") is True
+    assert await a.unban("users", "victim") is False
+    redis.command("SETEX", "banned:users:v2", 100, "by hand")
+    assert await a.get_ban("v2", None) == "by hand"
+
+
+@pytest_twisted.ensureDeferred
+async def test_queue_status_and_avg_match_time(engines):
+    e, _sink = await engines("a")
+    for u in ("q1", "q2", "q3"):
+        await e.connect(u, "1.1.1.1")
+    t0 = now()
+    await e.join("q1", prefs(("a",), only=True), t0)
+    await e.join("q2", prefs(("b",), only=True), t0 + 0.001)
+    status = await e.queue_status(["q1", "q2", "nobody"])
+    assert status == {"q1": (1, 0.0), "q2": (2, 0.0)}
+    await e.join("q3", prefs(("a",)), t0 + 0.5)
+    stats = await e.stats()
+    assert stats.avg_match_time == 250.0 and stats.queues == {"adult:text:moderated": 1}
+    assert (await e.queue_status(["q2"]))["q2"][1] == 250.0
+
+
+# --- the memory engine and the redis engine make the same matches -------------------------------
+
+
+class Script:
+    """Random operations on a handful of users, applied to an engine, recording the matches."""
+
+    def __init__(self, seed: int, n_ops: int = 600) -> None:
+        rnd = random.Random(seed)
+        users = [f"u{i}" for i in range(14)]
+        pool = ["a", "b", "c", "d"]
+        self.ops: list[tuple[Any, ...]] = []
+        t = 1000.0
+        for _ in range(n_ops):
+            t += rnd.choice([0.0, 0.01, 0.2, 1.0, 3.0])
+            u = rnd.choice(users)
+            r = rnd.random()
+            if r < 0.45:
+                interests = tuple(rnd.sample(pool, rnd.choice([0, 0, 1, 2])))
+                only = rnd.random() < 0.2
+                queue = rnd.choice(["moderated", "moderated", "unmoderated"])
+                self.ops.append(("join", u, prefs(interests, only, queue=queue), t))
+            elif r < 0.6:
+                self.ops.append(("leave_room", u, rnd.choice(["skipped", "disconnected"]), t))
+            elif r < 0.7:
+                self.ops.append(("leave_queue", u, None, t))
+            elif r < 0.75:
+                self.ops.append(("reconnect", u, None, t))
+            else:
+                self.ops.append(("tick", None, None, t))
+
+    async def run(self, engine: Any, sink: Sink, clock: task.Clock) -> list[tuple[Any, ...]]:
+        out: list[tuple[Any, ...]] = []
+        in_room: set[str] = set()
+        connected: set[str] = set()
+        for op, u, arg, t in self.ops:
+            clock.advance(t - clock.seconds())
+            if u is not None and u not in connected:
+                await engine.connect(u, "1.1.1.1")
+                connected.add(u)
+            before = len(sink.events)
+            step: list[tuple[Any, ...]] = []
+            if op == "join":
+                if u in in_room:
+                    continue
+                await engine.join(u, arg, t)
+            elif op == "leave_room":
+                await engine.leave_room(u, arg)
+            elif op == "leave_queue":
+                await engine.leave_queue(u)
+            elif op == "reconnect":
+                await engine.disconnect(u)
+                connected.discard(u)
+            else:
+                await engine.tick(t)
+            for ev in sink.events[before:]:
+                if ev[0] == "matched":
+                    m = ev[2]
+                    in_room.update((m.initiator, m.responder))
+                    step.append(("m", ev[1], m.initiator, m.responder, m.shared_interests))
+                elif ev[0] == "left":
+                    in_room.discard(ev[1])
+                    step.append(("l", ev[1], ev[3]))
+            out.extend(sorted(step))  # queues are ticked in another order: same set per step
+            if op in ("leave_room", "reconnect"):
+                in_room.discard(u)
+        return out
+
+
+@pytest.mark.parametrize("seed", list(range(1, 9)))
+@pytest_twisted.ensureDeferred
+async def test_same_matches_as_memory_engine(redis, seed):
+    script = Script(seed)
+    results = []
+    for cls in (MemoryEngine, RedisEngine):
+        redis.command("FLUSHALL")
+        clock = task.Clock()
+        clock.advance(999.0)
+        cfg = EngineConfig(
+            instance_id="diff", redis_url=redis.url, interest_timeout=2.0, rematch_cooldown=5.0
+        )
+        engine = cls(cfg, clock)
+        sink = Sink()
+        await engine.start(sink)
+        try:
+            results.append(await script.run(engine, sink, clock))
+        finally:
+            await engine.stop()
+    memory, redis_result = results
+    assert sum(1 for r in memory if r[0] == "m") > 10
+    assert redis_result == memory
+
+
+def test_queue_names_match_preferences():
+    assert prefs().queue in QUEUES and len(QUEUES) == 12
+    assert msgpack.unpackb(msgpack.packb(("r", "u", "room", {"type": "x"}))) == [
+        "r",
+        "u",
+        "room",
+        {"type": "x"},
+    ]
