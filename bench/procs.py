@@ -77,7 +77,7 @@ def tmpdir(prefix: str) -> str:
 
 
 def raise_nofile(wanted: int) -> tuple[int, str]:
-    """Raise this process's file limit (children inherit it); say when it cannot reach ``wanted``."""
+    """Raise our file limit (children inherit it); say when it cannot reach ``wanted``."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     note = ""
     if wanted > hard:
@@ -120,7 +120,7 @@ def wait_port(port: int, proc: subprocess.Popen, timeout: float = 20.0) -> None:
 
 
 def spawn(argv: list[str], *, log: str | None = None, **kw: Any) -> subprocess.Popen:
-    out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
+    out = open(log, "ab") if log else subprocess.DEVNULL
     p = subprocess.Popen(
         argv,
         stdout=kw.pop("stdout", out),
@@ -157,8 +157,15 @@ def tail(path: str, lines: int = 15) -> str:
 class Server:
     """One listening server process (anygle instance, bare relay, redis or nginx)."""
 
-    def __init__(self, name: str, argv: list[str], port: int, *, env: dict | None = None,
-                 cwd: str | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        port: int,
+        *,
+        env: dict | None = None,
+        cwd: str | None = None,
+    ) -> None:
         self.name = name
         self.port = port
         self.dir = tmpdir(f"anygle-bench-{name}-")
@@ -199,14 +206,29 @@ def baseline(port: int | None = None) -> Server:
     )
 
 
-def anygle(engine: str = "memory", *, redis_url: str | None = None, instance: str = "bench",
-           extra: list[str] | None = None) -> Server:
+def anygle(
+    engine: str = "memory",
+    *,
+    redis_url: str | None = None,
+    instance: str = "bench",
+    extra: list[str] | None = None,
+) -> Server:
     port, http = free_port(), free_port()
     twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
-    argv = [twistd, "-n", "--pidfile=", "anygle",
-            "--ws", f"tcp:{port}:interface=127.0.0.1:backlog=1024",
-            "--http", f"tcp:{http}:interface=127.0.0.1",
-            "--engine", engine, "--instance-id", instance]
+    argv = [
+        twistd,
+        "-n",
+        "--pidfile=",
+        "anygle",
+        "--ws",
+        f"tcp:{port}:interface=127.0.0.1:backlog=1024",
+        "--http",
+        f"tcp:{http}:interface=127.0.0.1",
+        "--engine",
+        engine,
+        "--instance-id",
+        instance,
+    ]
     if redis_url:
         argv += ["--redis", redis_url]
     argv += extra or []
@@ -220,8 +242,23 @@ def anygle(engine: str = "memory", *, redis_url: str | None = None, instance: st
 def redis() -> Server:
     port = free_port()
     binary = shutil.which("redis-server") or "/usr/sbin/redis-server"
-    return Server("redis", [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                            "--appendonly", "no", "--loglevel", "warning"], port)
+    return Server(
+        "redis",
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--loglevel",
+            "warning",
+        ],
+        port,
+    )
 
 
 NGINX_CONF = """
@@ -268,11 +305,16 @@ def nginx(upstream_ports: list[int], *, sticky_pairs: bool, conns: int = 4096) -
     d = tmpdir("anygle-bench-nginx-")
     conf = os.path.join(d, "nginx.conf")
     with open(conf, "w") as f:
-        f.write(NGINX_CONF.format(
-            dir=d, port=port, conns=conns * 2 + 64, nofile=conns * 4 + 256,
-            balance="hash $arg_p consistent;" if sticky_pairs else "",
-            servers="\n".join(f"        server 127.0.0.1:{p};" for p in upstream_ports),
-        ))
+        f.write(
+            NGINX_CONF.format(
+                dir=d,
+                port=port,
+                conns=conns * 2 + 64,
+                nofile=conns * 4 + 256,
+                balance="hash $arg_p consistent;" if sticky_pairs else "",
+                servers="\n".join(f"        server 127.0.0.1:{p};" for p in upstream_ports),
+            )
+        )
     return Server("nginx", [binary, "-c", conf, "-p", d + "/"], port)
 
 
@@ -290,8 +332,14 @@ class Workers:
         env = dict(os.environ, PYTHONPATH=REPO)
         for i, job in enumerate(jobs):
             job = dict(job, worker=i)
-            p = spawn([sys.executable, "-m", "bench.loadclient"], stdin=subprocess.PIPE,
-                      stdout=subprocess.PIPE, stderr=None, env=env, cwd=REPO)
+            p = spawn(
+                [sys.executable, "-m", "bench.loadclient"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=None,
+                env=env,
+                cwd=REPO,
+            )
             self.procs.append(p)
             self.ps.append(psutil.Process(p.pid))
             self.sel.register(p.stdout, selectors.EVENT_READ, i)
@@ -324,17 +372,20 @@ class Workers:
                 else:
                     self.events[i].append(ev)
                     if ev["ev"] in ("ready", "result", "started"):
-                        self.state[i] = {**self.state[i], **{k: v for k, v in ev.items()
-                                                             if k not in ("latencies",
-                                                                          "initiator")}}
+                        self.state[i] = {
+                            **self.state[i],
+                            **{k: v for k, v in ev.items() if k not in ("latencies", "initiator")},
+                        }
 
     def wait(self, ev: str, timeout: float, label: str = "") -> list[dict[str, Any]]:
         """The first ``ev`` event of every worker; raises on timeout, fatal or a dead worker."""
         deadline = time.monotonic() + timeout
         last = 0.0
         while True:
-            got = [next((e for e in self.events[i] if e["ev"] == ev), None)
-                   for i in range(len(self.procs))]
+            got = [
+                next((e for e in self.events[i] if e["ev"] == ev), None)
+                for i in range(len(self.procs))
+            ]
             if all(got):
                 for i in range(len(self.procs)):
                     self.events[i].remove(got[i])
@@ -347,8 +398,9 @@ class Workers:
                 if p.poll() is not None and not got[i]:
                     raise RuntimeError(f"load worker {i} exited with {p.returncode}")
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{label or ev}: workers not done after {timeout:.0f} s "
-                                   f"({self.summary()})")
+                raise TimeoutError(
+                    f"{label or ev}: workers not done after {timeout:.0f} s ({self.summary()})"
+                )
             self.pump(0.25)
             if time.monotonic() - last > 0.5:
                 last = time.monotonic()
@@ -357,8 +409,15 @@ class Workers:
     def totals(self) -> dict[str, Any]:
         out: dict[str, Any] = {"errors": {}}
         for st in self.state.values():
-            for k in ("connected", "failed", "closed", "matched", "searching", "mispaired",
-                      "delivered"):
+            for k in (
+                "connected",
+                "failed",
+                "closed",
+                "matched",
+                "searching",
+                "mispaired",
+                "delivered",
+            ):
                 out[k] = out.get(k, 0) + int(st.get(k, 0) or 0)
             for code, n in (st.get("errors") or {}).items():
                 out["errors"][code] = out["errors"].get(code, 0) + n
@@ -366,8 +425,11 @@ class Workers:
 
     def summary(self) -> str:
         t = self.totals()
-        parts = [f"{k} {t.get(k, 0)}" for k in ("connected", "matched", "searching", "delivered")
-                 if t.get(k)]
+        parts = [
+            f"{k} {t.get(k, 0)}"
+            for k in ("connected", "matched", "searching", "delivered")
+            if t.get(k)
+        ]
         if t.get("failed"):
             parts.append(f"failed {t['failed']}")
         if t["errors"]:

@@ -98,7 +98,7 @@ class Bench:
         self.run_id = dt.datetime.now(dt.UTC).strftime("%H%M%S")
         self.next_source = 2  # 127.0.0.2, 127.0.0.3, ...
         self.notes: list[str] = []
-        self._redis_ok: bool | None = None
+        self.nofile = 1 << 20
 
     # --- helpers ------------------------------------------------------------------------------
     def sources(self, n: int) -> list[str]:
@@ -113,9 +113,18 @@ class Bench:
             self.next_source += 1
         return out
 
-    def jobs(self, kind: str, total: int, *, protocol: str, targets: list[tuple[str, int]],
-             tag: str, queue: str = "unmoderated", pairs: bool = False,
-             workers: int | None = None) -> list[dict[str, Any]]:
+    def jobs(
+        self,
+        kind: str,
+        total: int,
+        *,
+        protocol: str,
+        targets: list[tuple[str, int]],
+        tag: str,
+        queue: str = "unmoderated",
+        pairs: bool = False,
+        workers: int | None = None,
+    ) -> list[dict[str, Any]]:
         """Split ``total`` connections over the workers (whole pairs when ``pairs``)."""
         w = max(1, min(workers or self.args.workers, total // 2 or 1))
         unit = 2 if pairs else 1
@@ -125,12 +134,20 @@ class Bench:
             n = (units // w + (1 if i < units % w else 0)) * unit
             if kind == "latency" and n % 2:
                 n += 1
-            jobs.append({
-                "kind": kind, "n": n, "protocol": protocol, "targets": targets,
-                "tag": f"{tag}{self.run_id}w{i}", "queue": queue, "content": CONTENT,
-                "sources": self.sources(n), "per_source": self.args.per_source,
-                "concurrency": self.args.concurrency,
-            })
+            jobs.append(
+                {
+                    "kind": kind,
+                    "n": n,
+                    "protocol": protocol,
+                    "targets": targets,
+                    "tag": f"{tag}{self.run_id}w{i}",
+                    "queue": queue,
+                    "content": CONTENT,
+                    "sources": self.sources(n),
+                    "per_source": self.args.per_source,
+                    "concurrency": self.args.concurrency,
+                }
+            )
         return jobs
 
     def redis_available(self) -> tuple[bool, str]:
@@ -150,25 +167,40 @@ class Bench:
         return total
 
     # --- relay ---------------------------------------------------------------------------------
-    def relay_row(self, row: str, servers: list[procs.Server], targets: list[tuple[str, int]],
-                  protocol: str, queue: str = "unmoderated", pairs: int | None = None
-                  ) -> dict[str, Any]:
+    def relay_row(
+        self,
+        row: str,
+        servers: list[procs.Server],
+        targets: list[tuple[str, int]],
+        protocol: str,
+        queue: str = "unmoderated",
+        pairs: int | None = None,
+    ) -> dict[str, Any]:
         a = self.args
         pairs = pairs or a.pairs
         label = f"relay {row}"
-        self.progress.say(f"{label}: {pairs} pairs, window {a.window}, "
-                          f"{a.warmup:g}+{a.duration:g} s")
+        self.progress.say(
+            f"{label}: {pairs} pairs, window {a.window}, {a.warmup:g}+{a.duration:g} s"
+        )
         workers = procs.Workers(
-            self.jobs("relay", pairs * 2, protocol=protocol, targets=targets, tag=row[:6],
-                      queue=queue, pairs=True),
+            self.jobs(
+                "relay",
+                pairs * 2,
+                protocol=protocol,
+                targets=targets,
+                tag=row[:6],
+                queue=queue,
+                pairs=True,
+            ),
             self.progress,
         )
         try:
             workers.wait("started", 20, label)
             setup = workers.wait("ready", 60 + pairs / 50, f"{label} setup")
             ready = workers.totals()
-            workers.broadcast({"cmd": "go", "warmup": a.warmup, "duration": a.duration,
-                               "window": a.window})
+            workers.broadcast(
+                {"cmd": "go", "warmup": a.warmup, "duration": a.duration, "window": a.window}
+            )
             end = time.monotonic() + a.warmup
             while time.monotonic() < end:
                 workers.pump(0.1)
@@ -208,8 +240,10 @@ class Bench:
         for s in servers:
             if not s.alive():
                 out["error"] = f"{s.name} died: {procs.tail(s.log, 5)}"
-        self.progress.say(f"{label}: {rate:,.0f} msgs/s (server CPU {out['server_cpu_pct']}%, "
-                          f"clients {out['client_cpu_pct']}%)")
+        self.progress.say(
+            f"{label}: {rate:,.0f} msgs/s (server CPU {out['server_cpu_pct']}%, "
+            f"clients {out['client_cpu_pct']}%)"
+        )
         return out
 
     def run_row(self, row: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -238,8 +272,14 @@ class Bench:
         servers: list[procs.Server] = []
         try:
             for name in ("a", "b") if cross else ("a",):
-                servers.append(procs.anygle("redis", redis_url=f"redis://127.0.0.1:{r.port}/0",
-                                            instance=f"bench-{name}", extra=self.args.server_arg))
+                servers.append(
+                    procs.anygle(
+                        "redis",
+                        redis_url=f"redis://127.0.0.1:{r.port}/0",
+                        instance=f"bench-{name}",
+                        extra=self.args.server_arg,
+                    )
+                )
             targets = [("127.0.0.1", s.port) for s in servers]
             out = self.relay_row(row, [*servers, r], targets, "anygle", self.args.redis_queue)
             out["redis_cpu_pct_included"] = True
@@ -261,8 +301,10 @@ class Bench:
         ]
         ok, why = self.redis_available()
         if ok:
-            plan += [("redis-same", lambda: self.relay_redis(False, "redis-same")),
-                     ("redis-cross", lambda: self.relay_redis(True, "redis-cross"))]
+            plan += [
+                ("redis-same", lambda: self.relay_redis(False, "redis-same")),
+                ("redis-cross", lambda: self.relay_redis(True, "redis-cross")),
+            ]
         runs: dict[str, list[dict[str, Any]]] = {}
         for rep in range(a.repeat):
             for row, fn in plan:  # interleaved, so that drift on a noisy machine hits every row
@@ -270,7 +312,7 @@ class Bench:
                     self.progress.say(f"relay round {rep + 1}/{a.repeat}")
                 runs.setdefault(row, []).append(self.run_row(f"relay {row}", fn))
         rows = []
-        for row, results in runs.items():
+        for results in runs.values():
             good = [r for r in results if "error" not in r and r.get("rate")]
             best = dict(good[0] if good else results[-1])
             if good:
@@ -287,8 +329,12 @@ class Bench:
         cross["x_same_instance"] = ratio(cross.get("rate"), by.get("redis-same"))
         return {
             "rows": rows,
-            "pairs": a.pairs, "window": a.window, "warmup_s": a.warmup, "duration_s": a.duration,
-            "repeat": a.repeat, "content_bytes": 60,
+            "pairs": a.pairs,
+            "window": a.window,
+            "warmup_s": a.warmup,
+            "duration_s": a.duration,
+            "repeat": a.repeat,
+            "content_bytes": 60,
             "targets": {"memory-on x_baseline": ">= 0.6", "redis-cross x_same_instance": ">= 0.5"},
         }
 
@@ -302,23 +348,34 @@ class Bench:
         try:
             if engine == "redis":
                 r = procs.redis()
-                servers.append(procs.anygle("redis", redis_url=f"redis://127.0.0.1:{r.port}/0",
-                                            extra=a.server_arg))
+                servers.append(
+                    procs.anygle(
+                        "redis", redis_url=f"redis://127.0.0.1:{r.port}/0", extra=a.server_arg
+                    )
+                )
             else:
                 servers.append(procs.anygle("memory", extra=a.server_arg))
             s = servers[0]
             label = f"latency {engine}"
             self.progress.say(f"{label}: {total} joins at {a.rate:g}/s into one queue")
-            jobs = self.jobs("latency", total, protocol="anygle", targets=[("127.0.0.1", s.port)],
-                             tag="lat", queue=a.latency_queue)
+            jobs = self.jobs(
+                "latency",
+                total,
+                protocol="anygle",
+                targets=[("127.0.0.1", s.port)],
+                tag="lat",
+                queue=a.latency_queue,
+            )
             workers = procs.Workers(jobs, self.progress)
             try:
                 workers.wait("started", 20, label)
                 workers.wait("ready", 60 + total / 200, f"{label} connect")
                 w = len(jobs)
                 for i in range(w):
-                    workers.send(i, {"cmd": "go", "rate": a.rate / w, "offset": 0.2 + i / a.rate,
-                                     "grace": 3.0})
+                    workers.send(
+                        i,
+                        {"cmd": "go", "rate": a.rate / w, "offset": 0.2 + i / a.rate, "grace": 3.0},
+                    )
                 results = workers.wait("result", a.latency_seconds + 60, label)
             finally:
                 workers.close()
@@ -331,24 +388,35 @@ class Bench:
             if r is not None:
                 r.stop()
         lat = [x for res in results for x in res["latencies"]]
-        joiner = [x for res in results for x, i in zip(res["latencies"], res["initiator"],
-                                                       strict=True) if not i]
+        joiner = [
+            x
+            for res in results
+            for x, i in zip(res["latencies"], res["initiator"], strict=True)
+            if not i
+        ]
         errors: dict[str, int] = {}
         for res in results:
             for k, v in res["errors"].items():
                 errors[k] = errors.get(k, 0) + v
         out = {
-            "row": engine, "rate": a.rate, "joins": sum(res["joins"] for res in results),
+            "row": engine,
+            "rate": a.rate,
+            "joins": sum(res["joins"] for res in results),
             "matched": len(lat),
-            "p50_ms": percentile(lat, 0.5), "p95_ms": percentile(lat, 0.95),
-            "p99_ms": percentile(lat, 0.99), "max_ms": round(max(lat), 3) if lat else None,
+            "p50_ms": percentile(lat, 0.5),
+            "p95_ms": percentile(lat, 0.95),
+            "p99_ms": percentile(lat, 0.99),
+            "max_ms": round(max(lat), 3) if lat else None,
             "mean_ms": round(statistics.fmean(lat), 3) if lat else None,
-            "joiner_p50_ms": percentile(joiner, 0.5), "joiner_p99_ms": percentile(joiner, 0.99),
+            "joiner_p50_ms": percentile(joiner, 0.5),
+            "joiner_p99_ms": percentile(joiner, 0.99),
             "errors": errors,
             "samples": sorted(round(x, 2) for x in lat),
         }
-        self.progress.say(f"{label}: median {out['p50_ms']} ms, p99 {out['p99_ms']} ms "
-                          f"({out['matched']}/{out['joins']} matched)")
+        self.progress.say(
+            f"{label}: median {out['p50_ms']} ms, p99 {out['p99_ms']} ms "
+            f"({out['matched']}/{out['joins']} matched)"
+        )
         return out
 
     def scenario_latency(self) -> dict[str, Any]:
@@ -358,25 +426,45 @@ class Bench:
             rows.append(self.run_row("latency redis", lambda: self.latency_row("redis")))
         else:
             rows.append({"row": "redis", "error": f"not run: {why}"})
-        return {"rows": rows, "rate": self.args.rate, "seconds": self.args.latency_seconds,
-                "queue": self.args.latency_queue,
-                "targets": {"redis p50_ms": "<= 5", "redis p99_ms": "<= 25"},
-                "note": "all users: join -> matched incl. waiting for the next arrival; "
-                        "joiner: the user whose join completed the pair (server path only)"}
+        return {
+            "rows": rows,
+            "rate": self.args.rate,
+            "seconds": self.args.latency_seconds,
+            "queue": self.args.latency_queue,
+            "targets": {"redis p50_ms": "<= 5", "redis p99_ms": "<= 25"},
+            "note": "all users: join -> matched incl. waiting for the next arrival; "
+            "joiner: the user whose join completed the pair (server path only)",
+        }
 
     # --- memory --------------------------------------------------------------------------------
-    def memory_row(self, kind: str, level: int) -> dict[str, Any]:
-        s = procs.baseline() if kind == "baseline" else procs.anygle("memory",
-                                                                     extra=self.args.server_arg)
+    def memory_row(self, kind: str, requested: int) -> dict[str, Any]:
+        # one server process holds every connection: it cannot go past its file limit
+        level = min(requested, self.nofile - 64)
+        if level < requested:
+            self.notes.append(
+                f"memory: {requested} connections capped to {level} by the file "
+                f"limit {self.nofile} (raise the hard limit to measure more)"
+            )
+        s = (
+            procs.baseline()
+            if kind == "baseline"
+            else procs.anygle("memory", extra=self.args.server_arg)
+        )
         label = f"memory {kind} {level}"
         try:
             time.sleep(1.0)
             rss0 = s.rss()
-            self.progress.say(f"{label}: opening {level} connections (server RSS "
-                              f"{rss0 / 2**20:.1f} MiB)")
+            self.progress.say(
+                f"{label}: opening {level} connections (server RSS {rss0 / 2**20:.1f} MiB)"
+            )
             workers = procs.Workers(
-                self.jobs("idle", level, protocol="baseline" if kind == "baseline" else "anygle",
-                          targets=[("127.0.0.1", s.port)], tag="mem"),
+                self.jobs(
+                    "idle",
+                    level,
+                    protocol="baseline" if kind == "baseline" else "anygle",
+                    targets=[("127.0.0.1", s.port)],
+                    tag="mem",
+                ),
                 self.progress,
             )
             try:
@@ -386,11 +474,17 @@ class Bench:
                 workers.pump(0)
                 idle = workers.totals()
                 rss1 = s.rss()
-                out = {"row": kind, "connections": level, "connected": idle["connected"],
-                       "failed": idle["failed"], "closed": idle["closed"],
-                       "rss_start_mib": round(rss0 / 2**20, 1),
-                       "rss_idle_mib": round(rss1 / 2**20, 1),
-                       "per_conn_kb": round((rss1 - rss0) / max(idle["connected"], 1) / 1024, 2)}
+                out = {
+                    "row": kind,
+                    "connections": requested,
+                    "opened": level,
+                    "connected": idle["connected"],
+                    "failed": idle["failed"],
+                    "closed": idle["closed"],
+                    "rss_start_mib": round(rss0 / 2**20, 1),
+                    "rss_idle_mib": round(rss1 / 2**20, 1),
+                    "per_conn_kb": round((rss1 - rss0) / max(idle["connected"], 1) / 1024, 2),
+                }
                 if kind != "baseline":
                     workers.broadcast({"cmd": "join"})
                     workers.wait("ready", 60 + level / 200, f"{label} queued")
@@ -398,36 +492,47 @@ class Bench:
                     workers.pump(0)
                     queued = workers.totals()
                     rss2 = s.rss()
-                    out.update(queued=queued["searching"], rss_queued_mib=round(rss2 / 2**20, 1),
-                               per_queued_extra_kb=round((rss2 - rss1) / max(queued["searching"],
-                                                                             1) / 1024, 2))
-                    out["per_queued_kb"] = round(out["per_conn_kb"] + out["per_queued_extra_kb"],
-                                                 2)
+                    out.update(
+                        queued=queued["searching"],
+                        rss_queued_mib=round(rss2 / 2**20, 1),
+                        per_queued_extra_kb=round(
+                            (rss2 - rss1) / max(queued["searching"], 1) / 1024, 2
+                        ),
+                    )
+                    out["per_queued_kb"] = round(out["per_conn_kb"] + out["per_queued_extra_kb"], 2)
                 out["errors"] = workers.totals()["errors"]
                 out["server_alive"] = s.alive()
             finally:
                 workers.close()
         finally:
             s.stop()
-        self.progress.say(f"{label}: {out['per_conn_kb']} KB/connection"
-                          + (f", {out.get('per_queued_kb')} KB/queued user"
-                             if "per_queued_kb" in out else ""))
+        self.progress.say(
+            f"{label}: {out['per_conn_kb']} KB/connection"
+            + (f", {out.get('per_queued_kb')} KB/queued user" if "per_queued_kb" in out else "")
+        )
         return out
 
     def scenario_memory(self) -> dict[str, Any]:
         rows = []
         for level in self.args.memory_levels:
             for kind in ("baseline", "anygle-memory"):
-                rows.append(self.run_row(f"memory {kind} {level}",
-                                         lambda k=kind, n=level: self.memory_row(k, n)))
-        base = {r.get("connections"): r.get("per_conn_kb") for r in rows
-                if r["row"] == "baseline"}
+                rows.append(
+                    self.run_row(
+                        f"memory {kind} {level}", lambda k=kind, n=level: self.memory_row(k, n)
+                    )
+                )
+        base = {r.get("connections"): r.get("per_conn_kb") for r in rows if r["row"] == "baseline"}
         for r in rows:
             if r["row"] != "baseline" and "per_conn_kb" in r:
                 r["x_baseline"] = ratio(r["per_conn_kb"], base.get(r["connections"]))
                 r["queued_x_baseline"] = ratio(r.get("per_queued_kb"), base.get(r["connections"]))
-        return {"rows": rows, "targets": {"anygle x_baseline per connection": "<= 1.2",
-                                          "20k connections": "no errors"}}
+        return {
+            "rows": rows,
+            "targets": {
+                "anygle x_baseline per connection": "<= 1.2",
+                "20k connections": "no errors",
+            },
+        }
 
     # --- scale-out -----------------------------------------------------------------------------
     def scaleout_row(self, n: int, engine: str) -> dict[str, Any]:
@@ -436,15 +541,28 @@ class Bench:
         ng = None
         try:
             for i in range(n):
-                servers.append(procs.anygle(
-                    engine, redis_url=f"redis://127.0.0.1:{r.port}/0" if r else None,
-                    instance=f"bench-{i}", extra=self.args.server_arg))
-            ng = procs.nginx([s.port for s in servers], sticky_pairs=engine == "memory",
-                             conns=self.args.scaleout_pairs * 2 + 64)
+                servers.append(
+                    procs.anygle(
+                        engine,
+                        redis_url=f"redis://127.0.0.1:{r.port}/0" if r else None,
+                        instance=f"bench-{i}",
+                        extra=self.args.server_arg,
+                    )
+                )
+            ng = procs.nginx(
+                [s.port for s in servers],
+                sticky_pairs=engine == "memory",
+                conns=self.args.scaleout_pairs * 2 + 64,
+            )
             extra = [ng] + ([r] if r else [])
-            out = self.relay_row(f"{n}-instance", [*servers, *extra], [("127.0.0.1", ng.port)],
-                                 "anygle", self.args.redis_queue if r else "unmoderated",
-                                 pairs=self.args.scaleout_pairs)
+            out = self.relay_row(
+                f"{n}-instance",
+                [*servers, *extra],
+                [("127.0.0.1", ng.port)],
+                "anygle",
+                self.args.redis_queue if r else "unmoderated",
+                pairs=self.args.scaleout_pairs,
+            )
             out["engine"] = engine
             out["instances"] = n
             out["per_instance_cpu_pct"] = None
@@ -462,49 +580,75 @@ class Bench:
 
     def scenario_scaleout(self) -> dict[str, Any]:
         if self.args.no_nginx or not shutil_which("nginx"):
-            return {"rows": [], "error": "not run: nginx missing or --no-nginx "
-                                         "(apt-get install -y nginx)"}
+            return {
+                "rows": [],
+                "error": "not run: nginx missing or --no-nginx (apt-get install -y nginx)",
+            }
         ok, why = self.redis_available()
-        engine = self.args.scaleout_engine
-        if engine == "auto":
-            engine = "redis" if ok else "memory"
-        note = ("redis engine, nginx round-robin (pairs may span instances)" if engine == "redis"
-                else "memory engine, nginx hashes the pair key so both sockets of a pair reach "
-                     "the same instance" + (f" (redis engine not used: {why})" if not ok else ""))
+        engines = {
+            "auto": ["redis", "memory"],
+            "redis": ["redis"],
+            "memory": ["memory"],
+            "both": ["redis", "memory"],
+        }[self.args.scaleout_engine]
         rows = []
-        for n in (1, 2):
-            rows.append(self.run_row(f"scaleout {n}", lambda n=n: self.scaleout_row(n, engine)))
-        one = rows[0].get("rate")
-        for r in rows:
-            r["x_one_instance"] = ratio(r.get("rate"), one)
-        return {"rows": rows, "engine": engine, "note": note, "pairs": self.args.scaleout_pairs}
+        for engine in engines:
+            if engine == "redis" and not ok:
+                rows.append({"row": "redis", "error": f"not run: {why}"})
+                continue
+            pair = [
+                self.run_row(
+                    f"scaleout {engine} {n}", lambda n=n, e=engine: self.scaleout_row(n, e)
+                )
+                for n in (1, 2)
+            ]
+            for n, r in zip((1, 2), pair, strict=True):
+                r["row"] = f"{engine} x{n}"
+                r["x_one_instance"] = ratio(r.get("rate"), pair[0].get("rate"))
+            rows += pair
+        return {
+            "rows": rows,
+            "pairs": self.args.scaleout_pairs,
+            "note": "redis: nginx round-robin, a pair's sockets may land on different "
+            "instances (as strangers do); memory: instances share nothing, nginx "
+            "hashes the pair key so both sockets of a pair reach the same instance",
+        }
 
 
 def shutil_which(name: str) -> str | None:
     import shutil
 
     return shutil.which(name) or next(
-        (p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if os.path.exists(p)), None)
+        (p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if os.path.exists(p)), None
+    )
 
 
 # --- machine, table, JSON, plot -------------------------------------------------------------
 def machine() -> dict[str, Any]:
     info: dict[str, Any] = {
-        "cpus": os.cpu_count(), "mem_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "kernel": platform.release(), "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "mem_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
     }
     with contextlib.suppress(OSError):
         with open("/proc/cpuinfo") as f:
-            info["cpu"] = next((ln.split(":", 1)[1].strip() for ln in f
-                                if ln.startswith("model name")), "")
+            info["cpu"] = next(
+                (ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), ""
+            )
     for mod in ("twisted", "autobahn", "msgpack"):
         with contextlib.suppress(Exception):
             info[mod] = __import__(mod).__version__
     with contextlib.suppress(Exception):
         info["load_avg_at_start"] = [round(x, 2) for x in os.getloadavg()]
     with contextlib.suppress(Exception):
-        info["git"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=procs.REPO,
-                                     capture_output=True, text=True, timeout=5).stdout.strip()
+        info["git"] = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=procs.REPO,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
     return info
 
 
@@ -521,69 +665,99 @@ def table(results: dict[str, Any]) -> str:
     out: list[str] = []
     rel = results.get("relay")
     if rel:
-        out += [f"**Relay throughput** ({rel['pairs']} pairs, window {rel['window']}, 60-byte "
-                f"messages, {rel['duration_s']:g} s measured"
-                + (f", median of {rel['repeat']}" if rel["repeat"] > 1 else "") + ")", "",
-                "| row | msgs/s | × baseline | × same-instance | server CPU % | client CPU % "
-                "| notes |", "|---|---:|---:|---:|---:|---:|---|"]
+        out += [
+            f"**Relay throughput** ({rel['pairs']} pairs, window {rel['window']}, 60-byte "
+            f"messages, {rel['duration_s']:g} s measured"
+            + (f", median of {rel['repeat']}" if rel["repeat"] > 1 else "")
+            + ")",
+            "",
+            "| row | msgs/s | x baseline | x same-instance | server CPU % | client CPU % | notes |",
+            "|---|---:|---:|---:|---:|---:|---|",
+        ]
         for r in rel["rows"]:
             note = r.get("error", "").splitlines()[0][:90] if r.get("error") else _errs(r)
-            out.append(f"| {r['row']} | {fmt(r.get('rate'), ',.0f')} | "
-                       f"{fmt(r.get('x_baseline'), '.2f')} | "
-                       f"{fmt(r.get('x_same_instance'), '.2f')} | "
-                       f"{fmt(r.get('server_cpu_pct'))} | {fmt(r.get('client_cpu_pct'))} | "
-                       f"{note} |")
+            out.append(
+                f"| {r['row']} | {fmt(r.get('rate'), ',.0f')} | "
+                f"{fmt(r.get('x_baseline'), '.2f')} | "
+                f"{fmt(r.get('x_same_instance'), '.2f')} | "
+                f"{fmt(r.get('server_cpu_pct'))} | {fmt(r.get('client_cpu_pct'))} | "
+                f"{note} |"
+            )
         out.append("")
     lat = results.get("latency")
     if lat:
-        out += [f"**Match latency** (joins at {lat['rate']:g}/s into one queue for "
-                f"{lat['seconds']:g} s; client-observed join → matched, ms)", "",
-                "| engine | matched | median | p95 | p99 | max | joiner median | joiner p99 "
-                "| notes |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+        out += [
+            f"**Match latency** (joins at {lat['rate']:g}/s into one queue for "
+            f"{lat['seconds']:g} s; client-observed join → matched, ms)",
+            "",
+            "| engine | matched | median | p95 | p99 | max | joiner median | joiner p99 | notes |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        ]
         for r in lat["rows"]:
             note = r.get("error", "").splitlines()[0][:90] if r.get("error") else _errs(r)
-            out.append(f"| {r['row']} | {fmt(r.get('matched'))}/{fmt(r.get('joins'))} | "
-                       f"{fmt(r.get('p50_ms'))} | {fmt(r.get('p95_ms'))} | "
-                       f"{fmt(r.get('p99_ms'))} | {fmt(r.get('max_ms'))} | "
-                       f"{fmt(r.get('joiner_p50_ms'))} | {fmt(r.get('joiner_p99_ms'))} | "
-                       f"{note} |")
+            out.append(
+                f"| {r['row']} | {fmt(r.get('matched'))}/{fmt(r.get('joins'))} | "
+                f"{fmt(r.get('p50_ms'))} | {fmt(r.get('p95_ms'))} | "
+                f"{fmt(r.get('p99_ms'))} | {fmt(r.get('max_ms'))} | "
+                f"{fmt(r.get('joiner_p50_ms'))} | {fmt(r.get('joiner_p99_ms'))} | "
+                f"{note} |"
+            )
         out.append("")
     mem = results.get("memory")
     if mem:
-        out += ["**Memory** (server RSS growth; idle = connected, queued = waiting in a queue)",
-                "", "| server | connections | connected | KB/connection | × baseline "
-                "| KB/queued user | × baseline | notes |",
-                "|---|---:|---:|---:|---:|---:|---:|---|"]
+        out += [
+            "**Memory** (server RSS growth; idle = connected, queued = waiting in a queue)",
+            "",
+            "| server | connections | connected | KB/connection | x baseline "
+            "| KB/queued user | x baseline | notes |",
+            "|---|---:|---:|---:|---:|---:|---:|---|",
+        ]
         for r in mem["rows"]:
             note = r.get("error", "").splitlines()[0][:90] if r.get("error") else _errs(r)
-            out.append(f"| {r['row']} | {fmt(r.get('connections'))} | {fmt(r.get('connected'))} "
-                       f"| {fmt(r.get('per_conn_kb'))} | {fmt(r.get('x_baseline'), '.2f')} | "
-                       f"{fmt(r.get('per_queued_kb'))} | "
-                       f"{fmt(r.get('queued_x_baseline'), '.2f')} | {note} |")
+            out.append(
+                f"| {r['row']} | {fmt(r.get('connections'))} | {fmt(r.get('connected'))} "
+                f"| {fmt(r.get('per_conn_kb'))} | {fmt(r.get('x_baseline'), '.2f')} | "
+                f"{fmt(r.get('per_queued_kb'))} | "
+                f"{fmt(r.get('queued_x_baseline'), '.2f')} | {note} |"
+            )
         out.append("")
     sc = results.get("scaleout")
     if sc:
-        out += [f"**Scale-out behind nginx** ({sc.get('pairs')} pairs; {sc.get('note', '')})",
-                "", "| instances | msgs/s | × 1 instance | servers+nginx CPU % | client CPU % "
-                "| notes |", "|---|---:|---:|---:|---:|---|"]
+        out += [
+            f"**Scale-out behind nginx** ({sc.get('pairs')} pairs; {sc.get('note', '')})",
+            "",
+            "| instances | msgs/s | x 1 instance | servers+nginx CPU % | client CPU % | notes |",
+            "|---|---:|---:|---:|---:|---|",
+        ]
         if sc.get("error"):
             out.append(f"| - | - | - | - | - | {sc['error']} |")
         for r in sc.get("rows", []):
             note = r.get("error", "").splitlines()[0][:90] if r.get("error") else _errs(r)
-            out.append(f"| {r['row']} | {fmt(r.get('rate'), ',.0f')} | "
-                       f"{fmt(r.get('x_one_instance'), '.2f')} | {fmt(r.get('server_cpu_pct'))} "
-                       f"| {fmt(r.get('client_cpu_pct'))} | {note} |")
+            out.append(
+                f"| {r['row']} | {fmt(r.get('rate'), ',.0f')} | "
+                f"{fmt(r.get('x_one_instance'), '.2f')} | {fmt(r.get('server_cpu_pct'))} "
+                f"| {fmt(r.get('client_cpu_pct'))} | {note} |"
+            )
         out.append("")
+    notes = list(results.get("notes") or [])
+    if (results.get("limits") or {}).get("note"):
+        notes.insert(0, results["limits"]["note"])
+    if notes:
+        out += ["Notes:", *(f"- {n}" for n in notes), ""]
     return "\n".join(out)
 
 
 def _errs(r: dict[str, Any]) -> str:
     bits = []
     if r.get("errors"):
-        bits.append("errors: " + ", ".join(f"{k}×{v}" for k, v in r["errors"].items()))
+        bits.append("errors: " + ", ".join(f"{k}x{v}" for k, v in r["errors"].items()))
     for k in ("failed", "closed", "mispaired"):
         if r.get(k):
             bits.append(f"{k} {r[k]}")
+    if r.get("opened") and r.get("connections") and r["opened"] < r["connections"]:
+        bits.append(f"capped to {r['opened']} by the file limit")
+    if r.get("server_alive") is False:
+        bits.append("SERVER DIED")
     if r.get("matched_pairs") is not None and r.get("pairs") and r["matched_pairs"] < r["pairs"]:
         bits.append(f"only {r['matched_pairs']}/{r['pairs']} pairs matched")
     return "; ".join(bits)
@@ -603,12 +777,15 @@ def plot(results: dict[str, Any], path: str) -> str | None:
             xs = r["samples"]
             ys = [(i + 1) / len(xs) for i in range(len(xs))]
             ax1.plot(xs, ys, label=f"{r['row']} (p50 {r['p50_ms']}, p99 {r['p99_ms']} ms)")
-    ax1.set_xscale("log")
+    if ax1.lines:
+        ax1.set_xscale("log")
+        ax1.legend(fontsize=8)
+    else:
+        ax1.text(0.5, 0.5, "latency not measured", ha="center", transform=ax1.transAxes)
     ax1.set_xlabel("join → matched, ms (client-observed, log)")
     ax1.set_ylabel("fraction of users")
     ax1.set_title("Match latency (CDF)")
     ax1.grid(True, alpha=0.3)
-    ax1.legend(fontsize=8)
     names, rates = [], []
     for r in (results.get("relay") or {}).get("rows", []):
         names.append(r["row"])
@@ -623,8 +800,9 @@ def plot(results: dict[str, Any], path: str) -> str | None:
     ax2.set_title("Relay throughput (grey: bare relay)")
     for i, v in enumerate(rates):
         ax2.text(i, v, f"{v:,.0f}" if v else "n/a", ha="center", va="bottom", fontsize=7)
-    fig.suptitle(f"Anygle bench {results['date']} ({results['machine'].get('cpus')} cores)",
-                 fontsize=9)
+    fig.suptitle(
+        f"Anygle bench {results['date']} ({results['machine'].get('cpus')} cores)", fontsize=9
+    )
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -633,14 +811,24 @@ def plot(results: dict[str, Any], path: str) -> str | None:
 
 # --- CLI ------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("scenarios", nargs="*", metavar="SCENARIO",
-                   help=f"any of {', '.join(SCENARIOS)} (default: all)")
-    p.add_argument("--quick", action="store_true",
-                   help="tiny numbers for a smoke run (< 2 min; memory engine and baseline only "
-                        "unless --redis/--nginx are given)")
+    p = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
+    p.add_argument(
+        "scenarios",
+        nargs="*",
+        metavar="SCENARIO",
+        help=f"any of {', '.join(SCENARIOS)} (default: all)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny numbers for a smoke run (< 2 min; memory engine and baseline only "
+        "unless --redis/--nginx are given)",
+    )
     p.add_argument("--name", default=None, help="results file name prefix (default: full/quick)")
     p.add_argument("--out", default=RESULTS, help="results directory")
     p.add_argument("--workers", type=int, default=2, help="load worker processes")
@@ -652,23 +840,40 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rate", type=float, default=500.0, help="joins/s for the latency scenario")
     p.add_argument("--latency-seconds", type=float, default=8.0)
     p.add_argument("--latency-queue", default="unmoderated")
-    p.add_argument("--redis-queue", default="unmoderated",
-                   help="queue type of the Redis relay and scale-out rows")
-    p.add_argument("--memory-levels", default="10000,20000",
-                   type=lambda s: [int(x) for x in s.split(",") if x])
+    p.add_argument(
+        "--redis-queue",
+        default="unmoderated",
+        help="queue type of the Redis relay and scale-out rows",
+    )
+    p.add_argument(
+        "--memory-levels", default="10000,20000", type=lambda s: [int(x) for x in s.split(",") if x]
+    )
     p.add_argument("--scaleout-pairs", type=int, default=None)
-    p.add_argument("--scaleout-engine", choices=("auto", "redis", "memory"), default="auto")
-    p.add_argument("--per-source", type=int, default=10000,
-                   help="connections per source address 127.0.0.N (ephemeral ports: ~28k each)")
+    p.add_argument(
+        "--scaleout-engine",
+        choices=("auto", "both", "redis", "memory"),
+        default="auto",
+        help="auto: redis (when it runs) and memory",
+    )
+    p.add_argument(
+        "--per-source",
+        type=int,
+        default=10000,
+        help="connections per source address 127.0.0.N (ephemeral ports: ~28k each)",
+    )
     p.add_argument("--concurrency", type=int, default=64, help="handshakes in flight per worker")
     p.add_argument("--no-redis", action="store_true")
     p.add_argument("--no-nginx", action="store_true")
     p.add_argument("--redis", action="store_true", help="with --quick: run the Redis rows too")
     p.add_argument("--nginx", action="store_true", help="with --quick: run scale-out too")
     p.add_argument("--no-plot", action="store_true")
-    p.add_argument("--server-arg", action="append", default=[],
-                   help="extra argument for every anygle instance (repeatable), e.g. "
-                        "--server-arg=--stats-interval=3600")
+    p.add_argument(
+        "--server-arg",
+        action="append",
+        default=[],
+        help="extra argument for every anygle instance (repeatable), e.g. "
+        "--server-arg=--stats-interval=3600",
+    )
     a = p.parse_args(argv)
     a.scenarios = list(a.scenarios) or list(SCENARIOS)
     unknown = sorted(set(a.scenarios) - set(SCENARIOS))
@@ -705,6 +910,7 @@ def main(argv: list[str] | None = None) -> int:
         "targets": TARGETS,
     }
     bench = Bench(args, progress)
+    bench.nofile = nofile
     os.makedirs(args.out, exist_ok=True)
     stamp = started.strftime("%Y%m%d-%H%M%S")
     path = os.path.join(args.out, f"{args.name}-{stamp}.json")
@@ -720,6 +926,7 @@ def main(argv: list[str] | None = None) -> int:
         results["interrupted"] = True
     finally:
         procs.kill_all()
+    results["notes"] = bench.notes
     results["seconds"] = round((dt.datetime.now(dt.UTC) - started).total_seconds(), 1)
     with open(path, "w") as f:
         json.dump(results, f, indent=1)
@@ -728,9 +935,11 @@ def main(argv: list[str] | None = None) -> int:
     png = None if args.no_plot else plot(results, path[:-5] + ".png")
     text = table(results)
     sys.stdout.write("\n" + text + "\n")
-    sys.stdout.write(f"machine: {results['machine'].get('cpus')} cores, "
-                     f"{results['machine'].get('cpu', '?')}; {results['date']}; "
-                     f"{results['seconds']} s\nJSON: {path}\n" + (f"PNG: {png}\n" if png else ""))
+    sys.stdout.write(
+        f"machine: {results['machine'].get('cpus')} cores, "
+        f"{results['machine'].get('cpu', '?')}; {results['date']}; "
+        f"{results['seconds']} s\nJSON: {path}\n" + (f"PNG: {png}\n" if png else "")
+    )
     return 0
 
 

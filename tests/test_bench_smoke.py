@@ -1,0 +1,76 @@
+"""Keeps the benchmark harness from rotting: ``python -m bench --quick`` on tiny numbers.
+
+Memory engine and the bare relay only (no Redis, no nginx).  This checks that the harness runs end
+to end and writes a well-formed table and JSON — never how fast anything is.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_bench_quick_writes_table_and_json(tmp_path):
+    env = dict(os.environ, PYTHONPATH=REPO)
+    env.pop("ANYGLE_CONFIG", None)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--quick",
+            "--no-redis",
+            "--no-nginx",
+            "--no-plot",
+            "--name",
+            "smoke",
+            "--out",
+            str(tmp_path),
+            "--warmup",
+            "0.3",
+            "--duration",
+            "1",
+            "relay",
+            "latency",
+            "memory",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert "| row | msgs/s | x baseline" in proc.stdout
+    assert "| engine | matched | median" in proc.stdout
+    assert "| server | connections |" in proc.stdout
+
+    (path,) = glob.glob(str(tmp_path / "smoke-*.json"))
+    results = json.loads(open(path).read())
+    assert results["name"] == "smoke"
+    assert results["machine"]["cpus"] >= 1
+
+    rows = {r["row"]: r for r in results["relay"]["rows"]}
+    assert set(rows) >= {"baseline", "memory-off", "memory-on", "redis-same", "redis-cross"}
+    for name in ("baseline", "memory-off", "memory-on"):
+        assert "error" not in rows[name], rows[name]
+        assert rows[name]["rate"] > 0
+        assert rows[name]["matched_pairs"] == rows[name]["pairs"]
+        assert isinstance(rows[name]["x_baseline"], float)
+    assert rows["redis-same"]["error"].startswith("not run")
+
+    (memory, *_) = results["latency"]["rows"]
+    assert memory["row"] == "memory" and "error" not in memory, memory
+    assert memory["matched"] == memory["joins"] > 0
+    assert memory["p50_ms"] <= memory["p99_ms"]
+
+    mem = {r["row"]: r for r in results["memory"]["rows"]}
+    assert set(mem) == {"baseline", "anygle-memory"}
+    assert mem["anygle-memory"]["connected"] == mem["anygle-memory"]["connections"]
+    assert mem["anygle-memory"]["queued"] == mem["anygle-memory"]["connected"]
+    assert isinstance(mem["anygle-memory"]["per_conn_kb"], float)
