@@ -1,0 +1,177 @@
+"""Evasion-resistant matching copies of a message (the delivered text is never changed).
+
+Views, each derived from the previous one:
+
+* ``raw``   NFKC, zero-width and bidi controls removed; case kept (for capitalised names).
+* ``base``  casefolded, Unicode lookalikes (Cyrillic/Greek/maths letters, confusables data)
+            mapped to ASCII, dash variants to '-'. Digits, '@', '.', '#' survive: contact details
+            are detected here.
+* ``words`` leetspeak mapped inside tokens that mix letters and digits/symbols (``sh1t``,
+            ``sn@p``), masked words resolved (``f*ck``), runs of single letters joined
+            (``f.u.c.k``, ``s e x``). Space-only runs are joined only where the result is a
+            known rule word, so ``r u ok`` and ``pu sh it`` stay as they are.
+* ``text``  ``words`` with every run of a repeated letter squeezed to one (``fuuuck`` -> ``fuck``,
+            ``kill`` -> ``kil``). Phrase rules are squeezed the same way when compiled.
+
+Pure-ASCII messages (the common case) skip the Unicode steps, which keeps the per-message
+cost low.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import unicodedata
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import confusable_homoglyphs
+
+_INVISIBLE = (
+    "\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180e\u200b\u200c\u200d\u200e\u200f"
+    "\u202a\u202b\u202c\u202d\u202e\u2060\u2061\u2062\u2063\u2064\u2066\u2067\u2068\u2069"
+    "\u206a\u206b\u206c\u206d\u206e\u206f\u3164\ufe00\ufe01\ufe02\ufe03\ufe04\ufe05\ufe06"
+    "\ufe07\ufe08\ufe09\ufe0a\ufe0b\ufe0c\ufe0d\ufe0e\ufe0f\ufeff\uffa0"
+)
+STRIP_TABLE: dict[int, None] = dict.fromkeys(map(ord, _INVISIBLE))
+
+
+def _build_fold_table() -> dict[int, str]:
+    """Map every non-ASCII lookalike of an ASCII letter or digit to that character.
+
+    Built from the Unicode confusables data shipped with ``confusable_homoglyphs``; letters
+    win over digits (Cyrillic 'о' becomes 'o', not '0').
+    """
+    path = os.path.join(os.path.dirname(confusable_homoglyphs.__file__), "confusables.json")
+    with open(path, encoding="utf-8") as fh:
+        data: dict[str, list[dict[str, str]]] = json.load(fh)
+    table: dict[int, str] = {}
+
+    def put(ch: str, target: str) -> None:
+        if len(ch) != 1 or ch.isascii():
+            return
+        old = table.get(ord(ch))
+        if old is None or (old.isdigit() and target.isalpha()):
+            table[ord(ch)] = target
+
+    for key, homoglyphs in data.items():
+        if len(key) == 1 and key.isascii() and key.isalnum():
+            for h in homoglyphs:
+                put(h["c"], key.lower())
+        elif len(key) == 1 and not key.isascii():
+            for h in homoglyphs:
+                c = h["c"]
+                if len(c) == 1 and c.isascii() and c.isalnum():
+                    put(key, c.lower())
+    # Dingbat circled digits have no NFKC decomposition.
+    for start in (0x2776, 0x2780, 0x278A):
+        for i in range(9):
+            table[start + i] = str(i + 1)
+        table[start + 9] = "10"
+    for dash in "\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe58\ufe63\uff0d":
+        table[ord(dash)] = "-"
+    table.update(STRIP_TABLE)
+    return table
+
+
+FOLD_TABLE = _build_fold_table()
+
+LEET_TABLE = str.maketrans(
+    {"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b", "9": "g"}
+    | {"@": "a", "$": "s", "!": "i", "|": "l"}
+)
+_LEET_HINT = re.compile(r"[a-z][0-9@$|]|[0-9@$|!][a-z]|[a-z]![a-z]")
+_LEET_TOKEN = re.compile(r"[a-z0-9@$!|]+")
+# Digit-first tokens that are numbers with a unit or ordinal, never leetspeak ("14yo", "3rd").
+_UNIT = re.compile(
+    r"\d+(?:yo|yrs?|years?|y|st|nd|rd|th|am|pm|s|k|m|km|kg|g|mb|gb|min|mins|h|hr|hrs|x|d"
+    r"|mm|cm|ml|lb|lbs|ft|p|v|gen|mph)"
+)
+_MASKED = re.compile(r"[a-z]+\*+[a-z]*|\*+[a-z]{2,}")
+_SINGLE_RUN = re.compile(r"(?<![a-z0-9])[a-z](?:[ ._\-*+~|/\\,:;]{1,3}[a-z](?![a-z0-9]))+")
+_SEPARATOR = re.compile(r"[ ._\-*+~|/\\,:;]+")
+_SQUEEZE = re.compile(r"([a-z])\1+")
+WORD = re.compile(r"[a-z]+")
+
+
+def squeeze(s: str) -> str:
+    """Collapse every run of one repeated letter to a single letter."""
+    return _SQUEEZE.sub(r"\1", s)
+
+
+@dataclass(slots=True)
+class Normalized:
+    raw: str
+    base: str
+    words: str
+    text: str
+    word_tokens: list[str]
+    text_tokens: list[str]
+    token_set: frozenset[str]
+
+
+class Normalizer:
+    """Builds the matching views; ``known`` are squeezed rule words used to join letter runs,
+    ``masked_words`` are candidate words for masked tokens like ``f*ck``."""
+
+    def __init__(self, known: Iterable[str], masked_words: Iterable[str]) -> None:
+        self.known = frozenset(known)
+        self._masked_words = sorted(set(masked_words))
+
+    def __call__(self, text: str) -> Normalized:
+        if text.isascii():
+            raw = text
+            base = text.lower()
+        else:
+            raw = unicodedata.normalize("NFKC", text).translate(STRIP_TABLE)
+            base = unicodedata.normalize("NFKC", raw.casefold().translate(FOLD_TABLE))
+            if not base.isascii():
+                base = base.translate(FOLD_TABLE)
+        words = base
+        if _LEET_HINT.search(words):
+            words = _LEET_TOKEN.sub(_leet, words)
+        if "*" in words:
+            words = _MASKED.sub(self._unmask, words)
+        if _SINGLE_RUN.search(words):
+            words = _SINGLE_RUN.sub(self._join_run, words)
+        text_view = _SQUEEZE.sub(r"\1", words)
+        wt = WORD.findall(words)
+        tt = WORD.findall(text_view)
+        return Normalized(raw, base, words, text_view, wt, tt, frozenset(tt))
+
+    def _unmask(self, m: re.Match[str]) -> str:
+        tok = m.group()
+        pattern = re.compile(re.sub(r"\*+", lambda s: "[a-z]" * len(s.group()), tok))
+        for w in self._masked_words:
+            if len(w) == len(tok) and pattern.fullmatch(w):
+                return w
+        return tok
+
+    def _join_run(self, m: re.Match[str]) -> str:
+        run = m.group()
+        letters = _SEPARATOR.split(run)
+        if len(letters) > 32:
+            return run
+        if all(sep.strip() for sep in _SEPARATOR.findall(run)):
+            return "".join(letters)  # "f.u.c.k", "s-e-x": never innocent spacing
+        # Space-separated (or mixed) single letters: join only the longest known sub-run.
+        n = len(letters)
+        for size in range(n, 1, -1):
+            for i in range(n - size + 1):
+                cand = "".join(letters[i : i + size])
+                if squeeze(cand) in self.known:
+                    return " ".join([*letters[:i], cand, *letters[i + size :]])
+        return run
+
+
+def _leet(m: re.Match[str]) -> str:
+    tok = m.group()
+    core = tok.rstrip("!")
+    if not core or core.isalpha() or core.isdigit():
+        return tok
+    if not any("a" <= c <= "z" for c in core):
+        return tok
+    if core[0].isdigit() and _UNIT.fullmatch(core):
+        return tok
+    return core.translate(LEET_TABLE) + tok[len(core) :]

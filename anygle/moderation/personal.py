@@ -1,0 +1,191 @@
+"""Detectors for contact details on the ``base`` view: phone numbers, e-mail, street addresses,
+IP addresses, links and handles.
+
+Phone numbers are the expensive part (``phonenumbers``), so they are only looked at when the
+message holds at least 7 digits once number words ("five five five") are turned into digits.
+A digit run that ``phonenumbers`` accepts as a valid number in one of ``PHONE_REGIONS`` (or as
+an international number) is *strong*; any other run of 7-15 digits is *weak* and only counts
+next to a phone word ("call", "text me", "my number").
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import phonenumbers
+
+from .normalize import squeeze
+
+PHONE_REGIONS = ("US", "GB", "CA", "AU", "IN", "DE", "FR", "IE", "NZ")
+PHONE_WORDS = frozenset(
+    squeeze(w)
+    for w in (
+        "number", "num", "numba", "call", "text", "phone", "cell", "mobile", "digits",
+        "whatsapp", "reach", "ring", "sms", "imessage", "telegram", "signal", "contact", "cellphone",
+    )
+)  # fmt: skip
+STREET_WORDS = frozenset(
+    squeeze(w)
+    for w in (
+        "street", "st", "avenue", "ave", "road", "rd", "lane", "ln", "drive", "dr", "boulevard",
+        "blvd", "court", "ct", "way", "place", "pl", "terrace", "crescent", "close", "parkway",
+        "pkwy", "highway", "hwy", "square", "sq",
+    )
+)  # fmt: skip
+_ADDRESS_STOP = frozenset(
+    "the a an my our your his her their down up on in at of to from across along this that "
+    "every per blocks block minutes minute miles mile km times and or is was are for with by "
+    "dogs cats cars houses people kids".split()
+)
+
+_ANY_DIGIT = re.compile(r"\d")
+_NUMBER_WORD = re.compile(r"(?<![a-z])(zero|one|two|three|four|five|six|seven|eight|nine)(?![a-z])")
+_NUMBER_VALUE = {w: str(i) for i, w in enumerate("zero one two three four five six seven eight nine".split())}
+_DIGIT_RUN = re.compile(r"(?:\+|(?<!\d)00)?\d(?:[\s().,\-/]{0,3}\d){6,17}")
+_EMAIL = re.compile(r"[a-z0-9._%+-]+@[a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]{2,}")
+_MAIL_HOSTS = r"(?:gmail|googlemail|hotmail|yahoo|outlook|icloud|aol|protonmail|proton|gmx|yandex|msn)"
+_TLDS = r"(?:com|net|org|edu|gov|co|uk|de|fr|io|me|ca|au|us|info|biz|ru|in|nl|es|it)"
+_AT = r"(?:\s*[(\[{<]\s*at\s*[)\]}>]\s*|\s+at\s+|\s*@\s*)"
+_DOT = r"(?:\s*[(\[{<]\s*dot\s*[)\]}>]\s*|\s+dot\s+|\s*\.\s*)"
+_EMAIL_SPELLED = re.compile(
+    rf"(?<![a-z0-9._-])[a-z0-9._-]{{2,}}{_AT}(?:{_MAIL_HOSTS}(?:{_DOT}{_TLDS})?|[a-z0-9-]{{2,}}{_DOT}{_TLDS})(?![a-z0-9])"
+)
+_ADDRESS = re.compile(
+    r"(?<![\w.,:/-])\d{1,5}[a-z]?,?\s+((?:[a-z][a-z'.-]*\s+){1,3})(?:street|st|avenue|ave|road|rd|"
+    r"lane|ln|drive|dr|boulevard|blvd|court|ct|way|place|pl|terrace|crescent|close|parkway|pkwy|"
+    r"highway|hwy|square|sq)(?![a-z])"
+)
+_IP = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])")
+_CONTACT_LINK = re.compile(
+    r"(?:discord(?:app)?\.(?:gg|com/invite)|t\.me|telegram\.me|wa\.me|chat\.whatsapp\.com|"
+    r"snapchat\.com/add|instagram\.com|kik\.me|tiktok\.com/@|facebook\.com|fb\.com|m\.me)/?[\w.@/-]*"
+)
+_LINK = re.compile(
+    r"(?:https?://|www\.)\S+|(?<![\w@.-])[a-z0-9-]{2,}(?:\.[a-z0-9-]+)*\.(?:com|net|org|io|gg|me|"
+    r"co|ly|tv|app|xyz|info|link|to|be|us|uk|de|ru|fr|live|chat|site|online|club)(?:/\S*)?(?![\w-])"
+)
+_HANDLE = re.compile(r"(?<![\w.@])@(?!\d{1,2}(?:am|pm|:)|\d+(?![a-z_.]))[a-z0-9_][a-z0-9_.]{2,}")
+_TAG = re.compile(r"(?<![\w#])[a-z0-9_.]{2,}#\d{4}(?!\d)")
+
+
+@dataclass(frozen=True, slots=True)
+class Phone:
+    digits: str
+    strong: bool
+
+
+def find_phone(base: str) -> Phone | None:
+    """The first phone-number-like digit run (strong before weak), or None."""
+    has_digit = _ANY_DIGIT.search(base) is not None
+    if not has_digit and _NUMBER_WORD.search(base) is None:
+        return None
+    s = _NUMBER_WORD.sub(lambda m: _NUMBER_VALUE[m.group()], base)
+    if sum(c.isdigit() for c in s) < 7:
+        return None
+    weak = None
+    for m in _DIGIT_RUN.finditer(s):
+        run = m.group()
+        digits = "".join(c for c in run if c.isdigit())
+        if not 7 <= len(digits) <= 15:
+            continue
+        if _is_valid(run, digits):
+            return Phone(digits, True)
+        weak = weak or Phone(digits, False)
+    return weak
+
+
+def _is_valid(run: str, digits: str) -> bool:
+    intl = run.startswith(("+", "00"))
+    candidates = ["+" + digits.removeprefix("00")] if intl else [digits]
+    regions = (None,) if intl else PHONE_REGIONS
+    for number in candidates:
+        for region in regions:
+            try:
+                parsed = phonenumbers.parse(number, region)
+            except phonenumbers.NumberParseException:
+                continue
+            if phonenumbers.is_valid_number(parsed):
+                return True
+    return False
+
+
+def find_email(base: str, tokens: frozenset[str]) -> str | None:
+    if "@" in base:
+        m = _EMAIL.search(base)
+        if m:
+            return m.group()
+    if "@" in base or "at" in tokens:
+        m = _EMAIL_SPELLED.search(base)
+        if m:
+            return m.group()
+    return None
+
+
+def find_address(base: str, tokens: frozenset[str]) -> str | None:
+    if tokens.isdisjoint(STREET_WORDS) or _ANY_DIGIT.search(base) is None:
+        return None
+    for m in _ADDRESS.finditer(base):
+        if not _ADDRESS_STOP.intersection(m.group(1).split()):
+            return m.group()
+    return None
+
+
+def find_ip(base: str) -> str | None:
+    if base.count(".") < 3:
+        return None
+    m = _IP.search(base)
+    return m.group() if m else None
+
+
+def find_contact_link(base: str) -> str | None:
+    if "." not in base:
+        return None
+    m = _CONTACT_LINK.search(base)
+    return m.group() if m else None
+
+
+def find_link(base: str) -> str | None:
+    if "." not in base:
+        return None
+    m = _LINK.search(base)
+    return m.group() if m else None
+
+
+def find_handle(base: str) -> str | None:
+    if "@" in base:
+        m = _HANDLE.search(base)
+        if m:
+            return m.group()
+    if "#" in base:
+        m = _TAG.search(base)
+        if m:
+            return m.group()
+    return None
+
+
+def third_party_pi(base: str, tokens: frozenset[str]) -> str | None:
+    """Any contact detail at all, strong or weak: used to confirm a doxing marker."""
+    phone = find_phone(base)
+    if phone:
+        return phone.digits
+    return find_email(base, tokens) or find_address(base, tokens) or find_ip(base)
+
+
+def own_pi(base: str, tokens: frozenset[str]) -> tuple[str, str] | None:
+    """(category, evidence) for contact details a protected user must not share."""
+    phone = find_phone(base)
+    if phone and (phone.strong or not tokens.isdisjoint(PHONE_WORDS)):
+        return "personal_info", phone.digits
+    found = (
+        find_email(base, tokens)
+        or find_contact_link(base)
+        or find_handle(base)
+        or find_address(base, tokens)
+    )
+    if found:
+        return "personal_info", found
+    link = find_link(base)
+    if link:
+        return "link", link
+    return None

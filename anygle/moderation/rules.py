@@ -1,0 +1,313 @@
+"""Rule data: loading, validating and compiling the word lists and pattern files.
+
+Rules are data so an operator can extend them without a release (config path, SIGHUP reload).
+The packaged files in ``anygle/moderation/data/`` are always loaded; ``extra`` (a directory or a
+single file) is loaded after them and extends them. Two formats:
+
+``<category>.txt`` -- one entry per line, ``#`` comments. ``word`` matches a whole token with
+any letter repeatable (``fuuuck``), ``word*`` adds common inflections (s, ed, er, ing, ...),
+anything with a space is a phrase whose words may be separated by anything or nothing.
+``allow.txt`` lists tokens that never fire from word lists.
+
+``*.json`` -- ``{"macros": {name: regex}, "settings": {...}, "rules": [rule, ...]}``; a rule is
+``{"id", "category", "re" | "near": [re, re] + "within", "keys", "view", "requires_pi",
+"signal", "weight"}``. Regexes see the normalised copy (see normalize.py); ``%name%`` expands a
+macro, a space means "one or more non-letters", word boundaries are implied, and on the default
+``text`` view letter runs are squeezed like the text, so write words normally. ``keys`` gate a
+rule: it only runs when one of these tokens is in the message (rules without keys run on every
+message and cost time).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .normalize import Normalizer, squeeze
+from .verdict import CATEGORY_ORDER, CATEGORY_SEVERITY, Severity
+
+DATA_DIR = Path(__file__).parent / "data"
+VIEWS = ("text", "base", "raw")
+SUFFIXES = (
+    "", "s", "es", "ed", "er", "ers", "ing", "ings", "in", "y", "ies", "ier", "iest",
+    "head", "heads", "face", "faces", "wit", "wits", "ass", "bag", "bags", "hole", "holes",
+)  # fmt: skip
+_MACRO = re.compile(r"%([a-z_]+)%")
+_SQUEEZE_SRC = re.compile(r"(\\.)|([a-z])\2+")
+_WORD_ENTRY = re.compile(r"[a-z]+\*?")
+_PHRASE_WORD = re.compile(r"[a-z']+\*?")
+
+
+@dataclass(frozen=True, slots=True)
+class WordEntry:
+    word: str
+    category: str
+    severity: Severity
+    verify: re.Pattern[str]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Rule:
+    id: str
+    category: str
+    severity: Severity
+    view: str
+    pattern: re.Pattern[str] | None
+    near: tuple[re.Pattern[str], re.Pattern[str]] | None
+    within: int
+    keys: frozenset[str]
+    requires_pi: bool
+    signal: str | None
+    weight: int
+    rank: tuple[int, int, int]
+    source: str
+
+
+@dataclass(frozen=True)
+class Rules:
+    words: dict[str, tuple[WordEntry, ...]]
+    by_key: dict[str, tuple[Rule, ...]]
+    always: tuple[Rule, ...]
+    rules: tuple[Rule, ...]
+    allow: frozenset[str]
+    grooming_threshold: int
+    normalizer: Normalizer
+    sources: tuple[str, ...] = field(default=())
+
+
+def load_rules(extra: str | None = None) -> Rules:
+    """Load packaged rules plus the operator's ``extra`` file or directory.
+
+    Raises ValueError naming the file (and rule or line) on any broken input.
+    """
+    files = _rule_files(DATA_DIR)
+    if extra:
+        path = Path(extra)
+        if path.is_dir():
+            files += _rule_files(path)
+        elif path.is_file() and path.suffix in (".txt", ".json"):
+            files.append(path)
+        else:
+            raise ValueError(f"moderation rules path {extra!r} is not a directory, .txt or .json file")
+    return _Builder().build(files)
+
+
+def _rule_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.iterdir() if p.suffix in (".txt", ".json") and p.is_file())
+
+
+def squeeze_regex(src: str) -> str:
+    """Squeeze repeated letters in a regex's literals the way the text view is squeezed."""
+    return _SQUEEZE_SRC.sub(lambda m: m.group(1) or m.group(2), src)
+
+
+def _verify_regex(word: str) -> re.Pattern[str]:
+    parts = []
+    for m in re.finditer(r"([a-z])\1*", word):
+        n = len(m.group())
+        parts.append(f"{m.group(1)}+" if n == 1 else f"{m.group(1)}{{{n},}}")
+    return re.compile("".join(parts))
+
+
+class _Builder:
+    def __init__(self) -> None:
+        self.macros: dict[str, str] = {}
+        self.words: dict[str, list[WordEntry]] = {}
+        self.rules: list[Rule] = []
+        self.allow: set[str] = set()
+        self.known: set[str] = set()
+        self.masked: set[str] = set()
+        self.settings: dict[str, int] = {"grooming_threshold": 5}
+        self.count = 0
+
+    def build(self, files: list[Path]) -> Rules:
+        docs: list[tuple[Path, dict]] = []
+        for path in files:
+            if path.suffix == ".json":
+                docs.append((path, self._read_json(path)))
+        for path, doc in docs:  # macros first, so any file may use any file's macros
+            macros = doc.get("macros", {})
+            if not isinstance(macros, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in macros.items()
+            ):
+                raise ValueError(f"{path}: 'macros' must map names to regex strings")
+            self.macros.update(macros)
+        for path, doc in docs:
+            settings = doc.get("settings", {})
+            for key, value in settings.items():
+                if key not in self.settings or not isinstance(value, int) or value < 1:
+                    raise ValueError(f"{path}: unknown or invalid setting {key!r}: {value!r}")
+                self.settings[key] = value
+            rules = doc.get("rules", [])
+            if not isinstance(rules, list):
+                raise ValueError(f"{path}: 'rules' must be a list")
+            for i, spec in enumerate(rules):
+                where = f"{path}: rule #{i} ({spec.get('id', '?') if isinstance(spec, dict) else '?'})"
+                self.rules.append(self._rule(spec, where))
+        for path in files:
+            if path.suffix == ".txt":
+                self._read_words(path)
+        by_key: dict[str, list[Rule]] = {}
+        always = []
+        for rule in self.rules:
+            self.known.update(rule.keys)
+            if not rule.keys:
+                always.append(rule)
+            for key in rule.keys:
+                by_key.setdefault(key, []).append(rule)
+        self.known.update(self.words)
+        return Rules(
+            words={k: tuple(v) for k, v in self.words.items()},
+            by_key={k: tuple(sorted(v, key=_rank)) for k, v in by_key.items()},
+            always=tuple(sorted(always, key=_rank)),
+            rules=tuple(self.rules),
+            allow=frozenset(self.allow),
+            grooming_threshold=self.settings["grooming_threshold"],
+            normalizer=Normalizer(self.known - {""}, self.masked),
+            sources=tuple(str(p) for p in files),
+        )
+
+    @staticmethod
+    def _read_json(path: Path) -> dict:
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path}: cannot read rules: {exc}") from exc
+        if not isinstance(doc, dict):
+            raise ValueError(f"{path}: top level must be an object")
+        return doc
+
+    def _expand(self, src: str, where: str) -> str:
+        for _ in range(8):
+            if "%" not in src:
+                return src
+            try:
+                src = _MACRO.sub(lambda m: self.macros[m.group(1)], src)
+            except KeyError as exc:
+                raise ValueError(f"{where}: unknown macro %{exc.args[0]}%") from None
+        raise ValueError(f"{where}: macros nested too deeply")
+
+    def _compile(self, src: str, view: str, where: str) -> re.Pattern[str]:
+        if not isinstance(src, str) or not src:
+            raise ValueError(f"{where}: pattern must be a non-empty string")
+        src = self._expand(src, where)
+        if view == "text":
+            src = squeeze_regex(src.replace(" ", "[^a-z0-9]+"))
+            src = f"(?<![a-z0-9])(?:{src})(?![a-z0-9])"
+        elif view == "base":
+            src = "(?<![a-z0-9])(?:" + src.replace(" ", r"\s+") + ")(?![a-z0-9])"
+        else:
+            src = "(?<![A-Za-z0-9])(?:" + src.replace(" ", r"\s+") + ")(?![A-Za-z0-9])"
+        try:
+            return re.compile(src)
+        except re.error as exc:
+            raise ValueError(f"{where}: bad regex: {exc}") from exc
+
+    def _rule(self, spec: object, where: str) -> Rule:
+        if not isinstance(spec, dict):
+            raise ValueError(f"{where}: a rule must be an object")
+        unknown = set(spec) - {
+            "id", "category", "re", "near", "within", "keys", "view", "requires_pi",
+            "signal", "weight", "_doc",
+        }  # fmt: skip
+        if unknown:
+            raise ValueError(f"{where}: unknown fields {sorted(unknown)}")
+        category = spec.get("category")
+        if category not in CATEGORY_SEVERITY:
+            raise ValueError(f"{where}: unknown category {category!r}")
+        view = spec.get("view", "text")
+        if view not in VIEWS:
+            raise ValueError(f"{where}: view must be one of {VIEWS}")
+        if ("re" in spec) == ("near" in spec):
+            raise ValueError(f"{where}: give exactly one of 're' or 'near'")
+        pattern = near = None
+        if "re" in spec:
+            pattern = self._compile(spec["re"], view, where)
+        else:
+            parts = spec["near"]
+            if not isinstance(parts, list) or len(parts) != 2:
+                raise ValueError(f"{where}: 'near' must be a list of two patterns")
+            near = (self._compile(parts[0], view, where), self._compile(parts[1], view, where))
+        keys = spec.get("keys", [])
+        if not isinstance(keys, list) or not all(isinstance(k, str) and k for k in keys):
+            raise ValueError(f"{where}: 'keys' must be a list of words")
+        signal = spec.get("signal")
+        weight = spec.get("weight", 0)
+        if (category == "grooming") != (signal is not None):
+            raise ValueError(f"{where}: grooming rules (and only they) need a 'signal'")
+        if signal is not None and (not isinstance(weight, int) or weight < 1):
+            raise ValueError(f"{where}: grooming signals need a positive integer 'weight'")
+        within = spec.get("within", 40)
+        if not isinstance(within, int) or within < 0:
+            raise ValueError(f"{where}: 'within' must be a non-negative integer")
+        self.count += 1
+        severity = CATEGORY_SEVERITY[category]
+        return Rule(
+            id=str(spec.get("id") or f"rule{self.count}"),
+            category=category,
+            severity=severity,
+            view=view,
+            pattern=pattern,
+            near=near,
+            within=within,
+            keys=frozenset(squeeze(k.lower()) for k in keys),
+            requires_pi=bool(spec.get("requires_pi", False)),
+            signal=signal,
+            weight=weight,
+            rank=(-severity, CATEGORY_ORDER.index(category), self.count),
+            source=where,
+        )
+
+    def _read_words(self, path: Path) -> None:
+        category = path.stem
+        if category != "allow" and category not in CATEGORY_SEVERITY:
+            raise ValueError(
+                f"{path}: word list must be named after a category "
+                f"({', '.join(CATEGORY_ORDER)}) or 'allow'"
+            )
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{path}: cannot read word list: {exc}") from exc
+        for lineno, line in enumerate(lines, 1):
+            entry = line.split("#", 1)[0].strip().lower()
+            if not entry:
+                continue
+            where = f"{path}:{lineno}"
+            if category == "allow":
+                if not _WORD_ENTRY.fullmatch(entry.rstrip("*")):
+                    raise ValueError(f"{where}: allow entries are single words")
+                self.allow.add(squeeze(entry))
+            elif " " in entry:
+                self._phrase(entry, category, where)
+            elif _WORD_ENTRY.fullmatch(entry):
+                self._word(entry, category)
+            else:
+                raise ValueError(f"{where}: {entry!r} is not a word, word* or phrase")
+
+    def _word(self, entry: str, category: str) -> None:
+        stem = entry.rstrip("*")
+        for suffix in SUFFIXES if entry.endswith("*") else ("",):
+            word = stem + suffix
+            self.masked.add(word)
+            we = WordEntry(word, category, CATEGORY_SEVERITY[category], _verify_regex(word))
+            self.words.setdefault(squeeze(word), []).append(we)
+
+    def _phrase(self, entry: str, category: str, where: str) -> None:
+        words = entry.split()
+        if not all(_PHRASE_WORD.fullmatch(w) for w in words):
+            raise ValueError(f"{where}: phrase words may only contain letters and apostrophes")
+        parts = [re.escape(w.rstrip("*")).replace("'", "'?") for w in words]
+        if words[-1].endswith("*"):
+            parts[-1] += "(?:" + "|".join(s for s in SUFFIXES if s) + ")?"
+        src = "[^a-z0-9]*".join(parts)
+        tokens = re.findall(r"[a-z]+", entry)
+        keys = [max(tokens, key=len), "".join(tokens)]
+        spec = {"id": f"{category}:{entry}", "category": category, "re": src, "keys": keys}
+        self.rules.append(self._rule(spec, where))
+
+
+def _rank(rule: Rule) -> tuple[int, int, int]:
+    return rule.rank

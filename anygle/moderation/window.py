@@ -1,0 +1,122 @@
+"""Per-sender sliding window: catches what only shows across several messages.
+
+* Split contact details and split words: when the new message is short (a fragment, at most
+  ``FRAGMENT_CHARS`` characters), the recent messages are joined (at most ``JOIN_CHARS`` characters)
+  and classified again. A finding counts only if it is new, i.e. not already found in an earlier
+  message or an earlier join, so an old, already-handled finding never blocks an innocent reply.
+* Grooming: each message's grooming signals (see data/grooming.json) are kept for the window.
+  Each signal type counts once, with its highest weight. A message that carries a signal and
+  brings the window's score to ``grooming_threshold`` (default 5: two different signals, or one
+  sexual image request) is flagged 'grooming': HIGH when ``protect_personal_info`` (a teen is
+  involved), otherwise MEDIUM. Not applied in the unmoderated queue.
+
+The window keeps at most ``max_messages`` messages no older than ``max_age`` seconds. One
+instance per connection; not thread-safe (the reactor thread owns it).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from .classifier import Classifier, Signal
+from .verdict import CLEAN, Severity, Verdict
+
+FRAGMENT_CHARS = 40
+JOIN_CHARS = 200
+
+
+@dataclass(slots=True)
+class _Entry:
+    time: float
+    text: str
+    signals: tuple[Signal, ...]
+    found: frozenset[tuple[str | None, str | None]]
+
+
+class SenderWindow:
+    """Per-sender sliding window (one per connection), catches contact details split over several
+    messages and grooming scored over recent messages."""
+
+    def __init__(
+        self, classifier: Classifier, *, max_messages: int = 8, max_age: float = 120.0
+    ) -> None:
+        self.classifier = classifier
+        self.max_messages = max_messages
+        self.max_age = max_age
+        self._entries: deque[_Entry] = deque()
+
+    def check(self, text: str, now: float, *, protect_personal_info: bool, moderated: bool) -> Verdict:
+        self._expire(now)
+        clf = self.classifier
+        rules = clf.rules
+        norm = rules.normalizer(text)
+        flags = {"protect_personal_info": protect_personal_info, "moderated": moderated}
+        verdict = clf.classify_normalized(norm, rules=rules, **flags)
+        found = {(verdict.category, verdict.evidence)} if verdict else set()
+
+        if self._entries and len(text) <= FRAGMENT_CHARS:
+            joined = self._joined(text)
+            if joined is not None:
+                jv = clf.classify_normalized(rules.normalizer(joined), rules=rules, **flags)
+                key = (jv.category, jv.evidence)
+                if jv and not any(key in e.found for e in self._entries):
+                    found.add(key)
+                    if jv.severity > verdict.severity:
+                        verdict = jv
+
+        signals: tuple[Signal, ...] = ()
+        if moderated:
+            signals = tuple(clf.grooming_signals(norm, rules))
+            if signals:
+                gv = self._grooming(signals, rules.grooming_threshold, protect_personal_info)
+                if gv.severity > verdict.severity:
+                    verdict = gv
+
+        self._entries.append(_Entry(now, text, signals, frozenset(found)))
+        if len(self._entries) > self.max_messages:
+            self._entries.popleft()
+        return verdict
+
+    def score(self) -> int:
+        """Current grooming score of the window (for logs and tests)."""
+        return sum(_best_weights(e.signals for e in self._entries).values())
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def _expire(self, now: float) -> None:
+        entries = self._entries
+        while entries and (now - entries[0].time > self.max_age):
+            entries.popleft()
+
+    def _joined(self, text: str) -> str | None:
+        parts = [text]
+        size = len(text)
+        for entry in reversed(self._entries):
+            size += len(entry.text) + 1
+            if size > JOIN_CHARS:
+                break
+            parts.append(entry.text)
+        if len(parts) == 1:
+            return None
+        return " ".join(reversed(parts))
+
+    def _grooming(self, new: tuple[Signal, ...], threshold: int, teen: bool) -> Verdict:
+        weights = _best_weights([*(e.signals for e in self._entries), new])
+        total = sum(weights.values())
+        if total < threshold:
+            return CLEAN
+        names = sorted(weights)
+        evidence = "; ".join(f"{s.name}: {s.evidence}" for s in new)
+        evidence = f"score {total} ({', '.join(names)}) {evidence}"
+        return Verdict(Severity.HIGH if teen else Severity.MEDIUM, "grooming", evidence)
+
+
+def _best_weights(groups) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    best: dict[str, int] = {}
+    for signals in groups:
+        for s in signals:
+            if s.weight > best.get(s.name, 0):
+                best[s.name] = s.weight
+    return best
