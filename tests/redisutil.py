@@ -161,3 +161,210 @@ def _read_reply(f):
         n = int(rest)
         return None if n < 0 else [_read_reply(f) for _ in range(n)]
     raise ValueError(f"bad reply {line!r}")
+
+
+# --- a cluster of real processes: redis-server, N ``twistd anygle`` instances, nginx ------------
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def nginx_binary() -> str | None:
+    return shutil.which("nginx") or (
+        "/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None
+    )
+
+
+def nginx_config(listen_port: int, upstreams: list[tuple[int, int]], prefix: str) -> str:
+    """etc/nginx/anygle.conf's server, on free ports, wrapped in a standalone main config."""
+    ws = "\n".join(f"        server 127.0.0.1:{w} max_fails=0;" for w, _ in upstreams)
+    http = "\n".join(f"        server 127.0.0.1:{h} max_fails=0;" for _, h in upstreams)
+    return f"""
+worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
+    upstream anygle_ws {{
+        least_conn;
+{ws}
+    }}
+    upstream anygle_http {{
+{http}
+    }}
+    server {{
+        listen 127.0.0.1:{listen_port};
+        location = /health {{ proxy_pass http://anygle_http; }}
+        location = /stats {{ proxy_pass http://anygle_http; }}
+        location / {{
+            proxy_pass http://anygle_ws;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection $connection_upgrade;
+            proxy_set_header Host $host;
+            proxy_set_header X-Real-IP $remote_addr;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_read_timeout 75s;
+            proxy_send_timeout 75s;
+            proxy_buffering off;
+        }}
+    }}
+}}
+"""
+
+
+class Instance:
+    """One ``twistd -n anygle --engine redis`` child process."""
+
+    def __init__(self, name: str, redis_url: str, logdir: str, extra: list[str]) -> None:
+        self.name = name
+        self.ws_port = free_port()
+        self.http_port = free_port()
+        self.log = os.path.join(logdir, f"{name}.log")
+        self.redis_url = redis_url
+        self.extra = extra
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        twistd = os.path.join(
+            os.path.dirname(os.path.abspath(__import__("sys").executable)), "twistd"
+        )
+        env = dict(os.environ, PYTHONPATH=REPO)
+        self.proc = subprocess.Popen(
+            [
+                twistd,
+                "-n",
+                "--pidfile=",
+                f"--logfile={self.log}",
+                "anygle",
+                "--engine=redis",
+                f"--redis={self.redis_url}",
+                f"--ws=tcp:{self.ws_port}:interface=127.0.0.1",
+                f"--http=tcp:{self.http_port}:interface=127.0.0.1",
+                f"--instance-id={self.name}",
+                *self.extra,
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def healthy(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.http_port), timeout=1) as s:
+                s.sendall(b"GET /health HTTP/1.0\r\nHost: x\r\n\r\n")
+                return s.recv(64).startswith(b"HTTP/1.0 200") or False
+        except OSError:
+            return False
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        if self.alive():
+            assert self.proc is not None
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.alive():
+            assert self.proc is not None
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+class Cluster:
+    """redis-server + ``n`` instances (+ nginx in front when ``nginx=True``)."""
+
+    def __init__(self, n: int = 3, nginx: bool = True, extra: list[str] | None = None) -> None:
+        self.dir = tempfile.mkdtemp(prefix="anygle-cluster-")
+        os.chmod(self.dir, 0o777)
+        self.redis = RedisServer()
+        self.instances = [
+            Instance(f"node{i + 1}", self.redis.url, self.dir, extra or []) for i in range(n)
+        ]
+        self.use_nginx = nginx
+        self.nginx: subprocess.Popen | None = None
+        self.port = free_port() if nginx else None
+
+    def start(self, timeout: float = 30.0) -> Cluster:
+        self.redis.start()
+        for inst in self.instances:
+            inst.start()
+        deadline = time.monotonic() + timeout
+        for inst in self.instances:
+            while not inst.healthy():
+                if not inst.alive():
+                    raise RuntimeError(f"{inst.name} died:\n{self.logs(inst)}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{inst.name} not healthy:\n{self.logs(inst)}")
+                time.sleep(0.05)
+        if self.use_nginx:
+            self._start_nginx(deadline)
+        return self
+
+    def _start_nginx(self, deadline: float) -> None:
+        binary = nginx_binary()
+        if binary is None:
+            raise RuntimeError("nginx is not installed")
+        for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+            os.makedirs(os.path.join(self.dir, sub), mode=0o777, exist_ok=True)
+        conf = os.path.join(self.dir, "nginx.conf")
+        assert self.port is not None
+        with open(conf, "w") as f:
+            f.write(
+                nginx_config(
+                    self.port, [(i.ws_port, i.http_port) for i in self.instances], self.dir
+                )
+            )
+        self.nginx = subprocess.Popen(
+            [binary, "-e", "stderr", "-p", self.dir, "-c", conf, "-g", "daemon off;"],
+            stdout=subprocess.DEVNULL,
+            stderr=open(os.path.join(self.dir, "nginx.stderr"), "w"),
+        )
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                if self.nginx.poll() is not None or time.monotonic() > deadline:
+                    with open(os.path.join(self.dir, "nginx.stderr")) as f:
+                        raise RuntimeError(f"nginx did not start: {f.read()}") from None
+                time.sleep(0.05)
+
+    def logs(self, inst: Instance, tail: int = 60) -> str:
+        try:
+            with open(inst.log) as f:
+                return "".join(f.readlines()[-tail:])
+        except OSError:
+            return "(no log)"
+
+    def instance_of(self, user_id: str) -> str | None:
+        raw = self.redis.command("GET", f"user:{user_id}")
+        if raw is None:
+            return None
+        import json
+
+        return json.loads(raw)["instance"]
+
+    def stop(self) -> None:
+        if self.nginx is not None and self.nginx.poll() is None:
+            self.nginx.terminate()
+            try:
+                self.nginx.wait(10)
+            except subprocess.TimeoutExpired:
+                self.nginx.kill()
+        for inst in self.instances:
+            inst.stop()
+        self.redis.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
