@@ -470,3 +470,33 @@ def test_queue_names_match_preferences():
         "room",
         {"type": "x"},
     ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_check_bans_rate_and_connection_counts(engines, redis):
+    a, _sa = await engines("a")
+    b, _sb = await engines("b")
+    redis.command("SET", "banned:ips:6.6.6.6", "bad ip")
+    redis.command("SET", "banned:users:u2", "bad user")
+    users = {f"u{i}": f"10.0.{i // 250}.{i % 250}" for i in range(1200)}
+    users["u1"] = "6.6.6.6"
+    assert await a.check_bans(users) == {"u1": "bad ip", "u2": "bad user"}
+    # GCRA shared by both instances: 5 per second, bursts of 5
+    allowed = [await (a if i % 2 else b).rate("join:1.2.3.4", 5, 1.0) for i in range(8)]
+    assert allowed == [True] * 5 + [False] * 3
+    # connections per IP over all instances
+    assert await a.acquire_connection("7.7.7.7", 3)
+    assert await b.acquire_connection("7.7.7.7", 3)
+    assert await b.acquire_connection("7.7.7.7", 3)
+    assert not await a.acquire_connection("7.7.7.7", 3)
+    await a.release_connection("7.7.7.7")
+    assert redis.command("GET", "conns:7.7.7.7") == b"2"
+    # b dies: its two connections are given back by the reaper
+    b._stopping = True
+    b._heartbeat.cancel()
+    b._cmd_factory.stopTrying()
+    b._reader_factory.stopTrying()
+    b._cmd.transport.abortConnection()
+    b._reader.transport.abortConnection()
+    await eventually(lambda: redis.command("GET", "conns:7.7.7.7") is None, timeout=6)
+    assert await a.acquire_connection("7.7.7.7", 1)

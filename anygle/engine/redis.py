@@ -60,6 +60,7 @@ __all__ = ["EngineUnavailable", "RedisEngine"]
 
 QUEUES = tuple(f"{c}:{m}:{t}" for c in AGE_CATEGORIES for m in MODES for t in QUEUE_TYPES)
 SCRIPTS = (
+    "acquire",
     "ban",
     "connect",
     "disconnect",
@@ -69,8 +70,10 @@ SCRIPTS = (
     "leave_queue",
     "leave_room",
     "queue_status",
+    "rate",
     "reap",
     "register",
+    "release",
     "stats",
     "tick",
     "touch",
@@ -231,6 +234,7 @@ class RedisEngine:
         self._heartbeat: Any = None
         self._next_touch = 0.0
         self._total_matches = 0
+        self._conns: dict[str, int] = {}  # ip -> connections counted by this instance
         self._last_stats: Stats | None = None
         self.counters = {"relayed_remote": 0, "relayed_local": 0, "resyncs": 0, "reaped": 0}
 
@@ -430,7 +434,7 @@ class RedisEngine:
             self.instance,
             _ms(self.heartbeat_ttl),
             _ms(now),
-            msgpack.packb((users, rooms, self._total_matches)),
+            msgpack.packb((users, rooms, self._total_matches, self._conns)),
         )
         waiting = sorted(
             ((u, lu) for u, lu in self.users.items() if lu.prefs is not None and lu.room is None),
@@ -968,3 +972,62 @@ class RedisEngine:
             return defer.fail(EngineUnavailable(self._reason))
         d = self._raw("DEL", f"banned:{kind}:{value}").addErrback(self._unavailable)
         return d.addCallback(lambda n: bool(n))
+
+    def check_bans(self, users: dict[str, str]) -> defer.Deferred[dict[str, str]]:
+        """Polled every second by the hub: ``MGET`` of both ban keys of every local user, in
+        chunks.  Nothing is found while Redis is unreachable (no log noise every second)."""
+        if not users or not self._available:
+            return defer.succeed({})
+        items = list(users.items())
+        ds = []
+        for i in range(0, len(items), 500):
+            chunk = items[i : i + 500]
+            keys = [k for u, ip in chunk for k in (f"banned:users:{u}", f"banned:ips:{ip}")]
+            ds.append(self._raw("MGET", *keys).addCallback(lambda v, c=chunk: (c, v)))
+
+        def found(results: list[tuple[list[tuple[str, str]], list[bytes | None]]]) -> dict:
+            banned: dict[str, str] = {}
+            for chunk, values in results:
+                for n, (u, _ip) in enumerate(chunk):
+                    reason = values[2 * n] if values[2 * n] is not None else values[2 * n + 1]
+                    if reason is not None:
+                        banned[u] = reason.decode("utf-8", "replace")
+            return banned
+
+        def failed(f: Failure) -> dict[str, str]:
+            if f.check(defer.FirstError):
+                f = f.value.subFailure
+            f.trap(EngineUnavailable, *_CONNECTION_ERRORS)
+            return {}
+
+        return defer.gatherResults(ds, consumeErrors=True).addCallbacks(found, failed)
+
+    # --- abuse limits (shared by all instances) -------------------------------------------
+    def rate(self, key: str, limit: int, window: float) -> defer.Deferred[bool]:
+        d = self._script("rate", key, limit, max(1, _ms(window)), _ms(self.clock.seconds()))
+        return d.addCallback(bool)
+
+    def acquire_connection(self, ip: str, limit: int) -> defer.Deferred[bool]:
+        d = self._script("acquire", ip, limit, self.instance)
+
+        def done(ok: int) -> bool:
+            if ok:
+                self._conns[ip] = self._conns.get(ip, 0) + 1
+            return bool(ok)
+
+        return d.addCallback(done)
+
+    def release_connection(self, ip: str) -> defer.Deferred[None]:
+        count = self._conns.get(ip, 0)
+        if count <= 0:
+            return defer.succeed(None)
+        if count == 1:
+            del self._conns[ip]
+        else:
+            self._conns[ip] = count - 1
+        if not self._available:
+            self._dirty = True  # the counts are registered again on reconnect
+            return defer.succeed(None)
+        d = self._script("release", ip, self.instance)
+        d.addCallback(lambda _: None)
+        return d.addErrback(lambda f: f.trap(EngineUnavailable) and None)

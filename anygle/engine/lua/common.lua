@@ -52,6 +52,7 @@ local function wkey(q) return 'qwaits:' .. q end                 -- list: recent
 local function inbox(n) return 'inbox:' .. n end                 -- stream: events for instance n
 local function ikeyinst(n) return 'instance:' .. n end           -- heartbeat (PX)
 local function iusers(n) return 'instance:' .. n .. ':users' end -- set: users of instance n
+local function iconns(n) return 'instance:' .. n .. ':conns' end -- hash: ip -> open connections
 local function ckey(a, b)                                        -- cooldown of a pair: until (ms)
     if a < b then return 'cooldown:' .. a .. ':' .. b end
     return 'cooldown:' .. b .. ':' .. a
@@ -297,7 +298,12 @@ local function reap(n, now)
     -- partners on n itself are not told (n is gone); the reaper's own users hear it through its
     -- inbox like everybody else
     for _, u in ipairs(users) do remove_user(u, n, n, now) end
-    redis.call('DEL', iusers(n), ikeyinst(n), inbox(n))
+    local conns = redis.call('HGETALL', iconns(n))
+    for k = 1, #conns, 2 do
+        local ck = 'conns:' .. conns[k]
+        if redis.call('DECRBY', ck, conns[k + 1]) <= 0 then redis.call('DEL', ck) end
+    end
+    redis.call('DEL', iusers(n), iconns(n), ikeyinst(n), inbox(n))
     redis.call('SREM', INSTANCES, n)
     return #users
 end

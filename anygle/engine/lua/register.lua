@@ -1,5 +1,5 @@
 -- register: (re)announce this instance and its local state after a start or a resync.
--- ARGV: instance, ttl ms, now ms, msgpack {users, rooms, totalMatches}
+-- ARGV: instance, ttl ms, now ms, msgpack {users, rooms, totalMatches, conns {ip: n}}
 --   users: {{user, ip, socket id, room id|'', partner|''}...}  (same-instance rooms only)
 --   rooms: {{room id, mode, initiator, responder}...}
 local me, ttl, now = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -21,6 +21,10 @@ for _, r in ipairs(data[2]) do
         initiator = r[3], responder = r[4], instances = {[r[3]] = me, [r[4]] = me},
         createdAt = now, lastActivity = now}), 'EX', ROOM_TTL)
     if redis.call('SADD', ROOMS, r[1]) == 1 then redis.call('HINCRBY', STATS, 'activeChats', 1) end
+end
+for ip, c in pairs(data[4] or {}) do
+    redis.call('INCRBY', 'conns:' .. ip, c)
+    redis.call('HINCRBY', iconns(me), ip, c)
 end
 local known = tonumber(data[3]) or 0
 local total = tonumber(redis.call('HGET', STATS, 'totalMatches') or '0')
