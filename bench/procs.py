@@ -27,6 +27,8 @@ import psutil
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _children: list[subprocess.Popen] = []
+server_tree = REPO  # where anygle is run from (``--rev`` points it at an exported revision)
+profile_dir: str | None = None  # ``--profile DIR``: every anygle instance runs under cProfile
 _tmpdirs: list[str] = []
 
 
@@ -206,6 +208,24 @@ def baseline(port: int | None = None) -> Server:
     )
 
 
+def export_tree(rev: str) -> tuple[str, str]:
+    """``git archive`` of ``rev`` into a temp dir: measure a fixed revision while the work tree
+    changes under us (or compare two revisions).  Returns (directory, full commit id)."""
+    commit = subprocess.run(
+        ["git", "rev-parse", "--verify", f"{rev}^{{commit}}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    d = tmpdir("anygle-bench-tree-")
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", commit], cwd=REPO, capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", d], input=archive, check=True)
+    return d, commit
+
+
 def anygle(
     engine: str = "memory",
     *,
@@ -219,6 +239,15 @@ def anygle(
         twistd,
         "-n",
         "--pidfile=",
+        *(
+            [
+                f"--profile={profile_dir}/anygle-{engine}-{instance}-{port}.prof",
+                "--profiler=cprofile",
+                "--savestats",
+            ]
+            if profile_dir
+            else []
+        ),
         "anygle",
         "--ws",
         f"tcp:{port}:interface=127.0.0.1:backlog=1024",
@@ -233,7 +262,7 @@ def anygle(
         argv += ["--redis", redis_url]
     argv += extra or []
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANYGLE_")}
-    env["PYTHONPATH"] = REPO
+    env["PYTHONPATH"] = server_tree
     s = Server(f"anygle-{engine}-{instance}", argv, port, env=env)
     s.http_port = http  # type: ignore[attr-defined]
     return s

@@ -246,12 +246,12 @@ class Bench:
         )
         return out
 
-    def run_row(self, row: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    def run_row(self, label: str, fn: Callable[[], dict[str, Any]], row: str) -> dict[str, Any]:
         try:
             return fn()
         except Exception as e:  # a failing row is reported, the suite goes on
-            self.progress.say(f"{row}: FAILED: {e}")
-            return {"row": row, "error": f"{type(e).__name__}: {e}"[:2000]}
+            self.progress.say(f"{label}: FAILED: {e}")
+            return {"row": row, "error": f"{type(e).__name__}: {e}"[:3000]}
 
     def relay_baseline(self) -> dict[str, Any]:
         s = procs.baseline()
@@ -310,7 +310,7 @@ class Bench:
             for row, fn in plan:  # interleaved, so that drift on a noisy machine hits every row
                 if a.repeat > 1:
                     self.progress.say(f"relay round {rep + 1}/{a.repeat}")
-                runs.setdefault(row, []).append(self.run_row(f"relay {row}", fn))
+                runs.setdefault(row, []).append(self.run_row(f"relay {row}", fn, row))
         rows = []
         for results in runs.values():
             good = [r for r in results if "error" not in r and r.get("rate")]
@@ -325,8 +325,9 @@ class Bench:
         by = {r["row"]: r.get("rate") for r in rows}
         for r in rows:
             r["x_baseline"] = ratio(r.get("rate"), by.get("baseline"))
-        cross = next(r for r in rows if r["row"] == "redis-cross")
-        cross["x_same_instance"] = ratio(cross.get("rate"), by.get("redis-same"))
+        for r in rows:
+            if r["row"] == "redis-cross":
+                r["x_same_instance"] = ratio(r.get("rate"), by.get("redis-same"))
         return {
             "rows": rows,
             "pairs": a.pairs,
@@ -420,10 +421,10 @@ class Bench:
         return out
 
     def scenario_latency(self) -> dict[str, Any]:
-        rows = [self.run_row("latency memory", lambda: self.latency_row("memory"))]
+        rows = [self.run_row("latency memory", lambda: self.latency_row("memory"), "memory")]
         ok, why = self.redis_available()
         if ok:
-            rows.append(self.run_row("latency redis", lambda: self.latency_row("redis")))
+            rows.append(self.run_row("latency redis", lambda: self.latency_row("redis"), "redis"))
         else:
             rows.append({"row": "redis", "error": f"not run: {why}"})
         return {
@@ -518,7 +519,9 @@ class Bench:
             for kind in ("baseline", "anygle-memory"):
                 rows.append(
                     self.run_row(
-                        f"memory {kind} {level}", lambda k=kind, n=level: self.memory_row(k, n)
+                        f"memory {kind} {level}",
+                        lambda k=kind, n=level: self.memory_row(k, n),
+                        kind,
                     )
                 )
         base = {r.get("connections"): r.get("per_conn_kb") for r in rows if r["row"] == "baseline"}
@@ -598,7 +601,9 @@ class Bench:
                 continue
             pair = [
                 self.run_row(
-                    f"scaleout {engine} {n}", lambda n=n, e=engine: self.scaleout_row(n, e)
+                    f"scaleout {engine} {n}",
+                    lambda n=n, e=engine: self.scaleout_row(n, e),
+                    f"{engine} x{n}",
                 )
                 for n in (1, 2)
             ]
@@ -650,6 +655,20 @@ def machine() -> dict[str, Any]:
             timeout=5,
         ).stdout.strip()
     return info
+
+
+def _dirty() -> list[str]:
+    """Uncommitted changes under anygle/ (the numbers are then for code that is in no commit)."""
+    with contextlib.suppress(Exception):
+        out = subprocess.run(
+            ["git", "status", "--porcelain", "anygle", "twisted"],
+            cwd=procs.REPO,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout
+        return [ln[3:] for ln in out.splitlines()]
+    return []
 
 
 def fmt(v: Any, spec: str = "") -> str:
@@ -868,6 +887,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--nginx", action="store_true", help="with --quick: run scale-out too")
     p.add_argument("--no-plot", action="store_true")
     p.add_argument(
+        "--profile",
+        metavar="DIR",
+        default=None,
+        help="run anygle instances under cProfile, stats files into DIR "
+        "(read them with python -m pstats)",
+    )
+    p.add_argument(
+        "--rev",
+        default=None,
+        help="run anygle from this git revision (exported to a temp dir) instead of "
+        "the work tree, e.g. --rev HEAD while others edit the tree",
+    )
+    p.add_argument(
         "--server-arg",
         action="append",
         default=[],
@@ -896,7 +928,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     procs.install_cleanup()
     progress = Progress()
-    need = max([*args.memory_levels, args.pairs * 2]) * 2 + 4096
+    # the server process holds every connection of a scenario; the workers share them out
+    need = max(args.pairs * 2, args.scaleout_pairs * 2) + 1024
+    if "memory" in args.scenarios:
+        need = max(need, *(n + 1024 for n in args.memory_levels))
     nofile, note = procs.raise_nofile(need)
     if note:
         progress.say(f"warning: {note}")
@@ -911,6 +946,20 @@ def main(argv: list[str] | None = None) -> int:
     }
     bench = Bench(args, progress)
     bench.nofile = nofile
+    if args.profile:
+        os.makedirs(args.profile, exist_ok=True)
+        procs.profile_dir = os.path.abspath(args.profile)
+        results["profile_dir"] = procs.profile_dir
+        progress.say("profiling every anygle instance: numbers are slower than real")
+    if args.rev:
+        procs.server_tree, commit = procs.export_tree(args.rev)
+        results["server"] = {"rev": args.rev, "commit": commit, "tree": "exported"}
+    else:
+        results["server"] = {
+            "tree": "work tree",
+            "commit": results["machine"].get("git"),
+            "dirty": _dirty(),
+        }
     os.makedirs(args.out, exist_ok=True)
     stamp = started.strftime("%Y%m%d-%H%M%S")
     path = os.path.join(args.out, f"{args.name}-{stamp}.json")
