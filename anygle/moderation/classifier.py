@@ -25,6 +25,7 @@ from .verdict import (
 
 _TIERS = (Severity.ZERO, Severity.HIGH, Severity.MEDIUM, Severity.LOW)
 _ORDER = {c: i for i, c in enumerate(CATEGORY_ORDER)}
+_NEAR_SPAN = 40  # longest expected match of a 'near' part, in characters
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +71,35 @@ class Classifier:
         rules: Rules | None = None,
     ) -> Verdict:
         rules = rules or self._rules
+        verdict, _ = self.check_normalized(
+            norm,
+            protect_personal_info=protect_personal_info,
+            moderated=moderated,
+            rules=rules,
+            signals=False,
+        )
+        return verdict
+
+    def check_normalized(
+        self,
+        norm: Normalized,
+        *,
+        protect_personal_info: bool,
+        moderated: bool,
+        rules: Rules | None = None,
+        signals: bool = True,
+    ) -> tuple[Verdict, list[Signal]]:
+        """Verdict for one normalised message, plus its grooming signals when asked."""
+        rules = rules or self._rules
         candidates = _candidates(rules, norm.token_set)
+        found: list[Signal] = []
+        if signals and moderated:
+            for rule in candidates:
+                if rule.signal is not None:
+                    evidence = _match(rule, norm)
+                    if evidence is not None:
+                        found.append(Signal(rule.signal, rule.weight, evidence))
+        words: dict[Severity, tuple[str, str]] | None = None
         for tier in _TIERS:
             if not moderated and tier < Severity.HIGH:
                 break
@@ -93,16 +122,18 @@ class Classifier:
                 best = (_ORDER[rule.category], rule.category, evidence)
                 break  # candidates are sorted by category order within a tier
             if tier is Severity.HIGH and protect_personal_info and moderated:
-                found = personal.own_pi(norm.base, norm.token_set)
-                if found and (best is None or _ORDER[found[0]] < best[0]):
-                    best = (_ORDER[found[0]], *found)
+                pi_found = personal.own_pi(norm.base, norm.token_set)
+                if pi_found and (best is None or _ORDER[pi_found[0]] < best[0]):
+                    best = (_ORDER[pi_found[0]], *pi_found)
             if tier <= Severity.MEDIUM:
-                hit = _word_hit(rules, norm, tier)
+                if words is None:
+                    words = _word_hits(rules, norm)
+                hit = words.get(tier)
                 if hit and (best is None or _ORDER[hit[0]] < best[0]):
                     best = (_ORDER[hit[0]], *hit)
             if best is not None:
-                return Verdict(tier, best[1], best[2])
-        return CLEAN
+                return Verdict(tier, best[1], best[2]), found
+        return CLEAN, found
 
     def grooming_signals(self, norm: Normalized, rules: Rules | None = None) -> list[Signal]:
         rules = rules or self._rules
@@ -142,27 +173,35 @@ def _match(rule: Rule, norm: Normalized) -> str | None:
         m = rule.pattern.search(s)
         return m.group() if m else None
     assert rule.near is not None
-    first = [m.span() for m in rule.near[0].finditer(s)]
-    if not first:
-        return None
+    # The second pattern is the gated (rarer) one: find it first, then look for the first
+    # pattern only in a window around each hit instead of the whole message.
+    other, reach = rule.near[0], rule.within + _NEAR_SPAN
+    n = len(s)
     for m in rule.near[1].finditer(s):
         s2, e2 = m.span()
-        for s1, e1 in first:
+        lo, hi = max(0, s2 - reach), min(n, e2 + reach)
+        for m1 in other.finditer(s, lo, hi):
+            s1, e1 = m1.span()
+            if e1 == hi < n:
+                continue  # may be cut short by the window; a full-text match decides
             if max(s2 - e1, s1 - e2) <= rule.within:
                 return s[min(s1, s2) : max(e1, e2)]
     return None
 
 
-def _word_hit(rules: Rules, norm: Normalized, tier: Severity) -> tuple[str, str] | None:
+def _word_hits(rules: Rules, norm: Normalized) -> dict[Severity, tuple[str, str]]:
+    """Best word-list hit per severity: one dict lookup per token, verified on the unsqueezed
+    token so 'as' never matches 'ass'."""
     words = rules.words
-    best: tuple[str, str] | None = None
+    best: dict[Severity, tuple[str, str]] = {}
     for raw_token, token in zip(norm.word_tokens, norm.text_tokens, strict=True):
         entries = words.get(token)
         if not entries or token in rules.allow:
             continue
         for entry in entries:
-            if entry.severity == tier and entry.verify.fullmatch(raw_token):
-                if best is None or _ORDER[entry.category] < _ORDER[best[0]]:
-                    best = (entry.category, raw_token)
+            if entry.verify.fullmatch(raw_token):
+                old = best.get(entry.severity)
+                if old is None or _ORDER[entry.category] < _ORDER[old[0]]:
+                    best[entry.severity] = (entry.category, raw_token)
                 break
     return best

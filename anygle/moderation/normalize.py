@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+from operator import itemgetter
 import re
 import unicodedata
 from collections.abc import Iterable
@@ -82,7 +83,9 @@ LEET_TABLE = str.maketrans(
     | {"@": "a", "$": "s", "!": "i", "|": "l"}
 )
 _LEET_HINT = re.compile(r"[a-z][0-9@$|]|[0-9@$|!][a-z]|[a-z]![a-z]")
-_LEET_TOKEN = re.compile(r"[a-z0-9@$!|]+")
+_LEET_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789@$!|")
+_LEET_SYMBOL = re.compile(r"[0-9@$|!]")
+_TOKEN_TABLE = bytes(c if 97 <= c <= 122 else 32 for c in range(256))
 # Digit-first tokens that are numbers with a unit or ordinal, never leetspeak ("14yo", "3rd").
 _UNIT = re.compile(
     r"\d+(?:yo|yrs?|years?|y|st|nd|rd|th|am|pm|s|k|m|km|kg|g|mb|gb|min|mins|h|hr|hrs|x|d"
@@ -95,9 +98,12 @@ _SQUEEZE = re.compile(r"([a-z])\1+")
 WORD = re.compile(r"[a-z]+")
 
 
+_FIRST = itemgetter(1)  # C-level replacement callback: much cheaper than the template r"\1"
+
+
 def squeeze(s: str) -> str:
     """Collapse every run of one repeated letter to a single letter."""
-    return _SQUEEZE.sub(r"\1", s)
+    return _SQUEEZE.sub(_FIRST, s)
 
 
 @dataclass(slots=True)
@@ -117,7 +123,9 @@ class Normalizer:
 
     def __init__(self, known: Iterable[str], masked_words: Iterable[str]) -> None:
         self.known = frozenset(known)
-        self._masked_words = sorted(set(masked_words))
+        self._masked: dict[tuple[int, str], list[str]] = {}
+        for w in sorted(set(masked_words)):
+            self._masked.setdefault((len(w), w[0]), []).append(w)
 
     def __call__(self, text: str) -> Normalized:
         if text.isascii():
@@ -128,24 +136,35 @@ class Normalizer:
             base = unicodedata.normalize("NFKC", raw.casefold().translate(FOLD_TABLE))
             if not base.isascii():
                 base = base.translate(FOLD_TABLE)
+        # Cheap C-speed checks decide whether the slower passes are needed at all.
         words = base
-        if _LEET_HINT.search(words):
-            words = _LEET_TOKEN.sub(_leet, words)
+        wt = tokens(words)
+        changed = False
+        if _LEET_SYMBOL.search(words) and _LEET_HINT.search(words):
+            words = _apply_leet(words)
+            changed = True
+        if _has_single_pair(wt if not changed else tokens(words)):
+            words = _SINGLE_RUN.sub(self._join_run, words)
+            changed = True
         if "*" in words:
             words = _MASKED.sub(self._unmask, words)
-        if _SINGLE_RUN.search(words):
-            words = _SINGLE_RUN.sub(self._join_run, words)
-        text_view = _SQUEEZE.sub(r"\1", words)
-        wt = WORD.findall(words)
-        tt = WORD.findall(text_view)
+            changed = True
+        if changed:
+            wt = tokens(words)
+        text_view = _SQUEEZE.sub(_FIRST, words)
+        tt = tokens(text_view)
         return Normalized(raw, base, words, text_view, wt, tt, frozenset(tt))
 
     def _unmask(self, m: re.Match[str]) -> str:
         tok = m.group()
-        pattern = re.compile(re.sub(r"\*+", lambda s: "[a-z]" * len(s.group()), tok))
-        for w in self._masked_words:
-            if len(w) == len(tok) and pattern.fullmatch(w):
-                return w
+        if tok[0] == "*":
+            return tok
+        candidates = self._masked.get((len(tok), tok[0]))
+        if candidates:
+            pattern = re.compile(re.sub(r"\*+", lambda s: "[a-z]" * len(s.group()), tok))
+            for w in candidates:
+                if pattern.fullmatch(w):
+                    return w
         return tok
 
     def _join_run(self, m: re.Match[str]) -> str:
@@ -165,8 +184,46 @@ class Normalizer:
         return run
 
 
-def _leet(m: re.Match[str]) -> str:
-    tok = m.group()
+def tokens(s: str) -> list[str]:
+    """The ``[a-z]+`` runs of ``s`` (C-speed: bytes.translate + split instead of a regex)."""
+    return s.encode("ascii", "replace").translate(_TOKEN_TABLE).decode("ascii").split()
+
+
+def _has_single_pair(toks: list[str]) -> bool:
+    """Two single-letter tokens in a row: the only way a run like 's e x' can exist."""
+    prev = False
+    for t in toks:
+        single = len(t) == 1
+        if single and prev:
+            return True
+        prev = single
+    return False
+
+
+def _apply_leet(s: str) -> str:
+    """Map leetspeak inside tokens that mix letters with digits/symbols ('sh1t', 'sn@p')."""
+    out: list[str] = []
+    last = 0
+    n = len(s)
+    for m in _LEET_HINT.finditer(s):
+        a = m.start()
+        if a < last:
+            continue
+        while a > last and s[a - 1] in _LEET_CHARS:
+            a -= 1
+        b = m.end()
+        while b < n and s[b] in _LEET_CHARS:
+            b += 1
+        out.append(s[last:a])
+        out.append(_leet(s[a:b]))
+        last = b
+    if not out:
+        return s
+    out.append(s[last:])
+    return "".join(out)
+
+
+def _leet(tok: str) -> str:
     core = tok.rstrip("!")
     if not core or core.isalpha() or core.isdigit():
         return tok

@@ -3,7 +3,7 @@ IP addresses, links and handles.
 
 Phone numbers are the expensive part (``phonenumbers``), so they are only looked at when the
 message holds at least 7 digits once number words ("five five five") are turned into digits.
-A digit run that ``phonenumbers`` accepts as a valid number in one of ``PHONE_REGIONS`` (or as
+A digit run that ``phonenumbers`` accepts as a valid number in a likely region (or as
 an international number) is *strong*; any other run of 7-15 digits is *weak* and only counts
 next to a phone word ("call", "text me", "my number").
 """
@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 import phonenumbers
 
 from .normalize import squeeze
 
-PHONE_REGIONS = ("US", "GB", "CA", "AU", "IN", "DE", "FR", "IE", "NZ")
+# Regions tried for numbers written without a country code: with a leading trunk 0 (UK, Europe,
+# Australia, India, ...) or without (North America, India mobiles).
+TRUNK_REGIONS = ("GB", "DE", "FR", "AU", "IE", "NZ", "IN", "NL", "ES", "IT")
+PLAIN_REGIONS = ("US", "IN")
 PHONE_WORDS = frozenset(
     squeeze(w)
     for w in (
@@ -40,6 +44,7 @@ _ADDRESS_STOP = frozenset(
 )
 
 _ANY_DIGIT = re.compile(r"\d")
+_DIGITS = re.compile(r"\d")
 _NUMBER_WORD = re.compile(r"(?<![a-z])(zero|one|two|three|four|five|six|seven|eight|nine)(?![a-z])")
 _NUMBER_VALUE = {w: str(i) for i, w in enumerate("zero one two three four five six seven eight nine".split())}
 _DIGIT_RUN = re.compile(r"(?:\+|(?<!\d)00)?\d(?:[\s().,\-/]{0,3}\d){6,17}")
@@ -56,6 +61,7 @@ _ADDRESS = re.compile(
     r"lane|ln|drive|dr|boulevard|blvd|court|ct|way|place|pl|terrace|crescent|close|parkway|pkwy|"
     r"highway|hwy|square|sq)(?![a-z])"
 )
+_DOT_WORD = re.compile(r"[a-z0-9]\.[a-z]|://")
 _IP = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])")
 _CONTACT_LINK = re.compile(
     r"(?:discord(?:app)?\.(?:gg|com/invite)|t\.me|telegram\.me|wa\.me|chat\.whatsapp\.com|"
@@ -81,7 +87,7 @@ def find_phone(base: str) -> Phone | None:
     if not has_digit and _NUMBER_WORD.search(base) is None:
         return None
     s = _NUMBER_WORD.sub(lambda m: _NUMBER_VALUE[m.group()], base)
-    if sum(c.isdigit() for c in s) < 7:
+    if len(_DIGITS.findall(s)) < 7:
         return None
     weak = None
     for m in _DIGIT_RUN.finditer(s):
@@ -89,24 +95,31 @@ def find_phone(base: str) -> Phone | None:
         digits = "".join(c for c in run if c.isdigit())
         if not 7 <= len(digits) <= 15:
             continue
-        if _is_valid(run, digits):
+        if _is_valid(run.startswith(("+", "00")), digits):
             return Phone(digits, True)
         weak = weak or Phone(digits, False)
     return weak
 
 
-def _is_valid(run: str, digits: str) -> bool:
-    intl = run.startswith(("+", "00"))
-    candidates = ["+" + digits.removeprefix("00")] if intl else [digits]
-    regions = (None,) if intl else PHONE_REGIONS
-    for number in candidates:
-        for region in regions:
-            try:
-                parsed = phonenumbers.parse(number, region)
-            except phonenumbers.NumberParseException:
-                continue
-            if phonenumbers.is_valid_number(parsed):
-                return True
+@lru_cache(maxsize=4096)
+def _is_valid(intl: bool, digits: str) -> bool:
+    """Valid phone number per ``phonenumbers``; only tried where a number can be valid at all
+    (10+ digits, or international), because each parse costs tens of microseconds."""
+    if intl:
+        number, regions = "+" + digits.removeprefix("00"), (None,)
+    elif len(digits) < 10:
+        return False
+    else:
+        # A leading 0 is a trunk prefix (GB, DE, FR, AU, ...); otherwise try NANP and India.
+        number = digits
+        regions = TRUNK_REGIONS if digits.startswith("0") else PLAIN_REGIONS
+    for region in regions:
+        try:
+            parsed = phonenumbers.parse(number, region)
+        except phonenumbers.NumberParseException:
+            continue
+        if phonenumbers.is_valid_number(parsed):
+            return True
     return False
 
 
@@ -138,18 +151,15 @@ def find_ip(base: str) -> str | None:
     return m.group() if m else None
 
 
-def find_contact_link(base: str) -> str | None:
-    if "." not in base:
-        return None
+def find_links(base: str) -> tuple[str | None, str | None]:
+    """(contact link, other link): invite/profile links of chat apps, and any other URL."""
+    if _DOT_WORD.search(base) is None:
+        return None, None
     m = _CONTACT_LINK.search(base)
-    return m.group() if m else None
-
-
-def find_link(base: str) -> str | None:
-    if "." not in base:
-        return None
+    if m:
+        return m.group(), None
     m = _LINK.search(base)
-    return m.group() if m else None
+    return None, (m.group() if m else None)
 
 
 def find_handle(base: str) -> str | None:
@@ -177,15 +187,12 @@ def own_pi(base: str, tokens: frozenset[str]) -> tuple[str, str] | None:
     phone = find_phone(base)
     if phone and (phone.strong or not tokens.isdisjoint(PHONE_WORDS)):
         return "personal_info", phone.digits
+    contact_link, link = find_links(base)
     found = (
-        find_email(base, tokens)
-        or find_contact_link(base)
-        or find_handle(base)
-        or find_address(base, tokens)
+        find_email(base, tokens) or contact_link or find_handle(base) or find_address(base, tokens)
     )
     if found:
         return "personal_info", found
-    link = find_link(base)
     if link:
         return "link", link
     return None

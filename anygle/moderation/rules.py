@@ -194,12 +194,15 @@ class _Builder:
             raise ValueError(f"{where}: pattern must be a non-empty string")
         src = self._expand(src, where)
         if view == "text":
-            src = squeeze_regex(src.replace(" ", "[^a-z0-9]+"))
+            src = src.replace(" ?", "[^a-z0-9]*").replace(" ", "[^a-z0-9]+")
+            src = squeeze_regex(src)
             src = f"(?<![a-z0-9])(?:{src})(?![a-z0-9])"
         elif view == "base":
-            src = "(?<![a-z0-9])(?:" + src.replace(" ", r"\s+") + ")(?![a-z0-9])"
+            src = src.replace(" ?", r"\s*").replace(" ", r"\s+")
+            src = "(?<![a-z0-9])(?:" + src + ")(?![a-z0-9])"
         else:
-            src = "(?<![A-Za-z0-9])(?:" + src.replace(" ", r"\s+") + ")(?![A-Za-z0-9])"
+            src = src.replace(" ?", r"\s*").replace(" ", r"\s+")
+            src = "(?<![A-Za-z0-9])(?:" + src + ")(?![A-Za-z0-9])"
         try:
             return re.compile(src)
         except re.error as exc:

@@ -52,7 +52,7 @@ class SenderWindow:
         rules = clf.rules
         norm = rules.normalizer(text)
         flags = {"protect_personal_info": protect_personal_info, "moderated": moderated}
-        verdict = clf.classify_normalized(norm, rules=rules, **flags)
+        verdict, signals = clf.check_normalized(norm, rules=rules, **flags)
         found = {(verdict.category, verdict.evidence)} if verdict else set()
 
         if self._entries and len(text) <= FRAGMENT_CHARS:
@@ -65,15 +65,12 @@ class SenderWindow:
                     if jv.severity > verdict.severity:
                         verdict = jv
 
-        signals: tuple[Signal, ...] = ()
-        if moderated:
-            signals = tuple(clf.grooming_signals(norm, rules))
-            if signals:
-                gv = self._grooming(signals, rules.grooming_threshold, protect_personal_info)
-                if gv.severity > verdict.severity:
-                    verdict = gv
+        if signals:
+            gv = self._grooming(tuple(signals), rules.grooming_threshold, protect_personal_info)
+            if gv.severity > verdict.severity:
+                verdict = gv
 
-        self._entries.append(_Entry(now, text, signals, frozenset(found)))
+        self._entries.append(_Entry(now, text, tuple(signals), frozenset(found)))
         if len(self._entries) > self.max_messages:
             self._entries.popleft()
         return verdict
