@@ -12,8 +12,10 @@ import configparser
 import os
 import socket
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
+
+from anygle.limits import DEFAULT_SPEC, MESSAGE_LIMITS
 
 DEFAULT_CONFIG = "etc/anygle.conf"
 SECTION = "anygle"
@@ -70,6 +72,26 @@ def _text(text: str) -> str:
     return text
 
 
+def _networks(text: str) -> str:
+    from anygle.clientip import parse_networks
+
+    try:
+        parse_networks(text)
+    except ValueError as e:
+        raise ValueError(f"is not a list of CIDRs ({e})") from None
+    return text
+
+
+def _message_limits(text: str) -> dict[str, tuple[float, float]]:
+    from anygle.limits import parse_message_limits
+
+    return parse_message_limits(text)
+
+
+def _origins(text: str) -> tuple[str, ...]:
+    return tuple(o.strip() for o in text.split(",") if o.strip())
+
+
 @dataclass(frozen=True, slots=True)
 class Option:
     name: str
@@ -93,6 +115,52 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("ping-interval", "25", _number(float, 0), "s between WebSocket pings (0: off)"),
     Option("ping-timeout", "10", _number(float, 0, strict=True), "s to wait for a pong"),
+    Option(
+        "trusted-proxies",
+        "127.0.0.0/8,::1/128",
+        _networks,
+        "CIDRs whose X-Forwarded-For/X-Real-IP is believed",
+    ),
+    Option(
+        "rate-limit",
+        "100",
+        _number(int, 0),
+        "HTTP requests and WebSocket handshakes per minute per IP (0: off)",
+    ),
+    Option(
+        "message-limits",
+        DEFAULT_SPEC,
+        _message_limits,
+        "per-connection kind=rate/burst token buckets, or off",
+    ),
+    Option(
+        "max-connections-per-ip",
+        "5",
+        _number(int, 0),
+        "open WebSocket connections per IP, all instances (0: off)",
+    ),
+    Option(
+        "allowed-origins", "", _origins, "comma-separated Origin patterns for browsers (empty: all)"
+    ),
+    Option(
+        "max-queued-bytes",
+        "1048576",
+        _number(int, 65536),
+        "bytes queued for a client that stopped reading before it is closed",
+    ),
+    Option("manhole", "", _optional_endpoint, "SSH admin console endpoint (empty: off)"),
+    Option(
+        "manhole-keys", "etc/manhole_authorized_keys", _text, "authorized_keys file for the console"
+    ),
+    Option(
+        "manhole-host-key", "var/manhole_host_key", _text, "console host key (generated if absent)"
+    ),
+    Option(
+        "shutdown-timeout",
+        "8",
+        _number(float, 0, strict=True),
+        "s a stop waits for clients to close before it gives up",
+    ),
 )
 
 
@@ -112,6 +180,18 @@ class Settings:
     searching_interval: float = 3.0
     ping_interval: float = 25.0
     ping_timeout: float = 10.0
+    trusted_proxies: str = "127.0.0.0/8,::1/128"
+    rate_limit: int = 100
+    message_limits: dict[str, tuple[float, float]] = field(
+        default_factory=lambda: dict(MESSAGE_LIMITS)
+    )
+    max_connections_per_ip: int = 5
+    allowed_origins: tuple[str, ...] = ()
+    max_queued_bytes: int = 1048576
+    manhole: str = ""
+    manhole_keys: str = "etc/manhole_authorized_keys"
+    manhole_host_key: str = "var/manhole_host_key"
+    shutdown_timeout: float = 8.0
     config: str | None = None
 
 

@@ -16,6 +16,7 @@ CODES: dict[str, str] = {
     "TEEN_MODERATED_ONLY": "teens can only join the moderated queue",
     "BANNED": "this user or address is banned",
     "RATE_LIMITED": "too many messages; slow down",
+    "TOO_MANY_CONNECTIONS": "too many connections from your address",
     "SERVICE_UNAVAILABLE": "shared state is unreachable right now; try again shortly",
     "TOO_MANY_ERRORS": "too many bad frames; the connection is closed",
     "INTERNAL_ERROR": "the server failed to handle this message",

@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -212,6 +212,23 @@ class Hub:
         if session is not None:
             session.client.send(ClientError(code, reason).frame())
             session.client.close(1008, reason[:120])
+
+    async def enforce_bans(self) -> None:
+        """Close every local user banned by id or IP since they connected (``redis-cli SETEX
+        banned:…`` included): polled every second."""
+        if not self.sessions:
+            return
+        banned = await self.engine.check_bans({u: s.ip for u, s in self.sessions.items()})
+        for user_id, reason in banned.items():
+            self.on_kick(user_id, "BANNED", f"banned: {reason}")
+
+    async def drain(self) -> None:
+        """Graceful stop: every local user leaves (partners get ``partner_disconnected``), then
+        every socket is closed with 1001 "going away"."""
+        sessions = list(self.sessions.values())
+        await gatherResults([self.close(s) for s in sessions], consumeErrors=True)
+        for session in sessions:
+            session.client.close(1001, "going away")
 
     # --- periodic pushes ----------------------------------------------------------------------
     async def push_searching(self) -> None:

@@ -31,24 +31,31 @@ Server -> client::
 
 Connection policy: bad frames are answered with ``error`` and the connection stays open, unless a
 client sends more than ``ERROR_BUDGET`` bad frames within ``ERROR_WINDOW`` seconds (closed with
-1008 after ``TOO_MANY_ERRORS``).  Messages larger than the transport limit (64 KiB) are refused by
-Autobahn with close code 1009.
+1008 after ``TOO_MANY_ERRORS``) or keeps flooding past its rate limits (``RATE_LIMITED``, then
+1008).  Messages larger than the transport limit (64 KiB) are refused by Autobahn with close code
+1009.  A client that stops reading is dropped once ``max-queued-bytes`` wait for it.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.util import encode_truncate
+from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from anygle import validate, wire
+from anygle.clientip import ClientAddressResolver
 from anygle.engine.base import EngineUnavailable
 from anygle.errors import ClientError
 from anygle.hub import Hub
+from anygle.limits import MESSAGE_LIMITS, ConnectionLimits
 from anygle.session import Session
 
 ERROR_BUDGET = 20
@@ -57,6 +64,30 @@ INPUT_ERRORS = frozenset({"BAD_FRAME", "FRAME_TOO_LARGE", "UNKNOWN_TYPE", "INVAL
 MAX_EARLY_FRAMES = 32  # frames buffered while the session is being opened
 
 _log = Logger(namespace="anygle.protocol")
+
+
+@implementer(IPushProducer)
+class _SlowReaderGuard:
+    """Registered as the transport's producer so that Twisted tells us when a client stops
+    reading (its buffer passed 64 KiB); from then on we count what we queue for it."""
+
+    __slots__ = ("backlog", "paused")
+
+    def __init__(self) -> None:
+        self.paused = False
+        self.backlog = 0
+
+    def pauseProducing(self) -> None:
+        # Twisted calls this on every write while the buffer is over its size: count from the
+        # first call only.
+        if not self.paused:
+            self.paused, self.backlog = True, 0
+
+    def resumeProducing(self) -> None:
+        self.paused, self.backlog = False, 0
+
+    def stopProducing(self) -> None:
+        self.paused = False
 
 
 class AnygleProtocol(WebSocketServerProtocol):
@@ -69,17 +100,65 @@ class AnygleProtocol(WebSocketServerProtocol):
         self.session: Session | None = None
         self.client_ip = ""
         self.json = False
+        self.limits: ConnectionLimits | None = None
+        self._guard = _SlowReaderGuard()
         self._early: list[tuple[bytes, bool]] | None = []
         self._errors = 0
         self._errors_since = 0.0
+        self._holds_slot = False  # counted in the per-IP connection limit
+        self._refusal: ClientError | None = None
+        self._gone = False
 
     # --- Autobahn callbacks ---------------------------------------------------------------
-    def onConnect(self, request: Any) -> None:
-        self.client_ip = self.factory.client_ip(self, request)
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.transport.registerProducer(self._guard, True)
+
+    def onConnect(self, request: Any) -> Deferred[None]:
+        self.limits = ConnectionLimits(self.factory.message_limits)
+        headers = request.headers
+        self.client_ip = self.factory.resolver.resolve(
+            getattr(self.transport.getPeer(), "host", "unix"),
+            [headers["x-forwarded-for"]] if "x-forwarded-for" in headers else [],
+            headers.get("x-real-ip"),
+        )
         self.json = "json" in request.params.get("format", ())
+        return Deferred.fromCoroutine(self._admit())
+
+    async def _admit(self) -> None:
+        """Per-IP limits, shared by all instances.  Refusing the handshake gives an HTTP status;
+        the connection limit is told as an ``error`` and a close reason a browser can read."""
+        f, ip = self.factory, self.client_ip
+        try:
+            if f.rate_limit and not await f.hub.engine.rate(f"ws:{ip}", f.rate_limit, 60.0):
+                raise ConnectionDeny(429, "Too many connection attempts from your address")
+            if f.max_per_ip:
+                if await f.hub.engine.acquire_connection(ip, f.max_per_ip):
+                    self._holds_slot = True
+                    if self._gone:  # the client left while we were asking
+                        self._release_slot()
+                else:
+                    self._refusal = ClientError(
+                        "TOO_MANY_CONNECTIONS",
+                        f"at most {f.max_per_ip} connections per address",
+                    )
+        except EngineUnavailable:
+            pass  # fail open: without shared state, joins are refused anyway
+
+    def _release_slot(self) -> None:
+        if self._holds_slot:
+            self._holds_slot = False
+            d = self.factory.hub.engine.release_connection(self.client_ip)
+            d.addErrback(lambda f: f.trap(EngineUnavailable))
+            d.addErrback(self._log_failure)
 
     def onOpen(self) -> None:
         self.factory.connections.add(self)
+        if self._refusal is not None:
+            self._early = None
+            self.send(self._refusal.frame())
+            self.close(1008, self._refusal.message)
+            return
         d = Deferred.fromCoroutine(self.factory.hub.open(self, self.client_ip))
         d.addCallbacks(self._opened, self._open_failed)
 
@@ -107,7 +186,9 @@ class AnygleProtocol(WebSocketServerProtocol):
         self._receive(payload, isBinary)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self._gone = True
         self.factory.connections.discard(self)
+        self._release_slot()
         if self.session is not None:
             self.factory.hub.close(self.session).addErrback(self._log_failure)
 
@@ -122,6 +203,9 @@ class AnygleProtocol(WebSocketServerProtocol):
             validator = validate.VALIDATORS.get(kind)
             if validator is None:
                 raise ClientError("UNKNOWN_TYPE", f"unknown message type {kind[:40]!r}")
+            assert self.limits is not None
+            if not self.limits.allow(kind, self.factory.hub.clock.seconds()):
+                raise ClientError("RATE_LIMITED", f"too many '{kind}' messages; slow down")
             result = getattr(self, "handle_" + kind)(self.session, validator(frame.get("data")))
             if isinstance(result, Deferred):
                 result.addErrback(self._answer_failure)
@@ -133,6 +217,14 @@ class AnygleProtocol(WebSocketServerProtocol):
         if failure.check(ClientError):
             error: ClientError = failure.value
             if error.code in INPUT_ERRORS and self._count_error():
+                return
+            if (
+                error.code == "RATE_LIMITED"
+                and self.limits
+                and self.limits.flooding(self.factory.hub.clock.seconds())
+            ):
+                self.send(error.frame())
+                self.close(1008, "flooding")
                 return
         elif failure.check(EngineUnavailable):
             error = ClientError("SERVICE_UNAVAILABLE")
@@ -195,10 +287,16 @@ class AnygleProtocol(WebSocketServerProtocol):
     def send(self, frame: dict[str, Any]) -> None:
         if self.state != self.STATE_OPEN:
             return
-        if self.json:
-            self.sendMessage(wire.encode_text(frame), isBinary=False)
-        else:
-            self.sendMessage(wire.encode_binary(frame), isBinary=True)
+        payload = wire.encode_text(frame) if self.json else wire.encode_binary(frame)
+        guard = self._guard
+        if guard.paused:
+            guard.backlog += len(payload)
+            if guard.backlog > self.factory.max_queued_bytes:
+                # A client that stopped reading: drop it and its buffer (the partner is told).
+                _log.info("dropping {peer}: not reading", peer=self.peer)
+                self.dropConnection(abort=True)
+                return
+        self.sendMessage(payload, isBinary=not self.json)
 
     def close(self, code: int, reason: str) -> None:
         if self.state == self.STATE_OPEN:
@@ -218,15 +316,25 @@ class AnygleFactory(WebSocketServerFactory):
         self,
         hub: Hub,
         *,
+        resolver: ClientAddressResolver,
         ping_interval: float = 25.0,
         ping_timeout: float = 10.0,
-        allowed_origins: list[str] | None = None,
+        allowed_origins: tuple[str, ...] = (),
+        rate_limit: int = 0,
+        max_per_ip: int = 0,
+        max_queued_bytes: int = 1 << 20,
+        message_limits: dict[str, tuple[float, float]] | None = None,
         reactor: Any = None,
     ) -> None:
         super().__init__(reactor=reactor)
         self.hub = hub
+        self.message_limits = MESSAGE_LIMITS if message_limits is None else message_limits
+        self.resolver = resolver
+        self.rate_limit = rate_limit
+        self.max_per_ip = max_per_ip
+        self.max_queued_bytes = max_queued_bytes
         self.connections: set[AnygleProtocol] = set()
-        origins = allowed_origins or ["*"]
+        origins = [_with_port(o) for o in allowed_origins] or ["*"]
         # Autobahn's defaults are permissive (unlimited frames, no pings): set each deliberately.
         self.setProtocolOptions(
             maxFramePayloadSize=64 * 1024,  # our 16 KiB limit is checked per message, with an error
@@ -237,13 +345,16 @@ class AnygleFactory(WebSocketServerFactory):
             closeHandshakeTimeout=5,
             tcpNoDelay=True,
             failByDrop=False,  # tell a violating client why (e.g. 1009 too big) before closing
-            allowedOrigins=origins,
-            allowNullOrigin=True,
+            allowedOrigins=origins,  # a request without Origin (not a browser) is allowed
+            allowNullOrigin=not allowed_origins,
             trustXForwardedFor=0,
             perMessageCompressionAccept=lambda offers: None,
         )
 
-    def client_ip(self, proto: AnygleProtocol, request: Any) -> str:
-        """The peer's address (trusted proxies are handled by the limits layer)."""
-        peer = proto.transport.getPeer()
-        return getattr(peer, "host", "") or "unix"
+
+def _with_port(origin: str) -> str:
+    """Autobahn matches patterns against ``scheme://host:port``; operators write origins as
+    browsers send them (``https://anygle.example``), so add the scheme's default port."""
+    if re.search(r":(\d+|\*)$", origin) or "://" not in origin:
+        return origin
+    return origin + {"https": ":443", "http": ":80"}.get(origin.split("://", 1)[0], ":*")

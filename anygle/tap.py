@@ -13,14 +13,18 @@ from typing import Any
 from twisted.application.service import MultiService, Service
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.server import Site
 
+from anygle.clientip import ClientAddressResolver, parse_networks
 from anygle.config import OPTIONS, ConfigError, Settings, resolve
+from anygle.console import build_namespace
 from anygle.engine import EngineConfig, create_engine
 from anygle.engine.base import Engine
 from anygle.hub import Hub, HubSettings
+from anygle.manhole import manhole_factory
 from anygle.periodic import Periodic
 from anygle.protocol import AnygleFactory
 from anygle.web import Root
@@ -108,6 +112,8 @@ class Listener(Service):
 class AnygleService(MultiService):
     """The whole instance; its parts are attributes for the console and the tests."""
 
+    log = Logger()
+
     def __init__(self, settings: Settings, reactor: Any) -> None:
         super().__init__()
         self.settings = settings
@@ -130,23 +136,39 @@ class AnygleService(MultiService):
                 searching_interval=settings.searching_interval,
             ),
         )
+        resolver = ClientAddressResolver(parse_networks(settings.trusted_proxies))
         self.factory = AnygleFactory(
             self.hub,
+            resolver=resolver,
             ping_interval=settings.ping_interval,
             ping_timeout=settings.ping_timeout,
+            allowed_origins=settings.allowed_origins,
+            rate_limit=settings.rate_limit,
+            max_per_ip=settings.max_connections_per_ip,
+            max_queued_bytes=settings.max_queued_bytes,
+            message_limits=settings.message_limits,
             reactor=reactor,
         )
-        self.site = Site(Root(self.hub, settings.engine, settings.instance_id))
+        self.site = Site(
+            Root(self.hub, settings.engine, settings.instance_id, resolver, settings.rate_limit)
+        )
         self.site.displayTracebacks = False
         self.engine_service = EngineService(self.engine, self.hub)
         self.timers = [
             Periodic("matcher", settings.match_interval / 1000.0, self._tick, reactor),
             Periodic("searching", settings.searching_interval, self.hub.push_searching, reactor),
             Periodic("stats", settings.stats_interval, self.hub.push_stats, reactor),
+            Periodic("bans", 1.0, self.hub.enforce_bans, reactor),
         ]
         self.ws = Listener("ws", settings.ws, self.factory, reactor)
         self.http = Listener("http", settings.http, self.site, reactor)
-        for child in (self.engine_service, *self.timers, self.ws, self.http):
+        self.listeners = [self.ws, self.http]
+        if settings.manhole:
+            factory = manhole_factory(
+                build_namespace(self), settings.manhole_keys, settings.manhole_host_key
+            )
+            self.listeners.append(Listener("manhole", settings.manhole, factory, reactor))
+        for child in (self.engine_service, *self.timers, *self.listeners):
             child.setServiceParent(self)
 
     def _tick(self) -> Deferred[int]:
@@ -156,9 +178,21 @@ class AnygleService(MultiService):
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
+        """Stop accepting, let every user go (partners told, sockets closed with 1001), then
+        stop the timers and the engine — all within ``shutdown-timeout``."""
         Service.stopService(self)
-        for listener in (self.ws, self.http):
+        for listener in self.listeners:
             await _maybe(listener.stopService())
+        deadline = self.reactor.seconds() + self.settings.shutdown_timeout
+        try:
+            drain = Deferred.fromCoroutine(self.hub.drain())
+            await _within(drain, self.settings.shutdown_timeout, self.reactor)
+        except Exception:
+            self.log.failure("drain failed")
+        while self.factory.connections and self.reactor.seconds() < deadline:
+            await deferLater(self.reactor, 0.05, lambda: None)
+        for proto in list(self.factory.connections):  # did not finish the close handshake
+            proto.dropConnection(abort=True)
         for timer in self.timers:
             await timer.stopService()
         await self.engine_service.stopService()
@@ -167,6 +201,11 @@ class AnygleService(MultiService):
 async def _maybe(d: Deferred[Any] | None) -> None:
     if d is not None:
         await d
+
+
+async def _within(d: Deferred[Any], seconds: float, reactor: Any) -> Any:
+    """``d``'s result, or a TimeoutError after ``seconds``."""
+    return await d.addTimeout(seconds, reactor)
 
 
 def makeService(config: Options, reactor: Any = None) -> AnygleService:

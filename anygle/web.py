@@ -10,7 +10,8 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from anygle.engine.base import Stats
+from anygle.clientip import ClientAddressResolver
+from anygle.engine.base import EngineUnavailable, Stats
 from anygle.hub import Hub
 
 _log = Logger(namespace="anygle.web")
@@ -96,17 +97,52 @@ class NotFound(Resource):
 
 
 class Root(Resource):
-    def __init__(self, hub: Hub, engine_name: str, instance_id: str) -> None:
+    """Dispatches ``/health`` and ``/stats``; every request first spends one unit of its client
+    address's per-minute budget (429 past it)."""
+
+    isLeaf = True
+
+    def __init__(
+        self,
+        hub: Hub,
+        engine_name: str,
+        instance_id: str,
+        resolver: ClientAddressResolver,
+        rate_limit: int = 0,
+    ) -> None:
         super().__init__()
+        self.hub = hub
+        self.resolver = resolver
+        self.rate_limit = rate_limit
         self.pages: dict[bytes, Resource] = {
-            b"health": Health(hub, engine_name, instance_id),
-            b"stats": StatsPage(hub, engine_name, instance_id),
+            b"/health": Health(hub, engine_name, instance_id),
+            b"/stats": StatsPage(hub, engine_name, instance_id),
         }
 
-    def getChild(self, path: bytes, request: Request) -> Resource:
-        if request.postpath:  # /health/extra
-            return NotFound()
-        return self.pages.get(path, NotFound())
+    def render(self, request: Request) -> bytes | int:
+        page = self.pages.get(request.path, NotFound())
+        if not self.rate_limit:
+            return page.render(request)
+        ip = self.resolver.resolve(
+            getattr(request.getClientAddress(), "host", "unix"),
+            request.requestHeaders.getRawHeaders("x-forwarded-for", []),
+            (request.requestHeaders.getRawHeaders("x-real-ip") or [None])[-1],
+        )
+        d = self.hub.engine.rate(f"http:{ip}", self.rate_limit, 60.0)
+        d.addCallback(self._allowed, request, page)
+        d.addErrback(self._fail_open, request, page)
+        return NOT_DONE_YET
 
-    def render(self, request: Request) -> bytes:
-        return NotFound().render(request)
+    def _allowed(self, allowed: bool, request: Request, page: Resource) -> None:
+        if allowed:
+            body = page.render(request)
+        else:
+            request.setHeader(b"retry-after", b"60")
+            body = _write_json(request, 429, {"error": "too many requests"})
+        if body is not NOT_DONE_YET and not request.finished:
+            request.write(body)
+            request.finish()
+
+    def _fail_open(self, failure: Any, request: Request, page: Resource) -> None:
+        failure.trap(EngineUnavailable)  # without shared counters, serve (health must report)
+        self._allowed(True, request, page)

@@ -87,6 +87,11 @@ def settings(engine: str = "memory", **overrides: Any) -> Settings:
         stats_interval=3600.0,  # tests that want pushes ask for them
         searching_interval=3600.0,
         ping_interval=0.0,
+        # Tests open hundreds of connections from 127.0.0.1 and send bursts no person types;
+        # the limit tests switch these back on.
+        rate_limit=0,
+        max_connections_per_ip=0,
+        message_limits={},
     )
     return dataclasses.replace(base, **overrides)
 

@@ -196,6 +196,20 @@ class Engine(Protocol):
 
     def unban(self, kind: str, value: str) -> Deferred[bool]: ...
 
+    def check_bans(self, users: dict[str, str]) -> Deferred[dict[str, str]]:
+        """``{user: reason}`` for those of ``{user: ip}`` banned by user id or by IP — polled
+        every second so that a ban set with ``redis-cli`` kicks connected users too."""
+
+    # --- abuse limits (shared by all instances) -------------------------------------------
+    def rate(self, key: str, limit: int, window: float) -> Deferred[bool]:
+        """GCRA: ``True`` while ``key`` is used at most ``limit`` times per ``window`` s
+        (bursts up to ``limit``); each call counts."""
+
+    def acquire_connection(self, ip: str, limit: int) -> Deferred[bool]:
+        """Count one more open connection from ``ip`` unless ``limit`` are open already."""
+
+    def release_connection(self, ip: str) -> Deferred[None]: ...
+
 
 class EngineUnavailable(Exception):
     """Shared state cannot be reached right now (Redis down): the hub answers

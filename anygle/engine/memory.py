@@ -19,6 +19,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
 from anygle.engine.base import EngineConfig, EngineSink, Match, Preferences, Stats
+from anygle.limits import gcra
 from anygle.matching import QueueEntry, is_open, pair_key, preference_key, shared_interests
 
 
@@ -57,6 +58,8 @@ class MemoryEngine:
         self._retry: dict[str, float] = {}  # user -> when a cooldown that blocked them ends
         self.counters: dict[str, tuple[int, float]] = {}  # key -> (value, expires at)
         self.bans: dict[tuple[str, str], tuple[str, float | None]] = {}
+        self.rates: dict[str, float] = {}  # key -> GCRA theoretical arrival time
+        self.connections: dict[str, int] = {}  # ip -> open connections
         self.total_matches = 0
         self.recent_waits: deque[float] = deque(maxlen=config.match_history)
         self._seq = itertools.count()
@@ -241,6 +244,7 @@ class MemoryEngine:
         self._next_purge = now + 10.0
         self.counters = {k: v for k, v in self.counters.items() if v[1] > now}
         self.bans = {k: v for k, v in self.bans.items() if v[1] is None or v[1] > now}
+        self.rates = {k: tat for k, tat in self.rates.items() if tat > now}
 
     def _expire_cooldowns(self, now: float) -> None:
         heap = self._cooldown_heap
@@ -333,3 +337,31 @@ class MemoryEngine:
 
     def unban(self, kind: str, value: str) -> Deferred[bool]:
         return succeed(self.bans.pop((kind, value), None) is not None)
+
+    def check_bans(self, users: dict[str, str]) -> Deferred[dict[str, str]]:
+        if not self.bans:
+            return succeed({})
+        found = {u: self.get_ban(u, ip).result for u, ip in users.items()}
+        return succeed({u: reason for u, reason in found.items() if reason is not None})
+
+    # --- abuse limits ---------------------------------------------------------------------
+    def rate(self, key: str, limit: int, window: float) -> Deferred[bool]:
+        now = self.clock.seconds()
+        allowed, tat = gcra(self.rates.get(key, 0.0), now, limit, window)
+        self.rates[key] = tat
+        return succeed(allowed)
+
+    def acquire_connection(self, ip: str, limit: int) -> Deferred[bool]:
+        count = self.connections.get(ip, 0)
+        if count >= limit:
+            return succeed(False)
+        self.connections[ip] = count + 1
+        return succeed(True)
+
+    def release_connection(self, ip: str) -> Deferred[None]:
+        count = self.connections.get(ip, 0) - 1
+        if count > 0:
+            self.connections[ip] = count
+        else:
+            self.connections.pop(ip, None)
+        return succeed(None)

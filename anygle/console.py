@@ -1,0 +1,124 @@
+"""The admin console's namespace: the live service and small, documented helpers.
+
+Used by the SSH Manhole (:mod:`anygle.manhole`); plain functions, so they are tested without SSH.
+Helpers that ask the engine return a Deferred — the Manhole prints its result when it fires.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred
+
+if TYPE_CHECKING:
+    from anygle.tap import AnygleService
+
+
+def build_namespace(service: AnygleService) -> dict[str, Any]:
+    hub, engine = service.hub, service.engine
+
+    def stats() -> Deferred[dict[str, Any]]:
+        """Service-wide figures (all instances on the redis engine) plus this instance's."""
+
+        def shape(s: Any) -> dict[str, Any]:
+            return {
+                "totalOnline": s.total_online,
+                "inQueue": s.in_queue,
+                "activeChats": s.active_chats,
+                "avgMatchTime": s.avg_match_time,
+                "totalMatches": s.total_matches,
+                "local": {
+                    "instance": service.settings.instance_id,
+                    "connections": len(hub.sessions),
+                },
+            }
+
+        return engine.stats().addCallback(shape)
+
+    def queues() -> Deferred[dict[str, int]]:
+        """Waiting users per queue (``teen:video:moderated`` …)."""
+        return engine.stats().addCallback(lambda s: dict(s.queues))
+
+    def users() -> list[dict[str, Any]]:
+        """Users connected to this instance."""
+        return [_describe(s) for s in hub.sessions.values()]
+
+    def user(user_id: str) -> dict[str, Any] | None:
+        """One user connected to this instance, or None."""
+        session = hub.sessions.get(user_id)
+        return _describe(session) if session is not None else None
+
+    def kick(user_id: str, reason: str = "kicked by an operator") -> bool:
+        """Close a local user's connection (their partner is told)."""
+        if user_id not in hub.sessions:
+            return False
+        hub.on_kick(user_id, "BANNED", reason)
+        return True
+
+    def ban_user(user_id: str, ttl: float | None = None, reason: str = "banned") -> Deferred[str]:
+        """``banned:users:{id}`` for ``ttl`` s (None: for good); a connected user is closed."""
+        return _ban("users", user_id, ttl, reason)
+
+    def ban_ip(ip: str, ttl: float | None = None, reason: str = "banned") -> Deferred[str]:
+        """``banned:ips:{ip}`` for ``ttl`` s (None: for good); its connected users are closed."""
+        return _ban("ips", ip, ttl, reason)
+
+    def unban_user(user_id: str) -> Deferred[bool]:
+        """Lift a user ban; True if there was one."""
+        return engine.unban("users", user_id)
+
+    def unban_ip(ip: str) -> Deferred[bool]:
+        """Lift an IP ban; True if there was one."""
+        return engine.unban("ips", ip)
+
+    def _ban(kind: str, value: str, ttl: float | None, reason: str) -> Deferred[str]:
+        d = engine.ban(kind, value, reason, ttl)
+        d.addCallback(lambda _: hub.enforce_bans())
+        return d.addCallback(
+            lambda _: (
+                f"banned:{kind}:{value} = {reason!r}"
+                + (f" for {ttl:g} s" if ttl else " (no expiry)")
+            )
+        )
+
+    def reload_moderation() -> str:
+        """Re-read the moderation rule files (as SIGHUP does)."""
+        return service.reload_moderation()
+
+    namespace: dict[str, Any] = {
+        "service": service,
+        "hub": hub,
+        "engine": engine,
+        "settings": service.settings,
+    }
+    helpers = [
+        stats,
+        queues,
+        users,
+        user,
+        kick,
+        ban_user,
+        ban_ip,
+        unban_user,
+        unban_ip,
+        reload_moderation,
+    ]
+    namespace.update({fn.__name__: fn for fn in helpers})
+
+    def help_() -> str:
+        """This list."""
+        return "\n".join(f"{fn.__name__}: {(fn.__doc__ or '').strip()}" for fn in helpers)
+
+    namespace["helpers"] = help_
+    return namespace
+
+
+def _describe(session: Any) -> dict[str, Any]:
+    return {
+        "userId": session.user_id,
+        "ip": session.ip,
+        "state": session.state,
+        "queue": session.prefs.queue if session.prefs else None,
+        "roomId": session.room_id,
+        "partnerId": session.partner_id,
+    }
