@@ -283,6 +283,23 @@ class Instance:
                 self.kill()
 
 
+def limits_off_flags() -> list[str]:
+    """Options that switch off the per-IP abuse limits (every test client is 127.0.0.1), for
+    those options this tree has."""
+    from anygle.config import OPTIONS
+
+    wanted = {
+        "rate-limit": "0",
+        "max-connections-per-ip": "0",
+        "message-limits": "off",
+        "ping-interval": "0",
+        "stats-interval": "3600",
+        "searching-interval": "3600",
+    }
+    names = {o.name for o in OPTIONS}
+    return [f"--{k}={v}" for k, v in wanted.items() if k in names]
+
+
 class Cluster:
     """redis-server + ``n`` instances (+ nginx in front when ``nginx=True``)."""
 
@@ -291,7 +308,10 @@ class Cluster:
         os.chmod(self.dir, 0o777)
         self.redis = RedisServer()
         self.instances = [
-            Instance(f"node{i + 1}", self.redis.url, self.dir, extra or []) for i in range(n)
+            Instance(
+                f"node{i + 1}", self.redis.url, self.dir, [*limits_off_flags(), *(extra or [])]
+            )
+            for i in range(n)
         ]
         self.use_nginx = nginx
         self.nginx: subprocess.Popen | None = None

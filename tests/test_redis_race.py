@@ -1,0 +1,224 @@
+"""Race: hundreds of clients spread over three ``twistd`` instances join, chat, skip, rejoin and
+reconnect at random.  What every client saw, and Redis itself (atomic snapshots while it runs, and
+at the end), must satisfy the invariants: nobody in two rooms, never oneself, both partners name
+the same room, and once everybody is gone no queue entry, room, session or online count is left."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor, threads
+
+from tests.conftest import sleep
+from tests.redisutil import Cluster
+from tests.wsclient import Client, Closed
+
+N_CLIENTS = 240
+DURATION = 12.0
+
+# One atomic look at the whole state: returns a list of violations (empty when consistent).
+CHECK = r"""
+local bad = {}
+local function add(s) bad[#bad + 1] = s end
+local in_room, waiting = {}, {}
+local online = 0
+for _, n in ipairs(redis.call('SMEMBERS', 'instances')) do
+    for _, u in ipairs(redis.call('SMEMBERS', 'instance:' .. n .. ':users')) do
+        online = online + 1
+        local raw = redis.call('GET', 'user:' .. u)
+        if not raw then add('no session for online ' .. u) else
+            local d = cjson.decode(raw)
+            if d.instance ~= n then add(u .. ' listed on ' .. n .. ' lives elsewhere') end
+            if d.roomId then
+                if d.partnerId == u then add('self match ' .. u) end
+                in_room[u] = d.roomId
+                local p = redis.call('GET', 'user:' .. d.partnerId)
+                if p then
+                    local pd = cjson.decode(p)
+                    if pd.roomId ~= d.roomId or pd.partnerId ~= u then
+                        add('partner of ' .. u .. ' is not in ' .. d.roomId)
+                    end
+                else
+                    add('partner of ' .. u .. ' is gone')
+                end
+                if redis.call('SISMEMBER', 'rooms', d.roomId) == 0 then
+                    add('room not listed ' .. d.roomId)
+                end
+            end
+        end
+    end
+end
+local w = redis.call('HGETALL', 'waiting')
+for k = 1, #w, 2 do
+    local u = w[k]
+    waiting[u] = true
+    if in_room[u] then add(u .. ' waits while in a room') end
+    if not redis.call('GET', 'user:' .. u) then add('orphan queue entry ' .. u) end
+    local e = cmsgpack.unpack(w[k + 1])
+    if not redis.call('ZSCORE', 'queue:' .. e.q, u) then add(u .. ' missing from its queue') end
+end
+local queued = 0
+for _, key in ipairs(redis.call('KEYS', 'queue:*:*:*')) do
+    for _, u in ipairs(redis.call('ZRANGE', key, 0, -1)) do
+        queued = queued + 1
+        if not waiting[u] then add('queue entry without waiting record ' .. u) end
+    end
+end
+local rooms_in_use = {}
+for _, r in pairs(in_room) do rooms_in_use[r] = (rooms_in_use[r] or 0) + 1 end
+for _, r in ipairs(redis.call('SMEMBERS', 'rooms')) do
+    if rooms_in_use[r] ~= 2 then add('room ' .. r .. ' has ' .. tostring(rooms_in_use[r])) end
+end
+for r, c in pairs(rooms_in_use) do if c ~= 2 then add('room ' .. r .. ' held by ' .. c) end end
+return {bad, online, queued, redis.call('SCARD', 'rooms')}
+"""
+
+
+class Player:
+    """One client's random life; records what it saw."""
+
+    def __init__(self, k: int, ports: list[int], deadline: float) -> None:
+        self.k = k
+        self.rnd = random.Random(k)
+        self.ports = ports
+        self.deadline = deadline
+        self.rooms: list[tuple[str, str, str]] = []  # (room, me, partner)
+        self.violations: list[str] = []
+        self.client: Client | None = None
+        self.matches = 0
+        self.messages = 0
+        self.requests = 0  # joins and skips sent on the current connection
+        self.answered = 0  # matched frames received on it
+
+    async def connect(self) -> Client:
+        port = self.ports[self.k % len(self.ports)]
+        self.client = await Client.connect(port)
+        self.requests = self.answered = 0
+        return self.client
+
+    def join(self, c: Client) -> None:
+        self.requests += 1
+        interests = self.rnd.sample(["a", "b", "c", "d"], self.rnd.choice([0, 0, 1, 2]))
+        c.join(
+            queue=self.rnd.choice(["moderated", "moderated", "unmoderated"]), interests=interests
+        )
+
+    async def run(self) -> None:
+        c = await self.connect()
+        self.join(c)
+        room: str | None = None
+        while reactor.seconds() < self.deadline:
+            try:
+                frame = await c.next(timeout=self.rnd.uniform(0.05, 0.6))
+            except defer.TimeoutError:
+                frame = None
+            except Closed:
+                c = await self.connect()
+                self.join(c)
+                room = None
+                continue
+            if frame is not None:
+                t = frame["type"]
+                if t == "matched":
+                    d = frame["data"]
+                    self.answered += 1
+                    # a join sent while a match was on its way ends that room (join in a chat =
+                    # skip): only a match nobody asked for is a second room
+                    if room is not None and self.answered > self.requests:
+                        self.violations.append(f"{c.user_id} matched into {d['roomId']} in {room}")
+                    if d["partnerId"] == c.user_id:
+                        self.violations.append(f"{c.user_id} matched with itself")
+                    room = d["roomId"]
+                    self.rooms.append((room, c.user_id, d["partnerId"]))
+                    self.matches += 1
+                    if self.rnd.random() < 0.5:
+                        c.send("message", {"content": f"hi from {c.user_id}"})
+                elif t in ("partner_skipped", "partner_disconnected"):
+                    room = None
+                    if self.rnd.random() < 0.8:
+                        self.join(c)
+                elif t == "message":
+                    self.messages += 1
+                elif t == "error" and frame["data"]["code"] != "NOT_IN_CHAT":
+                    self.violations.append(f"{c.user_id} got {frame}")
+                continue
+            # idle for a moment: act
+            r = self.rnd.random()
+            if room is not None and r < 0.45:
+                c.send("skip")  # the hub requeues us
+                self.requests += 1
+                room = None
+            elif r < 0.55:
+                await c.close()
+                c = await self.connect()
+                self.join(c)
+                room = None
+            elif room is None and r < 0.7:
+                self.join(c)  # (re)join or change preferences while searching
+        await c.close()
+
+
+@pytest.fixture
+def cluster():
+    c = Cluster(3, nginx=False).start()
+    yield c
+    c.stop()
+
+
+def check(cluster: Cluster) -> tuple[list[str], int, int, int]:
+    bad, online, queued, rooms = cluster.redis.command("EVAL", CHECK, 0)
+    return [b.decode() for b in bad], online, queued, rooms
+
+
+@pytest_twisted.ensureDeferred
+async def test_random_joins_and_skips_over_three_instances(cluster: Cluster):
+    ports = [i.ws_port for i in cluster.instances]
+    deadline = reactor.seconds() + DURATION
+    players = [Player(k, ports, deadline) for k in range(N_CLIENTS)]
+    runs = [defer.ensureDeferred(p.run()) for p in players]
+    snapshots: list[Any] = []
+    while reactor.seconds() < deadline - 1:
+        await sleep(2.0)
+        snapshots.append(await threads.deferToThread(check, cluster))
+    results = await defer.DeferredList(runs, consumeErrors=True)
+    failures = [r for ok, r in results if not ok]
+    assert not failures, failures[0]
+    # what the clients saw
+    violations = [v for p in players for v in p.violations]
+    assert not violations, violations[:10]
+    by_room: dict[str, set[tuple[str, str]]] = {}
+    for p in players:
+        for room, me, partner in p.rooms:
+            by_room.setdefault(room, set()).add((me, partner))
+    for room, seen in by_room.items():
+        # both partners name each other (one may have vanished before its matched arrived)
+        assert len(seen) <= 2, (room, seen)
+        if len(seen) == 2:
+            (a, pa), (b, pb) = sorted(seen)
+            assert (pa, pb) == (b, a), (room, seen)
+    total_matches = sum(p.matches for p in players)
+    assert total_matches > N_CLIENTS  # the test did exercise matching
+    # Redis while it ran: consistent at every snapshot
+    for bad, _online, _queued, _rooms in snapshots:
+        assert not bad, bad[:10]
+    # everybody left: nothing remains
+    for _ in range(50):
+        bad, online, queued, rooms = await threads.deferToThread(check, cluster)
+        if online == queued == rooms == 0:
+            break
+        await sleep(0.1)
+    assert (bad, online, queued, rooms) == ([], 0, 0, 0)
+    r = cluster.redis.command
+    stats = dict(zip(*[iter(r("HGETALL", "stats:global"))] * 2, strict=True))
+    assert stats[b"online"] == b"0" and stats[b"activeChats"] == b"0"
+    assert r("HLEN", "waiting") == 0
+    assert r("KEYS", "room:*") == [] and r("KEYS", "user:*") == [] and r("KEYS", "socket:*") == []
+    assert r("KEYS", "qi:*") == [] and r("KEYS", "qopen:*") == [] and r("KEYS", "qpending:*") == []
+    assert int(stats[b"totalMatches"]) * 2 >= total_matches
+    for inst in cluster.instances:
+        assert inst.alive(), cluster.logs(inst)
+        log = cluster.logs(inst, tail=100000)
+        assert "Traceback" not in log, log[-3000:]
