@@ -94,6 +94,7 @@ _UNIT = re.compile(
 _MASKED = re.compile(r"[a-z]+\*+[a-z]*|\*+[a-z]{2,}")
 _SINGLE_RUN = re.compile(r"(?<![a-z0-9])[a-z](?:[ ._\-*+~|/\\,:;]{1,3}[a-z](?![a-z0-9]))+")
 _SEPARATOR = re.compile(r"[ ._\-*+~|/\\,:;]+")
+_SPACED = re.compile(r"[ ._\-*+~|/\\,:;]*\s[ ._\-*+~|/\\,:;]*")
 _SQUEEZE = re.compile(r"([a-z])\1+")
 WORD = re.compile(r"[a-z]+")
 
@@ -168,20 +169,35 @@ class Normalizer:
         return tok
 
     def _join_run(self, m: re.Match[str]) -> str:
+        """Join a run of single letters: parts glued by '.', '-', '_' etc. always ("f.u.c.k",
+        "y.o."); parts separated only by spaces just where the result is a known rule word
+        ("s e x", "k i l l u" -> "kill u"; "r u ok" stays)."""
         run = m.group()
-        letters = _SEPARATOR.split(run)
-        if len(letters) > 32:
+        if len(run) > 96:
             return run
-        if all(sep.strip() for sep in _SEPARATOR.findall(run)):
-            return "".join(letters)  # "f.u.c.k", "s-e-x": never innocent spacing
-        # Space-separated (or mixed) single letters: join only the longest known sub-run.
+        units = [_SEPARATOR.sub("", g) for g in _SPACED.split(run)]
+        out: list[str] = []
+        i = 0
+        while i < len(units):
+            if len(units[i]) != 1:
+                out.append(units[i])
+                i += 1
+                continue
+            j = i
+            while j < len(units) and len(units[j]) == 1:
+                j += 1
+            out.extend(self._join_known(units[i:j]))
+            i = j
+        return " ".join(out)
+
+    def _join_known(self, letters: list[str]) -> list[str]:
         n = len(letters)
         for size in range(n, 1, -1):
             for i in range(n - size + 1):
                 cand = "".join(letters[i : i + size])
                 if squeeze(cand) in self.known:
-                    return " ".join([*letters[:i], cand, *letters[i + size :]])
-        return run
+                    return [*letters[:i], cand, *self._join_known(letters[i + size :])]
+        return letters
 
 
 def tokens(s: str) -> list[str]:

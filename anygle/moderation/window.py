@@ -67,7 +67,10 @@ class SenderWindow:
 
         if signals:
             gv = self._grooming(tuple(signals), rules.grooming_threshold, protect_personal_info)
-            if gv.severity > verdict.severity:
+            # With a teen involved, grooming also names the verdict on a tie (e.g. with a
+            # personal_info block): it explains more than the single message does.
+            tie = protect_personal_info and gv.severity == verdict.severity < Severity.ZERO
+            if gv and (gv.severity > verdict.severity or tie):
                 verdict = gv
 
         self._entries.append(_Entry(now, text, tuple(signals), frozenset(found)))
