@@ -159,12 +159,12 @@ class Bench:
             return False, "redis-server is not installed (apt-get install redis-server)"
         return True, ""
 
-    def servers_cpu(self, servers: list[procs.Server]) -> float:
-        total = 0.0
+    def servers_cpu(self, servers: list[procs.Server]) -> dict[str, float]:
+        out: dict[str, float] = {}
         for s in servers:
             with contextlib.suppress(psutil.Error):
-                total += s.cpu()
-        return total
+                out[s.name] = s.cpu()
+        return out
 
     # --- relay ---------------------------------------------------------------------------------
     def relay_row(
@@ -229,7 +229,8 @@ class Bench:
             "matched_pairs": ready.get("matched", 0) // 2,
             "mispaired": ready.get("mispaired", 0),
             "rate": round(rate, 1),
-            "server_cpu_pct": round(100 * (s1 - s0) / secs, 1),
+            "server_cpu_pct": round(100 * (sum(s1.values()) - sum(s0.values())) / secs, 1),
+            "cpu_pct_by_process": {k: round(100 * (s1[k] - s0.get(k, 0.0)) / secs, 1) for k in s1},
             "client_cpu_pct": round(100 * (c1 - c0) / secs, 1),
             "workers": len(results),
             "failed": sum(r["failed"] for r in results),
@@ -292,6 +293,50 @@ class Bench:
                 s.stop()
             r.stop()
 
+    def repeated(
+        self, label: str, plan: list[tuple[str, Callable[[], dict[str, Any]]]]
+    ) -> list[dict[str, Any]]:
+        """Run the rows of ``plan`` ``--repeat`` times, interleaved (so that drift on a noisy
+        machine hits every row alike); each row reports the median rate of its good runs."""
+        runs: dict[str, list[dict[str, Any]]] = {}
+        for rep in range(self.args.repeat):
+            if self.args.repeat > 1:
+                self.progress.say(f"{label} round {rep + 1}/{self.args.repeat}")
+            for row, fn in plan:
+                runs.setdefault(row, []).append(self.run_row(f"{label} {row}", fn, row))
+        rows = []
+        for row, results in runs.items():
+            good = [r for r in results if "error" not in r and r.get("rate")]
+            best = dict(good[0] if good else results[-1])
+            best["row"] = row
+            if good:
+                best["rate"] = round(statistics.median(r["rate"] for r in good), 1)
+                for key in ("server_cpu_pct", "client_cpu_pct"):
+                    best[key] = round(statistics.median(r[key] for r in good), 1)
+                best["rates"] = [r["rate"] for r in good]
+            best["rates_by_round"] = [r.get("rate") for r in results]
+            if len(good) < len(results):
+                best["failed_runs"] = [r["error"] for r in results if "error" in r]
+            rows.append(best)
+        return rows
+
+    @staticmethod
+    def paired_ratio(row: dict[str, Any], ref: dict[str, Any] | None) -> float | None:
+        """Median over rounds of row/ref measured in the same round (robust to drift), else the
+        ratio of the medians."""
+        if not ref:
+            return None
+        pairs = [
+            a / b
+            for a, b in zip(
+                row.get("rates_by_round") or [], ref.get("rates_by_round") or [], strict=False
+            )
+            if a and b
+        ]
+        if pairs:
+            return round(statistics.median(pairs), 3)
+        return ratio(row.get("rate"), ref.get("rate"))
+
     def scenario_relay(self) -> dict[str, Any]:
         a = self.args
         plan: list[tuple[str, Callable[[], dict[str, Any]]]] = [
@@ -305,29 +350,15 @@ class Bench:
                 ("redis-same", lambda: self.relay_redis(False, "redis-same")),
                 ("redis-cross", lambda: self.relay_redis(True, "redis-cross")),
             ]
-        runs: dict[str, list[dict[str, Any]]] = {}
-        for rep in range(a.repeat):
-            for row, fn in plan:  # interleaved, so that drift on a noisy machine hits every row
-                if a.repeat > 1:
-                    self.progress.say(f"relay round {rep + 1}/{a.repeat}")
-                runs.setdefault(row, []).append(self.run_row(f"relay {row}", fn, row))
-        rows = []
-        for results in runs.values():
-            good = [r for r in results if "error" not in r and r.get("rate")]
-            best = dict(good[0] if good else results[-1])
-            if good:
-                best["rate"] = round(statistics.median(r["rate"] for r in good), 1)
-                best["rates"] = [r["rate"] for r in good]
-            rows.append(best)
+        rows = self.repeated("relay", plan)
         if not ok:
             for row in ("redis-same", "redis-cross"):
                 rows.append({"row": row, "error": f"not run: {why}"})
-        by = {r["row"]: r.get("rate") for r in rows}
+        by = {r["row"]: r for r in rows}
         for r in rows:
-            r["x_baseline"] = ratio(r.get("rate"), by.get("baseline"))
-        for r in rows:
+            r["x_baseline"] = self.paired_ratio(r, by.get("baseline"))
             if r["row"] == "redis-cross":
-                r["x_same_instance"] = ratio(r.get("rate"), by.get("redis-same"))
+                r["x_same_instance"] = self.paired_ratio(r, by.get("redis-same"))
         return {
             "rows": rows,
             "pairs": a.pairs,
@@ -594,23 +625,18 @@ class Bench:
             "memory": ["memory"],
             "both": ["redis", "memory"],
         }[self.args.scaleout_engine]
-        rows = []
+        plan: list[tuple[str, Callable[[], dict[str, Any]]]] = []
+        skipped = []
         for engine in engines:
             if engine == "redis" and not ok:
-                rows.append({"row": "redis", "error": f"not run: {why}"})
+                skipped.append({"row": "redis", "error": f"not run: {why}"})
                 continue
-            pair = [
-                self.run_row(
-                    f"scaleout {engine} {n}",
-                    lambda n=n, e=engine: self.scaleout_row(n, e),
-                    f"{engine} x{n}",
-                )
-                for n in (1, 2)
-            ]
-            for n, r in zip((1, 2), pair, strict=True):
-                r["row"] = f"{engine} x{n}"
-                r["x_one_instance"] = ratio(r.get("rate"), pair[0].get("rate"))
-            rows += pair
+            for n in (1, 2):
+                plan.append((f"{engine} x{n}", lambda n=n, e=engine: self.scaleout_row(n, e)))
+        rows = self.repeated("scaleout", plan) + skipped
+        for r in rows:
+            one = next((o for o in rows if o["row"] == r["row"][:-1] + "1"), None)
+            r["x_one_instance"] = self.paired_ratio(r, one)
         return {
             "rows": rows,
             "pairs": self.args.scaleout_pairs,
@@ -855,7 +881,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--window", type=int, default=8, help="messages in flight per pair")
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--duration", type=float, default=8.0, help="measured seconds per row")
-    p.add_argument("--repeat", type=int, default=1, help="relay rounds (median is reported)")
+    p.add_argument(
+        "--repeat", type=int, default=3, help="relay/scale-out rounds (the median is reported)"
+    )
     p.add_argument("--rate", type=float, default=500.0, help="joins/s for the latency scenario")
     p.add_argument("--latency-seconds", type=float, default=8.0)
     p.add_argument("--latency-queue", default="unmoderated")
