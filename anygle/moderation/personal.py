@@ -47,6 +47,7 @@ _ANY_DIGIT = re.compile(r"\d")
 _DIGITS = re.compile(r"\d")
 _NUMBER_WORD = re.compile(r"(?<![a-z])(zero|one|two|three|four|five|six|seven|eight|nine)(?![a-z])")
 _NUMBER_VALUE = {w: str(i) for i, w in enumerate("zero one two three four five six seven eight nine".split())}
+_SQUEEZED_NUMBER_WORDS = frozenset(squeeze(w) for w in _NUMBER_VALUE)
 _DIGIT_RUN = re.compile(r"(?:\+|(?<!\d)00)?\d(?:[\s().,\-/]{0,3}\d){6,17}")
 _EMAIL = re.compile(r"[a-z0-9._%+-]+@[a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]{2,}")
 _MAIL_HOSTS = r"(?:gmail|googlemail|hotmail|yahoo|outlook|icloud|aol|protonmail|proton|gmx|yandex|msn)"
@@ -62,6 +63,10 @@ _ADDRESS = re.compile(
     r"highway|hwy|square|sq)(?![a-z])"
 )
 _DOT_WORD = re.compile(r"[a-z0-9]\.[a-z]|://")
+_MAIL_WORDS = frozenset(
+    squeeze(w)
+    for w in "gmail googlemail hotmail yahoo outlook icloud aol protonmail proton gmx yandex msn dot".split()
+)
 _IP = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])")
 _CONTACT_LINK = re.compile(
     r"(?:discord(?:app)?\.(?:gg|com/invite)|t\.me|telegram\.me|wa\.me|chat\.whatsapp\.com|"
@@ -81,11 +86,16 @@ class Phone:
     strong: bool
 
 
-def find_phone(base: str) -> Phone | None:
+NUMBER_WORDS = frozenset(_NUMBER_VALUE)
+
+
+def find_phone(base: str, tokens: frozenset[str] | None = None) -> Phone | None:
     """The first phone-number-like digit run (strong before weak), or None."""
-    has_digit = _ANY_DIGIT.search(base) is not None
-    if not has_digit and _NUMBER_WORD.search(base) is None:
-        return None
+    if _ANY_DIGIT.search(base) is None:
+        if tokens is not None and tokens.isdisjoint(_SQUEEZED_NUMBER_WORDS):
+            return None
+        if _NUMBER_WORD.search(base) is None:
+            return None
     s = _NUMBER_WORD.sub(lambda m: _NUMBER_VALUE[m.group()], base)
     if len(_DIGITS.findall(s)) < 7:
         return None
@@ -125,10 +135,9 @@ def _is_valid(intl: bool, digits: str) -> bool:
 
 def find_email(base: str, tokens: frozenset[str]) -> str | None:
     if "@" in base:
-        m = _EMAIL.search(base)
-        if m:
-            return m.group()
-    if "@" in base or "at" in tokens:
+        m = _EMAIL.search(base) or _EMAIL_SPELLED.search(base)
+        return m.group() if m else None
+    if "at" in tokens and (not tokens.isdisjoint(_MAIL_WORDS) or _DOT_WORD.search(base)):
         m = _EMAIL_SPELLED.search(base)
         if m:
             return m.group()
@@ -176,7 +185,7 @@ def find_handle(base: str) -> str | None:
 
 def third_party_pi(base: str, tokens: frozenset[str]) -> str | None:
     """Any contact detail at all, strong or weak: used to confirm a doxing marker."""
-    phone = find_phone(base)
+    phone = find_phone(base, tokens)
     if phone:
         return phone.digits
     return find_email(base, tokens) or find_address(base, tokens) or find_ip(base)
@@ -184,7 +193,7 @@ def third_party_pi(base: str, tokens: frozenset[str]) -> str | None:
 
 def own_pi(base: str, tokens: frozenset[str]) -> tuple[str, str] | None:
     """(category, evidence) for contact details a protected user must not share."""
-    phone = find_phone(base)
+    phone = find_phone(base, tokens)
     if phone and (phone.strong or not tokens.isdisjoint(PHONE_WORDS)):
         return "personal_info", phone.digits
     contact_link, link = find_links(base)

@@ -37,6 +37,8 @@ SUFFIXES = (
 _MACRO = re.compile(r"%([a-z_]+)%")
 _SQUEEZE_SRC = re.compile(r"(\\.)|([a-z])\2+")
 _WORD_ENTRY = re.compile(r"[a-z]+\*?")
+_LITERAL = re.compile(r"(?<!\\)[a-z]+")
+_LEADING_LITERAL = re.compile(r"[a-z0-9' ]+")
 _PHRASE_WORD = re.compile(r"[a-z']+\*?")
 
 
@@ -98,6 +100,69 @@ def _rule_files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if p.suffix in (".txt", ".json") and p.is_file())
 
 
+def split_alternation(src: str) -> list[str]:
+    """Top-level branches of ``src`` (unwrapping one enclosing ``(?:...)``)."""
+    src = src.strip()
+    if src.startswith("(?:") and _closing(src, 0) == len(src) - 1:
+        src = src[3:-1]
+    parts, depth, start, i, in_class = [], 0, 0, 0, False
+    while i < len(src):
+        c = src[i]
+        if c == "\\":
+            i += 2
+            continue
+        if in_class:
+            in_class = c != "]"
+        elif c == "[":
+            in_class = True
+        elif c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+        elif c == "|" and depth == 0:
+            parts.append(src[start:i])
+            start = i + 1
+        i += 1
+    parts.append(src[start:])
+    return parts
+
+
+def _closing(src: str, open_at: int) -> int:
+    """Index of the parenthesis closing the one at ``open_at`` (-1 if unbalanced)."""
+    depth, i, in_class = 0, open_at, False
+    while i < len(src):
+        c = src[i]
+        if c == "\\":
+            i += 2
+            continue
+        if in_class:
+            in_class = c != "]"
+        elif c == "[":
+            in_class = True
+        elif c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+            if depth == 0:
+                return i
+        i += 1
+    return -1
+
+
+def _with_boundaries(src: str) -> str:
+    """Wrap in word boundaries. When the pattern starts with a fixed word, put that word first
+    and check the boundary after it: Python's regex engine then finds candidate positions with
+    a fast literal scan instead of trying every position (5-10x faster on a 200-char text)."""
+    m = _LEADING_LITERAL.match(src)
+    if m and len(split_alternation(src)) == 1:
+        lit = m.group()
+        if src[m.end() : m.end() + 1] in ("?", "*", "+", "{"):
+            lit = lit[:-1]
+        if lit:
+            return f"{lit}(?<![a-z0-9]{lit})(?:{src[len(lit):]})(?![a-z0-9])"
+    return f"(?<![a-z0-9])(?:{src})(?![a-z0-9])"
+
+
 def squeeze_regex(src: str) -> str:
     """Squeeze repeated letters in a regex's literals the way the text view is squeezed."""
     return _SQUEEZE_SRC.sub(lambda m: m.group(1) or m.group(2), src)
@@ -145,7 +210,7 @@ class _Builder:
                 raise ValueError(f"{path}: 'rules' must be a list")
             for i, spec in enumerate(rules):
                 where = f"{path}: rule #{i} ({spec.get('id', '?') if isinstance(spec, dict) else '?'})"
-                self.rules.append(self._rule(spec, where))
+                self.rules.extend(self._split(spec, where))
         for path in files:
             if path.suffix == ".txt":
                 self._read_words(path)
@@ -196,10 +261,9 @@ class _Builder:
         if view == "text":
             src = src.replace(" ?", "[^a-z0-9]*").replace(" ", "[^a-z0-9]+")
             src = squeeze_regex(src)
-            src = f"(?<![a-z0-9])(?:{src})(?![a-z0-9])"
+            src = _with_boundaries(src)
         elif view == "base":
-            src = src.replace(" ?", r"\s*").replace(" ", r"\s+")
-            src = "(?<![a-z0-9])(?:" + src + ")(?![a-z0-9])"
+            src = _with_boundaries(src.replace(" ?", r"\s*").replace(" ", r"\s+"))
         else:
             src = src.replace(" ?", r"\s*").replace(" ", r"\s+")
             src = "(?<![A-Za-z0-9])(?:" + src + ")(?![A-Za-z0-9])"
@@ -207,6 +271,25 @@ class _Builder:
             return re.compile(src)
         except re.error as exc:
             raise ValueError(f"{where}: bad regex: {exc}") from exc
+
+    def _split(self, spec: object, where: str) -> list[Rule]:
+        """Compile a rule; a rule whose pattern is a top-level alternation becomes one rule per
+        branch, each gated only by the keys that occur in that branch. Same matches, but a
+        message runs only the small branches its words can match (big alternations are what
+        makes Python regexes slow)."""
+        rule = self._rule(spec, where)
+        if not isinstance(spec, dict) or "re" not in spec or rule.view == "raw":
+            return [rule]
+        branches = split_alternation(spec["re"])
+        if len(branches) < 2:
+            return [rule]
+        out = []
+        for n, branch in enumerate(branches):
+            literals = set(_LITERAL.findall(squeeze_regex(self._expand(branch, where).lower())))
+            keys = [k for k in rule.keys if k in literals] or sorted(rule.keys)
+            sub = {**spec, "id": f"{rule.id}#{n}", "re": branch, "keys": keys}
+            out.append(self._rule(sub, f"{where} branch {n}"))
+        return out
 
     def _rule(self, spec: object, where: str) -> Rule:
         if not isinstance(spec, dict):
