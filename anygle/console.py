@@ -1,7 +1,8 @@
 """The admin console's namespace: the live service and small, documented helpers.
 
 Used by the SSH Manhole (:mod:`anygle.manhole`); plain functions, so they are tested without SSH.
-Helpers that ask the engine return a Deferred — the Manhole prints its result when it fires.
+A helper that asks the engine returns the answer when it is already there (memory engine), else the
+Deferred — the Manhole prints its result when it fires.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 
 if TYPE_CHECKING:
     from anygle.tap import AnygleService
@@ -17,7 +19,7 @@ if TYPE_CHECKING:
 def build_namespace(service: AnygleService) -> dict[str, Any]:
     hub, engine = service.hub, service.engine
 
-    def stats() -> Deferred[dict[str, Any]]:
+    def stats() -> Any:
         """Service-wide figures (all instances on the redis engine) plus this instance's."""
 
         def shape(s: Any) -> dict[str, Any]:
@@ -33,11 +35,11 @@ def build_namespace(service: AnygleService) -> dict[str, Any]:
                 },
             }
 
-        return engine.stats().addCallback(shape)
+        return settled(engine.stats().addCallback(shape))
 
-    def queues() -> Deferred[dict[str, int]]:
+    def queues() -> Any:
         """Waiting users per queue (``teen:video:moderated`` …)."""
-        return engine.stats().addCallback(lambda s: dict(s.queues))
+        return settled(engine.stats().addCallback(lambda s: dict(s.queues)))
 
     def users() -> list[dict[str, Any]]:
         """Users connected to this instance."""
@@ -55,31 +57,27 @@ def build_namespace(service: AnygleService) -> dict[str, Any]:
         hub.on_kick(user_id, "BANNED", reason)
         return True
 
-    def ban_user(user_id: str, ttl: float | None = None, reason: str = "banned") -> Deferred[str]:
+    def ban_user(user_id: str, ttl: float | None = None, reason: str = "banned") -> Any:
         """``banned:users:{id}`` for ``ttl`` s (None: for good); a connected user is closed."""
         return _ban("users", user_id, ttl, reason)
 
-    def ban_ip(ip: str, ttl: float | None = None, reason: str = "banned") -> Deferred[str]:
+    def ban_ip(ip: str, ttl: float | None = None, reason: str = "banned") -> Any:
         """``banned:ips:{ip}`` for ``ttl`` s (None: for good); its connected users are closed."""
         return _ban("ips", ip, ttl, reason)
 
-    def unban_user(user_id: str) -> Deferred[bool]:
+    def unban_user(user_id: str) -> Any:
         """Lift a user ban; True if there was one."""
-        return engine.unban("users", user_id)
+        return settled(engine.unban("users", user_id))
 
-    def unban_ip(ip: str) -> Deferred[bool]:
+    def unban_ip(ip: str) -> Any:
         """Lift an IP ban; True if there was one."""
-        return engine.unban("ips", ip)
+        return settled(engine.unban("ips", ip))
 
-    def _ban(kind: str, value: str, ttl: float | None, reason: str) -> Deferred[str]:
+    def _ban(kind: str, value: str, ttl: float | None, reason: str) -> Any:
         d = engine.ban(kind, value, reason, ttl)
-        d.addCallback(lambda _: hub.enforce_bans())
-        return d.addCallback(
-            lambda _: (
-                f"banned:{kind}:{value} = {reason!r}"
-                + (f" for {ttl:g} s" if ttl else " (no expiry)")
-            )
-        )
+        d.addCallback(lambda _: Deferred.fromCoroutine(hub.enforce_bans()))
+        expiry = f" for {ttl:g} s" if ttl else " (no expiry)"
+        return settled(d.addCallback(lambda _: f"banned:{kind}:{value} = {reason!r}{expiry}"))
 
     def reload_moderation() -> str:
         """Re-read the moderation rule files (as SIGHUP does)."""
@@ -111,6 +109,17 @@ def build_namespace(service: AnygleService) -> dict[str, Any]:
 
     namespace["helpers"] = help_
     return namespace
+
+
+def settled(d: Deferred[Any]) -> Any:
+    """The result of an already-fired Deferred (re-raising its failure), else the Deferred."""
+    if not d.called or isinstance(d.result, Deferred):
+        return d
+    outcome: list[Any] = []
+    d.addBoth(outcome.append)
+    if isinstance(outcome[0], Failure):
+        outcome[0].raiseException()
+    return outcome[0]
 
 
 def _describe(session: Any) -> dict[str, Any]:

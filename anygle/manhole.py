@@ -12,7 +12,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from twisted.conch import manhole, manhole_ssh
-from twisted.conch.checkers import IAuthorizedKeysDB, SSHPublicKeyChecker
+from twisted.conch.checkers import IAuthorizedKeysDB, SSHPublicKeyChecker, readAuthorizedKeyFile
 from twisted.conch.insults import insults
 from twisted.conch.ssh import keys
 from twisted.cred import portal
@@ -32,7 +32,7 @@ class AuthorizedKeysFile:
     def getAuthorizedKeys(self, username: bytes) -> list[keys.Key]:
         try:
             with open(self.path, "rb") as f:
-                return list(keys.readAuthorizedKeyFile(f))
+                return list(readAuthorizedKeyFile(f))
         except OSError as e:
             _log.warn("manhole: cannot read {path}: {err}", path=self.path, err=e.strerror)
             return []
