@@ -6,7 +6,8 @@ single file) is loaded after them and extends them. Two formats:
 
 ``<category>.txt`` -- one entry per line, ``#`` comments. ``word`` matches a whole token with
 any letter repeatable (``fuuuck``), ``word*`` adds common inflections (s, ed, er, ing, ...),
-anything with a space is a phrase whose words may be separated by anything or nothing.
+anything with a space is a phrase (words separated by any non-letters; write the joined
+form as its own word if it should match too, like ``killyourself``).
 ``allow.txt`` lists tokens that never fire from word lists.
 
 ``*.json`` -- ``{"macros": {name: regex}, "settings": {...}, "rules": [rule, ...]}``; a rule is
@@ -388,7 +389,7 @@ class _Builder:
         parts = [re.escape(w.rstrip("*")).replace("'", "'?") for w in words]
         if words[-1].endswith("*"):
             parts[-1] += "(?:" + "|".join(s for s in SUFFIXES if s) + ")?"
-        src = "[^a-z0-9]*".join(parts)
+        src = "[^a-z0-9]+".join(parts)
         tokens = re.findall(r"[a-z]+", entry)
         keys = [max(tokens, key=len), "".join(tokens)]
         spec = {"id": f"{category}:{entry}", "category": category, "re": src, "keys": keys}

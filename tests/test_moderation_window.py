@@ -1,0 +1,99 @@
+"""SenderWindow: split contact details and grooming scored across messages."""
+
+from __future__ import annotations
+
+import pytest
+
+from anygle.moderation import CLEAN, Classifier, SenderWindow, Severity, Verdict
+
+
+@pytest.fixture(scope="module")
+def clf() -> Classifier:
+    return Classifier()
+
+
+def feed(window: SenderWindow, messages: list[str], *, teen: bool = True, step: float = 1.0) -> list[Verdict]:
+    return [
+        window.check(m, i * step, protect_personal_info=teen, moderated=True)
+        for i, m in enumerate(messages)
+    ]
+
+
+def test_phone_split_over_three_messages(clf: Classifier) -> None:
+    verdicts = feed(SenderWindow(clf), ["my number is 415", "892", "3371"])
+    assert verdicts[:2] == [CLEAN, CLEAN]
+    assert (verdicts[2].category, verdicts[2].severity) == ("personal_info", Severity.HIGH)
+
+
+def test_handle_spelled_letter_by_letter(clf: Classifier) -> None:
+    verdicts = feed(SenderWindow(clf), ["add me on", "s", "n", "a", "p"])
+    assert verdicts[-1].category == "personal_info"
+    assert not any(verdicts[:-1])
+
+
+def test_split_doxing_applies_to_adults_and_unmoderated(clf: Classifier) -> None:
+    w = SenderWindow(clf)
+    got = [
+        w.check(m, float(i), protect_personal_info=False, moderated=False)
+        for i, m in enumerate(["his number is 415", "892", "3371"])
+    ]
+    assert got[-1].category == "doxing"
+
+
+def test_old_finding_does_not_block_later_innocent_messages(clf: Classifier) -> None:
+    verdicts = feed(SenderWindow(clf), ["my number is 415 892 3371", "ok", "lol", "cool"])
+    assert verdicts[0].category == "personal_info"
+    assert verdicts[1:] == [CLEAN, CLEAN, CLEAN]
+
+
+def test_split_parts_expire(clf: Classifier) -> None:
+    w = SenderWindow(clf, max_age=60.0)
+    assert feed(w, ["my number is 415", "892"], step=100.0) == [CLEAN, CLEAN]
+    assert w.check("3371", 250.0, protect_personal_info=True, moderated=True) == CLEAN
+
+
+def test_grooming_over_several_messages_teen(clf: Classifier) -> None:
+    w = SenderWindow(clf)
+    verdicts = feed(w, ["how old are you?", "cool", "are you home alone right now?"])
+    assert verdicts[:2] == [CLEAN, CLEAN]
+    assert (verdicts[2].category, verdicts[2].severity) == ("grooming", Severity.HIGH)
+    assert "age_probe" in (verdicts[2].evidence or "") and w.score() >= 5
+
+
+def test_grooming_is_medium_between_adults(clf: Classifier) -> None:
+    verdicts = feed(SenderWindow(clf), ["how old are you?", "are you home alone?"], teen=False)
+    assert (verdicts[1].category, verdicts[1].severity) == ("grooming", Severity.MEDIUM)
+
+
+def test_grooming_not_applied_in_unmoderated_queue(clf: Classifier) -> None:
+    w = SenderWindow(clf)
+    for i, m in enumerate(["how old are you?", "are you home alone?"]):
+        assert w.check(m, float(i), protect_personal_info=False, moderated=False) == CLEAN
+
+
+def test_one_signal_type_counts_once(clf: Classifier) -> None:
+    verdicts = feed(SenderWindow(clf), ["how old are you", "asl?", "what grade are you in"])
+    assert verdicts == [CLEAN, CLEAN, CLEAN]
+
+
+def test_innocent_message_after_grooming_is_not_flagged(clf: Classifier) -> None:
+    verdicts = feed(SenderWindow(clf), ["how old are you", "don't tell your parents", "ok bye"])
+    assert verdicts[1].category == "grooming"
+    assert verdicts[2] == CLEAN
+
+
+def test_sexual_image_request_to_teen_is_grooming_at_once(clf: Classifier) -> None:
+    (v,) = feed(SenderWindow(clf), ["send me a pic in your underwear"])
+    assert (v.category, v.severity) == ("grooming", Severity.HIGH)
+
+
+def test_signals_age_out(clf: Classifier) -> None:
+    w = SenderWindow(clf, max_age=120.0)
+    assert feed(w, ["how old are you"]) == [CLEAN]
+    assert w.check("are you home alone?", 500.0, protect_personal_info=True, moderated=True) == CLEAN
+
+
+def test_window_keeps_max_messages(clf: Classifier) -> None:
+    w = SenderWindow(clf, max_messages=3)
+    feed(w, ["how old are you", "a", "b", "c"])
+    assert w.score() == 0
