@@ -211,6 +211,8 @@ class Conn(protocol.Protocol):
                     self.frame(msgpack.unpackb(buf[start:end], raw=False))
             elif opcode == 9:  # ping -> pong with the same payload
                 self.transport.write(client_frame(buf[start:end], 10))
+            elif opcode == 10:  # pong: the reactor-stall probe
+                worker.pong(self)
             elif opcode == 8:
                 self.transport.write(client_frame(buf[start : start + 2], 8))
                 self.transport.loseConnection()
@@ -289,6 +291,7 @@ class Worker:
         self.msg_frame = packed("message", {"content": content})
         self.limits = raise_nofile(self.n + 64)
         self._progress_at = 0.0
+        self._probe: dict[str, Any] | None = None
 
     # --- events to the harness --------------------------------------------------------------
     def emit(self, ev: str, **fields: Any) -> None:
@@ -416,8 +419,43 @@ class Worker:
         elif name == "ready?":
             self.ready_sent = False
             self.check_ready()
+        elif name == "probe":
+            self.probe(cmd)
         elif name == "close":
             self.close()
+
+    # --- reactor-stall probe ----------------------------------------------------------------------
+    def probe(self, cmd: dict[str, Any]) -> None:
+        """One connection sends a WebSocket ping every ``interval`` s (one in flight) for
+        ``seconds`` s: the pong round trips show how long the server's reactor stalls (for
+        example while it pushes a frame to every client)."""
+        conn = next((c for c in self.conns if c is not None and c.open), None)
+        self._probe = {"conn": conn, "rtts": [], "sent": 0.0, "interval": float(cmd["interval"])}
+        if conn is None:
+            self.emit("probe", rtts=[])
+            return
+        self._probe_ping()
+
+        def done() -> None:
+            p, self._probe = self._probe, None
+            self.emit("probe", rtts=[round(x, 3) for x in p["rtts"]])
+
+        reactor.callLater(float(cmd["seconds"]), done)
+
+    def _probe_ping(self) -> None:
+        p = self._probe
+        if p is None or p["conn"].transport is None:
+            return
+        p["sent"] = time.perf_counter()
+        p["conn"].send(client_frame(b"probe", 9))
+
+    def pong(self, conn: Conn) -> None:
+        p = self._probe
+        if p is None or conn is not p["conn"] or not p["sent"]:
+            return
+        p["rtts"].append((time.perf_counter() - p["sent"]) * 1000.0)
+        p["sent"] = 0.0
+        reactor.callLater(p["interval"], self._probe_ping)
 
     def go_relay(self, cmd: dict[str, Any]) -> None:
         self.phase = "relay"

@@ -469,6 +469,21 @@ class Bench:
         }
 
     # --- memory --------------------------------------------------------------------------------
+    def probe(self, workers: procs.Workers, label: str) -> dict[str, Any]:
+        """WebSocket ping round trips from one connection for --probe-seconds (reactor stalls)."""
+        secs = self.args.probe_seconds
+        if secs <= 0:
+            return {}
+        self.progress.say(f"{label}: probing the reactor for {secs:g} s")
+        workers.send(0, {"cmd": "probe", "seconds": secs, "interval": 0.01})
+        rtts = workers.wait_one(0, "probe", secs + 30, label)["rtts"]
+        return {
+            "pings": len(rtts),
+            "p50_ms": percentile(rtts, 0.5),
+            "p99_ms": percentile(rtts, 0.99),
+            "max_ms": round(max(rtts), 2) if rtts else None,
+        }
+
     def memory_row(self, kind: str, requested: int) -> dict[str, Any]:
         # one server process holds every connection: it cannot go past its file limit
         level = min(requested, self.nofile - 64)
@@ -506,6 +521,7 @@ class Bench:
                 workers.pump(0)
                 idle = workers.totals()
                 rss1 = s.rss()
+                stall_idle = self.probe(workers, label)
                 out = {
                     "row": kind,
                     "connections": requested,
@@ -517,6 +533,7 @@ class Bench:
                     "rss_idle_mib": round(rss1 / 2**20, 1),
                     "per_conn_kb": round((rss1 - rss0) / max(idle["connected"], 1) / 1024, 2),
                 }
+                out["stall_idle"] = stall_idle
                 if kind != "baseline":
                     workers.broadcast({"cmd": "join"})
                     workers.wait("ready", 60 + level / 200, f"{label} queued")
@@ -524,6 +541,7 @@ class Bench:
                     workers.pump(0)
                     queued = workers.totals()
                     rss2 = s.rss()
+                    out["stall_queued"] = self.probe(workers, label + " queued")
                     out.update(
                         queued=queued["searching"],
                         rss_queued_mib=round(rss2 / 2**20, 1),
@@ -754,8 +772,8 @@ def table(results: dict[str, Any]) -> str:
             "**Memory** (server RSS growth; idle = connected, queued = waiting in a queue)",
             "",
             "| server | connections | connected | KB/connection | x baseline "
-            "| KB/queued user | x baseline | notes |",
-            "|---|---:|---:|---:|---:|---:|---:|---|",
+            "| KB/queued user | x baseline | max ping RTT idle / queued, ms | notes |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
         for r in mem["rows"]:
             note = r.get("error", "").splitlines()[0][:90] if r.get("error") else _errs(r)
@@ -763,7 +781,9 @@ def table(results: dict[str, Any]) -> str:
                 f"| {r['row']} | {fmt(r.get('connections'))} | {fmt(r.get('connected'))} "
                 f"| {fmt(r.get('per_conn_kb'))} | {fmt(r.get('x_baseline'), '.2f')} | "
                 f"{fmt(r.get('per_queued_kb'))} | "
-                f"{fmt(r.get('queued_x_baseline'), '.2f')} | {note} |"
+                f"{fmt(r.get('queued_x_baseline'), '.2f')} | "
+                f"{fmt((r.get('stall_idle') or {}).get('max_ms'))} / "
+                f"{fmt((r.get('stall_queued') or {}).get('max_ms'))} | {note} |"
             )
         out.append("")
     sc = results.get("scaleout")
@@ -909,6 +929,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="connections per source address 127.0.0.N (ephemeral ports: ~28k each)",
     )
     p.add_argument("--concurrency", type=int, default=64, help="handshakes in flight per worker")
+    p.add_argument(
+        "--probe-seconds",
+        type=float,
+        default=7.0,
+        help="memory scenario: ping round trips measured per phase (reactor stalls; 0: off)",
+    )
     p.add_argument("--no-redis", action="store_true")
     p.add_argument("--no-nginx", action="store_true")
     p.add_argument("--redis", action="store_true", help="with --quick: run the Redis rows too")
@@ -942,6 +968,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if a.quick:
         a.pairs, a.window, a.warmup, a.duration = 20, 4, 0.5, 2.0
         a.rate, a.latency_seconds, a.memory_levels = 200.0, 1.0, [200]
+        a.probe_seconds = min(a.probe_seconds, 0.5)
         a.no_redis = a.no_redis or not a.redis
         a.no_nginx = a.no_nginx or not a.nginx
         a.workers = min(a.workers, 2)
@@ -988,6 +1015,7 @@ def main(argv: list[str] | None = None) -> int:
             "commit": results["machine"].get("git"),
             "dirty": _dirty(),
         }
+    results["server"]["args"] = procs.limit_args(procs.server_tree) + args.server_arg
     os.makedirs(args.out, exist_ok=True)
     stamp = started.strftime("%Y%m%d-%H%M%S")
     path = os.path.join(args.out, f"{args.name}-{stamp}.json")
