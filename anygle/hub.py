@@ -95,11 +95,11 @@ class Hub:
         await self._enqueue(session)
 
     def skip(self, session: Session) -> Deferred[Any]:
-        if session.prefs is None:
-            raise ClientError("NOT_IN_CHAT", "join before you skip")
         return session.serial(lambda: self._skip(session))
 
     async def _skip(self, session: Session) -> None:
+        if session.prefs is None:  # checked in turn: a join sent just before may be under way
+            raise ClientError("NOT_IN_CHAT", "join before you skip")
         if session.state == CHATTING:
             await self._leave_room(session, "skipped")
         elif session.state != IDLE:

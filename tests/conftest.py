@@ -16,9 +16,10 @@ from twisted.internet import defer, reactor, task
 
 from anygle.config import Settings
 from anygle.tap import AnygleService
+from tests.redisutil import RedisServer
 from tests.wsclient import Client
 
-ENGINES = ["memory"]
+ENGINES = ["memory", "redis"]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -96,22 +97,41 @@ def settings(engine: str = "memory", **overrides: Any) -> Settings:
     return dataclasses.replace(base, **overrides)
 
 
+@pytest.fixture(scope="session")
+def redis_server():
+    """One throw-away redis-server for the session; each test starts from FLUSHALL."""
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture(params=ENGINES)
 def engine_name(request: pytest.FixtureRequest) -> str:
+    if request.param == "redis":
+        request.getfixturevalue("redis_server").client("FLUSHALL")
     return request.param
 
 
 @pytest_twisted.async_yield_fixture
-async def make_server(engine_name: str):
+async def make_server(engine_name: str, request: pytest.FixtureRequest):
     """``await make_server(**settings)`` starts an instance; all are stopped after the test."""
     started: list[ServerHandle] = []
 
     async def make(**overrides: Any) -> ServerHandle:
         overrides.setdefault("engine", engine_name)
+        if overrides["engine"] == "redis":
+            overrides.setdefault("redis", request.getfixturevalue("redis_server").url)
+            overrides.setdefault("instance_id", f"test-{len(started)}")
         service = AnygleService(settings(**overrides), reactor)
         service.startService()
         handle = ServerHandle(service)
         started.append(handle)
+        for _ in range(100):  # the redis engine connects asynchronously
+            if service.engine.health()[0]:
+                break
+            await task.deferLater(reactor, 0.05, lambda: None)
+        else:
+            raise RuntimeError(f"engine not ready: {service.engine.health()}")
         return handle
 
     yield make

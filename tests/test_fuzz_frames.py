@@ -99,7 +99,7 @@ async def test_ten_thousand_malformed_frames_while_others_chat(server):
         fuzzers: list[Client] = []
         while sent < 10_000:
             if fuzzer is None or fuzzer.closed.called:
-                fuzzer = await Client.connect(server.ws_port, wait_connected=False)
+                fuzzer = await Client.connect(server.ws_port)
                 fuzzers.append(fuzzer)
             for _ in range(10):
                 payload, binary = malformed(rng)

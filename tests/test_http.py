@@ -22,7 +22,7 @@ async def test_health(server):
     assert code == 200 and headers["content-type"] == b"application/json"
     data = json.loads(body)
     assert data["status"] == "ok"
-    assert data["instanceId"] == "test"
+    assert data["instanceId"] == server.service.settings.instance_id
     assert data["engine"] == server.service.settings.engine
     assert isinstance(data["uptime"], float) and data["uptime"] >= 0
 
