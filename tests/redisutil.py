@@ -175,9 +175,21 @@ def nginx_binary() -> str | None:
 
 
 def nginx_config(listen_port: int, upstreams: list[tuple[int, int]], prefix: str) -> str:
-    """etc/nginx/anygle.conf's server, on free ports, wrapped in a standalone main config."""
-    ws = "\n".join(f"        server 127.0.0.1:{w} max_fails=0;" for w, _ in upstreams)
-    http = "\n".join(f"        server 127.0.0.1:{h} max_fails=0;" for _, h in upstreams)
+    """The shipped etc/nginx/anygle.conf on free ports, wrapped in a standalone main config."""
+    import re
+
+    with open(os.path.join(REPO, "etc", "nginx", "anygle.conf")) as f:
+        conf = f.read()
+    ws = "".join(f"    server 127.0.0.1:{w} max_fails=1 fail_timeout=5s;\n" for w, _ in upstreams)
+    http = "".join(f"    server 127.0.0.1:{h} max_fails=1 fail_timeout=5s;\n" for _, h in upstreams)
+    conf = re.sub(
+        r"(upstream anygle_ws \{\n    least_conn;\n)(    server .*\n)+", r"\g<1>" + ws, conf
+    )
+    conf = re.sub(r"(upstream anygle_http \{\n)(    server .*\n)+", r"\g<1>" + http, conf)
+    conf = conf.replace("    listen [::]:80;\n", "").replace(
+        "listen 80;", f"listen 127.0.0.1:{listen_port};"
+    )
+    assert f"127.0.0.1:{upstreams[0][0]}" in conf and f"127.0.0.1:{listen_port}" in conf
     return f"""
 worker_processes 1;
 pid {prefix}/nginx.pid;
@@ -190,31 +202,7 @@ http {{
     fastcgi_temp_path {prefix}/fastcgi;
     uwsgi_temp_path {prefix}/uwsgi;
     scgi_temp_path {prefix}/scgi;
-    map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
-    upstream anygle_ws {{
-        least_conn;
-{ws}
-    }}
-    upstream anygle_http {{
-{http}
-    }}
-    server {{
-        listen 127.0.0.1:{listen_port};
-        location = /health {{ proxy_pass http://anygle_http; }}
-        location = /stats {{ proxy_pass http://anygle_http; }}
-        location / {{
-            proxy_pass http://anygle_ws;
-            proxy_http_version 1.1;
-            proxy_set_header Upgrade $http_upgrade;
-            proxy_set_header Connection $connection_upgrade;
-            proxy_set_header Host $host;
-            proxy_set_header X-Real-IP $remote_addr;
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_read_timeout 75s;
-            proxy_send_timeout 75s;
-            proxy_buffering off;
-        }}
-    }}
+{conf}
 }}
 """
 
