@@ -17,127 +17,18 @@ import random
 import statistics
 import sys
 import time
-from collections import Counter, defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from anygle.moderation import Classifier, SenderWindow, Severity, Verdict  # noqa: E402
-from anygle.moderation.verdict import CATEGORY_ORDER, CATEGORY_SEVERITY  # noqa: E402
+from anygle.moderation import Classifier, SenderWindow  # noqa: E402
+from anygle.moderation.evaluation import Case, evaluate, load_corpus  # noqa: E402
 
 CORPUS = ROOT / "tests" / "data" / "moderation_corpus.tsv"
 RESULTS = ROOT / "bench" / "results"
 TARGETS = {"zero_recall": 0.95, "high_recall": 0.95, "personal_info_recall": 0.90,
-           "benign_fp_rate": 0.01, "p99_200_chars_us": 100.0}  # fmt: skip
-
-
-@dataclass(frozen=True, slots=True)
-class Case:
-    line: int
-    label: str
-    teen: bool
-    tags: tuple[str, ...]
-    messages: tuple[str, ...]
-
-
-def load_corpus(path: Path = CORPUS) -> list[Case]:
-    cases = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip() or line.startswith("#"):
-            continue
-        label, who, tags, text = line.split("\t")
-        if label != "clean" and label not in CATEGORY_SEVERITY:
-            raise ValueError(f"{path}:{lineno}: unknown label {label!r}")
-        if who not in ("teen", "adult"):
-            raise ValueError(f"{path}:{lineno}: who must be teen or adult")
-        tag_tuple = () if tags == "-" else tuple(tags.split(","))
-        cases.append(Case(lineno, label, who == "teen", tag_tuple, tuple(text.split(" || "))))
-    return cases
-
-
-def predict(classifier: Classifier, case: Case) -> Verdict:
-    """Feed the case's messages through one fresh window; the most severe verdict wins."""
-    window = SenderWindow(classifier)
-    worst = None
-    for i, msg in enumerate(case.messages):
-        v = window.check(msg, float(i), protect_personal_info=case.teen, moderated=True)
-        if worst is None or v.severity > worst.severity:
-            worst = v
-    assert worst is not None
-    return worst
-
-
-def evaluate(classifier: Classifier, cases: list[Case]) -> dict:
-    tp: Counter[str] = Counter()
-    fp: Counter[str] = Counter()
-    fn: Counter[str] = Counter()
-    tier_total: Counter[str] = Counter()
-    tier_hit: Counter[str] = Counter()
-    evasion_total: Counter[str] = Counter()
-    evasion_hit: Counter[str] = Counter()
-    benign = benign_fp = 0
-    errors: list[dict] = []
-    for case in cases:
-        v = predict(classifier, case)
-        got = v.category or "clean"
-        if case.label == "clean":
-            benign += 1
-            if v:
-                benign_fp += 1
-                fp[got] += 1
-                errors.append(_err(case, v))
-            continue
-        want_sev = CATEGORY_SEVERITY[case.label]
-        tier = want_sev.name
-        tier_total[tier] += 1
-        if v.severity >= want_sev:
-            tier_hit[tier] += 1
-        if got == case.label:
-            tp[case.label] += 1
-        else:
-            fn[case.label] += 1
-            if v:
-                fp[got] += 1
-            errors.append(_err(case, v))
-        for tag in case.tags:
-            if tag.startswith("evasion:"):
-                evasion_total[tag[8:]] += 1
-                evasion_hit[tag[8:]] += got == case.label
-    per_category = {}
-    for cat in CATEGORY_ORDER:
-        support = tp[cat] + fn[cat]
-        predicted = tp[cat] + fp[cat]
-        if not support and not predicted:
-            continue
-        per_category[cat] = {
-            "support": support,
-            "precision": round(tp[cat] / predicted, 3) if predicted else None,
-            "recall": round(tp[cat] / support, 3) if support else None,
-        }
-    return {
-        "cases": len(cases),
-        "per_category": per_category,
-        "tier_recall": {t: round(tier_hit[t] / tier_total[t], 3) for t in tier_total},
-        "evasion_recall": {
-            e: round(evasion_hit[e] / evasion_total[e], 3) for e in sorted(evasion_total)
-        },
-        "benign": benign,
-        "benign_false_positives": benign_fp,
-        "benign_fp_rate": round(benign_fp / benign, 4) if benign else None,
-        "errors": errors,
-    }
-
-
-def _err(case: Case, v: Verdict) -> dict:
-    return {
-        "line": case.line,
-        "label": case.label,
-        "got": v.category or "clean",
-        "evidence": v.evidence,
-        "text": " || ".join(case.messages),
-    }
+           "benign_fp_rate": 0.01, "chars200_p99_us": 100.0}  # fmt: skip
 
 
 def _percentile(samples: list[float], q: float) -> float:
@@ -145,33 +36,44 @@ def _percentile(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def timing(classifier: Classifier, cases: list[Case], rounds: int = 20) -> dict:
-    """Per-message cost of window.check (classification included), in microseconds."""
-    messages = [(m, c.teen) for c in cases for m in c.messages]
-    rng = random.Random(4)
-    long_msgs = [_two_hundred(rng, messages) for _ in range(300)]
-    clock = time.perf_counter_ns
+def timing(classifier: Classifier, cases: list[Case], repeats: int = 7) -> dict:
+    """Per-message cost of SenderWindow.check (classification included), in microseconds.
 
-    def run(msgs: list[tuple[str, bool]]) -> list[float]:
+    Measured as thread CPU time (CLOCK_THREAD_CPUTIME_ID), so time the process spends
+    preempted on a busy machine is not counted; each message is timed ``repeats`` times and
+    its median kept; median and 99th percentile are then taken over messages.
+    ``wall_p99_us`` is the plain wall-clock p99 of single calls, load included, for comparison.
+    """
+    messages = [(m, c.teen) for c in cases for m in c.messages]
+    benign = [(m, c.teen) for c in cases if c.label == "clean" for m in c.messages]
+    rng = random.Random(4)
+    long_mixed = [_two_hundred(rng, messages) for _ in range(300)]
+    long_benign = [_two_hundred(rng, benign) for _ in range(300)]
+    cpu, wall = time.thread_time_ns, time.perf_counter_ns
+
+    def run(msgs: list[tuple[str, bool]]) -> tuple[list[float], list[float]]:
         window = SenderWindow(classifier)
-        out = []
-        for r in range(rounds):
-            for i, (text, teen) in enumerate(msgs):
-                t0 = clock()
-                window.check(text, r * 1000.0 + i, protect_personal_info=teen, moderated=True)
-                out.append((clock() - t0) / 1000)
-        return out
+        per_message, raw = [], []
+        for i, (text, teen) in enumerate(msgs):
+            samples = []
+            for r in range(repeats):
+                w0, c0 = wall(), cpu()
+                window.check(text, i * 10.0 + r, protect_personal_info=teen, moderated=True)
+                c1, w1 = cpu(), wall()
+                samples.append((c1 - c0) / 1000)
+                raw.append((w1 - w0) / 1000)
+            per_message.append(statistics.median(samples))
+        return per_message, raw
 
     run(messages[:200])  # warm-up
-    corpus_us = run(messages)
-    long_us = run(long_msgs)
-    return {
-        "corpus_messages": len(messages),
-        "median_us": round(statistics.median(corpus_us), 1),
-        "p99_us": round(_percentile(corpus_us, 0.99), 1),
-        "chars200_median_us": round(statistics.median(long_us), 1),
-        "chars200_p99_us": round(_percentile(long_us, 0.99), 1),
-    }
+    out: dict[str, float | int] = {"corpus_messages": len(messages), "repeats": repeats}
+    for name, msgs in (("corpus", messages), ("chars200_benign", long_benign),
+                       ("chars200_mixed", long_mixed)):  # fmt: skip
+        per_message, raw = run(msgs)
+        out[f"{name}_median_us"] = round(statistics.median(per_message), 1)
+        out[f"{name}_p99_us"] = round(_percentile(per_message, 0.99), 1)
+        out[f"{name}_wall_p99_us"] = round(_percentile(raw, 0.99), 1)
+    return out
 
 
 def _two_hundred(rng: random.Random, messages: list[tuple[str, bool]]) -> tuple[str, bool]:
@@ -197,11 +99,19 @@ def report(result: dict, cost: dict) -> str:
         f"benign false positives: {result['benign_false_positives']}/{result['benign']}"
         f" = {100 * result['benign_fp_rate']:.2f} %"
     )
+    lines.append("")
     lines.append(
-        f"cost per message (window.check): median {cost['median_us']} us, p99 {cost['p99_us']} us;"
-        f" 200-char messages: median {cost['chars200_median_us']} us,"
-        f" p99 {cost['chars200_p99_us']} us"
+        f"cost per message, SenderWindow.check, us of thread CPU time (median of {cost['repeats']}"
+        " runs each; wall p99 = single calls, machine load included):"
     )
+    lines.append(f"  {'messages':<34}{'median':>8}{'p99':>8}{'wall p99':>10}")
+    for name, label in (("corpus", "corpus messages"),
+                        ("chars200_benign", "200-char, benign small talk"),
+                        ("chars200_mixed", "200-char, mixed with abuse")):  # fmt: skip
+        lines.append(
+            f"  {label:<34}{cost[name + '_median_us']:>8}{cost[name + '_p99_us']:>8}"
+            f"{cost[name + '_wall_p99_us']:>10}"
+        )
     if result["errors"]:
         lines.append("")
         lines.append("misclassified:")
@@ -216,12 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--corpus", type=Path, default=CORPUS)
     ap.add_argument("--no-json", action="store_true", help="do not write bench/results/*.json")
-    ap.add_argument("--rounds", type=int, default=20, help="timing repetitions")
+    ap.add_argument("--repeats", type=int, default=7, help="timing repetitions per message")
     args = ap.parse_args(argv)
     classifier = Classifier()
     cases = load_corpus(args.corpus)
     result = evaluate(classifier, cases)
-    cost = timing(classifier, cases, args.rounds)
+    cost = timing(classifier, cases, args.repeats)
     print(report(result, cost))
     if not args.no_json:
         RESULTS.mkdir(parents=True, exist_ok=True)

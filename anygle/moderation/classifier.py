@@ -8,7 +8,6 @@ ZERO down so the first tier with a finding ends the work.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 from . import personal
@@ -147,14 +146,14 @@ class Classifier:
         return found
 
 
-def _candidates(rules: Rules, tokens: Iterable[str]) -> list[Rule]:
+def _candidates(rules: Rules, tokens: frozenset[str]) -> list[Rule]:
     by_key = rules.by_key
     seen: set[Rule] = set(rules.always)
     for token in tokens:
         hits = by_key.get(token)
         if hits:
             seen.update(hits)
-    return sorted(seen, key=_rank)
+    return sorted((r for r in seen if r.required <= tokens), key=_rank)
 
 
 def _rank(rule: Rule) -> tuple[int, int, int]:

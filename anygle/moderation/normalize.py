@@ -2,7 +2,8 @@
 
 Views, each derived from the previous one:
 
-* ``raw``   NFKC, zero-width and bidi controls removed; case kept (for capitalised names).
+* ``raw``   NFKC, zero-width and bidi controls removed; case kept (for capitalised names;
+            computed only when a rule needs it).
 * ``base``  casefolded, Unicode lookalikes (Cyrillic/Greek/maths letters, confusables data)
             mapped to ASCII, dash variants to '-'. Digits, '@', '.', '#' survive: contact details
             are detected here.
@@ -21,11 +22,11 @@ from __future__ import annotations
 
 import json
 import os
-from operator import itemgetter
 import re
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
+from operator import itemgetter
 
 import confusable_homoglyphs
 
@@ -109,13 +110,22 @@ def squeeze(s: str) -> str:
 
 @dataclass(slots=True)
 class Normalized:
-    raw: str
+    original: str
     base: str
     words: str
     text: str
     word_tokens: list[str]
     text_tokens: list[str]
     token_set: frozenset[str]
+    _raw: str | None = None
+
+    @property
+    def raw(self) -> str:
+        """NFKC, invisible characters removed, case kept (computed on first use)."""
+        if self._raw is None:
+            t = self.original
+            self._raw = t if t.isascii() else unicodedata.normalize("NFKC", t).translate(STRIP_TABLE)
+        return self._raw
 
 
 class Normalizer:
@@ -130,13 +140,9 @@ class Normalizer:
 
     def __call__(self, text: str) -> Normalized:
         if text.isascii():
-            raw = text
             base = text.lower()
         else:
-            raw = unicodedata.normalize("NFKC", text).translate(STRIP_TABLE)
-            base = unicodedata.normalize("NFKC", raw.casefold().translate(FOLD_TABLE))
-            if not base.isascii():
-                base = base.translate(FOLD_TABLE)
+            base = unicodedata.normalize("NFKC", text).casefold().translate(FOLD_TABLE)
         # Cheap C-speed checks decide whether the slower passes are needed at all.
         words = base
         wt = tokens(words)
@@ -154,7 +160,7 @@ class Normalizer:
             wt = tokens(words)
         text_view = _SQUEEZE.sub(_FIRST, words)
         tt = tokens(text_view)
-        return Normalized(raw, base, words, text_view, wt, tt, frozenset(tt))
+        return Normalized(text, base, words, text_view, wt, tt, frozenset(tt))
 
     def _unmask(self, m: re.Match[str]) -> str:
         tok = m.group()

@@ -44,11 +44,10 @@ _ADDRESS_STOP = frozenset(
 )
 
 _ANY_DIGIT = re.compile(r"\d")
-_DIGITS = re.compile(r"\d")
 _NUMBER_WORD = re.compile(r"(?<![a-z])(zero|one|two|three|four|five|six|seven|eight|nine)(?![a-z])")
 _NUMBER_VALUE = {w: str(i) for i, w in enumerate("zero one two three four five six seven eight nine".split())}
-_SQUEEZED_NUMBER_WORDS = frozenset(squeeze(w) for w in _NUMBER_VALUE)
-_DIGIT_RUN = re.compile(r"(?:\+|(?<!\d)00)?\d(?:[\s().,\-/]{0,3}\d){6,17}")
+_DIGIT_RUN = re.compile(r"\+?\d(?:[\s().,\-/]{0,3}\d){6,17}")
+_DIGIT_BYTES = b"0123456789"
 _EMAIL = re.compile(r"[a-z0-9._%+-]+@[a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]{2,}")
 _MAIL_HOSTS = r"(?:gmail|googlemail|hotmail|yahoo|outlook|icloud|aol|protonmail|proton|gmx|yandex|msn)"
 _TLDS = r"(?:com|net|org|edu|gov|co|uk|de|fr|io|me|ca|au|us|info|biz|ru|in|nl|es|it)"
@@ -63,6 +62,12 @@ _ADDRESS = re.compile(
     r"highway|hwy|square|sq)(?![a-z])"
 )
 _DOT_WORD = re.compile(r"[a-z0-9]\.[a-z]|://")
+# Tokens one of which every link has (its TLD or "www"), squeezed like the text tokens.
+_LINK_WORDS = frozenset(
+    squeeze(w)
+    for w in "www com net org io gg me co ly tv app xyz info link to be us uk de ru fr live chat "
+    "site online club invite".split()
+)
 _MAIL_WORDS = frozenset(
     squeeze(w)
     for w in "gmail googlemail hotmail yahoo outlook icloud aol protonmail proton gmx yandex msn dot".split()
@@ -86,18 +91,18 @@ class Phone:
     strong: bool
 
 
-NUMBER_WORDS = frozenset(_NUMBER_VALUE)
+def _number_value(m: re.Match[str]) -> str:
+    return _NUMBER_VALUE[m.group()]
 
 
-def find_phone(base: str, tokens: frozenset[str] | None = None) -> Phone | None:
+def find_phone(base: str) -> Phone | None:
     """The first phone-number-like digit run (strong before weak), or None."""
-    if _ANY_DIGIT.search(base) is None:
-        if tokens is not None and tokens.isdisjoint(_SQUEEZED_NUMBER_WORDS):
-            return None
-        if _NUMBER_WORD.search(base) is None:
-            return None
-    s = _NUMBER_WORD.sub(lambda m: _NUMBER_VALUE[m.group()], base)
-    if len(_DIGITS.findall(s)) < 7:
+    words = any(w in base for w in _NUMBER_VALUE)  # substring test: also finds "4one5"
+    if not words and _ANY_DIGIT.search(base) is None:
+        return None
+    s = _NUMBER_WORD.sub(_number_value, base) if words else base
+    raw = s.encode("utf-8", "replace")
+    if len(raw) - len(raw.translate(None, _DIGIT_BYTES)) < 7:
         return None
     weak = None
     for m in _DIGIT_RUN.finditer(s):
@@ -105,7 +110,7 @@ def find_phone(base: str, tokens: frozenset[str] | None = None) -> Phone | None:
         digits = "".join(c for c in run if c.isdigit())
         if not 7 <= len(digits) <= 15:
             continue
-        if _is_valid(run.startswith(("+", "00")), digits):
+        if _is_valid(run.startswith(("+", "00")), digits.removeprefix("00")):
             return Phone(digits, True)
         weak = weak or Phone(digits, False)
     return weak
@@ -116,7 +121,7 @@ def _is_valid(intl: bool, digits: str) -> bool:
     """Valid phone number per ``phonenumbers``; only tried where a number can be valid at all
     (10+ digits, or international), because each parse costs tens of microseconds."""
     if intl:
-        number, regions = "+" + digits.removeprefix("00"), (None,)
+        number, regions = "+" + digits, (None,)
     elif len(digits) < 10:
         return False
     else:
@@ -160,9 +165,11 @@ def find_ip(base: str) -> str | None:
     return m.group() if m else None
 
 
-def find_links(base: str) -> tuple[str | None, str | None]:
+def find_links(base: str, tokens: frozenset[str] | None = None) -> tuple[str | None, str | None]:
     """(contact link, other link): invite/profile links of chat apps, and any other URL."""
     if _DOT_WORD.search(base) is None:
+        return None, None
+    if tokens is not None and tokens.isdisjoint(_LINK_WORDS) and "://" not in base:
         return None, None
     m = _CONTACT_LINK.search(base)
     if m:
@@ -185,7 +192,7 @@ def find_handle(base: str) -> str | None:
 
 def third_party_pi(base: str, tokens: frozenset[str]) -> str | None:
     """Any contact detail at all, strong or weak: used to confirm a doxing marker."""
-    phone = find_phone(base, tokens)
+    phone = find_phone(base)
     if phone:
         return phone.digits
     return find_email(base, tokens) or find_address(base, tokens) or find_ip(base)
@@ -193,10 +200,10 @@ def third_party_pi(base: str, tokens: frozenset[str]) -> str | None:
 
 def own_pi(base: str, tokens: frozenset[str]) -> tuple[str, str] | None:
     """(category, evidence) for contact details a protected user must not share."""
-    phone = find_phone(base, tokens)
+    phone = find_phone(base)
     if phone and (phone.strong or not tokens.isdisjoint(PHONE_WORDS)):
         return "personal_info", phone.digits
-    contact_link, link = find_links(base)
+    contact_link, link = find_links(base, tokens)
     found = (
         find_email(base, tokens) or contact_link or find_handle(base) or find_address(base, tokens)
     )

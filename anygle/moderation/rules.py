@@ -40,6 +40,9 @@ _SQUEEZE_SRC = re.compile(r"(\\.)|([a-z])\2+")
 _WORD_ENTRY = re.compile(r"[a-z]+\*?")
 _LITERAL = re.compile(r"(?<!\\)[a-z]+")
 _LEADING_LITERAL = re.compile(r"[a-z0-9' ]+")
+# A literal word standing alone at the top level: delimited by start/end, a space or an
+# apostrophe on both sides, and not followed by a quantifier.
+_TOP_WORD = re.compile(r"(?:(?<=^)|(?<=[ ']))[a-z]+(?=[ ']|$)(?![ ']?[?*{])")
 _PHRASE_WORD = re.compile(r"[a-z']+\*?")
 
 
@@ -61,6 +64,7 @@ class Rule:
     near: tuple[re.Pattern[str], re.Pattern[str]] | None
     within: int
     keys: frozenset[str]
+    required: frozenset[str]
     requires_pi: bool
     signal: str | None
     weight: int
@@ -126,6 +130,33 @@ def split_alternation(src: str) -> list[str]:
         i += 1
     parts.append(src[start:])
     return parts
+
+
+def _top_level(src: str) -> str:
+    """``src`` with every group, character class and escape blanked out (replaced by '#')."""
+    out, depth, i, in_class = [], 0, 0, False
+    while i < len(src):
+        c = src[i]
+        if c == "\\":
+            out.append("##")
+            i += 2
+            continue
+        if in_class:
+            in_class = c != "]"
+            out.append("#")
+        elif c == "[":
+            in_class = True
+            out.append("#")
+        elif c == "(":
+            depth += 1
+            out.append("#")
+        elif c == ")":
+            depth -= 1
+            out.append("#")
+        else:
+            out.append(c if depth == 0 else "#")
+        i += 1
+    return "".join(out)
 
 
 def _closing(src: str, open_at: int) -> int:
@@ -340,12 +371,26 @@ class _Builder:
             near=near,
             within=within,
             keys=frozenset(squeeze(k.lower()) for k in keys),
+            required=self._required(spec.get("re"), view, where),
             requires_pi=bool(spec.get("requires_pi", False)),
             signal=signal,
             weight=weight,
             rank=(-severity, CATEGORY_ORDER.index(category), self.count),
             source=where,
         )
+
+    def _required(self, src: object, view: str, where: str) -> frozenset[str]:
+        """Words every match must contain as whole tokens: literal words outside any group or
+        quantifier. A rule only runs when all of them occur (on top of its keys)."""
+        if view != "text" or not isinstance(src, str):
+            return frozenset()
+        src = self._expand(src, where)
+        if len(split_alternation(src)) > 1:
+            return frozenset()
+        found = set()
+        for m in _TOP_WORD.finditer(_top_level(src)):
+            found.add(squeeze(m.group()))
+        return frozenset(found)
 
     def _read_words(self, path: Path) -> None:
         category = path.stem

@@ -16,13 +16,23 @@ instance per connection; not thread-safe (the reactor thread owns it).
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from dataclasses import dataclass
 
 from .classifier import Classifier, Signal
+from .normalize import Normalized, squeeze
 from .verdict import CLEAN, Severity, Verdict
 
 FRAGMENT_CHARS = 40
+_FRAGMENT_CHARS = re.compile(r"[0-9@#.]")
+CONTACT_WORDS = frozenset(
+    squeeze(w)
+    for w in "at dot gmail hotmail yahoo outlook icloud com net org gg me snap snapchat sc insta "
+    "instagram ig kik discord telegram tg whatsapp whats app wa tiktok tik tok facebook fb skype "
+    "number num phone cell call text zero one two three four five six seven eight nine ten "
+    "street st road rd avenue ave lane drive address".split()
+)
 JOIN_CHARS = 200
 
 
@@ -55,7 +65,7 @@ class SenderWindow:
         verdict, signals = clf.check_normalized(norm, rules=rules, **flags)
         found = {(verdict.category, verdict.evidence)} if verdict else set()
 
-        if self._entries and len(text) <= FRAGMENT_CHARS:
+        if self._entries and len(text) <= FRAGMENT_CHARS and self._fragment(norm):
             joined = self._joined(text)
             if joined is not None:
                 jv = clf.classify_normalized(rules.normalizer(joined), rules=rules, **flags)
@@ -89,6 +99,16 @@ class SenderWindow:
         entries = self._entries
         while entries and (now - entries[0].time > self.max_age):
             entries.popleft()
+
+    @staticmethod
+    def _fragment(norm: Normalized) -> bool:
+        """Could this short message be part of split contact details? Only with a digit,
+        '@', '#' or '.', a single letter, a number word or a contact word (app names, 'at',
+        'dot', ...); most short replies ('lol', 'ok cool') cannot, and skipping them saves
+        re-classifying the joined text."""
+        if _FRAGMENT_CHARS.search(norm.base) or any(len(t) == 1 for t in norm.text_tokens):
+            return True
+        return not norm.token_set.isdisjoint(CONTACT_WORDS)
 
     def _joined(self, text: str) -> str | None:
         parts = [text]

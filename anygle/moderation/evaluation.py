@@ -1,0 +1,119 @@
+"""Scoring the classifier against a labelled corpus (used by bench/moderation_eval.py and the
+corpus test). Corpus format: see the header of tests/data/moderation_corpus.tsv."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from .classifier import Classifier
+from .verdict import CATEGORY_ORDER, CATEGORY_SEVERITY, Verdict
+from .window import SenderWindow
+
+
+@dataclass(frozen=True, slots=True)
+class Case:
+    line: int
+    label: str
+    teen: bool
+    tags: tuple[str, ...]
+    messages: tuple[str, ...]
+
+
+def load_corpus(path: Path) -> list[Case]:
+    cases = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        label, who, tags, text = line.split("\t")
+        if label != "clean" and label not in CATEGORY_SEVERITY:
+            raise ValueError(f"{path}:{lineno}: unknown label {label!r}")
+        if who not in ("teen", "adult"):
+            raise ValueError(f"{path}:{lineno}: who must be teen or adult")
+        tag_tuple = () if tags == "-" else tuple(tags.split(","))
+        cases.append(Case(lineno, label, who == "teen", tag_tuple, tuple(text.split(" || "))))
+    return cases
+
+
+def predict(classifier: Classifier, case: Case) -> Verdict:
+    """Feed the case's messages through one fresh window; the most severe verdict wins."""
+    window = SenderWindow(classifier)
+    worst = None
+    for i, msg in enumerate(case.messages):
+        v = window.check(msg, float(i), protect_personal_info=case.teen, moderated=True)
+        if worst is None or v.severity > worst.severity:
+            worst = v
+    assert worst is not None
+    return worst
+
+
+def evaluate(classifier: Classifier, cases: list[Case]) -> dict:
+    tp: Counter[str] = Counter()
+    fp: Counter[str] = Counter()
+    fn: Counter[str] = Counter()
+    tier_total: Counter[str] = Counter()
+    tier_hit: Counter[str] = Counter()
+    evasion_total: Counter[str] = Counter()
+    evasion_hit: Counter[str] = Counter()
+    benign = benign_fp = 0
+    errors: list[dict] = []
+    for case in cases:
+        v = predict(classifier, case)
+        got = v.category or "clean"
+        if case.label == "clean":
+            benign += 1
+            if v:
+                benign_fp += 1
+                fp[got] += 1
+                errors.append(_err(case, v))
+            continue
+        want_sev = CATEGORY_SEVERITY[case.label]
+        tier = want_sev.name
+        tier_total[tier] += 1
+        if v.severity >= want_sev:
+            tier_hit[tier] += 1
+        if got == case.label:
+            tp[case.label] += 1
+        else:
+            fn[case.label] += 1
+            if v:
+                fp[got] += 1
+            errors.append(_err(case, v))
+        for tag in case.tags:
+            if tag.startswith("evasion:"):
+                evasion_total[tag[8:]] += 1
+                evasion_hit[tag[8:]] += got == case.label
+    per_category = {}
+    for cat in CATEGORY_ORDER:
+        support = tp[cat] + fn[cat]
+        predicted = tp[cat] + fp[cat]
+        if not support and not predicted:
+            continue
+        per_category[cat] = {
+            "support": support,
+            "precision": round(tp[cat] / predicted, 3) if predicted else None,
+            "recall": round(tp[cat] / support, 3) if support else None,
+        }
+    return {
+        "cases": len(cases),
+        "per_category": per_category,
+        "tier_recall": {t: round(tier_hit[t] / tier_total[t], 3) for t in tier_total},
+        "evasion_recall": {
+            e: round(evasion_hit[e] / evasion_total[e], 3) for e in sorted(evasion_total)
+        },
+        "benign": benign,
+        "benign_false_positives": benign_fp,
+        "benign_fp_rate": round(benign_fp / benign, 4) if benign else None,
+        "errors": errors,
+    }
+
+
+def _err(case: Case, v: Verdict) -> dict:
+    return {
+        "line": case.line,
+        "label": case.label,
+        "got": v.category or "clean",
+        "evidence": v.evidence,
+        "text": " || ".join(case.messages),
+    }
