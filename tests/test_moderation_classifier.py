@@ -1,6 +1,9 @@
 """Classifier behaviour: categories, evasions, the queue and protection flags, and that the
 delivered text is never touched."""
 
+# Lookalike characters (Cyrillic, Greek, fullwidth) in these strings are the point of the test.
+# ruff: noqa: RUF001
+
 from __future__ import annotations
 
 import pytest
@@ -146,7 +149,10 @@ def test_unmoderated_queue_only_zero_tolerance_and_doxing(clf: Classifier) -> No
     assert unmoderated(clf, "i know where you live").category == "doxing"
     assert unmoderated(clf, "his address is 42 Elm Street").category == "doxing"
     # protected users' own details are not doxing; the flag is ignored in this queue
-    assert clf.classify("my number is 415 892 3371", protect_personal_info=True, moderated=False) == CLEAN
+    assert (
+        clf.classify("my number is 415 892 3371", protect_personal_info=True, moderated=False)
+        == CLEAN
+    )
 
 
 def test_most_severe_finding_wins(clf: Classifier) -> None:

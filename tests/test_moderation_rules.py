@@ -31,8 +31,12 @@ def test_operator_directory_extends_word_lists_and_rules(tmp_path: Path) -> None
             {
                 "macros": {"pet": "(?:hamster|gerbil)"},
                 "rules": [
-                    {"id": "local.pet", "category": "violent_threat", "re": "eat %your% %pet%",
-                     "keys": ["hamster", "gerbil"]}
+                    {
+                        "id": "local.pet",
+                        "category": "violent_threat",
+                        "re": "eat %your% %pet%",
+                        "keys": ["hamster", "gerbil"],
+                    }
                 ],
             }
         ),
@@ -65,7 +69,9 @@ def test_reload_picks_up_changes_and_keeps_old_rules_on_error(tmp_path: Path) ->
     clf.reload()
     assert clf.classify("snerk", **FLAGS).category == "insult"
 
-    (tmp_path / "broken.json").write_text('{"rules": [{"id": "x", "category": "insult", "re": "("}]}')
+    (tmp_path / "broken.json").write_text(
+        '{"rules": [{"id": "x", "category": "insult", "re": "("}]}'
+    )
     before = clf.rules
     with pytest.raises(ValueError, match=r"broken\.json.*rule #0 \(x\).*bad regex"):
         clf.reload()
@@ -79,15 +85,25 @@ def test_reload_picks_up_changes_and_keeps_old_rules_on_error(tmp_path: Path) ->
         ("bad.json", "{not json", "cannot read rules"),
         ("bad.json", '{"rules": [{"id": "x", "category": "nope", "re": "a"}]}', "unknown category"),
         ("bad.json", '{"rules": [{"id": "x", "category": "insult"}]}', "exactly one of"),
-        ("bad.json", '{"rules": [{"id": "x", "category": "insult", "re": "%nomacro%"}]}', "unknown macro"),
+        (
+            "bad.json",
+            '{"rules": [{"id": "x", "category": "insult", "re": "%nomacro%"}]}',
+            "unknown macro",
+        ),
         ("bad.json", '{"rules": [{"id": "x", "category": "grooming", "re": "a"}]}', "signal"),
-        ("bad.json", '{"rules": [{"id": "x", "category": "insult", "re": "a", "wat": 1}]}', "unknown fields"),
+        (
+            "bad.json",
+            '{"rules": [{"id": "x", "category": "insult", "re": "a", "wat": 1}]}',
+            "unknown fields",
+        ),
         ("bad.json", '{"settings": {"grooming_threshold": 0}}', "invalid setting"),
         ("nonsense.txt", "word\n", "named after a category"),
         ("insult.txt", "ok\nbad$word\n", r"insult\.txt:2"),
     ],
 )
-def test_broken_files_raise_clear_errors(tmp_path: Path, name: str, content: str, message: str) -> None:
+def test_broken_files_raise_clear_errors(
+    tmp_path: Path, name: str, content: str, message: str
+) -> None:
     (tmp_path / name).write_text(content, encoding="utf-8")
     with pytest.raises(ValueError, match=message):
         load_rules(str(tmp_path))
@@ -119,7 +135,7 @@ class _FakeReactor:
     def __init__(self) -> None:
         self.calls: list[tuple] = []
 
-    def callFromThread(self, f, *args) -> None:  # noqa: N802 - Twisted's name
+    def callFromThread(self, f, *args) -> None:  # Twisted spells it this way
         self.calls.append((f, args))
 
 

@@ -12,7 +12,9 @@ def clf() -> Classifier:
     return Classifier()
 
 
-def feed(window: SenderWindow, messages: list[str], *, teen: bool = True, step: float = 1.0) -> list[Verdict]:
+def feed(
+    window: SenderWindow, messages: list[str], *, teen: bool = True, step: float = 1.0
+) -> list[Verdict]:
     return [
         window.check(m, i * step, protect_personal_info=teen, moderated=True)
         for i, m in enumerate(messages)
@@ -90,7 +92,9 @@ def test_sexual_image_request_to_teen_is_grooming_at_once(clf: Classifier) -> No
 def test_signals_age_out(clf: Classifier) -> None:
     w = SenderWindow(clf, max_age=120.0)
     assert feed(w, ["how old are you"]) == [CLEAN]
-    assert w.check("are you home alone?", 500.0, protect_personal_info=True, moderated=True) == CLEAN
+    assert (
+        w.check("are you home alone?", 500.0, protect_personal_info=True, moderated=True) == CLEAN
+    )
 
 
 def test_window_keeps_max_messages(clf: Classifier) -> None:

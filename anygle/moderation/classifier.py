@@ -46,7 +46,9 @@ class Classifier:
         return self._rules
 
     def reload(self) -> None:
-        """Re-read all rule files and swap them in; on error keep the old rules, raise ValueError."""
+        """Re-read all rule files and swap them in atomically.
+
+        On a broken file raise ValueError (naming file and rule/line) and keep the old rules."""
         self._rules = load_rules(self.rules_path)
 
     def normalize(self, text: str) -> Normalized:

@@ -43,7 +43,7 @@ def _build_fold_table() -> dict[int, str]:
     """Map every non-ASCII lookalike of an ASCII letter or digit to that character.
 
     Built from the Unicode confusables data shipped with ``confusable_homoglyphs``; letters
-    win over digits (Cyrillic 'о' becomes 'o', not '0').
+    win over digits (Cyrillic small o, U+043E, becomes 'o', not '0').
     """
     path = os.path.join(os.path.dirname(confusable_homoglyphs.__file__), "confusables.json")
     with open(path, encoding="utf-8") as fh:
@@ -124,7 +124,9 @@ class Normalized:
         """NFKC, invisible characters removed, case kept (computed on first use)."""
         if self._raw is None:
             t = self.original
-            self._raw = t if t.isascii() else unicodedata.normalize("NFKC", t).translate(STRIP_TABLE)
+            self._raw = (
+                t if t.isascii() else unicodedata.normalize("NFKC", t).translate(STRIP_TABLE)
+            )
         return self._raw
 
 

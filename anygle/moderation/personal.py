@@ -26,7 +26,8 @@ PHONE_WORDS = frozenset(
     squeeze(w)
     for w in (
         "number", "num", "numba", "call", "text", "phone", "cell", "mobile", "digits",
-        "whatsapp", "reach", "ring", "sms", "imessage", "telegram", "signal", "contact", "cellphone",
+        "whatsapp", "reach", "ring", "sms", "imessage", "telegram", "signal", "contact",
+        "cellphone",
     )
 )  # fmt: skip
 STREET_WORDS = frozenset(
@@ -45,11 +46,15 @@ _ADDRESS_STOP = frozenset(
 
 _ANY_DIGIT = re.compile(r"\d")
 _NUMBER_WORD = re.compile(r"(?<![a-z])(zero|one|two|three|four|five|six|seven|eight|nine)(?![a-z])")
-_NUMBER_VALUE = {w: str(i) for i, w in enumerate("zero one two three four five six seven eight nine".split())}
+_NUMBER_VALUE = {
+    w: str(i) for i, w in enumerate("zero one two three four five six seven eight nine".split())
+}
 _DIGIT_RUN = re.compile(r"\+?\d(?:[\s().,\-/]{0,3}\d){6,17}")
 _DIGIT_BYTES = b"0123456789"
 _EMAIL = re.compile(r"[a-z0-9._%+-]+@[a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]{2,}")
-_MAIL_HOSTS = r"(?:gmail|googlemail|hotmail|yahoo|outlook|icloud|aol|protonmail|proton|gmx|yandex|msn)"
+_MAIL_HOSTS = (
+    r"(?:gmail|googlemail|hotmail|yahoo|outlook|icloud|aol|protonmail|proton|gmx|yandex|msn)"
+)
 _TLDS = r"(?:com|net|org|edu|gov|co|uk|de|fr|io|me|ca|au|us|info|biz|ru|in|nl|es|it)"
 _AT = r"(?:\s*[(\[{<]\s*at\s*[)\]}>]\s*|\s+at\s+|\s*@\s*)"
 _DOT = r"(?:\s*[(\[{<]\s*dot\s*[)\]}>]\s*|\s+dot\s+|\s*\.\s*)"
@@ -70,7 +75,8 @@ _LINK_WORDS = frozenset(
 )
 _MAIL_WORDS = frozenset(
     squeeze(w)
-    for w in "gmail googlemail hotmail yahoo outlook icloud aol protonmail proton gmx yandex msn dot".split()
+    for w in "gmail googlemail hotmail yahoo outlook icloud aol protonmail proton gmx yandex msn "
+    "dot".split()
 )
 _IP = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])")
 _CONTACT_LINK = re.compile(
@@ -97,13 +103,20 @@ def _number_value(m: re.Match[str]) -> str:
 
 def find_phone(base: str) -> Phone | None:
     """The first phone-number-like digit run (strong before weak), or None."""
-    words = any(w in base for w in _NUMBER_VALUE)  # substring test: also finds "4one5"
-    if not words and _ANY_DIGIT.search(base) is None:
-        return None
-    s = _NUMBER_WORD.sub(_number_value, base) if words else base
-    raw = s.encode("utf-8", "replace")
-    if len(raw) - len(raw.translate(None, _DIGIT_BYTES)) < 7:
-        return None
+    raw = base.encode("utf-8", "replace")
+    count = len(raw) - len(raw.translate(None, _DIGIT_BYTES))
+    if count < 7:
+        # Upper bound on number words by substring counts ("4one5" counts too): C-speed.
+        words = sum(base.count(w) for w in _NUMBER_VALUE) if "e" in base or "o" in base else 0
+        if count + words < 7:
+            return None
+        s = _NUMBER_WORD.sub(_number_value, base)
+        raw = s.encode("utf-8", "replace")
+        if len(raw) - len(raw.translate(None, _DIGIT_BYTES)) < 7:
+            return None
+    else:
+        has_words = any(w in base for w in _NUMBER_VALUE)
+        s = _NUMBER_WORD.sub(_number_value, base) if has_words else base
     weak = None
     for m in _DIGIT_RUN.finditer(s):
         run = m.group()
@@ -167,9 +180,11 @@ def find_ip(base: str) -> str | None:
 
 def find_links(base: str, tokens: frozenset[str] | None = None) -> tuple[str | None, str | None]:
     """(contact link, other link): invite/profile links of chat apps, and any other URL."""
-    if _DOT_WORD.search(base) is None:
+    if "." not in base:
         return None, None
     if tokens is not None and tokens.isdisjoint(_LINK_WORDS) and "://" not in base:
+        return None, None
+    if _DOT_WORD.search(base) is None:
         return None, None
     m = _CONTACT_LINK.search(base)
     if m:

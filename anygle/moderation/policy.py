@@ -40,7 +40,8 @@ DELIVER = Action(True, None, None, False, False, False)
 _TEXT = {
     "low": "Please keep it friendly - that language may upset your partner.",
     "medium": "This message breaks the chat rules. Repeated violations get your messages blocked.",
-    "medium_blocked": "Message not sent: you have had too many warnings. Further violations lead to a ban.",
+    "medium_blocked": "Message not sent: you have had too many warnings. "
+    "Further violations lead to a ban.",
     "high": "Message not sent: it breaks the chat rules (threats, personal information or abuse).",
     "personal_info": "Message not sent: for your safety, sharing contact details, addresses or "
     "social media handles is not allowed here.",

@@ -24,9 +24,7 @@ def reload_rules(classifier: Classifier) -> bool:
     except ValueError as exc:
         log.error("moderation rules NOT reloaded, keeping the old ones: {error}", error=str(exc))
         return False
-    log.info(
-        "moderation rules reloaded from {count} files", count=len(classifier.rules.sources)
-    )
+    log.info("moderation rules reloaded from {count} files", count=len(classifier.rules.sources))
     return True
 
 

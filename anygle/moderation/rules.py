@@ -97,7 +97,9 @@ def load_rules(extra: str | None = None) -> Rules:
         elif path.is_file() and path.suffix in (".txt", ".json"):
             files.append(path)
         else:
-            raise ValueError(f"moderation rules path {extra!r} is not a directory, .txt or .json file")
+            raise ValueError(
+                f"moderation rules path {extra!r} is not a directory, .txt or .json file"
+            )
     return _Builder().build(files)
 
 
@@ -191,7 +193,7 @@ def _with_boundaries(src: str) -> str:
         if src[m.end() : m.end() + 1] in ("?", "*", "+", "{"):
             lit = lit[:-1]
         if lit:
-            return f"{lit}(?<![a-z0-9]{lit})(?:{src[len(lit):]})(?![a-z0-9])"
+            return f"{lit}(?<![a-z0-9]{lit})(?:{src[len(lit) :]})(?![a-z0-9])"
     return f"(?<![a-z0-9])(?:{src})(?![a-z0-9])"
 
 
@@ -241,7 +243,9 @@ class _Builder:
             if not isinstance(rules, list):
                 raise ValueError(f"{path}: 'rules' must be a list")
             for i, spec in enumerate(rules):
-                where = f"{path}: rule #{i} ({spec.get('id', '?') if isinstance(spec, dict) else '?'})"
+                where = (
+                    f"{path}: rule #{i} ({spec.get('id', '?') if isinstance(spec, dict) else '?'})"
+                )
                 self.rules.extend(self._split(spec, where))
         for path in files:
             if path.suffix == ".txt":

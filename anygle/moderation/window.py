@@ -56,7 +56,9 @@ class SenderWindow:
         self.max_age = max_age
         self._entries: deque[_Entry] = deque()
 
-    def check(self, text: str, now: float, *, protect_personal_info: bool, moderated: bool) -> Verdict:
+    def check(
+        self, text: str, now: float, *, protect_personal_info: bool, moderated: bool
+    ) -> Verdict:
         self._expire(now)
         clf = self.classifier
         rules = clf.rules
