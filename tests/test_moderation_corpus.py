@@ -1,0 +1,36 @@
+"""The labelled corpus must meet the issue's quality targets (recall on zero tolerance, high
+severity and personal information; benign false positives)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from anygle.moderation import Classifier
+from anygle.moderation.evaluation import evaluate, load_corpus
+
+CORPUS = Path(__file__).parent / "data" / "moderation_corpus.tsv"
+
+
+@pytest.fixture(scope="module")
+def result() -> dict:
+    return evaluate(Classifier(), load_corpus(CORPUS))
+
+
+def test_corpus_is_substantial(result: dict) -> None:
+    assert result["benign"] >= 300
+    assert all(row["support"] >= 20 for row in result["per_category"].values())
+
+
+def test_zero_tolerance_and_high_recall(result: dict) -> None:
+    assert result["tier_recall"]["ZERO"] >= 0.95
+    assert result["tier_recall"]["HIGH"] >= 0.95
+
+
+def test_personal_info_recall_including_obfuscated(result: dict) -> None:
+    assert result["per_category"]["personal_info"]["recall"] >= 0.90
+
+
+def test_benign_false_positives_at_most_one_percent(result: dict) -> None:
+    assert result["benign_fp_rate"] <= 0.01, result["errors"]
