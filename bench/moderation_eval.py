@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import platform
 import random
 import statistics
@@ -26,6 +27,7 @@ from anygle.moderation import Classifier, SenderWindow  # noqa: E402
 from anygle.moderation.evaluation import Case, evaluate, load_corpus  # noqa: E402
 
 CORPUS = ROOT / "tests" / "data" / "moderation_corpus.tsv"
+HOLDOUT = ROOT / "tests" / "data" / "moderation_corpus.holdout.tsv"
 RESULTS = ROOT / "bench" / "results"
 TARGETS = {"zero_recall": 0.95, "high_recall": 0.95, "personal_info_recall": 0.90,
            "benign_fp_rate": 0.01, "chars200_p99_us": 100.0}  # fmt: skip
@@ -84,7 +86,7 @@ def _two_hundred(rng: random.Random, messages: list[tuple[str, bool]]) -> tuple[
     return " ".join(parts)[:200], rng.random() < 0.5
 
 
-def report(result: dict, cost: dict) -> str:
+def report(result: dict, cost: dict | None) -> str:
     lines = [f"{'category':<20}{'support':>8}{'precision':>11}{'recall':>9}"]
     for cat, row in result["per_category"].items():
         p = "-" if row["precision"] is None else f"{row['precision']:.3f}"
@@ -99,19 +101,8 @@ def report(result: dict, cost: dict) -> str:
         f"benign false positives: {result['benign_false_positives']}/{result['benign']}"
         f" = {100 * result['benign_fp_rate']:.2f} %"
     )
-    lines.append("")
-    lines.append(
-        f"cost per message, SenderWindow.check, us of thread CPU time (median of {cost['repeats']}"
-        " runs each; wall p99 = single calls, machine load included):"
-    )
-    lines.append(f"  {'messages':<34}{'median':>8}{'p99':>8}{'wall p99':>10}")
-    for name, label in (("corpus", "corpus messages"),
-                        ("chars200_benign", "200-char, benign small talk"),
-                        ("chars200_mixed", "200-char, mixed with abuse")):  # fmt: skip
-        lines.append(
-            f"  {label:<34}{cost[name + '_median_us']:>8}{cost[name + '_p99_us']:>8}"
-            f"{cost[name + '_wall_p99_us']:>10}"
-        )
+    if cost is not None:
+        lines.extend(_cost_lines(cost))
     if result["errors"]:
         lines.append("")
         lines.append("misclassified:")
@@ -122,17 +113,42 @@ def report(result: dict, cost: dict) -> str:
     return "\n".join(lines)
 
 
+def _cost_lines(cost: dict) -> list[str]:
+    lines = [
+        "",
+        f"cost per message, SenderWindow.check, us of thread CPU time (median of {cost['repeats']}"
+        " runs each; wall p99 = single calls, machine load included):",
+        f"  {'messages':<34}{'median':>8}{'p99':>8}{'wall p99':>10}",
+    ]
+    for name, label in (("corpus", "corpus messages"),
+                        ("chars200_benign", "200-char, benign small talk"),
+                        ("chars200_mixed", "200-char, mixed with abuse")):  # fmt: skip
+        lines.append(
+            f"  {label:<34}{cost[name + '_median_us']:>8}{cost[name + '_p99_us']:>8}"
+            f"{cost[name + '_wall_p99_us']:>10}"
+        )
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--corpus", type=Path, default=CORPUS)
+    ap.add_argument("--holdout", type=Path, default=HOLDOUT, help="second, held-out corpus")
     ap.add_argument("--no-json", action="store_true", help="do not write bench/results/*.json")
     ap.add_argument("--repeats", type=int, default=7, help="timing repetitions per message")
     args = ap.parse_args(argv)
     classifier = Classifier()
     cases = load_corpus(args.corpus)
     result = evaluate(classifier, cases)
+    holdout = evaluate(classifier, load_corpus(args.holdout)) if args.holdout.is_file() else None
     cost = timing(classifier, cases, args.repeats)
+    print(
+        f"== {args.corpus.relative_to(ROOT) if args.corpus.is_relative_to(ROOT) else args.corpus}"
+    )
     print(report(result, cost))
+    if holdout is not None:
+        print(f"\n== held-out corpus {args.holdout.name}")
+        print(report(holdout, None))
     if not args.no_json:
         RESULTS.mkdir(parents=True, exist_ok=True)
         out = RESULTS / f"moderation-{dt.datetime.now(dt.UTC).date().isoformat()}.json"
@@ -140,9 +156,11 @@ def main(argv: list[str] | None = None) -> int:
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "python": platform.python_version(),
             "machine": platform.machine(),
+            "load_average": list(os.getloadavg()),
             "targets": TARGETS,
             "cost_us": cost,
-            **result,
+            "corpus": result,
+            "holdout": holdout,
         }
         out.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         print(f"\nwrote {out.relative_to(ROOT)}")

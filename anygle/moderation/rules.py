@@ -297,6 +297,8 @@ class _Builder:
         if view == "text":
             src = src.replace(" ?", "[^a-z0-9]*").replace(" ", "[^a-z0-9]+")
             src = squeeze_regex(src)
+            # Every word a rule mentions may be spelled out letter by letter ("s e l l").
+            self.known.update(w for w in _LITERAL.findall(src) if len(w) > 1)
             src = _with_boundaries(src)
         elif view == "base":
             src = _with_boundaries(src.replace(" ?", r"\s*").replace(" ", r"\s+"))
@@ -435,6 +437,7 @@ class _Builder:
         words = entry.split()
         if not all(_PHRASE_WORD.fullmatch(w) for w in words):
             raise ValueError(f"{where}: phrase words may only contain letters and apostrophes")
+        self.masked.update(w.rstrip("*") for w in words if w.rstrip("*").isalpha())
         parts = [re.escape(w.rstrip("*")).replace("'", "'?") for w in words]
         if words[-1].endswith("*"):
             parts[-1] += "(?:" + "|".join(s for s in SUFFIXES if s) + ")?"
