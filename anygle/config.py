@@ -88,6 +88,15 @@ def _message_limits(text: str) -> dict[str, tuple[float, float]]:
     return parse_message_limits(text)
 
 
+def _yes_no(text: str) -> bool:
+    value = text.lower()
+    if value in ("yes", "true", "on", "1"):
+        return True
+    if value in ("no", "false", "off", "0"):
+        return False
+    raise ValueError("must be yes or no")
+
+
 def _origins(text: str) -> tuple[str, ...]:
     return tuple(o.strip() for o in text.split(",") if o.strip())
 
@@ -148,6 +157,24 @@ OPTIONS: tuple[Option, ...] = (
         _number(int, 65536),
         "bytes queued for a client that stopped reading before it is closed",
     ),
+    Option(
+        "moderation-rules",
+        "",
+        _text,
+        "extra moderation rule file or directory (extends the built-in rules; SIGHUP reloads)",
+    ),
+    Option(
+        "protect-adults",
+        "no",
+        _yes_no,
+        "block personal information (phone, e-mail, address, handles) for adults too",
+    ),
+    Option(
+        "ban-ttl",
+        "0",
+        _number(float, 0),
+        "s a moderation ban (zero tolerance, repeated blocks) lasts (0: for good)",
+    ),
     Option("manhole", "", _optional_endpoint, "SSH admin console endpoint (empty: off)"),
     Option(
         "manhole-keys", "etc/manhole_authorized_keys", _text, "authorized_keys file for the console"
@@ -188,6 +215,9 @@ class Settings:
     max_connections_per_ip: int = 5
     allowed_origins: tuple[str, ...] = ()
     max_queued_bytes: int = 1048576
+    moderation_rules: str = ""
+    protect_adults: bool = False
+    ban_ttl: float = 0.0
     manhole: str = ""
     manhole_keys: str = "etc/manhole_authorized_keys"
     manhole_host_key: str = "var/manhole_host_key"

@@ -22,6 +22,9 @@ from twisted.logger import Logger
 
 from anygle.engine.base import Engine, EngineUnavailable, Match, Preferences, Stats
 from anygle.errors import ClientError
+from anygle.moderation import Verdict
+from anygle.moderation.policy import DELIVER
+from anygle.screening import Screening
 from anygle.session import CHATTING, CLOSED, IDLE, QUEUED, Client, Session
 
 PARTNER_LEFT_FRAMES = {
@@ -41,8 +44,15 @@ class Hub:
 
     log = Logger()
 
-    def __init__(self, engine: Engine, clock: IReactorTime, settings: HubSettings) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        clock: IReactorTime,
+        settings: HubSettings,
+        screening: Screening | None = None,
+    ) -> None:
         self.engine = engine
+        self.screening = screening
         self.clock = clock
         self.settings = settings
         self.sessions: dict[str, Session] = {}
@@ -152,9 +162,38 @@ class Hub:
             "data": {"id": secrets.token_hex(8), "content": content, "timestamp": self.now_ms()},
         }
 
-    def message(self, session: Session, content: str) -> None:
-        self._partner(session)
-        self.relay(session, self.message_frame(content))
+    def message(self, session: Session, content: str) -> Deferred[Any] | None:
+        """Relay a chat message once moderation lets it through.  A clean message goes out at
+        once; one that needs the engine (strikes) waits its turn, and so does every message
+        after it, so that the partner sees them in the order they were sent."""
+        partner, room = self._partner(session)
+        frame = self.message_frame(content)
+        if self.screening is None:
+            self.engine.relay(partner, room, frame)
+            return None
+        verdict = self.screening.verdict(session, content, self.clock.seconds())
+        if not verdict and not session.pending:
+            self.engine.relay(partner, room, frame)
+            return None
+        return session.serial(lambda: self._moderated(session, verdict, frame, room))
+
+    async def _moderated(
+        self, session: Session, verdict: Verdict, frame: dict[str, Any], room: str
+    ) -> None:
+        assert self.screening is not None
+        action = await self.screening.decide(session, verdict) if verdict else DELIVER
+        if action.deliver and session.room_id == room and session.partner_id is not None:
+            self.engine.relay(session.partner_id, room, frame)
+        if action.warning:
+            session.client.send(
+                {
+                    "type": "moderation_warning",
+                    "data": {"message": action.message, "severity": action.warning},
+                }
+            )
+        if action.ban:
+            reason = await self.screening.ban(session, verdict)
+            self.on_kick(session.user_id, "BANNED", f"banned: {reason}")
 
     # --- engine events (EngineSink) ----------------------------------------------------------
     def on_matched(self, user_id: str, match: Match) -> None:

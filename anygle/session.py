@@ -34,6 +34,8 @@ class Session:
     queued_at: float = 0.0
     # rooms that ended before we heard they began (cross-instance event order is not guaranteed)
     ended_rooms: deque[str] = field(default_factory=lambda: deque(maxlen=8))
+    moderation_window: Any = None  # anygle.moderation.SenderWindow, made on the first message
+    pending: int = 0  # operations queued by serial() and not finished
     _tail: Deferred[Any] = field(default_factory=lambda: succeed(None))
 
     def serial(self, fn: Callable[[], Coroutine[Any, Any, Any]]) -> Deferred[Any]:
@@ -44,11 +46,17 @@ class Session:
         returned Deferred carries ``fn``'s result or failure; the chain itself never breaks.
         """
         result: Deferred[Any] = Deferred()
+        self.pending += 1
 
         def run(_: object) -> Deferred[Any]:
             d = Deferred.fromCoroutine(fn())
+            d.addBoth(self._finished)
             d.chainDeferred(result)  # afterwards ``d`` holds None: the chain goes on
             return d
 
         self._tail.addCallback(run)
         return result
+
+    def _finished(self, outcome: Any) -> Any:
+        self.pending -= 1
+        return outcome

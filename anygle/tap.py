@@ -7,6 +7,7 @@ would stop its children all at once): stop listening, stop the timers, stop the 
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Any
 
@@ -25,8 +26,10 @@ from anygle.engine import EngineConfig, create_engine
 from anygle.engine.base import Engine
 from anygle.hub import Hub, HubSettings
 from anygle.manhole import manhole_factory
+from anygle.moderation import Classifier
 from anygle.periodic import Periodic
 from anygle.protocol import AnygleFactory
+from anygle.screening import Screening, ScreeningSettings
 from anygle.web import Root
 
 
@@ -128,6 +131,14 @@ class AnygleService(MultiService):
             ),
             reactor,
         )
+        self.classifier = Classifier(settings.moderation_rules or None)
+        screening = Screening(
+            self.classifier,
+            self.engine,
+            settings=ScreeningSettings(
+                protect_adults=settings.protect_adults, ban_ttl=settings.ban_ttl or None
+            ),
+        )
         self.hub = Hub(
             self.engine,
             reactor,
@@ -135,6 +146,7 @@ class AnygleService(MultiService):
                 stats_interval=settings.stats_interval,
                 searching_interval=settings.searching_interval,
             ),
+            screening,
         )
         resolver = ClientAddressResolver(parse_networks(settings.trusted_proxies))
         self.factory = AnygleFactory(
@@ -170,6 +182,17 @@ class AnygleService(MultiService):
             self.listeners.append(Listener("manhole", settings.manhole, factory, reactor))
         for child in (self.engine_service, *self.timers, *self.listeners):
             child.setServiceParent(self)
+
+    def reload_moderation(self) -> str:
+        """Re-read the moderation rules (SIGHUP, console); a broken file keeps the old rules."""
+        try:
+            self.classifier.reload()
+        except ValueError as e:
+            self.log.error("moderation rules NOT reloaded, keeping the old ones: {e}", e=str(e))
+            return f"not reloaded: {e}"
+        count = len(self.classifier.rules.sources)
+        self.log.info("moderation rules reloaded from {count} files", count=count)
+        return f"reloaded {count} rule files"
 
     def _tick(self) -> Deferred[int]:
         return self.engine.tick(self.reactor.seconds())
@@ -211,4 +234,7 @@ async def _within(d: Deferred[Any], seconds: float, reactor: Any) -> Any:
 def makeService(config: Options, reactor: Any = None) -> AnygleService:
     if reactor is None:
         from twisted.internet import reactor
-    return AnygleService(config.settings, reactor)
+    service = AnygleService(config.settings, reactor)
+    # Operators reload rules with `kill -HUP`; the handler only schedules work on the reactor.
+    signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(service.reload_moderation))
+    return service

@@ -74,6 +74,7 @@ class StatsPage(JsonPage):
             "avgMatchTime": stats.avg_match_time,
             "totalMatches": stats.total_matches,
             "queues": stats.queues,
+            "moderation": moderation_summary(stats.moderation),
             "instance": {"id": self.instance_id, "connections": len(self.hub.sessions)},
         }
         self._finish(request, 200, body)
@@ -87,6 +88,17 @@ class StatsPage(JsonPage):
             return
         request.write(_write_json(request, status, body))
         request.finish()
+
+
+def moderation_summary(counts: dict[str, int]) -> dict[str, Any]:
+    """``{"tier:category:outcome": n}`` → totals by tier, by category and by outcome."""
+    summary: dict[str, Any] = {"total": 0, "byTier": {}, "byCategory": {}, "byOutcome": {}}
+    for key, n in counts.items():
+        tier, category, outcome = key.split(":", 2)
+        summary["total"] += n
+        for group, name in (("byTier", tier), ("byCategory", category), ("byOutcome", outcome)):
+            summary[group][name] = summary[group].get(name, 0) + n
+    return summary
 
 
 class NotFound(Resource):

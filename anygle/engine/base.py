@@ -107,6 +107,8 @@ class Stats:
     avg_match_time: float = 0.0  # ms, recent join -> matched
     total_matches: int = 0
     queues: dict[str, int] = field(default_factory=dict)  # queue name -> waiting users
+    # moderation actions: "{tier}:{category}:{outcome}" -> count (outcome: deliver|block|ban)
+    moderation: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +211,9 @@ class Engine(Protocol):
         """Count one more open connection from ``ip`` unless ``limit`` are open already."""
 
     def release_connection(self, ip: str) -> Deferred[None]: ...
+
+    def record_moderation(self, tier: str, category: str, outcome: str) -> None:
+        """Count one moderation action (fire and forget) for ``Stats.moderation``."""
 
 
 class EngineUnavailable(Exception):

@@ -60,6 +60,7 @@ class MemoryEngine:
         self.bans: dict[tuple[str, str], tuple[str, float | None]] = {}
         self.rates: dict[str, float] = {}  # key -> GCRA theoretical arrival time
         self.connections: dict[str, int] = {}  # ip -> open connections
+        self.moderation: dict[str, int] = {}  # "{tier}:{category}:{outcome}" -> count
         self.total_matches = 0
         self.recent_waits: deque[float] = deque(maxlen=config.match_history)
         self._seq = itertools.count()
@@ -304,6 +305,7 @@ class MemoryEngine:
                 avg_match_time=round(sum(waits) / len(waits), 1) if waits else 0.0,
                 total_matches=self.total_matches,
                 queues={n: len(q.entries) for n, q in self.queues.items() if q.entries},
+                moderation=dict(self.moderation),
             )
         )
 
@@ -357,6 +359,10 @@ class MemoryEngine:
             return succeed(False)
         self.connections[ip] = count + 1
         return succeed(True)
+
+    def record_moderation(self, tier: str, category: str, outcome: str) -> None:
+        key = f"{tier}:{category}:{outcome}"
+        self.moderation[key] = self.moderation.get(key, 0) + 1
 
     def release_connection(self, ip: str) -> Deferred[None]:
         count = self.connections.get(ip, 0) - 1

@@ -928,7 +928,30 @@ class RedisEngine:
             self._last_stats = stats
             return stats
 
-        return d.addCallback(done)
+        d.addCallback(done)
+        d.addCallback(self._with_moderation_counts)
+        return d
+
+    def _with_moderation_counts(self, stats: Stats) -> defer.Deferred[Stats]:
+        """Add the ``stats:moderation`` hash (``{tier}:{category}:{outcome}`` → count)."""
+        d = self._raw("HGETALL", "stats:moderation").addErrback(self._unavailable)
+
+        def add(reply: Any) -> Stats:
+            pairs = (
+                reply.items()
+                if isinstance(reply, dict)
+                else zip(reply[::2], reply[1::2], strict=True)
+            )
+            stats.moderation = {_text(k): int(v) for k, v in pairs}
+            return stats
+
+        return d.addCallback(add)
+
+    def record_moderation(self, tier: str, category: str, outcome: str) -> None:
+        if not self._available:
+            return  # a count lost in an outage is acceptable; the action itself is not
+        d = self._raw("HINCRBY", "stats:moderation", f"{tier}:{category}:{outcome}", 1)
+        d.addErrback(lambda f: f.trap(EngineUnavailable, *_CONNECTION_ERRORS))
 
     # --- counters and bans ----------------------------------------------------------------
     def incr(self, key: str, ttl: float) -> defer.Deferred[int]:
@@ -1031,3 +1054,7 @@ class RedisEngine:
         d = self._script("release", ip, self.instance)
         d.addCallback(lambda _: None)
         return d.addErrback(lambda f: f.trap(EngineUnavailable) and None)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

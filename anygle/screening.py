@@ -1,0 +1,93 @@
+"""Every chat message passes here: classify (per-sender window), then escalate with the user's
+strikes, which live in the engine so that they hold across instances and reconnects.
+
+Strikes are counted per user id and per IP (``strikes:warn:user:{id}``, ``strikes:warn:ip:{ip}``,
+and ``strikes:block:…``); the larger of the two counts, so a reconnect does not wipe the slate.
+Each counter expires ``strike_ttl`` seconds after its last strike (decay).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from twisted.logger import Logger
+
+from anygle.engine.base import Engine
+from anygle.moderation import Action, Classifier, EscalationPolicy, SenderWindow, Verdict
+
+if TYPE_CHECKING:
+    from anygle.session import Session
+
+_log = Logger(namespace="anygle.moderation")
+
+
+@dataclass(frozen=True, slots=True)
+class ScreeningSettings:
+    protect_adults: bool = False  # personal-info blocking for adults too
+    ban_ttl: float | None = None  # zero tolerance / repeated blocks: None = for good
+
+
+class Screening:
+    def __init__(
+        self,
+        classifier: Classifier,
+        engine: Engine,
+        policy: EscalationPolicy | None = None,
+        settings: ScreeningSettings | None = None,
+    ) -> None:
+        self.classifier = classifier
+        self.engine = engine
+        self.policy = policy or EscalationPolicy()
+        self.settings = settings or ScreeningSettings()
+
+    def verdict(self, session: Session, content: str, now: float) -> Verdict:
+        """Classify one message in the context of its sender's recent ones (cheap, synchronous)."""
+        assert session.prefs is not None
+        window = session.moderation_window
+        if window is None:
+            window = session.moderation_window = SenderWindow(self.classifier)
+        teen = session.prefs.age_category == "teen"
+        return window.check(
+            content,
+            now,
+            protect_personal_info=teen or self.settings.protect_adults,
+            moderated=session.prefs.queue_type == "moderated",
+        )
+
+    async def decide(self, session: Session, verdict: Verdict) -> Action:
+        """Escalate: read the strikes, decide, count the new strike, record the action."""
+        keys = {
+            kind: (f"strikes:{kind}:user:{session.user_id}", f"strikes:{kind}:ip:{session.ip}")
+            for kind in ("warn", "block")
+        }
+        counts = {}
+        for kind, (user_key, ip_key) in keys.items():
+            counts[kind] = max(
+                await self.engine.get_count(user_key), await self.engine.get_count(ip_key)
+            )
+        action = self.policy.decide(verdict, warnings=counts["warn"], blocks=counts["block"])
+        ttl = self.policy.strike_ttl
+        for kind, counted in (("warn", action.count_warning), ("block", action.count_block)):
+            if counted:
+                for key in keys[kind]:
+                    await self.engine.incr(key, ttl)
+        outcome = "ban" if action.ban else ("deliver" if action.deliver else "block")
+        tier = verdict.severity.name.lower()
+        self.engine.record_moderation(tier, verdict.category or "", outcome)
+        _log.info(
+            "moderation {outcome}: {user} ({ip}) {severity}/{category}: {evidence!r}",
+            outcome=outcome,
+            user=session.user_id,
+            ip=session.ip,
+            severity=verdict.severity.name,
+            category=verdict.category,
+            evidence=verdict.evidence,
+        )
+        return action
+
+    async def ban(self, session: Session, verdict: Verdict) -> str:
+        reason = f"moderation: {verdict.category}"
+        await self.engine.ban("users", session.user_id, reason, self.settings.ban_ttl)
+        await self.engine.ban("ips", session.ip, reason, self.settings.ban_ttl)
+        return reason
