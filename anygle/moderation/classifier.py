@@ -89,10 +89,20 @@ class Classifier:
         moderated: bool,
         rules: Rules | None = None,
         signals: bool = True,
+        only: frozenset[str] | None = None,
     ) -> tuple[Verdict, list[Signal]]:
-        """Verdict for one normalised message, plus its grooming signals when asked."""
+        """Verdict for one normalised message, plus its grooming signals when asked.
+
+        ``only`` restricts the check to these categories (used for joined fragments)."""
         rules = rules or self._rules
         candidates = _candidates(rules, norm.token_set)
+        if only is not None:
+            candidates = [r for r in candidates if r.category in only]
+        check_own_pi = (
+            protect_personal_info
+            and moderated
+            and (only is None or not only.isdisjoint(PROTECTED_CATEGORIES))
+        )
         found: list[Signal] = []
         if signals and moderated:
             for rule in candidates:
@@ -122,11 +132,11 @@ class Classifier:
                     evidence = f"{evidence} {pi}"
                 best = (_ORDER[rule.category], rule.category, evidence)
                 break  # candidates are sorted by category order within a tier
-            if tier is Severity.HIGH and protect_personal_info and moderated:
+            if tier is Severity.HIGH and check_own_pi:
                 pi_found = personal.own_pi(norm.base, norm.token_set)
                 if pi_found and (best is None or _ORDER[pi_found[0]] < best[0]):
                     best = (_ORDER[pi_found[0]], *pi_found)
-            if tier <= Severity.MEDIUM:
+            if tier <= Severity.MEDIUM and only is None:
                 if words is None:
                     words = _word_hits(rules, norm)
                 hit = words.get(tier)

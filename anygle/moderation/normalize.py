@@ -100,6 +100,7 @@ _SQUEEZE = re.compile(r"([a-z])\1+")
 WORD = re.compile(r"[a-z]+")
 
 
+MAX_JOIN = 16  # longest word joined from single letters
 _FIRST = itemgetter(1)  # C-level replacement callback: much cheaper than the template r"\1"
 
 
@@ -199,13 +200,39 @@ class Normalizer:
         return " ".join(out)
 
     def _join_known(self, letters: list[str]) -> list[str]:
+        """Join the longest known word (at most MAX_JOIN letters) first, then the same on
+        either side. Candidate words are found in one pass (squeezed as they grow), so a long
+        run of single letters cannot make a message expensive."""
+        known = self.known
         n = len(letters)
-        for size in range(n, 1, -1):
-            for i in range(n - size + 1):
-                cand = "".join(letters[i : i + size])
-                if squeeze(cand) in self.known:
-                    return [*letters[:i], cand, *self._join_known(letters[i + size :])]
-        return letters
+        ends: list[list[int]] = []
+        for i in range(n):
+            found = []
+            sq = letters[i]
+            for j in range(i + 1, min(n, i + MAX_JOIN)):
+                if letters[j] != sq[-1]:
+                    sq += letters[j]
+                if sq in known:
+                    found.append(j + 1)
+            ends.append(found)
+        if not any(ends):
+            return letters
+        return _pick(letters, ends, 0, n)
+
+
+def _pick(letters: list[str], ends: list[list[int]], lo: int, hi: int) -> list[str]:
+    best_i = best_j = -1
+    for i in range(lo, hi):
+        for j in ends[i]:
+            if j <= hi and j - i > best_j - best_i:
+                best_i, best_j = i, j
+    if best_i < 0:
+        return letters[lo:hi]
+    return [
+        *_pick(letters, ends, lo, best_i),
+        "".join(letters[best_i:best_j]),
+        *_pick(letters, ends, best_j, hi),
+    ]
 
 
 def tokens(s: str) -> list[str]:

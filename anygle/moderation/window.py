@@ -25,6 +25,8 @@ from .normalize import Normalized, squeeze
 from .verdict import CLEAN, Severity, Verdict
 
 FRAGMENT_CHARS = 40
+# What a joined window is checked for: contact details (and doxing) split over messages.
+JOIN_CATEGORIES = frozenset({"personal_info", "link", "doxing"})
 _FRAGMENT_CHARS = re.compile(r"[0-9@#.]")
 CONTACT_WORDS = frozenset(
     squeeze(w)
@@ -70,7 +72,13 @@ class SenderWindow:
         if self._entries and len(text) <= FRAGMENT_CHARS and self._fragment(norm):
             joined = self._joined(text)
             if joined is not None:
-                jv = clf.classify_normalized(rules.normalizer(joined), rules=rules, **flags)
+                jv, _ = clf.check_normalized(
+                    rules.normalizer(joined),
+                    rules=rules,
+                    signals=False,
+                    only=JOIN_CATEGORIES,
+                    **flags,
+                )
                 key = (jv.category, jv.evidence)
                 if jv and not any(key in e.found for e in self._entries):
                     found.add(key)
