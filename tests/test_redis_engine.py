@@ -500,3 +500,24 @@ async def test_check_bans_rate_and_connection_counts(engines, redis):
     b._reader.transport.abortConnection()
     await eventually(lambda: redis.command("GET", "conns:7.7.7.7") is None, timeout=6)
     assert await a.acquire_connection("7.7.7.7", 1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_ttls_are_refreshed_while_connected_and_active(engines, redis):
+    e, _sink = await engines("a")
+    e.touch_interval = 0.5
+    await e.connect("t1", "1.1.1.1")
+    await e.connect("t2", "1.1.1.1")
+    await e.join("t1", prefs(), now())
+    m = await e.join("t2", prefs(), now())
+    sid = e.users["t1"].socket_id
+    for key in ("user:t1", f"socket:{sid}", f"room:{m.room_id}"):
+        redis.command("EXPIRE", key, 100)
+    await sleep(1.2)
+    assert redis.command("TTL", "user:t1") > 3000
+    assert redis.command("TTL", f"socket:{sid}") > 3000
+    assert redis.command("TTL", f"room:{m.room_id}") <= 100  # no activity yet
+    e.relay("t2", m.room_id, {"type": "message"})
+    await sleep(1.2)
+    assert redis.command("TTL", f"room:{m.room_id}") > 1700
+    assert b'"lastActivity"' in redis.command("GET", f"room:{m.room_id}")

@@ -372,7 +372,7 @@ class RedisEngine:
             await self._resync()
             self._registered = True
         else:
-            alive, _ = await self._raw(
+            alive, _, _ = await self._raw(
                 "EVALSHA",
                 self.shas["heartbeat"],
                 0,
@@ -516,7 +516,8 @@ class RedisEngine:
             self.log.failure("heartbeat failed")
 
     def _beaten(self, reply: list[int]) -> None:
-        alive, reaped = reply
+        alive, reaped, total = reply
+        self._total_matches = max(self._total_matches, int(total))
         if reaped:
             self.counters["reaped"] += reaped
             self.log.info("reaped {n} users of dead instances", n=reaped)
@@ -530,7 +531,7 @@ class RedisEngine:
         rooms = [r for r, room in self.rooms.items() if room.active]
         for r in rooms:
             self.rooms[r].active = False
-        users = list(self.users)
+        users = [(u, local.socket_id) for u, local in self.users.items()]
         ds = []
         for i in range(0, max(len(users), len(rooms), 1), 1000):
             payload = msgpack.packb(

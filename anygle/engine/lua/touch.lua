@@ -1,13 +1,9 @@
 -- touch: keep the TTLs of this instance's live users and active rooms.
 -- ARGV: msgpack {users, rooms, now ms}
 local data = cmsgpack.unpack(ARGV[1])
-for _, u in ipairs(data[1]) do
-    local raw = redis.call('GET', ukey(u))
-    if raw then
-        redis.call('EXPIRE', ukey(u), USER_TTL)
-        local sid = cjson.decode(raw).socketId
-        if sid then redis.call('EXPIRE', 'socket:' .. sid, USER_TTL) end
-    end
+for _, x in ipairs(data[1]) do  -- {user, socket id}
+    redis.call('EXPIRE', ukey(x[1]), USER_TTL)
+    redis.call('EXPIRE', 'socket:' .. x[2], USER_TTL)
 end
 for _, r in ipairs(data[2]) do
     local raw = redis.call('GET', 'room:' .. r)
