@@ -64,7 +64,10 @@ class Hub:
     # --- connection lifecycle ---------------------------------------------------------------
     async def open(self, client: Client, ip: str) -> Session:
         """Admit a new connection: refuse banned addresses, register the user, say ``connected``."""
-        reason = await self.engine.get_ban(None, ip)
+        try:
+            reason = await self.engine.get_ban(None, ip)
+        except EngineUnavailable:
+            reason = None  # admit during an outage: bans are polled again once it is over
         if reason is not None:
             raise ClientError("BANNED", f"banned: {reason}")
         session = Session(str(uuid.uuid4()), ip, client)
