@@ -40,6 +40,7 @@ _SQUEEZE_SRC = re.compile(r"(\\.)|([a-z])\2+")
 _WORD_ENTRY = re.compile(r"[a-z]+\*?")
 _LITERAL = re.compile(r"(?<!\\)[a-z]+")
 _LEADING_LITERAL = re.compile(r"[a-z0-9' ]+")
+_PLAIN = re.compile(r"[a-z0-9' ]+")
 # A literal word standing alone at the top level: delimited by start/end, a space or an
 # apostrophe on both sides, and not followed by a quantifier.
 _TOP_WORD = re.compile(r"(?:(?<=^)|(?<=[ ']))[a-z]+(?=[ ']|$)(?![ ']?[?*{])")
@@ -159,6 +160,21 @@ def _top_level(src: str) -> str:
             out.append(c if depth == 0 else "#")
         i += 1
     return "".join(out)
+
+
+def _expand_leading(src: str) -> list[str]:
+    """``(?:a|b c|d)rest`` -> ``[a rest, b c rest, d rest]`` when the leading group is a plain
+    list of words: each variant then starts with a fixed word (fast, see _with_boundaries)
+    and is gated by its own words."""
+    if not src.startswith("(?:"):
+        return [src]
+    end = _closing(src, 0)
+    if end < 0 or src[end + 1 : end + 2] in ("?", "*", "+", "{"):
+        return [src]
+    alts = split_alternation(src[: end + 1])
+    if len(alts) > 32 or not all(_PLAIN.fullmatch(a) for a in alts):
+        return [src]
+    return [a + src[end + 1 :] for a in alts]
 
 
 def _closing(src: str, open_at: int) -> int:
@@ -318,13 +334,18 @@ class _Builder:
         rule = self._rule(spec, where)
         if not isinstance(spec, dict) or "re" not in spec or rule.view == "raw":
             return [rule]
-        branches = split_alternation(spec["re"])
+        branches = [
+            b
+            for branch in split_alternation(spec["re"])
+            for b in _expand_leading(self._expand(branch, where))
+        ]
         if len(branches) < 2:
             return [rule]
         out = []
         for n, branch in enumerate(branches):
-            literals = set(_LITERAL.findall(squeeze_regex(self._expand(branch, where).lower())))
-            keys = [k for k in rule.keys if k in literals] or sorted(rule.keys)
+            literals = set(_LITERAL.findall(squeeze_regex(branch.lower())))
+            # A key counts for a branch if it occurs in one of its words ("bullet" in "bullets?").
+            keys = [k for k in rule.keys if any(k in w for w in literals)] or sorted(rule.keys)
             sub = {**spec, "id": f"{rule.id}#{n}", "re": branch, "keys": keys}
             out.append(self._rule(sub, f"{where} branch {n}"))
         return out
