@@ -521,3 +521,16 @@ async def test_ttls_are_refreshed_while_connected_and_active(engines, redis):
     await sleep(1.2)
     assert redis.command("TTL", f"room:{m.room_id}") > 1700
     assert b'"lastActivity"' in redis.command("GET", f"room:{m.room_id}")
+
+
+@pytest_twisted.ensureDeferred
+async def test_late_relay_does_not_recreate_a_reaped_inbox(engines, redis):
+    a, _sa = await engines("a")
+    b, _sb = await engines("b")
+    assert redis.command("EXISTS", "inbox:a") == 1 and redis.command("EXISTS", "inbox:b") == 1
+    await b.stop()
+    assert redis.command("EXISTS", "inbox:b") == 0
+    a._outbox = {"b": [("r", "ub", "room", {"type": "message"})]}
+    a._flush_outbox()
+    await sleep(0.1)
+    assert redis.command("EXISTS", "inbox:b") == 0

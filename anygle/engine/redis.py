@@ -698,6 +698,7 @@ class RedisEngine:
             d = self._raw(
                 "XADD",
                 f"inbox:{instance}",
+                "NOMKSTREAM",  # a reaped instance's inbox stays gone
                 "MAXLEN",
                 "~",
                 100000,

@@ -70,8 +70,11 @@ local function put_user(d)
     redis.call('SET', ukey(d.userId), json(d), 'EX', USER_TTL)
 end
 
+-- NOMKSTREAM: the inbox of a reaped instance is not created again by a late event (register.lua
+-- creates an instance's inbox)
 local function notify(inst, events)
-    redis.call('XADD', inbox(inst), 'MAXLEN', '~', INBOX_MAXLEN, '*', 'b', cmsgpack.pack(events))
+    redis.call('XADD', inbox(inst), 'NOMKSTREAM', 'MAXLEN', '~', INBOX_MAXLEN, '*', 'b',
+        cmsgpack.pack(events))
 end
 
 local alive_cache = {}

@@ -6,6 +6,7 @@ local me, ttl, now = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local data = cmsgpack.unpack(ARGV[4])
 redis.call('SET', ikeyinst(me), json({instance = me, registeredAt = now}), 'PX', ttl)
 redis.call('SADD', INSTANCES, me)
+redis.call('XADD', inbox(me), 'MAXLEN', '~', INBOX_MAXLEN, '*', 'b', cmsgpack.pack({}))
 for _, x in ipairs(data[1]) do
     local d = {userId = x[1], instance = me, ip = x[2], socketId = x[3], state = 'idle',
                connectedAt = now}
