@@ -26,6 +26,7 @@ import re
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import pairwise
 from operator import itemgetter
 
 import confusable_homoglyphs
@@ -242,13 +243,10 @@ def tokens(s: str) -> list[str]:
 
 def _has_single_pair(toks: list[str]) -> bool:
     """Two single-letter tokens in a row: the only way a run like 's e x' can exist."""
-    prev = False
-    for t in toks:
-        single = len(t) == 1
-        if single and prev:
-            return True
-        prev = single
-    return False
+    try:
+        return b"\x01\x01" in bytes(map(len, toks))  # C-speed; tokens are < 256 letters
+    except ValueError:
+        return any(len(a) == len(b) == 1 for a, b in pairwise(toks))
 
 
 def _apply_leet(s: str) -> str:
