@@ -40,7 +40,7 @@ _SQUEEZE_SRC = re.compile(r"(\\.)|([a-z])\2+")
 _WORD_ENTRY = re.compile(r"[a-z]+\*?")
 _LITERAL = re.compile(r"(?<!\\)[a-z]+")
 _LEADING_LITERAL = re.compile(r"[a-z0-9' ]+")
-_PLAIN = re.compile(r"[a-z0-9' ]+")
+_PLAIN = re.compile(r"(?:[a-z0-9 ]|'\??)+")
 # A literal word standing alone at the top level: delimited by start/end, a space or an
 # apostrophe on both sides, and not followed by a quantifier.
 _TOP_WORD = re.compile(r"(?:(?<=^)|(?<=[ ']))[a-z]+(?=[ ']|$)(?![ ']?[?*{])")
