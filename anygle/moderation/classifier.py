@@ -9,6 +9,7 @@ ZERO down so the first tier with a finding ends the work.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import attrgetter
 
 from . import personal
 from .normalize import Normalized
@@ -24,7 +25,8 @@ from .verdict import (
 
 _TIERS = (Severity.ZERO, Severity.HIGH, Severity.MEDIUM, Severity.LOW)
 _ORDER = {c: i for i, c in enumerate(CATEGORY_ORDER)}
-_NEAR_SPAN = 40  # longest expected match of a 'near' part, in characters
+_NEAR_SPAN = 40
+_RANK = attrgetter("rank")  # longest expected match of a 'near' part, in characters
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,45 +97,50 @@ class Classifier:
 
         ``only`` restricts the check to these categories (used for joined fragments)."""
         rules = rules or self._rules
-        candidates = _candidates(rules, norm.token_set)
-        if only is not None:
-            candidates = [r for r in candidates if r.category in only]
+        tokens = norm.token_set
+        # One pass: grooming signals, and verdict rules bucketed by severity (already in
+        # category order, so the first match of a tier names it).
+        found: list[Signal] = []
+        tiers: dict[Severity, list[Rule]] = {}
+        want_signals = signals and moderated
+        for rule in _candidates(rules, tokens):
+            if rule.signal is not None:
+                if want_signals:
+                    evidence = _match(rule, norm)
+                    if evidence is not None:
+                        found.append(Signal(rule.signal, rule.weight, evidence))
+                continue
+            category = rule.category
+            if only is not None and category not in only:
+                continue
+            if not moderated and category not in UNMODERATED_CATEGORIES:
+                continue
+            if not protect_personal_info and category in PROTECTED_CATEGORIES:
+                continue
+            tiers.setdefault(rule.severity, []).append(rule)
         check_own_pi = (
             protect_personal_info
             and moderated
             and (only is None or not only.isdisjoint(PROTECTED_CATEGORIES))
         )
-        found: list[Signal] = []
-        if signals and moderated:
-            for rule in candidates:
-                if rule.signal is not None:
-                    evidence = _match(rule, norm)
-                    if evidence is not None:
-                        found.append(Signal(rule.signal, rule.weight, evidence))
         words: dict[Severity, tuple[str, str]] | None = None
         for tier in _TIERS:
             if not moderated and tier < Severity.HIGH:
                 break
             best: tuple[int, str, str] | None = None
-            for rule in candidates:
-                if rule.severity != tier or rule.signal is not None:
-                    continue
-                if not moderated and rule.category not in UNMODERATED_CATEGORIES:
-                    continue
-                if rule.category in PROTECTED_CATEGORIES and not protect_personal_info:
-                    continue
+            for rule in tiers.get(tier, ()):
                 evidence = _match(rule, norm)
                 if evidence is None:
                     continue
                 if rule.requires_pi:
-                    pi = personal.third_party_pi(norm.base, norm.token_set)
+                    pi = personal.third_party_pi(norm.base, tokens)
                     if pi is None:
                         continue
                     evidence = f"{evidence} {pi}"
                 best = (_ORDER[rule.category], rule.category, evidence)
-                break  # candidates are sorted by category order within a tier
+                break
             if tier is Severity.HIGH and check_own_pi:
-                pi_found = personal.own_pi(norm.base, norm.token_set)
+                pi_found = personal.own_pi(norm.base, tokens)
                 if pi_found and (best is None or _ORDER[pi_found[0]] < best[0]):
                     best = (_ORDER[pi_found[0]], *pi_found)
             if tier <= Severity.MEDIUM and only is None:
@@ -159,17 +166,15 @@ class Classifier:
 
 
 def _candidates(rules: Rules, tokens: frozenset[str]) -> list[Rule]:
+    """Rules to run: one of their keys and all of their required words are in the message;
+    sorted by rank (severity, category order)."""
     by_key = rules.by_key
     seen: set[Rule] = set(rules.always)
     for token in tokens:
         hits = by_key.get(token)
         if hits:
             seen.update(hits)
-    return sorted((r for r in seen if r.required <= tokens), key=_rank)
-
-
-def _rank(rule: Rule) -> tuple[int, int, int]:
-    return rule.rank
+    return sorted([r for r in seen if r.required <= tokens], key=_RANK)
 
 
 def _view(rule: Rule, norm: Normalized) -> str:
