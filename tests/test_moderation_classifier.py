@@ -64,6 +64,7 @@ def test_categories(clf: Classifier, text: str, category: str, severity: Severit
         ("f*ck", "profanity"),
         ("fυck", "profanity"),  # Greek upsilon
         ("\u202efuck\u202c", "profanity"),  # bidi override
+        ("\U0001d41f\U0001d42e\U0001d41c\U0001d424 this", "profanity"),  # maths bold
         ("s3nd n00dz", "sexual_explicit"),
         ("n-u-d-e-s pls", "sexual_explicit"),
     ],
@@ -113,6 +114,7 @@ def test_innocent_traps(clf: Classifier, text: str) -> None:
         "my number is four one five eight nine two three three seven one",
         "④①⑤ ⑧⑨② ③③⑦①",
         "４１５−８９２−３３７１",
+        "my number is \u0664\u0661\u0665 \u0668\u0669\u0662 \u0663\u0663\u0667\u0661",
         "+44 7700 900123 is my cell",
         "jess at gmail dot com",
         "jess(at)hotmail(dot)com",

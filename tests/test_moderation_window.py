@@ -97,6 +97,12 @@ def test_signals_age_out(clf: Classifier) -> None:
     )
 
 
+def test_long_messages_are_not_kept_for_joins(clf: Classifier) -> None:
+    w = SenderWindow(clf)
+    feed(w, ["my number is 415 " + "x" * 5000, "892", "3371"])
+    assert all(e.text is None or len(e.text) < 200 for e in w._entries)
+
+
 def test_window_keeps_max_messages(clf: Classifier) -> None:
     w = SenderWindow(clf, max_messages=3)
     feed(w, ["how old are you", "a", "b", "c"])

@@ -67,6 +67,11 @@ def _build_fold_table() -> dict[int, str]:
                 c = h["c"]
                 if len(c) == 1 and c.isascii() and c.isalnum():
                     put(key, c.lower())
+    # Digits of other scripts (Arabic-Indic, Devanagari, ...) count as digits for phone numbers.
+    for cp in range(0x80, 0x20000):
+        ch = chr(cp)
+        if unicodedata.category(ch) == "Nd" and cp not in table:
+            table[cp] = str(unicodedata.decimal(ch))
     # Dingbat circled digits have no NFKC decomposition.
     for start in (0x2776, 0x2780, 0x278A):
         for i in range(9):

@@ -41,7 +41,7 @@ JOIN_CHARS = 200
 @dataclass(slots=True)
 class _Entry:
     time: float
-    text: str
+    text: str | None  # None for messages too long to be part of a join
     signals: tuple[Signal, ...]
     found: frozenset[tuple[str | None, str | None]]
 
@@ -93,7 +93,9 @@ class SenderWindow:
             if gv and (gv.severity > verdict.severity or tie):
                 verdict = gv
 
-        self._entries.append(_Entry(now, text, tuple(signals), frozenset(found)))
+        # Long messages are never joined (see _joined): don't keep up to 16 KB per entry.
+        kept = text if len(text) < JOIN_CHARS else None
+        self._entries.append(_Entry(now, kept, tuple(signals), frozenset(found)))
         if len(self._entries) > self.max_messages:
             self._entries.popleft()
         return verdict
@@ -124,6 +126,8 @@ class SenderWindow:
         parts = [text]
         size = len(text)
         for entry in reversed(self._entries):
+            if entry.text is None:
+                break
             size += len(entry.text) + 1
             if size > JOIN_CHARS:
                 break
