@@ -1,0 +1,81 @@
+"""Property tests: evasion transformations must not change a verdict's category."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from anygle.moderation import Classifier, SenderWindow, Verdict
+
+SAMPLES = [
+    ("i will kill you", "violent_threat"),
+    ("anyone trading cp", "csam_solicitation"),
+    ("13 year old girls are sexy", "minor_sexual"),
+    ("kill yourself", "harassment"),
+    ("send nudes", "sexual_explicit"),
+    ("fuck this", "profanity"),
+    ("you are an idiot", "insult"),
+    ("i know where you live", "doxing"),
+]
+LOOKALIKES = {"a": "\u0430", "e": "\u0435", "o": "\u043e", "i": "\u0456", "c": "\u0441",
+              "p": "\u0440", "x": "\u0445", "y": "\u0443", "s": "\u0455"}  # fmt: skip
+INVISIBLE = ["\u200b", "\u200c", "\u200d", "\u2060", "\ufeff", "\u00ad"]
+
+_CLF: list[Classifier] = []
+
+
+def clf() -> Classifier:
+    if not _CLF:
+        _CLF.append(Classifier())
+    return _CLF[0]
+
+
+def category(text: str) -> str | None:
+    return clf().classify(text, protect_personal_info=False, moderated=True).category
+
+
+@pytest.mark.parametrize(("text", "expected"), SAMPLES)
+def test_samples(text: str, expected: str) -> None:
+    assert category(text) == expected
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from(SAMPLES), st.data())
+def test_invisible_characters_do_not_matter(sample: tuple[str, str], data: st.DataObject) -> None:
+    text, expected = sample
+    out = []
+    for ch in text:
+        out.append(ch)
+        if ch.isalpha() and data.draw(st.booleans()):
+            out.append(data.draw(st.sampled_from(INVISIBLE)))
+    assert category("".join(out)) == expected
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from(SAMPLES), st.data())
+def test_lookalikes_and_case_do_not_matter(sample: tuple[str, str], data: st.DataObject) -> None:
+    text, expected = sample
+    out = []
+    for ch in text:
+        if ch in LOOKALIKES and data.draw(st.booleans()):
+            ch = LOOKALIKES[ch]
+        out.append(ch.upper() if data.draw(st.booleans()) else ch)
+    assert category("".join(out)) == expected
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from(SAMPLES), st.data())
+def test_repeated_letters_do_not_matter(sample: tuple[str, str], data: st.DataObject) -> None:
+    text, expected = sample
+    out = [ch * data.draw(st.integers(1, 4)) if ch.isalpha() else ch for ch in text]
+    assert category("".join(out)) == expected
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.text(max_size=80), max_size=12), st.booleans(), st.booleans())
+def test_window_never_raises(messages: list[str], teen: bool, moderated: bool) -> None:
+    w = SenderWindow(clf())
+    for i, m in enumerate(messages):
+        v = w.check(m, float(i), protect_personal_info=teen, moderated=moderated)
+        assert isinstance(v, Verdict)
