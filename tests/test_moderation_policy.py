@@ -51,6 +51,15 @@ def test_high_is_blocked_with_high_warning() -> None:
     assert a.message
 
 
+def test_warning_texts_name_the_reason() -> None:
+    policy = EscalationPolicy()
+    texts = {
+        c: policy.decide(Verdict(Severity.HIGH, c, "x"), warnings=0, blocks=0).message
+        for c in ("personal_info", "link", "grooming", "violent_threat")
+    }
+    assert len(set(texts.values())) == 4 and all(texts.values())
+
+
 def test_repeated_high_blocks_ban() -> None:
     actions = run(EscalationPolicy(ban_after_blocks=3), [HIGH, PI, HIGH])
     assert [a.ban for a in actions] == [False, False, True]

@@ -45,6 +45,7 @@ _TEXT = {
     "high": "Message not sent: it breaks the chat rules (threats, personal information or abuse).",
     "personal_info": "Message not sent: for your safety, sharing contact details, addresses or "
     "social media handles is not allowed here.",
+    "link": "Message not sent: for your safety, links are not allowed here.",
     "grooming": "Message not sent: this conversation looks unsafe and has been flagged.",
     "ban": "You have been banned for violating the chat rules.",
 }
