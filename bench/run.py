@@ -206,6 +206,7 @@ class Bench:
                 workers.pump(0.1)
                 self.progress(f"{label}: warming up ({workers.summary()})")
             s0, c0, t0 = self.servers_cpu(servers), workers.cpu(), time.monotonic()
+            m0, h0, st0 = busy_cpu(), self_cpu(), steal_cpu()
             end = t0 + a.duration
             d0 = workers.totals()["delivered"]
             while time.monotonic() < end:
@@ -214,6 +215,7 @@ class Bench:
                 el = time.monotonic() - t0
                 self.progress(f"{label}: {d / max(el, 1e-3):,.0f} msgs/s so far")
             s1, c1, t1 = self.servers_cpu(servers), workers.cpu(), time.monotonic()
+            m1, h1, st1 = busy_cpu(), self_cpu(), steal_cpu()
             results = workers.wait("result", 30, label)
         finally:
             workers.close()
@@ -232,6 +234,15 @@ class Bench:
             "server_cpu_pct": round(100 * (sum(s1.values()) - sum(s0.values())) / secs, 1),
             "cpu_pct_by_process": {k: round(100 * (s1[k] - s0.get(k, 0.0)) / secs, 1) for k in s1},
             "client_cpu_pct": round(100 * (c1 - c0) / secs, 1),
+            # everything else on the (shared) machine in the same window: a noise indicator
+            "other_cpu_pct": round(
+                100
+                * ((m1 - m0) - (sum(s1.values()) - sum(s0.values())) - (c1 - c0) - (h1 - h0))
+                / secs,
+                1,
+            ),
+            "steal_cpu_pct": round(100 * (st1 - st0) / secs, 1),
+            "load_avg": round(os.getloadavg()[0], 2),
             "workers": len(results),
             "failed": sum(r["failed"] for r in results),
             "closed": sum(r["closed"] for r in results),
@@ -306,13 +317,14 @@ class Bench:
                 runs.setdefault(row, []).append(self.run_row(f"{label} {row}", fn, row))
         rows = []
         for row, results in runs.items():
-            good = [r for r in results if "error" not in r and r.get("rate")]
-            best = dict(good[0] if good else results[-1])
+            good = sorted(
+                (r for r in results if "error" not in r and r.get("rate")), key=lambda r: r["rate"]
+            )
+            # the run with the median rate (the lower middle one for an even count) stands for
+            # the row, so that its CPU figures belong to its rate
+            best = dict(good[(len(good) - 1) // 2] if good else results[-1])
             best["row"] = row
             if good:
-                best["rate"] = round(statistics.median(r["rate"] for r in good), 1)
-                for key in ("server_cpu_pct", "client_cpu_pct"):
-                    best[key] = round(statistics.median(r[key] for r in good), 1)
                 best["rates"] = [r["rate"] for r in good]
             best["rates_by_round"] = [r.get("rate") for r in results]
             if len(good) < len(results):
@@ -371,8 +383,13 @@ class Bench:
         }
 
     # --- latency -------------------------------------------------------------------------------
-    def latency_row(self, engine: str) -> dict[str, Any]:
+    def latency_row(self, engine: str, quiet: bool = False) -> dict[str, Any]:
+        """``quiet``: with the periodic ``stats``/``searching`` pushes turned off, to tell the
+        matching path from the stalls those pushes cause."""
         a = self.args
+        extra = [*a.server_arg]
+        if quiet:
+            extra += ["--stats-interval", "86400", "--searching-interval", "86400"]
         total = int(a.rate * a.latency_seconds)
         total += total % 2
         r = None
@@ -381,14 +398,12 @@ class Bench:
             if engine == "redis":
                 r = procs.redis()
                 servers.append(
-                    procs.anygle(
-                        "redis", redis_url=f"redis://127.0.0.1:{r.port}/0", extra=a.server_arg
-                    )
+                    procs.anygle("redis", redis_url=f"redis://127.0.0.1:{r.port}/0", extra=extra)
                 )
             else:
-                servers.append(procs.anygle("memory", extra=a.server_arg))
+                servers.append(procs.anygle("memory", extra=extra))
             s = servers[0]
-            label = f"latency {engine}"
+            label = f"latency {engine}" + (" (pushes off)" if quiet else "")
             self.progress.say(f"{label}: {total} joins at {a.rate:g}/s into one queue")
             jobs = self.jobs(
                 "latency",
@@ -431,7 +446,7 @@ class Bench:
             for k, v in res["errors"].items():
                 errors[k] = errors.get(k, 0) + v
         out = {
-            "row": engine,
+            "row": engine + (" (pushes off)" if quiet else ""),
             "rate": a.rate,
             "joins": sum(res["joins"] for res in results),
             "matched": len(lat),
@@ -452,12 +467,19 @@ class Bench:
         return out
 
     def scenario_latency(self) -> dict[str, Any]:
-        rows = [self.run_row("latency memory", lambda: self.latency_row("memory"), "memory")]
         ok, why = self.redis_available()
-        if ok:
-            rows.append(self.run_row("latency redis", lambda: self.latency_row("redis"), "redis"))
-        else:
-            rows.append({"row": "redis", "error": f"not run: {why}"})
+        rows = []
+        for quiet in (False, True) if self.args.latency_quiet else (False,):
+            for engine in ("memory", "redis"):
+                row = engine + (" (pushes off)" if quiet else "")
+                if engine == "redis" and not ok:
+                    rows.append({"row": row, "error": f"not run: {why}"})
+                    continue
+                rows.append(
+                    self.run_row(
+                        f"latency {row}", lambda e=engine, q=quiet: self.latency_row(e, q), row
+                    )
+                )
         return {
             "rows": rows,
             "rate": self.args.rate,
@@ -487,11 +509,12 @@ class Bench:
     def memory_row(self, kind: str, requested: int) -> dict[str, Any]:
         # one server process holds every connection: it cannot go past its file limit
         level = min(requested, self.nofile - 64)
-        if level < requested:
-            self.notes.append(
-                f"memory: {requested} connections capped to {level} by the file "
-                f"limit {self.nofile} (raise the hard limit to measure more)"
-            )
+        note = (
+            f"memory: {requested} connections capped to {level} by the file "
+            f"limit {self.nofile} (raise the hard limit to measure more)"
+        )
+        if level < requested and note not in self.notes:
+            self.notes.append(note)
         s = (
             procs.baseline()
             if kind == "baseline"
@@ -664,6 +687,23 @@ class Bench:
         }
 
 
+def busy_cpu() -> float:
+    """Seconds of CPU the machine's processes spent (all cores; not idle, I/O wait, interrupts
+    — loopback traffic is partly handled there — nor time stolen by the hypervisor)."""
+    t = psutil.cpu_times()
+    skip = ("idle", "iowait", "irq", "softirq", "steal", "guest", "guest_nice")
+    return sum(getattr(t, f) for f in t._fields if f not in skip)
+
+
+def steal_cpu() -> float:
+    return getattr(psutil.cpu_times(), "steal", 0.0)
+
+
+def self_cpu() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
 def shutil_which(name: str) -> str | None:
     import shutil
 
@@ -731,11 +771,17 @@ def table(results: dict[str, Any]) -> str:
         out += [
             f"**Relay throughput** ({rel['pairs']} pairs, window {rel['window']}, 60-byte "
             f"messages, {rel['duration_s']:g} s measured"
-            + (f", median of {rel['repeat']}" if rel["repeat"] > 1 else "")
+            + (
+                f"; msgs/s: the median of {rel['repeat']} interleaved runs, ratios: the median "
+                "of the ratios within each run"
+                if rel["repeat"] > 1
+                else ""
+            )
             + ")",
             "",
-            "| row | msgs/s | x baseline | x same-instance | server CPU % | client CPU % | notes |",
-            "|---|---:|---:|---:|---:|---:|---|",
+            "| row | msgs/s | x baseline | x same-instance | server CPU % | client CPU % "
+            "| other CPU % | runs, k msgs/s | notes |",
+            "|---|---:|---:|---:|---:|---:|---:|---|---|",
         ]
         for r in rel["rows"]:
             note = r.get("error", "").splitlines()[0][:90] if r.get("error") else _errs(r)
@@ -744,7 +790,7 @@ def table(results: dict[str, Any]) -> str:
                 f"{fmt(r.get('x_baseline'), '.2f')} | "
                 f"{fmt(r.get('x_same_instance'), '.2f')} | "
                 f"{fmt(r.get('server_cpu_pct'))} | {fmt(r.get('client_cpu_pct'))} | "
-                f"{note} |"
+                f"{fmt(r.get('other_cpu_pct'))} | {spread(r)} | {note} |"
             )
         out.append("")
     lat = results.get("latency")
@@ -791,17 +837,19 @@ def table(results: dict[str, Any]) -> str:
         out += [
             f"**Scale-out behind nginx** ({sc.get('pairs')} pairs; {sc.get('note', '')})",
             "",
-            "| instances | msgs/s | x 1 instance | servers+nginx CPU % | client CPU % | notes |",
-            "|---|---:|---:|---:|---:|---|",
+            "| instances | msgs/s | x 1 instance | servers+nginx CPU % | client CPU % "
+            "| other CPU % | runs, k msgs/s | notes |",
+            "|---|---:|---:|---:|---:|---:|---|---|",
         ]
         if sc.get("error"):
-            out.append(f"| - | - | - | - | - | {sc['error']} |")
+            out.append(f"| - | - | - | - | - | - | - | {sc['error']} |")
         for r in sc.get("rows", []):
             note = r.get("error", "").splitlines()[0][:90] if r.get("error") else _errs(r)
             out.append(
                 f"| {r['row']} | {fmt(r.get('rate'), ',.0f')} | "
                 f"{fmt(r.get('x_one_instance'), '.2f')} | {fmt(r.get('server_cpu_pct'))} "
-                f"| {fmt(r.get('client_cpu_pct'))} | {note} |"
+                f"| {fmt(r.get('client_cpu_pct'))} | {fmt(r.get('other_cpu_pct'))} "
+                f"| {spread(r)} | {note} |"
             )
         out.append("")
     notes = list(results.get("notes") or [])
@@ -810,6 +858,13 @@ def table(results: dict[str, Any]) -> str:
     if notes:
         out += ["Notes:", *(f"- {n}" for n in notes), ""]
     return "\n".join(out)
+
+
+def spread(r: dict[str, Any]) -> str:
+    rates = r.get("rates_by_round") or []
+    if len(rates) < 2:
+        return ""
+    return " / ".join("fail" if x is None else f"{x / 1000:.1f}" for x in rates)
 
 
 def _errs(r: dict[str, Any]) -> str:
@@ -908,6 +963,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--latency-seconds", type=float, default=8.0)
     p.add_argument("--latency-queue", default="unmoderated")
     p.add_argument(
+        "--no-latency-quiet",
+        dest="latency_quiet",
+        action="store_false",
+        help="skip the latency rows with the periodic stats/searching pushes turned off",
+    )
+    p.add_argument(
         "--redis-queue",
         default="unmoderated",
         help="queue type of the Redis relay and scale-out rows",
@@ -969,6 +1030,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         a.pairs, a.window, a.warmup, a.duration = 20, 4, 0.5, 2.0
         a.rate, a.latency_seconds, a.memory_levels = 200.0, 1.0, [200]
         a.probe_seconds = min(a.probe_seconds, 0.5)
+        a.latency_quiet = False
         a.no_redis = a.no_redis or not a.redis
         a.no_nginx = a.no_nginx or not a.nginx
         a.workers = min(a.workers, 2)
