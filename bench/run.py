@@ -320,6 +320,12 @@ class Bench:
             good = sorted(
                 (r for r in results if "error" not in r and r.get("rate")), key=lambda r: r["rate"]
             )
+            quiet = [r for r in good if not disturbed(r)]
+            if quiet and len(quiet) < len(good):
+                best_note = f"{len(good) - len(quiet)} disturbed run(s) left out"
+                good = quiet
+            else:
+                best_note = ""
             # the run with the median rate (the lower middle one for an even count) stands for
             # the row, so that its CPU figures belong to its rate
             best = dict(good[(len(good) - 1) // 2] if good else results[-1])
@@ -327,6 +333,9 @@ class Bench:
             if good:
                 best["rates"] = [r["rate"] for r in good]
             best["rates_by_round"] = [r.get("rate") for r in results]
+            best["other_cpu_by_round"] = [r.get("other_cpu_pct") for r in results]
+            if best_note:
+                best["disturbed"] = best_note
             if len(good) < len(results):
                 best["failed_runs"] = [r["error"] for r in results if "error" in r]
             rows.append(best)
@@ -338,13 +347,18 @@ class Bench:
         ratio of the medians."""
         if not ref:
             return None
-        pairs = [
-            a / b
-            for a, b in zip(
-                row.get("rates_by_round") or [], ref.get("rates_by_round") or [], strict=False
+        rounds = list(
+            zip(
+                row.get("rates_by_round") or [],
+                ref.get("rates_by_round") or [],
+                row.get("other_cpu_by_round") or [],
+                ref.get("other_cpu_by_round") or [],
+                strict=False,
             )
-            if a and b
-        ]
+        )
+        pairs = [a / b for a, b, oa, ob in rounds if a and b and max(oa or 0, ob or 0) <= NOISY]
+        if not pairs:  # every round was disturbed: use them all, the table says so
+            pairs = [a / b for a, b, _, _ in rounds if a and b]
         if pairs:
             return round(statistics.median(pairs), 3)
         return ratio(row.get("rate"), ref.get("rate"))
@@ -687,6 +701,13 @@ class Bench:
         }
 
 
+NOISY = 25.0  # % of a core used by other processes during a run: the run counts as disturbed
+
+
+def disturbed(r: dict[str, Any]) -> bool:
+    return (r.get("other_cpu_pct") or 0.0) > NOISY
+
+
 def busy_cpu() -> float:
     """Seconds of CPU the machine's processes spent (all cores; not idle, I/O wait, interrupts
     — loopback traffic is partly handled there — nor time stolen by the hypervisor)."""
@@ -871,6 +892,10 @@ def _errs(r: dict[str, Any]) -> str:
     bits = []
     if r.get("errors"):
         bits.append("errors: " + ", ".join(f"{k}x{v}" for k, v in r["errors"].items()))
+    if r.get("disturbed"):
+        bits.append(r["disturbed"])
+    elif disturbed(r):
+        bits.append("disturbed: other processes were busy")
     for k in ("failed", "closed", "mispaired"):
         if r.get(k):
             bits.append(f"{k} {r[k]}")
