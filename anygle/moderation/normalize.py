@@ -107,6 +107,7 @@ WORD = re.compile(r"[a-z]+")
 
 
 MAX_JOIN = 16  # longest word joined from single letters
+MAX_MASKED = 16  # masked words ("f*ck") resolved per message
 _FIRST = itemgetter(1)  # C-level replacement callback: much cheaper than the template r"\1"
 
 
@@ -163,7 +164,7 @@ class Normalizer:
             words = _SINGLE_RUN.sub(self._join_run, words)
             changed = True
         if "*" in words:
-            words = _MASKED.sub(self._unmask, words)
+            words = _MASKED.sub(self._unmask, words, count=MAX_MASKED)
             changed = True
         if changed:
             wt = tokens(words)
@@ -173,7 +174,7 @@ class Normalizer:
 
     def _unmask(self, m: re.Match[str]) -> str:
         tok = m.group()
-        if tok[0] == "*":
+        if tok[0] == "*" or len(tok) > 24:  # no word is that long; don't compile huge patterns
             return tok
         candidates = self._masked.get((len(tok), tok[0]))
         if candidates:
@@ -269,7 +270,7 @@ def _apply_leet(s: str) -> str:
         while b < n and s[b] in _LEET_CHARS:
             b += 1
         out.append(s[last:a])
-        out.append(_leet(s[a:b]))
+        out.append(_leet(s[a:b]) if b - a <= 32 else s[a:b])  # longer "tokens" are not words
         last = b
     if not out:
         return s

@@ -68,7 +68,10 @@ _ADDRESS = re.compile(
     r"highway|hwy|square|sq)(?![a-z])"
 )
 _DOT_WORD = re.compile(r"[a-z0-9]\.[a-z]|://")
-_TLD_LIST = "com|net|org|io|gg|me|co|ly|tv|app|xyz|info|link|to|be|us|uk|de|ru|fr|live|chat|site|online|club"
+_TLD_LIST = (
+    "com|net|org|io|gg|me|co|ly|tv|app|xyz|info|link|to|be|us|uk|de|ru|fr|live|chat|site|"
+    "online|club"
+)
 # A dot followed by a top-level domain; starts with a literal '.', which the engine scans fast.
 _DOT_TLD = re.compile(rf"\.(?:{_TLD_LIST})(?![a-z0-9-])")
 _MAIL_WORDS = frozenset(
@@ -116,7 +119,9 @@ def find_phone(base: str) -> Phone | None:
         has_words = any(w in base for w in _NUMBER_VALUE)
         s = _NUMBER_WORD.sub(_number_value, base) if has_words else base
     weak = None
-    for m in _DIGIT_RUN.finditer(s):
+    for n, m in enumerate(_DIGIT_RUN.finditer(s)):
+        if n == 8:  # bound the phonenumbers work a single message can cause
+            break
         run = m.group()
         digits = "".join(c for c in run if c.isdigit())
         if not 7 <= len(digits) <= 15:
