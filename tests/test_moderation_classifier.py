@@ -6,6 +6,8 @@ delivered text is never touched."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -195,3 +197,24 @@ def _shared() -> Classifier:
     if not _CLF:
         _CLF.append(Classifier())
     return _CLF[0]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "f*" * 8000,
+        "a " * 8000,
+        "4158923371 x " * 1200,
+        "i will " * 2200 + "kill",
+        "a.b" * 5000,
+        "kid " * 4000 + "sex",
+    ],
+    ids=["masked", "letters", "phones", "subject", "dots", "near"],
+)
+def test_cost_is_bounded_on_adversarial_16kb_messages(clf: Classifier, text: str) -> None:
+    """A 16 KB message (the protocol's limit) must never take long, whatever it contains.
+    The bound is loose on purpose (shared CI machines); typical cost is a few milliseconds."""
+
+    start = time.thread_time()
+    teen(clf, text[:16384])
+    assert time.thread_time() - start < 0.1
