@@ -8,12 +8,13 @@ ZERO down so the first tier with a finding ends the work.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from operator import attrgetter
 
 from . import personal
 from .normalize import Normalized
-from .rules import Rule, Rules, load_rules
+from .rules import DIGIT_KEY, Rule, Rules, load_rules
 from .verdict import (
     CATEGORY_ORDER,
     CLEAN,
@@ -26,7 +27,8 @@ from .verdict import (
 _TIERS = (Severity.ZERO, Severity.HIGH, Severity.MEDIUM, Severity.LOW)
 _ORDER = {c: i for i, c in enumerate(CATEGORY_ORDER)}
 _NEAR_SPAN = 40
-_RANK = attrgetter("rank")  # longest expected match of a 'near' part, in characters
+_RANK = attrgetter("rank")
+_ANY_DIGIT = re.compile(r"\d")  # longest expected match of a 'near' part, in characters
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +105,7 @@ class Classifier:
         found: list[Signal] = []
         tiers: dict[Severity, list[Rule]] = {}
         want_signals = signals and moderated
-        for rule in _candidates(rules, tokens):
+        for rule in _candidates(rules, tokens, norm.base):
             if rule.signal is not None:
                 if want_signals:
                     evidence = _match(rule, norm)
@@ -156,7 +158,7 @@ class Classifier:
     def grooming_signals(self, norm: Normalized, rules: Rules | None = None) -> list[Signal]:
         rules = rules or self._rules
         found = []
-        for rule in _candidates(rules, norm.token_set):
+        for rule in _candidates(rules, norm.token_set, norm.base):
             if rule.signal is None:
                 continue
             evidence = _match(rule, norm)
@@ -165,7 +167,7 @@ class Classifier:
         return found
 
 
-def _candidates(rules: Rules, tokens: frozenset[str]) -> list[Rule]:
+def _candidates(rules: Rules, tokens: frozenset[str], base: str = "") -> list[Rule]:
     """Rules to run: one of their keys and all of their required words are in the message;
     sorted by rank (severity, category order)."""
     by_key = rules.by_key
@@ -174,7 +176,22 @@ def _candidates(rules: Rules, tokens: frozenset[str]) -> list[Rule]:
         hits = by_key.get(token)
         if hits:
             seen.update(hits)
-    return sorted([r for r in seen if r.required <= tokens], key=_RANK)
+    out = []
+    digit: bool | None = None
+    for r in seen:
+        if not r.required <= tokens:
+            continue
+        also = r.also_keys
+        if also is not None and also.isdisjoint(tokens):
+            if DIGIT_KEY not in also:
+                continue
+            if digit is None:
+                digit = _ANY_DIGIT.search(base) is not None
+            if not digit:
+                continue
+        out.append(r)
+    out.sort(key=_RANK)
+    return out
 
 
 def _view(rule: Rule, norm: Normalized) -> str:

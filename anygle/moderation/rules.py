@@ -11,12 +11,13 @@ form as its own word if it should match too, like ``killyourself``).
 ``allow.txt`` lists tokens that never fire from word lists.
 
 ``*.json`` -- ``{"macros": {name: regex}, "settings": {...}, "rules": [rule, ...]}``; a rule is
-``{"id", "category", "re" | "near": [re, re] + "within", "keys", "view", "requires_pi",
-"signal", "weight"}``. Regexes see the normalised copy (see normalize.py); ``%name%`` expands a
-macro, a space means "one or more non-letters", word boundaries are implied, and on the default
-``text`` view letter runs are squeezed like the text, so write words normally. ``keys`` gate a
+``{"id", "category", "re" | "near": [re, re] + "within", "keys", "also_keys", "view",
+"requires_pi", "signal", "weight"}``. Regexes see the normalised copy (see normalize.py);
+``%name%`` expands a macro, a space means "one or more non-letters", word boundaries are
+implied, and on the default ``text`` view letter runs are squeezed like the text, so write
+words normally. ``keys`` gate a
 rule: it only runs when one of these tokens is in the message (rules without keys run on every
-message and cost time).
+message and cost time); ``also_keys`` is a second such gate (``#digit``: any digit).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from .normalize import Normalizer, squeeze
 from .verdict import CATEGORY_ORDER, CATEGORY_SEVERITY, Severity
 
 DATA_DIR = Path(__file__).parent / "data"
+DIGIT_KEY = "#digit"
 VIEWS = ("text", "base", "raw")
 SUFFIXES = (
     "", "s", "es", "ed", "er", "ers", "ing", "ings", "in", "y", "ies", "ier", "iest",
@@ -66,6 +68,7 @@ class Rule:
     within: int
     keys: frozenset[str]
     required: frozenset[str]
+    also_keys: frozenset[str] | None
     requires_pi: bool
     signal: str | None
     weight: int
@@ -354,8 +357,8 @@ class _Builder:
         if not isinstance(spec, dict):
             raise ValueError(f"{where}: a rule must be an object")
         unknown = set(spec) - {
-            "id", "category", "re", "near", "within", "keys", "view", "requires_pi",
-            "signal", "weight", "_doc",
+            "id", "category", "re", "near", "within", "keys", "also_keys", "view",
+            "requires_pi", "signal", "weight", "_doc",
         }  # fmt: skip
         if unknown:
             raise ValueError(f"{where}: unknown fields {sorted(unknown)}")
@@ -399,12 +402,22 @@ class _Builder:
             within=within,
             keys=frozenset(squeeze(k.lower()) for k in keys),
             required=self._required(spec.get("re"), view, where),
+            also_keys=self._also_keys(spec.get("also_keys"), where),
             requires_pi=bool(spec.get("requires_pi", False)),
             signal=signal,
             weight=weight,
             rank=(-severity, CATEGORY_ORDER.index(category), self.count),
             source=where,
         )
+
+    @staticmethod
+    def _also_keys(keys: object, where: str) -> frozenset[str] | None:
+        """Second gate: one of these must occur too ('#digit': any digit in the message)."""
+        if keys is None:
+            return None
+        if not isinstance(keys, list) or not all(isinstance(k, str) and k for k in keys):
+            raise ValueError(f"{where}: 'also_keys' must be a list of words")
+        return frozenset(k if k == DIGIT_KEY else squeeze(k.lower()) for k in keys)
 
     def _required(self, src: object, view: str, where: str) -> frozenset[str]:
         """Words every match must contain as whole tokens: literal words outside any group or
