@@ -1,9 +1,11 @@
 """Per-sender sliding window: catches what only shows across several messages.
 
-* Split contact details and split words: when the new message is short (a fragment, at most
-  ``FRAGMENT_CHARS`` characters), the recent messages are joined (at most ``JOIN_CHARS`` characters)
-  and classified again. A finding counts only if it is new, i.e. not already found in an earlier
-  message or an earlier join, so an old, already-handled finding never blocks an innocent reply.
+* Split contact details: when the new message is a short fragment that could be part of
+  contact details (at most ``FRAGMENT_CHARS`` characters with a digit, '@', a single letter, a
+  number word, an app name, ...), it is joined with the recent messages (at most
+  ``JOIN_CHARS`` characters) and checked again for personal info, links and doxing. A finding
+  counts only if it is new, i.e. not already found in an earlier message or an earlier join,
+  so an old, already-handled finding never blocks an innocent reply.
 * Grooming: each message's grooming signals (see data/grooming.json) are kept for the window.
   Each signal type counts once, with its highest weight. A message that carries a signal and
   brings the window's score to ``grooming_threshold`` (default 5: two different signals, or one
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .classifier import Classifier, Signal
@@ -147,7 +150,7 @@ class SenderWindow:
         return Verdict(Severity.HIGH if teen else Severity.MEDIUM, "grooming", evidence)
 
 
-def _best_weights(groups) -> dict[str, int]:  # type: ignore[no-untyped-def]
+def _best_weights(groups: Iterable[Iterable[Signal]]) -> dict[str, int]:
     best: dict[str, int] = {}
     for signals in groups:
         for s in signals:
