@@ -26,9 +26,9 @@ from .verdict import (
 
 _TIERS = (Severity.ZERO, Severity.HIGH, Severity.MEDIUM, Severity.LOW)
 _ORDER = {c: i for i, c in enumerate(CATEGORY_ORDER)}
-_NEAR_SPAN = 40
+_NEAR_SPAN = 40  # longest expected match of a 'near' part, in characters
 _RANK = attrgetter("rank")
-_ANY_DIGIT = re.compile(r"\d")  # longest expected match of a 'near' part, in characters
+_ANY_DIGIT = re.compile(r"\d")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +41,11 @@ class Signal:
 
 
 class Classifier:
+    """Packaged rules plus the operator's (``rules_path``: a directory or a .txt/.json file).
+
+    ``classify`` is pure apart from reading the current rules, so one instance serves all
+    connections; ``reload`` swaps the rules atomically."""
+
     def __init__(self, rules_path: str | None = None) -> None:
         self.rules_path = rules_path
         self._rules = load_rules(rules_path)
@@ -215,8 +220,11 @@ def _match(rule: Rule, norm: Normalized) -> str | None:
         lo, hi = max(0, s2 - reach), min(n, e2 + reach)
         for m1 in other.finditer(s, lo, hi):
             s1, e1 = m1.span()
-            if e1 == hi < n:
-                continue  # may be cut short by the window; a full-text match decides
+            if e1 == hi < n:  # may be cut short by the window: match again on the full text
+                full = other.match(s, s1)
+                if full is None:
+                    continue
+                e1 = full.end()
             if max(s2 - e1, s1 - e2) <= rule.within:
                 return s[min(s1, s2) : max(e1, e2)]
     return None
