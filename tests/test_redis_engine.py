@@ -534,3 +534,20 @@ async def test_late_relay_does_not_recreate_a_reaped_inbox(engines, redis):
     a._flush_outbox()
     await sleep(0.1)
     assert redis.command("EXISTS", "inbox:b") == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_join_refuses_a_banned_user_atomically(engines, redis):
+    e, sink = await engines("a")
+    await e.connect("bu", "8.8.8.8")
+    await e.connect("ok", "9.9.9.9")
+    assert await e.check_bans({"bu": "8.8.8.8", "ok": "9.9.9.9"}) == {}
+    redis.command("SET", "banned:ips:8.8.8.8", "spam")
+    # the poll answered a moment ago: get_ban reuses it, join checks for itself
+    assert await e.get_ban("bu", "8.8.8.8") is None
+    assert await e.get_ban(None, "8.8.8.8") == "spam"
+    assert await e.join("bu", prefs(), now()) is None
+    assert sink.of("kick") == [("kick", "bu", "BANNED", "banned: spam")]
+    assert redis.command("HLEN", "waiting") == 0
+    assert await e.check_bans({"bu": "8.8.8.8", "ok": "9.9.9.9"}) == {"bu": "spam"}
+    assert await e.get_ban("bu", "8.8.8.8") == "spam"
