@@ -27,7 +27,7 @@ from anygle.moderation import Classifier, SenderWindow  # noqa: E402
 from anygle.moderation.evaluation import Case, evaluate, load_corpus  # noqa: E402
 
 CORPUS = ROOT / "tests" / "data" / "moderation_corpus.tsv"
-HOLDOUT = ROOT / "tests" / "data" / "moderation_corpus.holdout.tsv"
+HOLDOUTS = sorted((ROOT / "tests" / "data").glob("moderation_corpus.holdout*.tsv"))
 RESULTS = ROOT / "bench" / "results"
 TARGETS = {"zero_recall": 0.95, "high_recall": 0.95, "personal_info_recall": 0.90,
            "benign_fp_rate": 0.01, "chars200_p99_us": 100.0}  # fmt: skip
@@ -133,22 +133,24 @@ def _cost_lines(cost: dict) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--corpus", type=Path, default=CORPUS)
-    ap.add_argument("--holdout", type=Path, default=HOLDOUT, help="second, held-out corpus")
+    ap.add_argument(
+        "--holdout", type=Path, action="append", help="held-out corpus (default: all of them)"
+    )
     ap.add_argument("--no-json", action="store_true", help="do not write bench/results/*.json")
     ap.add_argument("--repeats", type=int, default=7, help="timing repetitions per message")
     args = ap.parse_args(argv)
     classifier = Classifier()
     cases = load_corpus(args.corpus)
     result = evaluate(classifier, cases)
-    holdout = evaluate(classifier, load_corpus(args.holdout)) if args.holdout.is_file() else None
+    holdouts = {p.name: evaluate(classifier, load_corpus(p)) for p in (args.holdout or HOLDOUTS)}
     cost = timing(classifier, cases, args.repeats)
     print(
         f"== {args.corpus.relative_to(ROOT) if args.corpus.is_relative_to(ROOT) else args.corpus}"
     )
     print(report(result, cost))
-    if holdout is not None:
-        print(f"\n== held-out corpus {args.holdout.name}")
-        print(report(holdout, None))
+    for name, held in holdouts.items():
+        print(f"\n== held-out corpus {name}")
+        print(report(held, None))
     if not args.no_json:
         RESULTS.mkdir(parents=True, exist_ok=True)
         out = RESULTS / f"moderation-{dt.datetime.now(dt.UTC).date().isoformat()}.json"
@@ -160,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             "targets": TARGETS,
             "cost_us": cost,
             "corpus": result,
-            "holdout": holdout,
+            "holdout": holdouts,
         }
         out.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         print(f"\nwrote {out.relative_to(ROOT)}")

@@ -284,6 +284,6 @@ def _leet(tok: str) -> str:
         return tok
     if not any("a" <= c <= "z" for c in core):
         return tok
-    if core[0].isdigit() and _UNIT.fullmatch(core):
+    if core[0].isdigit() and _UNIT.fullmatch(squeeze(core)):
         return tok
     return core.translate(LEET_TABLE) + tok[len(core) :]
