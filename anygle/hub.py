@@ -99,6 +99,8 @@ class Hub:
         if session.state == CLOSED:
             return
         reason = await self.engine.get_ban(session.user_id, session.ip)
+        if session.state == CLOSED:  # the client left while we asked
+            return
         if reason is not None:
             self.on_kick(session.user_id, "BANNED", f"banned: {reason}")
             return
@@ -127,6 +129,8 @@ class Hub:
 
     async def _enqueue(self, session: Session) -> None:
         assert session.prefs is not None
+        if session.state == CLOSED:
+            return
         session.state = QUEUED
         session.queued_at = self.clock.seconds()
         try:
