@@ -551,3 +551,17 @@ async def test_join_refuses_a_banned_user_atomically(engines, redis):
     assert redis.command("HLEN", "waiting") == 0
     assert await e.check_bans({"bu": "8.8.8.8", "ok": "9.9.9.9"}) == {"bu": "spam"}
     assert await e.get_ban("bu", "8.8.8.8") == "spam"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stalled_redis_is_noticed_and_survived(engines, redis):
+    e, _sink = await engines("a")
+    await e.connect("s1", "1.1.1.1")
+    redis.command("CLIENT", "PAUSE", 6000, "ALL")
+    d = e.stats()
+    d.addErrback(lambda f: f.trap(EngineUnavailable))
+    took = await eventually(lambda: not e.health()[0], timeout=7)
+    assert took < 5.5
+    await d
+    await eventually(lambda: e.health()[0], timeout=10)
+    assert (await e.stats()).total_online == 1
