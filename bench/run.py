@@ -432,12 +432,14 @@ class Bench:
                 workers.wait("started", 20, label)
                 workers.wait("ready", 60 + total / 200, f"{label} connect")
                 w = len(jobs)
+                window = CpuWindow([*servers, *([r] if r else [])], workers)
                 for i in range(w):
                     workers.send(
                         i,
                         {"cmd": "go", "rate": a.rate / w, "offset": 0.2 + i / a.rate, "grace": 3.0},
                     )
                 results = workers.wait("result", a.latency_seconds + 60, label)
+                cpu = window.stop()
             finally:
                 workers.close()
         except Exception as e:
@@ -471,6 +473,7 @@ class Bench:
             "mean_ms": round(statistics.fmean(lat), 3) if lat else None,
             "joiner_p50_ms": percentile(joiner, 0.5),
             "joiner_p99_ms": percentile(joiner, 0.99),
+            **cpu,
             "errors": errors,
             "samples": sorted(round(x, 2) for x in lat),
         }
@@ -505,15 +508,19 @@ class Bench:
         }
 
     # --- memory --------------------------------------------------------------------------------
-    def probe(self, workers: procs.Workers, label: str) -> dict[str, Any]:
+    def probe(
+        self, workers: procs.Workers, label: str, servers: list[procs.Server]
+    ) -> dict[str, Any]:
         """WebSocket ping round trips from one connection for --probe-seconds (reactor stalls)."""
         secs = self.args.probe_seconds
         if secs <= 0:
             return {}
         self.progress.say(f"{label}: probing the reactor for {secs:g} s")
+        window = CpuWindow(servers, workers)
         workers.send(0, {"cmd": "probe", "seconds": secs, "interval": 0.01})
         rtts = workers.wait_one(0, "probe", secs + 30, label)["rtts"]
         return {
+            **window.stop(),
             "pings": len(rtts),
             "p50_ms": percentile(rtts, 0.5),
             "p99_ms": percentile(rtts, 0.99),
@@ -558,7 +565,7 @@ class Bench:
                 workers.pump(0)
                 idle = workers.totals()
                 rss1 = s.rss()
-                stall_idle = self.probe(workers, label)
+                stall_idle = self.probe(workers, label, [s])
                 out = {
                     "row": kind,
                     "connections": requested,
@@ -578,7 +585,7 @@ class Bench:
                     workers.pump(0)
                     queued = workers.totals()
                     rss2 = s.rss()
-                    out["stall_queued"] = self.probe(workers, label + " queued")
+                    out["stall_queued"] = self.probe(workers, label + " queued", [s])
                     out.update(
                         queued=queued["searching"],
                         rss_queued_mib=round(rss2 / 2**20, 1),
@@ -701,6 +708,32 @@ class Bench:
         }
 
 
+class CpuWindow:
+    """CPU used between construction and ``stop()``: servers, load workers, everything else."""
+
+    def __init__(self, servers: list[procs.Server], workers: procs.Workers) -> None:
+        self.servers, self.workers = servers, workers
+        self.t0, self.s0, self.c0 = time.monotonic(), self._servers(), workers.cpu()
+        self.m0, self.h0 = busy_cpu(), self_cpu()
+
+    def _servers(self) -> float:
+        total = 0.0
+        for s in self.servers:
+            with contextlib.suppress(psutil.Error):
+                total += s.cpu()
+        return total
+
+    def stop(self) -> dict[str, float]:
+        secs = max(time.monotonic() - self.t0, 1e-6)
+        ds, dc = self._servers() - self.s0, self.workers.cpu() - self.c0
+        dm, dh = busy_cpu() - self.m0, self_cpu() - self.h0
+        return {
+            "server_cpu_pct": round(100 * ds / secs, 1),
+            "client_cpu_pct": round(100 * dc / secs, 1),
+            "other_cpu_pct": round(100 * (dm - ds - dc - dh) / secs, 1),
+        }
+
+
 NOISY = 25.0  # % of a core used by other processes during a run: the run counts as disturbed
 
 
@@ -820,8 +853,9 @@ def table(results: dict[str, Any]) -> str:
             f"**Match latency** (joins at {lat['rate']:g}/s into one queue for "
             f"{lat['seconds']:g} s; client-observed join → matched, ms)",
             "",
-            "| engine | matched | median | p95 | p99 | max | joiner median | joiner p99 | notes |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+            "| engine | matched | median | p95 | p99 | max | joiner median | joiner p99 "
+            "| other CPU % | notes |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
         for r in lat["rows"]:
             note = r.get("error", "").splitlines()[0][:90] if r.get("error") else _errs(r)
@@ -830,7 +864,7 @@ def table(results: dict[str, Any]) -> str:
                 f"{fmt(r.get('p50_ms'))} | {fmt(r.get('p95_ms'))} | "
                 f"{fmt(r.get('p99_ms'))} | {fmt(r.get('max_ms'))} | "
                 f"{fmt(r.get('joiner_p50_ms'))} | {fmt(r.get('joiner_p99_ms'))} | "
-                f"{note} |"
+                f"{fmt(r.get('other_cpu_pct'))} | {note} |"
             )
         out.append("")
     mem = results.get("memory")
