@@ -27,7 +27,7 @@ from .verdict import (
 _TIERS = (Severity.ZERO, Severity.HIGH, Severity.MEDIUM, Severity.LOW)
 _ORDER = {c: i for i, c in enumerate(CATEGORY_ORDER)}
 _NEAR_SPAN = 40  # longest expected match of a 'near' part, in characters
-_RANK = attrgetter("rank")
+_RANK = attrgetter("order")
 _ANY_DIGIT = re.compile(r"\d")
 
 
@@ -175,16 +175,20 @@ class Classifier:
 def _candidates(rules: Rules, tokens: frozenset[str], base: str = "") -> list[Rule]:
     """Rules to run: one of their keys and all of their required words are in the message;
     sorted by rank (severity, category order)."""
-    by_key = rules.by_key
-    seen: set[Rule] = set(rules.always)
-    for token in tokens:
-        hits = by_key.get(token)
-        if hits:
-            seen.update(hits)
-    out = []
+    gates = rules.gates
+    free: set[Rule] = set(rules.always)  # gated by the key alone
+    check: set[Rule] = set()  # required words or also_keys still to check
+    for token in tokens & rules.gate_keys:  # C-level set intersection
+        plain, conditional, cond = gates[token]
+        free.update(plain)
+        if conditional:
+            check.update(conditional)
+        for word, hits in cond:
+            if word in tokens:
+                check.update(hits)
     digit: bool | None = None
-    for r in seen:
-        if not r.required <= tokens:
+    for r in check:
+        if r in free or not r.required <= tokens:
             continue
         also = r.also_keys
         if also is not None and also.isdisjoint(tokens):
@@ -194,9 +198,8 @@ def _candidates(rules: Rules, tokens: frozenset[str], base: str = "") -> list[Ru
                 digit = _ANY_DIGIT.search(base) is not None
             if not digit:
                 continue
-        out.append(r)
-    out.sort(key=_RANK)
-    return out
+        free.add(r)
+    return sorted(free, key=_RANK)
 
 
 def _view(rule: Rule, norm: Normalized) -> str:

@@ -89,19 +89,23 @@ LEET_TABLE = str.maketrans(
     {"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b", "9": "g"}
     | {"@": "a", "$": "s", "!": "i", "|": "l"}
 )
-# A digit/symbol touching a letter ("sh1t", "$hit", "b!tch"; not "hello!"). Both branches start
-# with a character class, so the regex engine skips plain letters at C speed.
-_LEET_HINT = re.compile(r"[0-9@$|](?<=[a-z].)|[0-9@$|!](?=[a-z])")
+# A digit/symbol touching a letter ("sh1t", "$hit", "b!tch"; not "hello!"). One leading
+# character class (no top-level alternation), so the regex engine skips plain letters at C speed.
+_LEET_HINT = re.compile(r"[0-9@$|!](?:(?<=[a-z][0-9@$|])|(?=[a-z]))")
 _LEET_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789@$!|")
 _LEET_SYMBOL = re.compile(r"[0-9@$|!]")
 _TOKEN_TABLE = bytes(c if 97 <= c <= 122 else 32 for c in range(256))
+# For the single-letter-run gate: apostrophes and digits stay inside tokens ("i'm", "2b").
+_GATE_TABLE = bytes(c if 97 <= c <= 122 or 48 <= c <= 57 or c == 39 else 32 for c in range(256))
+_NON_ASCII = re.compile(r"[^\x00-\x7f]+")
 # Digit-first tokens that are numbers with a unit or ordinal, never leetspeak ("14yo", "3rd").
 _UNIT = re.compile(
     r"\d+(?:yo|yrs?|years?|y|st|nd|rd|th|am|pm|s|k|m|km|kg|g|mb|gb|min|mins|h|hr|hrs|x|d"
     r"|mm|cm|ml|lb|lbs|ft|p|v|gen|mph)"
 )
 _MASKED = re.compile(r"[a-z]+\*+[a-z]*|\*+[a-z]{2,}")
-_SINGLE_RUN = re.compile(r"(?<![a-z0-9])[a-z](?:[ ._\-*+~|/\\,:;]{1,3}[a-z](?![a-z0-9]))+")
+# A letter glued to an apostrophe ("i'm a", "don't u") never starts or continues a run.
+_SINGLE_RUN = re.compile(r"(?<![a-z0-9'])[a-z](?:[ ._\-*+~|/\\,:;]{1,3}[a-z](?![a-z0-9']))+")
 _SEPARATOR = re.compile(r"[ ._\-*+~|/\\,:;]+")
 _SPACED = re.compile(r"[ ._\-*+~|/\\,:;]*\s[ ._\-*+~|/\\,:;]*")
 _SQUEEZE = re.compile(r"([a-z])\1+")
@@ -151,25 +155,16 @@ class Normalizer:
             self._masked.setdefault((len(w), w[0]), []).append(w)
 
     def __call__(self, text: str) -> Normalized:
-        if text.isascii():
-            base = text.lower()
-        else:
-            base = unicodedata.normalize("NFKC", text).casefold().translate(FOLD_TABLE)
+        base = text.lower() if text.isascii() else fold(text)
         # Cheap C-speed checks decide whether the slower passes are needed at all.
         words = base
-        wt = tokens(words)
-        changed = False
         if _LEET_SYMBOL.search(words) and _LEET_HINT.search(words):
             words = _apply_leet(words)
-            changed = True
-        if _has_single_pair(wt if not changed else tokens(words)):
+        if _has_single_pair(words):
             words = _SINGLE_RUN.sub(self._join_run, words)
-            changed = True
         if "*" in words:
             words = _MASKED.sub(self._unmask, words, count=MAX_MASKED)
-            changed = True
-        if changed:
-            wt = tokens(words)
+        wt = tokens(words)
         text_view = _SQUEEZE.sub(_FIRST, words)
         tt = tokens(text_view)
         return Normalized(text, base, words, text_view, wt, tt, frozenset(tt))
@@ -249,12 +244,34 @@ def tokens(s: str) -> list[str]:
     return s.encode("ascii", "replace").translate(_TOKEN_TABLE).decode("ascii").split()
 
 
-def _has_single_pair(toks: list[str]) -> bool:
-    """Two single-letter tokens in a row: the only way a run like 's e x' can exist."""
+def fold(text: str) -> str:
+    """``base`` view of a non-ASCII message: NFKC, casefold, lookalikes mapped to ASCII.
+
+    ``str.translate`` with a dict costs a lookup per character, so a mostly-ASCII message only
+    translates its non-ASCII stretches."""
+    s = unicodedata.normalize("NFKC", text).casefold()
+    if s.isascii():
+        return s
+    if 4 * (len(s.encode("utf-8")) - len(s)) < len(s):
+        return _NON_ASCII.sub(_fold_match, s)
+    return s.translate(FOLD_TABLE)
+
+
+def _fold_match(m: re.Match[str]) -> str:
+    return m.group().translate(FOLD_TABLE)
+
+
+def _has_single_pair(s: str) -> bool:
+    """Two single-letter tokens in a row (apostrophes and digits count as letters here): the
+    only way a run like 's e x' can exist."""
+    toks = s.encode("ascii", "replace").translate(_GATE_TABLE).split()
     try:
-        return b"\x01\x01" in bytes(map(len, toks))  # C-speed; tokens are < 256 letters
+        if b"\x01\x01" not in bytes(map(len, toks)):  # C-speed; tokens are < 256 chars
+            return False
     except ValueError:
-        return any(len(a) == len(b) == 1 for a, b in pairwise(toks))
+        if not any(len(a) == len(b) == 1 for a, b in pairwise(toks)):
+            return False
+    return any(len(a) == len(b) == 1 and a.isalpha() and b.isalpha() for a, b in pairwise(toks))
 
 
 def _apply_leet(s: str) -> str:

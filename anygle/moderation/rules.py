@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import json
 import re
+import re._constants as _sre
+import re._parser as _sre_parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +49,7 @@ _PLAIN = re.compile(r"(?:[a-z0-9 ]|'\??)+")
 # apostrophe on both sides, and not followed by a quantifier.
 _TOP_WORD = re.compile(r"(?:(?<=^)|(?<=[ ']))[a-z]+(?=[ ']|$)(?![ ']?[?*{])")
 _PHRASE_WORD = re.compile(r"[a-z']+\*?")
+_EMPTY: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +77,10 @@ class Rule:
     weight: int
     rank: tuple[int, int, int]
     source: str
+    order: int = 0  # position in rank order (set by the builder; cheap sort key)
+
+
+Gate = tuple[tuple[Rule, ...], tuple[Rule, ...], tuple[tuple[str, tuple[Rule, ...]], ...]]
 
 
 @dataclass(frozen=True)
@@ -86,6 +93,11 @@ class Rules:
     grooming_threshold: int
     normalizer: Normalizer
     sources: tuple[str, ...] = field(default=())
+    # token -> (rules gated by it alone, rules with also_keys to check, ((word, rules that also
+    # need that word), ...)): a rule with required words is filed under its longest one, so
+    # e.g. the 16 "add me on %app%" branches are only looked at when "add", "follow", ... occur.
+    gates: dict[str, Gate] = field(default_factory=dict)
+    gate_keys: frozenset[str] = field(default=frozenset())
 
 
 def load_rules(extra: str | None = None) -> Rules:
@@ -216,6 +228,97 @@ def _with_boundaries(src: str) -> str:
     return f"(?<![a-z0-9])(?:{src})(?![a-z0-9])"
 
 
+_ZERO_WIDTH = frozenset({_sre.ASSERT, _sre.ASSERT_NOT, _sre.AT})
+_REPEATS = frozenset({_sre.MAX_REPEAT, _sre.MIN_REPEAT, _sre.POSSESSIVE_REPEAT})
+_LETTERS = range(97, 123)
+
+
+def _class_has_letter(items: list) -> bool:
+    """Can a parsed character class (``[...]``) match a lowercase letter? Unknown -> True."""
+    negate = False
+    hit = [False] * 26
+    for op, av in items:
+        if op is _sre.NEGATE:
+            negate = True
+        elif op is _sre.LITERAL:
+            if av in _LETTERS:
+                hit[av - 97] = True
+        elif op is _sre.RANGE:
+            for c in range(max(av[0], 97), min(av[1], 122) + 1):
+                hit[c - 97] = True
+        elif op is _sre.CATEGORY and av in (_sre.CATEGORY_DIGIT, _sre.CATEGORY_SPACE):
+            pass
+        elif op is _sre.CATEGORY and av in (_sre.CATEGORY_NOT_DIGIT, _sre.CATEGORY_NOT_SPACE):
+            hit = [True] * 26
+        else:
+            return True
+    return any(not h for h in hit) if negate else any(hit)
+
+
+def _edge(items: list, last: bool) -> tuple[bool, bool]:
+    """(may the first -- or, with ``last``, the final -- character be a letter, may the
+    sequence match the empty string) for a parsed regex sequence. Conservative: unknown
+    constructs may be letters."""
+    may_letter = False
+    for op, av in reversed(items) if last else items:
+        if op is _sre.LITERAL:
+            letter, empty = av in _LETTERS or 65 <= av <= 90, False
+        elif op is _sre.IN:
+            letter, empty = _class_has_letter(av), False
+        elif op in _ZERO_WIDTH:
+            letter, empty = False, True
+        elif op is _sre.SUBPATTERN:
+            letter, empty = _edge(av[-1], last)
+        elif op is _sre.ATOMIC_GROUP:
+            letter, empty = _edge(av, last)
+        elif op is _sre.BRANCH:
+            edges = [_edge(b, last) for b in av[1]]
+            letter, empty = any(e[0] for e in edges), any(e[1] for e in edges)
+        elif op in _REPEATS:
+            letter, empty = _edge(av[2], last)
+            empty = empty or av[0] == 0
+        else:  # ANY, NOT_LITERAL, GROUPREF, ...: anything
+            letter, empty = True, True
+        may_letter = may_letter or letter
+        if not empty:
+            return may_letter, False
+    return may_letter, True
+
+
+def _flatten(items: list) -> list:
+    """Top-level sequence with unquantified groups inlined."""
+    out = []
+    for op, av in items:
+        if op is _sre.SUBPATTERN:
+            out.extend(_flatten(av[-1]))
+        else:
+            out.append((op, av))
+    return out
+
+
+def whole_words(compiled: str) -> frozenset[str]:
+    """Literal words every match of a text-view pattern contains as complete tokens: runs of
+    literal letters in the top-level sequence that no letter can precede or follow (the
+    pattern's word boundaries count as non-letters). Used to gate rules exactly."""
+    try:
+        items = _flatten(list(_sre_parse.parse(compiled).data))
+    except Exception:  # pragma: no cover - only ever given patterns that compiled
+        return frozenset()
+    found = set()
+    i, n = 0, len(items)
+    while i < n:
+        if items[i][0] is not _sre.LITERAL or items[i][1] not in _LETTERS:
+            i += 1
+            continue
+        j = i
+        while j < n and items[j][0] is _sre.LITERAL and items[j][1] in _LETTERS:
+            j += 1
+        if not _edge(items[:i], True)[0] and not _edge(items[j:], False)[0]:
+            found.add("".join(chr(av) for _, av in items[i:j]))
+        i = j
+    return frozenset(found)
+
+
 def squeeze_regex(src: str) -> str:
     """Squeeze repeated letters in a regex's literals the way the text view is squeezed."""
     return _SQUEEZE_SRC.sub(lambda m: m.group(1) or m.group(2), src)
@@ -269,6 +372,8 @@ class _Builder:
         for path in files:
             if path.suffix == ".txt":
                 self._read_words(path)
+        for i, rule in enumerate(sorted(self.rules, key=_rank)):
+            object.__setattr__(rule, "order", i)
         by_key: dict[str, list[Rule]] = {}
         always = []
         for rule in self.rules:
@@ -287,6 +392,8 @@ class _Builder:
             grooming_threshold=self.settings["grooming_threshold"],
             normalizer=Normalizer(self.known - {""}, self.masked),
             sources=tuple(str(p) for p in files),
+            gates=_gates(by_key),
+            gate_keys=frozenset(by_key),
         )
 
     @staticmethod
@@ -401,7 +508,8 @@ class _Builder:
             near=near,
             within=within,
             keys=frozenset(squeeze(k.lower()) for k in keys),
-            required=self._required(spec.get("re"), view, where),
+            required=self._required(spec.get("re"), view, where)
+            | (whole_words(pattern.pattern) if pattern is not None and view == "text" else _EMPTY),
             also_keys=self._also_keys(spec.get("also_keys"), where),
             requires_pi=bool(spec.get("requires_pi", False)),
             signal=signal,
@@ -484,3 +592,26 @@ class _Builder:
 
 def _rank(rule: Rule) -> tuple[int, int, int]:
     return rule.rank
+
+
+def _gates(by_key: dict[str, list[Rule]]) -> dict[str, Gate]:
+    out = {}
+    for key, rules in by_key.items():
+        plain: list[Rule] = []
+        checked: list[Rule] = []
+        cond: dict[str, list[Rule]] = {}
+        for rule in rules:
+            others = rule.required - {key}
+            if others:
+                word = max(sorted(others), key=len)
+                cond.setdefault(word, []).append(rule)
+            elif rule.also_keys is not None:
+                checked.append(rule)
+            else:
+                plain.append(rule)
+        out[key] = (
+            tuple(plain),
+            tuple(checked),
+            tuple((w, tuple(rs)) for w, rs in sorted(cond.items())),
+        )
+    return out
