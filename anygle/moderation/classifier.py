@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from operator import attrgetter
 
 from . import personal
-from .normalize import Normalized
+from .normalize import Normalized, tokens
 from .rules import DIGIT_KEY, Rule, Rules, load_rules
 from .verdict import (
     CATEGORY_ORDER,
@@ -217,10 +217,13 @@ def _match(rule: Rule, norm: Normalized) -> str | None:
     # The second pattern is the gated (rarer) one: find it first, then look for the first
     # pattern only in a window around each hit instead of the whole message.
     other, reach = rule.near[0], rule.within + _NEAR_SPAN
+    near_keys = rule.near_keys
     n = len(s)
     for m in rule.near[1].finditer(s):
         s2, e2 = m.span()
         lo, hi = max(0, s2 - reach), min(n, e2 + reach)
+        if near_keys is not None and not _window_has(near_keys, s, lo, hi):
+            continue  # every match of the first pattern holds one of these words
         for m1 in other.finditer(s, lo, hi):
             s1, e1 = m1.span()
             if e1 == hi < n:  # may be cut short by the window: match again on the full text
@@ -231,6 +234,15 @@ def _match(rule: Rule, norm: Normalized) -> str | None:
             if max(s2 - e1, s1 - e2) <= rule.within:
                 return s[min(s1, s2) : max(e1, e2)]
     return None
+
+
+def _window_has(keys: frozenset[str], s: str, lo: int, hi: int) -> bool:
+    """Does ``s[lo:hi]`` hold one of ``keys`` as a token ('#digit': any digit)? A token cut
+    by the window's edge only matters if a match ends there, and then it holds the cut
+    part too (a word boundary is checked against the full text later)."""
+    if not keys.isdisjoint(tokens(s[lo:hi])):
+        return True
+    return DIGIT_KEY in keys and _ANY_DIGIT.search(s, lo, hi) is not None
 
 
 def _word_hits(rules: Rules, norm: Normalized) -> dict[Severity, tuple[str, str]]:

@@ -11,8 +11,8 @@ form as its own word if it should match too, like ``killyourself``).
 ``allow.txt`` lists tokens that never fire from word lists.
 
 ``*.json`` -- ``{"macros": {name: regex}, "settings": {...}, "rules": [rule, ...]}``; a rule is
-``{"id", "category", "re" | "near": [re, re] + "within", "keys", "also_keys", "view",
-"requires_pi", "signal", "weight"}``. Regexes see the normalised copy (see normalize.py);
+``{"id", "category", "re" | "near": [re, re] + "within" (+ "near_keys"), "keys", "also_keys",
+"view", "requires_pi", "signal", "weight"}``. Regexes see the normalised copy (see normalize.py);
 ``%name%`` expands a macro, a space means "one or more non-letters", word boundaries are
 implied, and on the default ``text`` view letter runs are squeezed like the text, so write
 words normally. ``keys`` gate a
@@ -72,6 +72,7 @@ class Rule:
     keys: frozenset[str]
     required: frozenset[str]
     also_keys: frozenset[str] | None
+    near_keys: frozenset[str] | None  # 'near' rules: words the first pattern's matches contain
     requires_pi: bool
     signal: str | None
     weight: int
@@ -465,7 +466,7 @@ class _Builder:
             raise ValueError(f"{where}: a rule must be an object")
         unknown = set(spec) - {
             "id", "category", "re", "near", "within", "keys", "also_keys", "view",
-            "requires_pi", "signal", "weight", "_doc",
+            "requires_pi", "signal", "weight", "near_keys", "_doc",
         }  # fmt: skip
         if unknown:
             raise ValueError(f"{where}: unknown fields {sorted(unknown)}")
@@ -477,6 +478,8 @@ class _Builder:
             raise ValueError(f"{where}: view must be one of {VIEWS}")
         if ("re" in spec) == ("near" in spec):
             raise ValueError(f"{where}: give exactly one of 're' or 'near'")
+        if "near_keys" in spec and "near" not in spec:
+            raise ValueError(f"{where}: 'near_keys' only applies to 'near' rules")
         pattern = near = None
         if "re" in spec:
             pattern = self._compile(spec["re"], view, where)
@@ -511,6 +514,7 @@ class _Builder:
             required=self._required(spec.get("re"), view, where)
             | (whole_words(pattern.pattern) if pattern is not None and view == "text" else _EMPTY),
             also_keys=self._also_keys(spec.get("also_keys"), where),
+            near_keys=self._also_keys(spec.get("near_keys"), where),
             requires_pi=bool(spec.get("requires_pi", False)),
             signal=signal,
             weight=weight,
