@@ -113,6 +113,7 @@ WORD = re.compile(r"[a-z]+")
 
 
 MAX_JOIN = 16  # longest word joined from single letters
+_LOWER = "abcdefghijklmnopqrstuvwxyz"
 MAX_MASKED = 16  # masked words ("f*ck") resolved per message
 _FIRST = itemgetter(1)  # C-level replacement callback: much cheaper than the template r"\1"
 
@@ -150,6 +151,8 @@ class Normalizer:
 
     def __init__(self, known: Iterable[str], masked_words: Iterable[str]) -> None:
         self.known = frozenset(known)
+        # Every prefix of a known word: joining stops as soon as no known word can follow.
+        self._prefixes = frozenset(w[:k] for w in self.known for k in range(1, len(w) + 1))
         self._masked: dict[tuple[int, str], list[str]] = {}
         for w in sorted(set(masked_words)):
             self._masked.setdefault((len(w), w[0]), []).append(w)
@@ -163,14 +166,41 @@ class Normalizer:
         if _has_single_pair(words):
             words = _SINGLE_RUN.sub(self._join_run, words)
         if "*" in words:
-            words = _MASKED.sub(self._unmask, words, count=MAX_MASKED)
+            words = self._unmask_all(words)
         wt = tokens(words)
         text_view = _SQUEEZE.sub(_FIRST, words)
         tt = tokens(text_view)
         return Normalized(text, base, words, text_view, wt, tt, frozenset(tt))
 
+    def _unmask_all(self, s: str) -> str:
+        """``_MASKED.sub(self._unmask, s, count=MAX_MASKED)``, found from the '*'s instead of
+        letting the regex engine try (and backtrack at) every letter of the message."""
+        out: list[str] = []
+        last = 0
+        n = len(s)
+        i = s.find("*")
+        done = 0
+        while i >= 0 and done < MAX_MASKED:
+            j = i + 1
+            while j < n and s[j] == "*":
+                j += 1
+            a = max(last, len(s[:i].rstrip(_LOWER)))  # letters right before the stars
+            b = n - len(s[j:].lstrip(_LOWER))  # letters right after them
+            if a < i or b - j >= 2:
+                out.append(s[last:a])
+                out.append(self._unmask_token(s[a:b]))
+                last = b
+                done += 1
+            i = s.find("*", max(j, b))
+        if not out:
+            return s
+        out.append(s[last:])
+        return "".join(out)
+
     def _unmask(self, m: re.Match[str]) -> str:
-        tok = m.group()
+        return self._unmask_token(m.group())
+
+    def _unmask_token(self, tok: str) -> str:
         if tok[0] == "*" or len(tok) > 24:  # no word is that long; don't compile huge patterns
             return tok
         candidates = self._masked.get((len(tok), tok[0]))
@@ -208,6 +238,7 @@ class Normalizer:
         either side. Candidate words are found in one pass (squeezed as they grow), so a long
         run of single letters cannot make a message expensive."""
         known = self.known
+        prefixes = self._prefixes
         n = len(letters)
         ends: list[list[int]] = []
         for i in range(n):
@@ -216,6 +247,8 @@ class Normalizer:
             for j in range(i + 1, min(n, i + MAX_JOIN)):
                 if letters[j] != sq[-1]:
                     sq += letters[j]
+                    if sq not in prefixes:
+                        break
                 if sq in known:
                     found.append(j + 1)
             ends.append(found)
