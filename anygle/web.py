@@ -1,4 +1,5 @@
-"""HTTP: ``GET /health`` and ``GET /stats`` as JSON; every other path is a JSON 404."""
+"""HTTP: ``GET /health`` and ``GET /stats`` as JSON, ``GET /metrics`` for Prometheus; every
+other path is a JSON 404."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from anygle.clientip import ClientAddressResolver
 from anygle.engine.base import EngineUnavailable, Stats
 from anygle.hub import Hub
+from anygle.metrics import CONTENT_TYPE, Metrics
 
 _log = Logger(namespace="anygle.web")
 
@@ -59,14 +61,39 @@ class Health(JsonPage):
         return _write_json(request, 200 if ok else 503, body)
 
 
-class StatsPage(JsonPage):
+class StatsBackedPage(JsonPage):
+    """A page made from the engine's service-wide :class:`Stats` (asked for on every request)."""
+
     def render_GET(self, request: Request) -> int:
         request.notifyFinish().addErrback(lambda _: setattr(request, "anygle_gone", True))
         d: Deferred[Stats] = self.hub.engine.stats()
-        d.addCallbacks(self._ok, self._failed, callbackArgs=(request,), errbackArgs=(request,))
+        d.addCallback(self.page)
+        d.addErrback(self._failed)
+        d.addCallback(self._finish, request)
         return NOT_DONE_YET
 
-    def _ok(self, stats: Stats, request: Request) -> None:
+    def page(self, stats: Stats) -> tuple[int, bytes, bytes]:
+        """``(status, content type, body)``."""
+        raise NotImplementedError
+
+    def _failed(self, failure: Any) -> tuple[int, bytes, bytes]:
+        _log.failure("{page} failed", failure, page=type(self).__name__)
+        body = {"error": "stats unavailable", "reason": str(failure.value)}
+        return 503, b"application/json", json.dumps(body).encode()
+
+    def _finish(self, result: tuple[int, bytes, bytes], request: Request) -> None:
+        if request.finished or getattr(request, "anygle_gone", False):
+            return
+        status, content_type, body = result
+        request.setResponseCode(status)
+        request.setHeader(b"content-type", content_type)
+        request.setHeader(b"cache-control", b"no-store")
+        request.write(body)
+        request.finish()
+
+
+class StatsPage(StatsBackedPage):
+    def page(self, stats: Stats) -> tuple[int, bytes, bytes]:
         body = {
             "totalOnline": stats.total_online,
             "inQueue": stats.in_queue,
@@ -77,17 +104,18 @@ class StatsPage(JsonPage):
             "moderation": moderation_summary(stats.moderation),
             "instance": {"id": self.instance_id, "connections": len(self.hub.sessions)},
         }
-        self._finish(request, 200, body)
+        return 200, b"application/json", json.dumps(body, separators=(",", ":")).encode()
 
-    def _failed(self, failure: Any, request: Request) -> None:
-        _log.failure("stats failed", failure)
-        self._finish(request, 503, {"error": "stats unavailable", "reason": str(failure.value)})
 
-    def _finish(self, request: Request, status: int, body: dict[str, Any]) -> None:
-        if request.finished or getattr(request, "anygle_gone", False):
-            return
-        request.write(_write_json(request, status, body))
-        request.finish()
+class MetricsPage(StatsBackedPage):
+    """Prometheus text format (``anygle/metrics.py``)."""
+
+    def __init__(self, hub: Hub, engine_name: str, instance_id: str) -> None:
+        super().__init__(hub, engine_name, instance_id)
+        self.metrics = Metrics(instance_id)
+
+    def page(self, stats: Stats) -> tuple[int, bytes, bytes]:
+        return 200, CONTENT_TYPE, self.metrics.render(stats, len(self.hub.sessions))
 
 
 def moderation_summary(counts: dict[str, int]) -> dict[str, Any]:
@@ -129,6 +157,7 @@ class Root(Resource):
         self.pages: dict[bytes, Resource] = {
             b"/health": Health(hub, engine_name, instance_id),
             b"/stats": StatsPage(hub, engine_name, instance_id),
+            b"/metrics": MetricsPage(hub, engine_name, instance_id),
         }
 
     def render(self, request: Request) -> bytes | int:

@@ -52,3 +52,20 @@ async def test_other_paths_are_json_404_and_methods_405(server):
         assert json.loads(body)["error"] == "not found"
     code, _, body = await get(server.http_port, "/health", b"POST")
     assert code == 405 and json.loads(body)["error"] == "method not allowed"
+
+
+@pytest_twisted.ensureDeferred
+async def test_metrics_in_prometheus_format(server):
+    await server.pair()
+    waiting = await server.client()
+    waiting.join(mode="voice")
+    await waiting.expect("searching")
+    code, headers, body = await get(server.http_port, "/metrics")
+    assert code == 200 and headers["content-type"].startswith(b"text/plain; version=0.0.4")
+    text = body.decode()
+    assert "anygle_online_users 3.0" in text
+    assert "anygle_active_chats 1.0" in text
+    assert 'anygle_queue_users{queue="adult:voice:moderated"} 1.0' in text
+    assert "anygle_matches_total 1.0" in text
+    instance = server.service.settings.instance_id
+    assert f'anygle_instance_connections{{instance="{instance}"}} 3.0' in text

@@ -1,0 +1,68 @@
+"""``GET /metrics``: the seed's metrics (online users, queues, chats, matches, match time,
+moderation actions) in the Prometheus text format, from the engine's service-wide view."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from anygle.engine.base import Stats
+
+
+class StatsCollector:
+    """A custom collector over one :class:`Stats` snapshot; our own registry, no globals."""
+
+    def __init__(self, instance_id: str) -> None:
+        self.instance_id = instance_id
+        self.stats = Stats()
+        self.connections = 0
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.stats
+        yield GaugeMetricFamily(
+            "anygle_online_users", "Users connected (all instances)", value=s.total_online
+        )
+        yield GaugeMetricFamily("anygle_active_chats", "Rooms with two users", value=s.active_chats)
+        waiting = GaugeMetricFamily(
+            "anygle_queue_users", "Users waiting, by queue", labels=["queue"]
+        )
+        for queue, n in sorted(s.queues.items()):
+            waiting.add_metric([queue], n)
+        yield waiting
+        yield CounterMetricFamily("anygle_matches", "Matches made", value=s.total_matches)
+        yield GaugeMetricFamily(
+            "anygle_match_time_avg_ms", "Recent average join to matched, ms", value=s.avg_match_time
+        )
+        actions = CounterMetricFamily(
+            "anygle_moderation_actions",
+            "Moderation actions",
+            labels=["tier", "category", "outcome"],
+        )
+        for key, n in sorted(s.moderation.items()):
+            actions.add_metric(key.split(":", 2), n)
+        yield actions
+        local = GaugeMetricFamily(
+            "anygle_instance_connections",
+            "WebSocket connections on this instance",
+            labels=["instance"],
+        )
+        local.add_metric([self.instance_id], self.connections)
+        yield local
+
+
+class Metrics:
+    def __init__(self, instance_id: str) -> None:
+        self.collector = StatsCollector(instance_id)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self.collector)  # type: ignore[arg-type]
+
+    def render(self, stats: Stats, connections: int) -> bytes:
+        self.collector.stats, self.collector.connections = stats, connections
+        return generate_latest(self.registry)
+
+
+CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+
+__all__ = ["CONTENT_TYPE", "Metrics"]
