@@ -110,10 +110,16 @@ class Classifier:
         found: list[Signal] = []
         tiers: dict[Severity, list[Rule]] = {}
         want_signals = signals and moderated
+        text = norm.text
         for rule in _candidates(rules, tokens, norm.base):
             if rule.signal is not None:
                 if want_signals:
-                    evidence = _match(rule, norm)
+                    search = rule.text_search
+                    if search is not None:
+                        m = search(text)
+                        evidence = m.group() if m is not None else None
+                    else:
+                        evidence = _match(rule, norm)
                     if evidence is not None:
                         found.append(Signal(rule.signal, rule.weight, evidence))
                 continue
@@ -136,9 +142,16 @@ class Classifier:
                 break
             best: tuple[int, str, str] | None = None
             for rule in tiers.get(tier, ()):
-                evidence = _match(rule, norm)
-                if evidence is None:
-                    continue
+                search = rule.text_search
+                if search is not None:
+                    m = search(text)
+                    if m is None:
+                        continue
+                    evidence = m.group()
+                else:
+                    evidence = _match(rule, norm)
+                    if evidence is None:
+                        continue
                 if rule.requires_pi:
                     pi = personal.third_party_pi(norm.base, tokens)
                     if pi is None:

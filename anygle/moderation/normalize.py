@@ -118,9 +118,18 @@ MAX_MASKED = 16  # masked words ("f*ck") resolved per message
 _FIRST = itemgetter(1)  # C-level replacement callback: much cheaper than the template r"\1"
 
 
+_PAIRS = tuple((c + c, c) for c in "abcdefghijklmnopqrstuvwxyz")
+
+
 def squeeze(s: str) -> str:
-    """Collapse every run of one repeated letter to a single letter."""
-    return _SQUEEZE.sub(_FIRST, s)
+    """Collapse every run of one repeated letter to a single letter (``_SQUEEZE.sub``; 26
+    C-speed substring checks and replaces beat a regex with a callback per run)."""
+    for cc, c in _PAIRS:
+        if cc in s:
+            s = s.replace(cc, c)
+            while cc in s:
+                s = s.replace(cc, c)
+    return s
 
 
 @dataclass(slots=True)
@@ -168,7 +177,7 @@ class Normalizer:
         if "*" in words:
             words = self._unmask_all(words)
         wt = tokens(words)
-        text_view = _SQUEEZE.sub(_FIRST, words)
+        text_view = squeeze(words)
         tt = tokens(text_view)
         return Normalized(text, base, words, text_view, wt, tt, frozenset(tt))
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 import re._constants as _sre
 import re._parser as _sre_parse
 from dataclasses import dataclass, field
@@ -79,6 +80,8 @@ class Rule:
     rank: tuple[int, int, int]
     source: str
     order: int = 0  # position in rank order (set by the builder; cheap sort key)
+    # pattern.search for a plain pattern on the text view (the common case, called inline)
+    text_search: Callable[[str], re.Match[str] | None] | None = None
 
 
 Gate = tuple[tuple[Rule, ...], tuple[Rule, ...], tuple[tuple[str, tuple[Rule, ...]], ...]]
@@ -520,6 +523,7 @@ class _Builder:
             weight=weight,
             rank=(-severity, CATEGORY_ORDER.index(category), self.count),
             source=where,
+            text_search=pattern.search if pattern is not None and view == "text" else None,
         )
 
     @staticmethod
