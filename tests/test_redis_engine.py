@@ -286,6 +286,7 @@ async def test_redis_outage_local_chat_goes_on_and_matching_resumes(engines, red
     await a.join("l1", prefs(), now())
     local = await a.join("l2", prefs(), now())
     await a.join("w", prefs(("wait",), only=True), now())
+    a.register_batch = a.reap_batch = 2  # several script calls each
     redis.kill()
     await eventually(lambda: not a.health()[0])
     _ok, reason = a.health()
@@ -565,3 +566,32 @@ async def test_a_stalled_redis_is_noticed_and_survived(engines, redis):
     await d
     await eventually(lambda: e.health()[0], timeout=10)
     assert (await e.stats()).total_online == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_big_dead_instance_is_reaped_in_batches(engines, redis):
+    a, sa = await engines("a")
+    b, _sb = await engines("b")
+    b.reap_batch = a.reap_batch = 7
+    b.register_batch = 5
+    for i in range(40):
+        await b.connect(f"b{i}", "2.2.2.2")
+    for i in range(3):
+        await a.connect(f"a{i}", "1.1.1.1")
+        await b.join(f"b{i}", prefs(), now())
+        await a.join(f"a{i}", prefs(), now())
+    for i in range(3, 20):
+        await b.join(f"b{i}", prefs((f"x{i}",), only=True), now())
+    assert (await a.stats()).total_online == 43
+    b._stopping = True
+    b._heartbeat.cancel()
+    b._cmd_factory.stopTrying()
+    b._reader_factory.stopTrying()
+    b._cmd.transport.abortConnection()
+    b._reader.transport.abortConnection()
+    took = await eventually(lambda: len(sa.of("left")) == 3, timeout=6)
+    assert took < 5
+    await eventually(lambda: redis.command("SISMEMBER", "instances", "b") == 0, timeout=3)
+    stats = await a.stats()
+    assert (stats.total_online, stats.active_chats, stats.in_queue) == (3, 0, 0)
+    assert redis.command("HGET", "stats:global", "online") == b"3"

@@ -18,8 +18,9 @@
   held back until its ``matched``).
 * **Liveness.**  ``instance:{id}`` is refreshed every 0.5 s with a 3.5 s TTL (a 3 s stall is
   survived); the same script reaps every registered instance whose key is gone (users leave
-  queues, partners are told, counts go down) — whoever runs it first.  An instance that finds its own key gone (it was reaped, or Redis
-  lost its data) registers its local state again (*resync*).
+  queues, partners are told, counts go down; 500 users per script call) — whoever runs it
+  first.  An instance that finds its own key gone (it was reaped, or Redis lost its data)
+  registers its local state again (*resync*).
 * **Outage.**  While Redis is unreachable, calls fail at once with :class:`EngineUnavailable`
   (``SERVICE_UNAVAILABLE`` for the client), ``health()`` says why, local chats go on, and the
   connections come back with a short backoff (0.1 s doubling to 2 s).  Local changes made
@@ -227,6 +228,8 @@ class RedisEngine:
     reply_timeout: ClassVar[float] = 3.0
     startup_wait: ClassVar[float] = 5.0
     batch_max: ClassVar[int] = 500
+    reap_batch: ClassVar[int] = 500  # users per reaping script call
+    register_batch: ClassVar[int] = 1000  # users per registration script call
 
     def __init__(self, config: EngineConfig, clock: IReactorTime) -> None:
         from twisted.internet import reactor
@@ -313,7 +316,7 @@ class RedisEngine:
             self._heartbeat.cancel()
         if self._available:
             try:
-                yield self._script("reap", self.instance, _ms(self.clock.seconds()))
+                yield self._reap_self()
             except Exception as e:
                 self.log.warn("could not deregister cleanly: {e}", e=e)
         self._available = False
@@ -398,13 +401,14 @@ class RedisEngine:
             await self._resync()
             self._registered = True
         else:
-            alive, _, _ = await self._raw(
+            alive, _, _, _ = await self._raw(
                 "EVALSHA",
                 self.shas["heartbeat"],
                 0,
                 self.instance,
                 _ms(self.heartbeat_ttl),
                 _ms(self.clock.seconds()),
+                0,
             )
             if not alive or self._dirty:
                 await self._resync()
@@ -433,7 +437,7 @@ class RedisEngine:
         """
         now = self.clock.seconds()
         self.counters["resyncs"] += 1
-        await self._raw("EVALSHA", self.shas["reap"], 0, self.instance, _ms(now))
+        await self._reap_self()
         self._outbox.clear()
         for room_id, room in list(self.rooms.items()):
             if not room.local_only:
@@ -453,15 +457,25 @@ class RedisEngine:
         for room_id, room in self.rooms.items():
             m = room.match
             rooms.append((room_id, m.mode, m.initiator, m.responder))
-        await self._raw(
-            "EVALSHA",
-            self.shas["register"],
-            0,
-            self.instance,
-            _ms(self.heartbeat_ttl),
-            _ms(now),
-            msgpack.packb((users, rooms, self._total_matches, self._conns)),
-        )
+        step = self.register_batch
+        for i in range(0, max(len(users), len(rooms), 1), step):
+            first = i == 0
+            await self._raw(
+                "EVALSHA",
+                self.shas["register"],
+                0,
+                self.instance,
+                _ms(self.heartbeat_ttl),
+                _ms(now),
+                msgpack.packb(
+                    (
+                        users[i : i + step],
+                        rooms[i : i + step],
+                        self._total_matches if first else 0,
+                        self._conns if first else {},
+                    )
+                ),
+            )
         waiting = sorted(
             ((u, lu) for u, lu in self.users.items() if lu.prefs is not None and lu.room is None),
             key=lambda x: x[1].joined_at,
@@ -478,6 +492,20 @@ class RedisEngine:
             self._join_result(user_id, reply, now)
         except EngineUnavailable:
             pass
+
+    async def _reap_self(self) -> None:
+        """Remove this instance's users from Redis, a batch per script call."""
+        while True:
+            _, more = await self._raw(
+                "EVALSHA",
+                self.shas["reap"],
+                0,
+                self.instance,
+                _ms(self.clock.seconds()),
+                self.reap_batch,
+            )
+            if not more:
+                return
 
     # --- commands -------------------------------------------------------------------------
     def _raw(self, *args: Any) -> defer.Deferred[Any]:
@@ -536,7 +564,7 @@ class RedisEngine:
                 return
             now = self.clock.seconds()
             d = self._script(
-                "heartbeat", self.instance, _ms(self.heartbeat_ttl), _ms(now)
+                "heartbeat", self.instance, _ms(self.heartbeat_ttl), _ms(now), self.reap_batch
             ).addCallback(self._beaten)
             d.addErrback(self._log_failure, "heartbeat")
             if self.reactor.seconds() >= self._next_touch:
@@ -546,7 +574,16 @@ class RedisEngine:
             self.log.failure("heartbeat failed")
 
     def _beaten(self, reply: list[int]) -> None:
-        alive, reaped, total = reply
+        alive, reaped, total, more = reply
+        if more and self._available:  # a big dead instance: go on reaping at once
+            d = self._script(
+                "heartbeat",
+                self.instance,
+                _ms(self.heartbeat_ttl),
+                _ms(self.clock.seconds()),
+                self.reap_batch,
+            )
+            d.addCallback(self._beaten).addErrback(self._log_failure, "reaper")
         self._total_matches = max(self._total_matches, int(total))
         if reaped:
             self.counters["reaped"] += reaped

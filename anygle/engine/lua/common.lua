@@ -295,12 +295,16 @@ local function remove_user(u, inst, runner, now)
     return partner, pinst, room_id
 end
 
--- Reap instance n: every user leaves queues and rooms (partners told), its keys go.
-local function reap(n, now)
-    local users = redis.call('SMEMBERS', iusers(n))
+-- Reap instance n: every user leaves queues and rooms (partners told), its keys go.  At most
+-- `limit` users per call (a script blocks Redis: 10 000 users would take a while); returns the
+-- users removed and whether some are left (then the instance stays registered and the next call
+-- goes on — matching already ignores users of an instance without heartbeat).
+local function reap(n, now, limit)
+    local users = redis.call('SRANDMEMBER', iusers(n), limit)
     -- partners on n itself are not told (n is gone); the reaper's own users hear it through its
     -- inbox like everybody else
     for _, u in ipairs(users) do remove_user(u, n, n, now) end
+    if redis.call('SCARD', iusers(n)) > 0 then return #users, true end
     local conns = redis.call('HGETALL', iconns(n))
     for k = 1, #conns, 2 do
         local ck = 'conns:' .. conns[k]
@@ -308,5 +312,5 @@ local function reap(n, now)
     end
     redis.call('DEL', iusers(n), iconns(n), ikeyinst(n), inbox(n))
     redis.call('SREM', INSTANCES, n)
-    return #users
+    return #users, false
 end
