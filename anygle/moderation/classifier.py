@@ -9,6 +9,7 @@ ZERO down so the first tier with a finding ends the work.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from operator import attrgetter
 
@@ -116,8 +117,8 @@ class Classifier:
                 if want_signals:
                     search = rule.text_search
                     if search is not None:
-                        m = search(text)
-                        evidence = m.group() if m is not None else None
+                        m = search(norm.text1 if rule.shifted else text)
+                        evidence = None if m is None else m.group()[rule.shifted :]
                     else:
                         evidence = _match(rule, norm)
                     if evidence is not None:
@@ -144,10 +145,10 @@ class Classifier:
             for rule in tiers.get(tier, ()):
                 search = rule.text_search
                 if search is not None:
-                    m = search(text)
+                    m = search(norm.text1 if rule.shifted else text)
                     if m is None:
                         continue
-                    evidence = m.group()
+                    evidence = m.group()[rule.shifted :]
                 else:
                     evidence = _match(rule, norm)
                     if evidence is None:
@@ -224,29 +225,51 @@ def _view(rule: Rule, norm: Normalized) -> str:
 def _match(rule: Rule, norm: Normalized) -> str | None:
     s = _view(rule, norm)
     if rule.pattern is not None:
+        if rule.shifted:
+            m = rule.pattern.search(norm.text1)
+            return m.group()[1:] if m else None
         m = rule.pattern.search(s)
         return m.group() if m else None
     assert rule.near is not None
     # The second pattern is the gated (rarer) one: find it first, then look for the first
     # pattern only in a window around each hit instead of the whole message.
     other, reach = rule.near[0], rule.within + _NEAR_SPAN
+    other_shifted, near_shifted = rule.near_shifted
+    s1 = norm.text1 if other_shifted or near_shifted else s
     near_keys = rule.near_keys
     n = len(s)
-    for m in rule.near[1].finditer(s):
-        s2, e2 = m.span()
+    for s2, e2 in _spans(rule.near[1], near_shifted, s, s1, 0, n):
         lo, hi = max(0, s2 - reach), min(n, e2 + reach)
         if near_keys is not None and not _window_has(near_keys, s, lo, hi):
             continue  # every match of the first pattern holds one of these words
-        for m1 in other.finditer(s, lo, hi):
-            s1, e1 = m1.span()
+        for a1, e1 in _spans(other, other_shifted, s, s1, lo, hi):
             if e1 == hi < n:  # may be cut short by the window: match again on the full text
-                full = other.match(s, s1)
+                full = other.match(s1, a1) if other_shifted else other.match(s, a1)
                 if full is None:
                     continue
-                e1 = full.end()
-            if max(s2 - e1, s1 - e2) <= rule.within:
-                return s[min(s1, s2) : max(e1, e2)]
+                e1 = full.end() - other_shifted
+            if max(s2 - e1, a1 - e2) <= rule.within:
+                return s[min(a1, s2) : max(e1, e2)]
     return None
+
+
+def _spans(
+    pattern: re.Pattern[str], shifted: bool, s: str, s1: str, lo: int, hi: int
+) -> Iterator[tuple[int, int]]:
+    """Spans (in ``s``) of the successive matches of ``pattern`` in ``s[lo:hi]``; a SHIFTED
+    pattern runs on ``s1`` (= ' ' + s), where the same match sits one character later."""
+    if not shifted:
+        for m in pattern.finditer(s, lo, hi):
+            yield m.span()
+        return
+    pos, end = lo, hi + 1
+    while True:
+        m = pattern.search(s1, pos, end)
+        if m is None:
+            return
+        a, b = m.start(), m.end() - 1
+        yield a, b
+        pos = b if b > a else a + 1
 
 
 def _window_has(keys: frozenset[str], s: str, lo: int, hi: int) -> bool:

@@ -95,8 +95,8 @@ _LEET_HINT = re.compile(r"[0-9@$|!](?:(?<=[a-z][0-9@$|])|(?=[a-z]))")
 _LEET_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789@$!|")
 _LEET_SYMBOL = re.compile(r"[0-9@$|!]")
 _TOKEN_TABLE = bytes(c if 97 <= c <= 122 else 32 for c in range(256))
-# For the single-letter-run gate: apostrophes and digits stay inside tokens ("i'm", "2b").
-_GATE_TABLE = bytes(c if 97 <= c <= 122 or 48 <= c <= 57 or c == 39 else 32 for c in range(256))
+# For the single-letter-run gate: digits stay inside tokens ("2b" is no single letter).
+_GATE_TABLE = bytes(c if 97 <= c <= 122 or 48 <= c <= 57 else 32 for c in range(256))
 _NON_ASCII = re.compile(r"[^\x00-\x7f]+")
 # Digit-first tokens that are numbers with a unit or ordinal, never leetspeak ("14yo", "3rd").
 _UNIT = re.compile(
@@ -104,8 +104,7 @@ _UNIT = re.compile(
     r"|mm|cm|ml|lb|lbs|ft|p|v|gen|mph)"
 )
 _MASKED = re.compile(r"[a-z]+\*+[a-z]*|\*+[a-z]{2,}")
-# A letter glued to an apostrophe ("i'm a", "don't u") never starts or continues a run.
-_SINGLE_RUN = re.compile(r"(?<![a-z0-9'])[a-z](?:[ ._\-*+~|/\\,:;]{1,3}[a-z](?![a-z0-9']))+")
+_SINGLE_RUN = re.compile(r"(?<![a-z0-9])[a-z](?:[ ._\-*+~|/\\,:;]{1,3}[a-z](?![a-z0-9]))+")
 _SEPARATOR = re.compile(r"[ ._\-*+~|/\\,:;]+")
 _SPACED = re.compile(r"[ ._\-*+~|/\\,:;]*\s[ ._\-*+~|/\\,:;]*")
 _SQUEEZE = re.compile(r"([a-z])\1+")
@@ -142,6 +141,15 @@ class Normalized:
     text_tokens: list[str]
     token_set: frozenset[str]
     _raw: str | None = None
+    _text1: str | None = None
+
+    @property
+    def text1(self) -> str:
+        """``text`` with a space in front, for patterns whose left word boundary is a consumed
+        character (see rules.SHIFTED)."""
+        if self._text1 is None:
+            self._text1 = " " + self.text
+        return self._text1
 
     @property
     def raw(self) -> str:
@@ -304,8 +312,8 @@ def _fold_match(m: re.Match[str]) -> str:
 
 
 def _has_single_pair(s: str) -> bool:
-    """Two single-letter tokens in a row (apostrophes and digits count as letters here): the
-    only way a run like 's e x' can exist."""
+    """Two single-letter tokens in a row (digits count as letters here): the only way a run
+    like 's e x' can exist."""
     toks = s.encode("ascii", "replace").translate(_GATE_TABLE).split()
     try:
         if b"\x01\x01" not in bytes(map(len, toks)):  # C-speed; tokens are < 256 chars

@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
 import re._constants as _sre
 import re._parser as _sre_parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,6 +82,8 @@ class Rule:
     order: int = 0  # position in rank order (set by the builder; cheap sort key)
     # pattern.search for a plain pattern on the text view (the common case, called inline)
     text_search: Callable[[str], re.Match[str] | None] | None = None
+    shifted: bool = False  # pattern is SHIFTED: search norm.text1, drop the first character
+    near_shifted: tuple[bool, bool] = (False, False)
 
 
 Gate = tuple[tuple[Rule, ...], tuple[Rule, ...], tuple[tuple[str, tuple[Rule, ...]], ...]]
@@ -218,10 +220,18 @@ def _closing(src: str, open_at: int) -> int:
     return -1
 
 
-def _with_boundaries(src: str) -> str:
+SHIFTED = "[^a-z0-9](?:"
+
+
+def _with_boundaries(src: str, shift: bool = False) -> str:
     """Wrap in word boundaries. When the pattern starts with a fixed word, put that word first
     and check the boundary after it: Python's regex engine then finds candidate positions with
-    a fast literal scan instead of trying every position (5-10x faster on a 200-char text)."""
+    a fast literal scan instead of trying every position (5-10x faster on a 200-char text).
+
+    Otherwise, with ``shift``, the left boundary is a consumed non-alphanumeric character
+    (``SHIFTED``): such a pattern runs on the view with a space in front (``text1``), and the
+    engine skips letters at C speed instead of evaluating a lookbehind at every position
+    (about 25 % faster). Matches are the same, one character later."""
     m = _LEADING_LITERAL.match(src)
     if m and len(split_alternation(src)) == 1:
         lit = m.group()
@@ -229,6 +239,8 @@ def _with_boundaries(src: str) -> str:
             lit = lit[:-1]
         if lit:
             return f"{lit}(?<![a-z0-9]{lit})(?:{src[len(lit) :]})(?![a-z0-9])"
+    if shift:
+        return f"{SHIFTED}{src})(?![a-z0-9])"
     return f"(?<![a-z0-9])(?:{src})(?![a-z0-9])"
 
 
@@ -429,7 +441,7 @@ class _Builder:
             src = squeeze_regex(src)
             # Every word a rule mentions may be spelled out letter by letter ("s e l l").
             self.known.update(w for w in _LITERAL.findall(src) if len(w) > 1)
-            src = _with_boundaries(src)
+            src = _with_boundaries(src, shift=True)
         elif view == "base":
             src = _with_boundaries(src.replace(" ?", r"\s*").replace(" ", r"\s+"))
         else:
@@ -524,6 +536,12 @@ class _Builder:
             rank=(-severity, CATEGORY_ORDER.index(category), self.count),
             source=where,
             text_search=pattern.search if pattern is not None and view == "text" else None,
+            shifted=pattern is not None and pattern.pattern.startswith(SHIFTED),
+            near_shifted=(
+                (near[0].pattern.startswith(SHIFTED), near[1].pattern.startswith(SHIFTED))
+                if near is not None
+                else (False, False)
+            ),
         )
 
     @staticmethod
