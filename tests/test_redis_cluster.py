@@ -113,6 +113,7 @@ async def test_redis_killed_and_restarted(cluster: Cluster):
     await match(n1[0], n1[1], interests=["same"], interestsOnly=True)  # same instance
     cross = (n2[0], groups["node3"][0])
     await match(*cross, interests=["x"], interestsOnly=True)
+    await sleep(1.1)  # heartbeats tell every instance totalMatches (2)
     await threads.deferToThread(cluster.redis.kill)
     await sleep(0.5)
     for inst in cluster.instances:
@@ -158,3 +159,4 @@ async def test_redis_killed_and_restarted(cluster: Cluster):
     # the global figures were rebuilt: 6 online, the local chat and the new one
     code, stats = await threads.deferToThread(http_get, cluster.port, "/stats")
     assert (stats["totalOnline"], stats["activeChats"]) == (6, 2)
+    assert stats["totalMatches"] == 3  # restored from the instances after Redis lost it
