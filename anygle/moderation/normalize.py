@@ -222,9 +222,11 @@ class Normalizer:
             return tok
         candidates = self._masked.get((len(tok), tok[0]))
         if candidates:
-            pattern = re.compile(re.sub(r"\*+", lambda s: "[a-z]" * len(s.group()), tok))
+            # Each '*' stands for one letter (candidates are letters only): compare the other
+            # positions directly instead of compiling a regex per masked word.
+            fixed = [(i, c) for i, c in enumerate(tok) if c != "*"]
             for w in candidates:
-                if pattern.fullmatch(w):
+                if all(w[i] == c for i, c in fixed):
                     return w
         return tok
 
@@ -316,12 +318,9 @@ def _has_single_pair(s: str) -> bool:
     like 's e x' can exist."""
     toks = s.encode("ascii", "replace").translate(_GATE_TABLE).split()
     try:
-        if b"\x01\x01" not in bytes(map(len, toks)):  # C-speed; tokens are < 256 chars
-            return False
+        return b"\x01\x01" in bytes(map(len, toks))  # C-speed; tokens are < 256 chars
     except ValueError:
-        if not any(len(a) == len(b) == 1 for a, b in pairwise(toks)):
-            return False
-    return any(len(a) == len(b) == 1 and a.isalpha() and b.isalpha() for a, b in pairwise(toks))
+        return any(len(a) == len(b) == 1 for a, b in pairwise(toks))
 
 
 def _apply_leet(s: str) -> str:
