@@ -286,10 +286,13 @@ def _word_hits(rules: Rules, norm: Normalized) -> dict[Severity, tuple[str, str]
     token so 'as' never matches 'ass'."""
     words = rules.words
     best: dict[Severity, tuple[str, str]] = {}
+    present = norm.token_set & rules.word_keys  # C-level; usually empty
+    if not present:
+        return best
     for raw_token, token in zip(norm.word_tokens, norm.text_tokens, strict=True):
-        entries = words.get(token)
-        if not entries or token in rules.allow:
+        if token not in present or token in rules.allow:
             continue
+        entries = words[token]
         for entry in entries:
             if entry.verify.fullmatch(raw_token):
                 old = best.get(entry.severity)

@@ -104,6 +104,7 @@ class Rules:
     # e.g. the 16 "add me on %app%" branches are only looked at when "add", "follow", ... occur.
     gates: dict[str, Gate] = field(default_factory=dict)
     gate_keys: frozenset[str] = field(default=frozenset())
+    word_keys: frozenset[str] = field(default=frozenset())  # the keys of ``words``
 
 
 def load_rules(extra: str | None = None) -> Rules:
@@ -410,6 +411,7 @@ class _Builder:
             sources=tuple(str(p) for p in files),
             gates=_gates(by_key),
             gate_keys=frozenset(by_key),
+            word_keys=frozenset(self.words),
         )
 
     @staticmethod
