@@ -68,6 +68,8 @@ def _on_signal(signum: int, frame: Any) -> None:
 
 def install_cleanup() -> None:
     atexit.register(kill_all)
+    # Ctrl-C stops the run even when we were started with SIGINT ignored (``cmd &`` in a script)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGHUP, _on_signal)
 

@@ -376,6 +376,8 @@ class Bench:
                 ("redis-same", lambda: self.relay_redis(False, "redis-same")),
                 ("redis-cross", lambda: self.relay_redis(True, "redis-cross")),
             ]
+        if a.rows:
+            plan = [(row, fn) for row, fn in plan if row in a.rows]
         rows = self.repeated("relay", plan)
         if not ok:
             for row in ("redis-same", "redis-cross"):
@@ -1054,6 +1056,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         default=7.0,
         help="memory scenario: ping round trips measured per phase (reactor stalls; 0: off)",
+    )
+    p.add_argument(
+        "--rows",
+        default=None,
+        type=lambda v: [x for x in v.split(",") if x],
+        help="relay rows to run (default all): baseline,memory-off,memory-on,redis-same,"
+        "redis-cross",
     )
     p.add_argument("--no-redis", action="store_true")
     p.add_argument("--no-nginx", action="store_true")
