@@ -595,3 +595,26 @@ async def test_a_big_dead_instance_is_reaped_in_batches(engines, redis):
     stats = await a.stats()
     assert (stats.total_online, stats.active_chats, stats.in_queue) == (3, 0, 0)
     assert redis.command("HGET", "stats:global", "online") == b"3"
+
+
+@pytest_twisted.ensureDeferred
+async def test_changes_made_while_starting_reach_redis(redis):
+    e = RedisEngine(EngineConfig(instance_id="early", redis_url=redis.url), reactor)
+    sink = Sink()
+    started = e.start(sink)
+    try:
+        # the hub may take connections before the first registration: they wait for it
+        c1, c2 = e.connect("e1", "1.1.1.1"), e.connect("e2", "1.1.1.1")
+        gone = e.disconnect("e2")
+        assert not e.health()[0]
+        await c1
+        await c2
+        await gone
+        await started
+        assert e.health()[0]
+        assert redis.command("SMEMBERS", "instance:early:users") == [b"e1"]
+        assert (await e.stats()).total_online == 1
+        assert await e.join("e1", prefs(), now()) is None
+    finally:
+        await e.stop()
+    assert redis.command("HGET", "stats:global", "online") == b"0"

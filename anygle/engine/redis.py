@@ -385,8 +385,9 @@ class RedisEngine:
         """Load the scripts, then register (first time, or when dirty/reaped) or just go on."""
         if self._syncing is not None:
             return
+        proto = self._cmd
         self._syncing = defer.ensureDeferred(self._do_sync())
-        self._syncing.addErrback(self._sync_failed)
+        self._syncing.addErrback(self._sync_failed, proto)
         self._syncing.addBoth(self._sync_done)
 
     async def _do_sync(self) -> None:
@@ -419,11 +420,10 @@ class RedisEngine:
             for d in waiters:
                 d.callback(None)
 
-    def _sync_failed(self, failure: Failure) -> None:
+    def _sync_failed(self, failure: Failure, proto: Any) -> None:
         self.log.warn("redis sync failed: {f}", f=failure.getErrorMessage())
         self._reason = f"redis unavailable: {failure.getErrorMessage()}"
-        proto = self._cmd
-        if proto is not None and proto.transport is not None:
+        if proto is not None and proto is self._cmd and proto.transport is not None:
             proto.transport.loseConnection()  # reconnect and try again
 
     def _sync_done(self, _: Any) -> None:
@@ -452,6 +452,8 @@ class RedisEngine:
         users, rooms = [], []
         for user_id, local in self.users.items():
             room = self.rooms.get(local.room) if local.room else None
+            if room is None:
+                local.room = None
             partner = room.match.partner_of(user_id) if room else ""
             users.append((user_id, local.ip, local.socket_id, local.room or "", partner))
         for room_id, room in self.rooms.items():
@@ -779,34 +781,54 @@ class RedisEngine:
         self.log.warn("{n} relayed frames lost: {e}", n=n, e=failure.getErrorMessage())
 
     # --- sessions -------------------------------------------------------------------------
+    def _online_or_not(
+        self, online: Callable[[], defer.Deferred[Any]], offline: Callable[[], Any]
+    ) -> defer.Deferred[Any]:
+        """Run ``online`` (the Redis part of a local change) now — or as soon as the
+        synchronisation in progress is done; when Redis cannot be used, ``offline`` does the local
+        part only and its value is the result: the instance is *dirty* and resyncs on reconnect."""
+
+        def fallback(failure: Failure | None = None) -> Any:
+            if failure is not None:
+                failure.trap(EngineUnavailable)
+            self._dirty = True
+            return offline()
+
+        if self._available:
+            d = online()
+        elif not self._stopping and (
+            self._syncing is not None or (not self._registered and self._cmd_factory is not None)
+        ):
+            d = self.when_ready(self.startup_wait).addCallback(lambda _: online())
+        else:
+            return defer.maybeDeferred(fallback)
+        return d.addErrback(fallback)
+
     def connect(self, user_id: str, ip: str) -> defer.Deferred[None]:
         local = _Local(ip, uuid.uuid4().hex)
         self.users[user_id] = local
-        if not self._available:
-            self._dirty = True  # registered on reconnect
-            return defer.succeed(None)
-        d = self._script(
-            "connect", user_id, self.instance, ip, local.socket_id, _ms(self.clock.seconds())
-        )
-        d.addCallback(lambda _: None)
-        d.addErrback(lambda f: f.trap(EngineUnavailable) and None)
-        return d
+
+        def online() -> defer.Deferred[None]:
+            if self.users.get(user_id) is not local:
+                return defer.succeed(None)  # gone again meanwhile
+            return self._script(
+                "connect", user_id, self.instance, ip, local.socket_id, _ms(self.clock.seconds())
+            ).addCallback(lambda _: None)
+
+        return self._online_or_not(online, lambda: None)  # offline: registered on reconnect
 
     def disconnect(self, user_id: str) -> defer.Deferred[None]:
         local = self.users.pop(user_id, None)
         taken = self._take_room(local)
-        if not self._available:
-            self._offline_partner_left(user_id, taken, "disconnected")
-            return defer.succeed(None)
-        d = self._script("disconnect", user_id, self.instance, _ms(self.clock.seconds()))
-        d.addCallback(self._left, "disconnected")
 
-        def failed(f: Failure) -> None:
-            f.trap(EngineUnavailable)
+        def online() -> defer.Deferred[None]:
+            d = self._script("disconnect", user_id, self.instance, _ms(self.clock.seconds()))
+            return d.addCallback(self._left, "disconnected").addCallback(lambda _: None)
+
+        def offline() -> None:
             self._offline_partner_left(user_id, taken, "disconnected")
 
-        d.addCallbacks(lambda _: None, failed)
-        return d
+        return self._online_or_not(online, offline)
 
     def _take_room(self, local: _Local | None) -> tuple[str, _Room | None] | None:
         """Detach a local user from its room (before asking Redis to end it)."""
@@ -912,17 +934,9 @@ class RedisEngine:
         was_waiting = local is not None and local.prefs is not None
         if local is not None:
             local.prefs = None
-        if not self._available:
-            self._dirty = True
-            return defer.succeed(was_waiting)
-        d = self._script("leave_queue", user_id)
-        d.addCallback(bool)
-
-        def failed(f: Failure) -> bool:
-            f.trap(EngineUnavailable)
-            return was_waiting
-
-        return d.addErrback(failed)
+        return self._online_or_not(
+            lambda: self._script("leave_queue", user_id).addCallback(bool), lambda: was_waiting
+        )
 
     def tick(self, now: float) -> defer.Deferred[int]:
         if not self._available:
@@ -967,23 +981,21 @@ class RedisEngine:
     # --- rooms ----------------------------------------------------------------------------
     def leave_room(self, user_id: str, reason: str) -> defer.Deferred[str | None]:
         taken = self._take_room(self.users.get(user_id))
-        if not self._available:
-            return defer.succeed(self._offline_partner_left(user_id, taken, reason))
-        d = self._script(
-            "leave_room",
-            user_id,
-            self.instance,
-            reason,
-            _ms(self.clock.seconds()),
-            _ms(self.config.rematch_cooldown),
+
+        def online() -> defer.Deferred[str | None]:
+            d = self._script(
+                "leave_room",
+                user_id,
+                self.instance,
+                reason,
+                _ms(self.clock.seconds()),
+                _ms(self.config.rematch_cooldown),
+            )
+            return d.addCallback(self._left, reason)
+
+        return self._online_or_not(
+            online, lambda: self._offline_partner_left(user_id, taken, reason)
         )
-        d.addCallback(self._left, reason)
-
-        def failed(f: Failure) -> str | None:
-            f.trap(EngineUnavailable)
-            return self._offline_partner_left(user_id, taken, reason)
-
-        return d.addErrback(failed)
 
     # --- stats ----------------------------------------------------------------------------
     def stats(self) -> defer.Deferred[Stats]:
@@ -1136,12 +1148,10 @@ class RedisEngine:
             del self._conns[ip]
         else:
             self._conns[ip] = count - 1
-        if not self._available:
-            self._dirty = True  # the counts are registered again on reconnect
-            return defer.succeed(None)
-        d = self._script("release", ip, self.instance)
-        d.addCallback(lambda _: None)
-        return d.addErrback(lambda f: f.trap(EngineUnavailable) and None)
+        return self._online_or_not(  # offline: the counts are registered again on reconnect
+            lambda: self._script("release", ip, self.instance).addCallback(lambda _: None),
+            lambda: None,
+        )
 
 
 def _text(value: bytes | str) -> str:
