@@ -618,3 +618,24 @@ async def test_changes_made_while_starting_reach_redis(redis):
     finally:
         await e.stop()
     assert redis.command("HGET", "stats:global", "online") == b"0"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connection_blip_without_local_changes_keeps_cross_instance_chats(engines):
+    a, sa = await engines("a")
+    b, sb = await engines("b")
+    await a.connect("ua", "1.1.1.1")
+    await b.connect("ub", "2.2.2.2")
+    await a.join("ua", prefs(), now())
+    m = await b.join("ub", prefs(), now())
+    await eventually(lambda: sa.of("matched"))
+    a.stats()  # in flight when the connection drops: harmless (read only)
+    a._cmd.transport.abortConnection()
+    a._reader.transport.abortConnection()
+    await eventually(lambda: not a.health()[0])
+    await eventually(lambda: a.health()[0], timeout=6)
+    assert a.counters["resyncs"] == 1  # the start only
+    a.relay("ub", m.room_id, {"type": "message", "data": "after the blip"})
+    b.relay("ua", m.room_id, {"type": "message", "data": "me too"})
+    await eventually(lambda: sb.of("relay") and sa.of("relay"))
+    assert not sa.of("left") and not sb.of("left")

@@ -82,6 +82,12 @@ SCRIPTS = (
     "touch",
 )
 
+# Scripts whose loss in flight (connection dropped before the reply) leaves nothing to put right:
+# they read, refresh TTLs, count, or reap other instances (idempotent).
+SAFE_TO_LOSE = frozenset(
+    {"check_bans", "heartbeat", "incr", "queue_status", "rate", "stats", "touch", "ban"}
+)
+
 _CONNECTION_ERRORS = (txredisapi.ConnectionError, ConnectionError, defer.CancelledError)
 
 
@@ -526,7 +532,7 @@ class RedisEngine:
         self._flush_outbox()
         d = self._raw("EVALSHA", self.shas[name], 0, *args)
         d.addErrback(self._noscript, name, args)
-        d.addErrback(self._unavailable)
+        d.addErrback(self._unavailable, name not in SAFE_TO_LOSE)
         return d
 
     def _noscript(self, failure: Failure, name: str, args: tuple[Any, ...]) -> Any:
@@ -535,10 +541,11 @@ class RedisEngine:
             return failure
         return self._raw("EVAL", self.scripts[name], 0, *args)
 
-    def _unavailable(self, failure: Failure) -> Any:
+    def _unavailable(self, failure: Failure, changes_state: bool = False) -> Any:
         if failure.check(EngineUnavailable, *_CONNECTION_ERRORS):
-            # the command may or may not have run: Redis is resynchronised on reconnect
-            self._dirty = True
+            if changes_state:
+                # the script may or may not have run: Redis is resynchronised on reconnect
+                self._dirty = True
             if not failure.check(EngineUnavailable):
                 raise EngineUnavailable(f"redis unavailable: {failure.getErrorMessage()}")
         return failure
@@ -611,8 +618,12 @@ class RedisEngine:
 
     def _purge(self) -> None:
         limit = self.reactor.seconds() - 60.0
-        if self._ended:
-            self._ended = {r: t for r, t in self._ended.items() if t > limit}
+        ended = self._ended
+        while ended:  # insertion order is time order
+            room_id = next(iter(ended))
+            if ended[room_id] > limit:
+                break
+            del ended[room_id]
         if self._early:
             limit = self.reactor.seconds() - 30.0
             for room_id in [r for r, evs in self._early.items() if evs[0][0] < limit]:
