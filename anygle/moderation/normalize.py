@@ -26,7 +26,6 @@ import re
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
-from itertools import pairwise
 from operator import itemgetter
 
 import confusable_homoglyphs
@@ -95,8 +94,6 @@ _LEET_HINT = re.compile(r"[0-9@$|!](?:(?<=[a-z][0-9@$|])|(?=[a-z]))")
 _LEET_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789@$!|")
 _LEET_SYMBOL = re.compile(r"[0-9@$|!]")
 _TOKEN_TABLE = bytes(c if 97 <= c <= 122 else 32 for c in range(256))
-# For the single-letter-run gate: digits stay inside tokens ("2b" is no single letter).
-_GATE_TABLE = bytes(c if 97 <= c <= 122 or 48 <= c <= 57 else 32 for c in range(256))
 _NON_ASCII = re.compile(r"[^\x00-\x7f]+")
 # Digit-first tokens that are numbers with a unit or ordinal, never leetspeak ("14yo", "3rd").
 _UNIT = re.compile(
@@ -104,6 +101,9 @@ _UNIT = re.compile(
     r"|mm|cm|ml|lb|lbs|ft|p|v|gen|mph)"
 )
 _MASKED = re.compile(r"[a-z]+\*+[a-z]*|\*+[a-z]{2,}")
+# The shortest _SINGLE_RUN ("s e"), searched in " " + text with the left boundary consumed:
+# the engine skips letters at C speed. A match means _SINGLE_RUN has work to do.
+_SINGLE_PAIR = re.compile(r"[^a-z0-9][a-z][ ._\-*+~|/\\,:;]{1,3}[a-z](?![a-z0-9])")
 _SINGLE_RUN = re.compile(r"(?<![a-z0-9])[a-z](?:[ ._\-*+~|/\\,:;]{1,3}[a-z](?![a-z0-9]))+")
 _SEPARATOR = re.compile(r"[ ._\-*+~|/\\,:;]+")
 _SPACED = re.compile(r"[ ._\-*+~|/\\,:;]*\s[ ._\-*+~|/\\,:;]*")
@@ -180,8 +180,10 @@ class Normalizer:
         words = base
         if _LEET_SYMBOL.search(words) and _LEET_HINT.search(words):
             words = _apply_leet(words)
-        if _has_single_pair(words):
-            words = _SINGLE_RUN.sub(self._join_run, words)
+        m = _SINGLE_PAIR.search(" " + words)
+        if m is not None:  # the first run starts at m.start() (after the consumed separator)
+            at = m.start()
+            words = words[:at] + _SINGLE_RUN.sub(self._join_run, words[at:])
         if "*" in words:
             words = self._unmask_all(words)
         wt = tokens(words)
@@ -311,16 +313,6 @@ def fold(text: str) -> str:
 
 def _fold_match(m: re.Match[str]) -> str:
     return m.group().translate(FOLD_TABLE)
-
-
-def _has_single_pair(s: str) -> bool:
-    """Two single-letter tokens in a row (digits count as letters here): the only way a run
-    like 's e x' can exist."""
-    toks = s.encode("ascii", "replace").translate(_GATE_TABLE).split()
-    try:
-        return b"\x01\x01" in bytes(map(len, toks))  # C-speed; tokens are < 256 chars
-    except ValueError:
-        return any(len(a) == len(b) == 1 for a, b in pairwise(toks))
 
 
 def _apply_leet(s: str) -> str:
