@@ -242,6 +242,10 @@ class Bench:
                 1,
             ),
             "steal_cpu_pct": round(100 * (st1 - st0) / secs, 1),
+            # server CPU per delivered message: steadier than the rate on a busy machine
+            "server_us_per_msg": round(
+                (sum(s1.values()) - sum(s0.values())) / max(rate * secs, 1) * 1e6, 2
+            ),
             "load_avg": round(os.getloadavg()[0], 2),
             "workers": len(results),
             "failed": sum(r["failed"] for r in results),
@@ -334,6 +338,7 @@ class Bench:
                 best["rates"] = [r["rate"] for r in good]
             best["rates_by_round"] = [r.get("rate") for r in results]
             best["other_cpu_by_round"] = [r.get("other_cpu_pct") for r in results]
+            best["us_by_round"] = [r.get("server_us_per_msg") for r in results]
             if best_note:
                 best["disturbed"] = best_note
             if len(good) < len(results):
@@ -385,6 +390,7 @@ class Bench:
         by = {r["row"]: r for r in rows}
         for r in rows:
             r["x_baseline"] = self.paired_ratio(r, by.get("baseline"))
+            r["x_baseline_per_cpu"] = cpu_ratio(r, by.get("baseline"))
             if r["row"] == "redis-cross":
                 r["x_same_instance"] = self.paired_ratio(r, by.get("redis-same"))
         return {
@@ -736,6 +742,20 @@ class CpuWindow:
         }
 
 
+def cpu_ratio(row: dict[str, Any], ref: dict[str, Any] | None) -> float | None:
+    """Throughput per server CPU second relative to ``ref`` (the median over rounds of
+    ref µs/msg ÷ row µs/msg): what the ratio would be if both servers had a core to themselves,
+    far less sensitive to other load on the machine than the rate."""
+    if not ref:
+        return None
+    pairs = [
+        b / a
+        for a, b in zip(row.get("us_by_round") or [], ref.get("us_by_round") or [], strict=False)
+        if a and b
+    ]
+    return round(statistics.median(pairs), 3) if pairs else None
+
+
 NOISY = 25.0  # % of a core used by other processes during a run: the run counts as disturbed
 
 
@@ -835,16 +855,18 @@ def table(results: dict[str, Any]) -> str:
             )
             + ")",
             "",
-            "| row | msgs/s | x baseline | x same-instance | server CPU % | client CPU % "
-            "| other CPU % | runs, k msgs/s | notes |",
-            "|---|---:|---:|---:|---:|---:|---:|---|---|",
+            "| row | msgs/s | x baseline | x same-instance | server µs/msg "
+            "| x baseline per CPU | server CPU % | client CPU % | other CPU % | runs, k msgs/s "
+            "| notes |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
         ]
         for r in rel["rows"]:
             note = r.get("error", "").splitlines()[0][:90] if r.get("error") else _errs(r)
             out.append(
                 f"| {r['row']} | {fmt(r.get('rate'), ',.0f')} | "
                 f"{fmt(r.get('x_baseline'), '.2f')} | "
-                f"{fmt(r.get('x_same_instance'), '.2f')} | "
+                f"{fmt(r.get('x_same_instance'), '.2f')} | {fmt(r.get('server_us_per_msg'))} | "
+                f"{fmt(r.get('x_baseline_per_cpu'), '.2f')} | "
                 f"{fmt(r.get('server_cpu_pct'))} | {fmt(r.get('client_cpu_pct'))} | "
                 f"{fmt(r.get('other_cpu_pct'))} | {spread(r)} | {note} |"
             )
