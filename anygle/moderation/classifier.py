@@ -108,13 +108,18 @@ class Classifier:
         tokens = norm.token_set
         # One pass: grooming signals, and verdict rules bucketed by severity (already in
         # category order, so the first match of a tier names it).
-        found: list[Signal] = []
+        # One signal per type (the heaviest): the window counts each type once anyway, so a
+        # rule that cannot raise its type's weight is not run.
+        found_by_type: dict[str, Signal] = {}
         tiers: dict[Severity, list[Rule]] = {}
         want_signals = signals and moderated
         text = norm.text
         for rule in _candidates(rules, tokens, norm.base, norm.text):
             if rule.signal is not None:
                 if want_signals:
+                    have = found_by_type.get(rule.signal)
+                    if have is not None and have.weight >= rule.weight:
+                        continue
                     search = rule.text_search
                     if search is not None:
                         m = search(norm.text1 if rule.shifted else text)
@@ -122,7 +127,7 @@ class Classifier:
                     else:
                         evidence = _match(rule, norm)
                     if evidence is not None:
-                        found.append(Signal(rule.signal, rule.weight, evidence))
+                        found_by_type[rule.signal] = Signal(rule.signal, rule.weight, evidence)
                 continue
             category = rule.category
             if only is not None and category not in only:
@@ -132,6 +137,7 @@ class Classifier:
             if not protect_personal_info and category in PROTECTED_CATEGORIES:
                 continue
             tiers.setdefault(rule.severity, []).append(rule)
+        found = list(found_by_type.values())
         check_own_pi = (
             protect_personal_info
             and moderated
