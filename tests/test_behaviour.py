@@ -504,3 +504,16 @@ async def test_huge_frame_closes_with_1009(server):
     c.send_raw(b"\x00" * (70 * 1024))
     await c.closed
     assert c.close_code == 1009
+
+
+@pytest_twisted.ensureDeferred
+async def test_half_open_peer_is_dropped_by_server_pings(make_server):
+    # Autobahn schedules ping timeouts on a timer batched to whole seconds: keep them >= 1 s
+    server = await make_server(ping_interval=1.0, ping_timeout=2.0)
+    a, b = await server.pair()
+    await sleep(2.5)  # a live client answers the pings (Autobahn does it for us)
+    a.send("message", {"content": "alive"})
+    assert (await b.expect("message"))["data"]["content"] == "alive"
+    a.proto.transport.pauseProducing()  # a stops reading: no pongs any more
+    await b.expect("partner_disconnected", timeout=10)
+    assert a.user_id not in server.hub.sessions
