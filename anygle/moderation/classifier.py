@@ -114,7 +114,7 @@ class Classifier:
         tiers: dict[Severity, list[Rule]] = {}
         want_signals = signals and moderated
         text = norm.text
-        for rule in _candidates(rules, tokens, norm.base, norm.text):
+        for rule in _candidates(rules, tokens, norm.base):
             if rule.signal is not None:
                 if want_signals:
                     have = found_by_type.get(rule.signal)
@@ -183,7 +183,7 @@ class Classifier:
     def grooming_signals(self, norm: Normalized, rules: Rules | None = None) -> list[Signal]:
         rules = rules or self._rules
         found = []
-        for rule in _candidates(rules, norm.token_set, norm.base, norm.text):
+        for rule in _candidates(rules, norm.token_set, norm.base):
             if rule.signal is None:
                 continue
             evidence = _match(rule, norm)
@@ -192,12 +192,9 @@ class Classifier:
         return found
 
 
-def _candidates(
-    rules: Rules, tokens: frozenset[str], base: str = "", text: str | None = None
-) -> list[Rule]:
-    """Rules to run: one of their keys and all of their required words are in the message,
-    and (given the text view) the RE2 prefilter says their pattern can match; sorted by rank
-    (severity, category order)."""
+def _candidates(rules: Rules, tokens: frozenset[str], base: str = "") -> list[Rule]:
+    """Rules to run: one of their keys and all of their required words are in the message;
+    sorted by rank (severity, category order)."""
     gates = rules.gates
     free: set[Rule] = set(rules.always)  # gated by the key alone
     check: set[Rule] = set()  # required words or also_keys still to check
@@ -222,11 +219,6 @@ def _candidates(
             if not digit:
                 continue
         free.add(r)
-    prefilter = rules.prefilter
-    if free and text is not None and prefilter is not None:
-        hits = prefilter.match(text)
-        if hits is not None:
-            return sorted((r for r in free if r.pf is None or r.pf <= hits), key=_RANK)
     return sorted(free, key=_RANK)
 
 

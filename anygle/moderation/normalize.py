@@ -26,6 +26,7 @@ import re
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 from operator import itemgetter
 
 import confusable_homoglyphs
@@ -168,6 +169,7 @@ class Normalizer:
 
     def __init__(self, known: Iterable[str], masked_words: Iterable[str]) -> None:
         self.known = frozenset(known)
+        self._joined: dict[str, str] = {}  # letter run -> joined form (pure, bounded cache)
         # Every prefix of a known word: joining stops as soon as no known word can follow.
         self._prefixes = frozenset(w[:k] for w in self.known for k in range(1, len(w) + 1))
         self._masked: dict[tuple[int, str], list[str]] = {}
@@ -226,6 +228,16 @@ class Normalizer:
         if candidates:
             # Each '*' stands for one letter (candidates are letters only): compare the other
             # positions directly instead of compiling a regex per masked word.
+            first, last = tok.find("*"), tok.rfind("*")
+            if first < 0:
+                return tok
+            if tok.count("*") == last - first + 1:
+                # one run of stars ("f*ck", "a**hole"): C-speed prefix/suffix checks
+                head, tail = tok[:first], tok[last + 1 :]
+                for w in candidates:
+                    if w.startswith(head) and w.endswith(tail):
+                        return w
+                return tok
             fixed = [(i, c) for i, c in enumerate(tok) if c != "*"]
             for w in candidates:
                 if all(w[i] == c for i, c in fixed):
@@ -239,6 +251,14 @@ class Normalizer:
         run = m.group()
         if len(run) > 96:
             return run
+        joined = self._joined.get(run)
+        if joined is None:
+            if len(self._joined) >= 4096:  # bounded: start over rather than grow
+                self._joined.clear()
+            joined = self._joined[run] = self._join_units(run)
+        return joined
+
+    def _join_units(self, run: str) -> str:
         units = [_SEPARATOR.sub("", g) for g in _SPACED.split(run)]
         out: list[str] = []
         i = 0
@@ -338,6 +358,7 @@ def _apply_leet(s: str) -> str:
     return "".join(out)
 
 
+@lru_cache(maxsize=4096)  # pure per token; evasion tokens repeat across messages
 def _leet(tok: str) -> str:
     core = tok.rstrip("!")
     if not core or core.isalpha() or core.isdigit():

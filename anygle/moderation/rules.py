@@ -31,8 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .normalize import Normalizer, squeeze
-from .prefilter import Prefilter
-from .prefilter import available as prefilter_available
 from .verdict import CATEGORY_ORDER, CATEGORY_SEVERITY, Severity
 
 DATA_DIR = Path(__file__).parent / "data"
@@ -84,8 +82,6 @@ class Rule:
     order: int = 0  # position in rank order (set by the builder; cheap sort key)
     # pattern.search for a plain pattern on the text view (the common case, called inline)
     text_search: Callable[[str], re.Match[str] | None] | None = None
-    # indices of the relaxed pattern(s) in Rules.prefilter that must match (None: unfiltered)
-    pf: frozenset[int] | None = None
     shifted: bool = False  # pattern is SHIFTED: search norm.text1, drop the first character
     near_shifted: tuple[bool, bool] = (False, False)
 
@@ -109,7 +105,6 @@ class Rules:
     gates: dict[str, Gate] = field(default_factory=dict)
     gate_keys: frozenset[str] = field(default=frozenset())
     word_keys: frozenset[str] = field(default=frozenset())  # the keys of ``words``
-    prefilter: Prefilter | None = None  # RE2 set of the relaxed text-view patterns
 
 
 def load_rules(extra: str | None = None) -> Rules:
@@ -396,7 +391,6 @@ class _Builder:
                 self._read_words(path)
         for i, rule in enumerate(sorted(self.rules, key=_rank)):
             object.__setattr__(rule, "order", i)
-        prefilter = _prefilter(self.rules)
         by_key: dict[str, list[Rule]] = {}
         always = []
         for rule in self.rules:
@@ -418,7 +412,6 @@ class _Builder:
             gates=_gates(by_key),
             gate_keys=frozenset(by_key),
             word_keys=frozenset(self.words),
-            prefilter=prefilter,
         )
 
     @staticmethod
@@ -627,35 +620,6 @@ class _Builder:
 
 def _rank(rule: Rule) -> tuple[int, int, int]:
     return rule.rank
-
-
-def _prefilter(rules: list[Rule]) -> Prefilter | None:
-    """Put the relaxed text-view patterns into one RE2 set (see prefilter.py) and note each
-    rule's indices; None when google-re2 is missing or the set does not compile."""
-    if not prefilter_available():
-        return None
-    pf = Prefilter()
-    found: list[tuple[Rule, frozenset[int]]] = []
-    for rule in rules:
-        if rule.view != "text":
-            continue
-        parts = [rule.pattern] if rule.pattern is not None else list(rule.near or ())
-        ids = []
-        for part in parts:
-            src = part.pattern
-            if src.startswith(SHIFTED):  # the consumed boundary character is not needed
-                src = src[len(SHIFTED) - 3 :]
-            index = pf.add(src)
-            if index is None:
-                break
-            ids.append(index)
-        else:
-            found.append((rule, frozenset(ids)))
-    if not found or not pf.compile():
-        return None
-    for rule, ids in found:
-        object.__setattr__(rule, "pf", ids)
-    return pf
 
 
 def _gates(by_key: dict[str, list[Rule]]) -> dict[str, Gate]:
