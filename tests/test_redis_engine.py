@@ -639,3 +639,20 @@ async def test_a_connection_blip_without_local_changes_keeps_cross_instance_chat
     b.relay("ua", m.room_id, {"type": "message", "data": "me too"})
     await eventually(lambda: sb.of("relay") and sa.of("relay"))
     assert not sa.of("left") and not sb.of("left")
+
+
+@pytest_twisted.ensureDeferred
+async def test_events_overtaking_their_matched_are_held_back(engines):
+    a, sa = await engines("a")
+    await a.connect("ua", "1.1.1.1")
+    # the partner's message and its disconnect reach us (inbox) before our join's reply
+    a._dispatch(["r", "ua", "R1", {"type": "message", "data": "early"}])
+    a._dispatch(["l", "ua", "R1", "disconnected"])
+    assert sa.events == []
+    m = ["R1", "text", "ub", "ua", {"ub": [], "ua": []}, [], 1000, {"ub": "b", "ua": "a"}]
+    a._apply_match(m, None)
+    assert [e[0] for e in sa.events] == ["matched", "relay", "left"]
+    assert a.users["ua"].room is None and "R1" not in a.rooms
+    # late events of a room that ended here are dropped, not held
+    a._dispatch(["r", "ua", "R1", {"type": "message", "data": "late"}])
+    assert len(sa.events) == 3 and "R1" not in a._early
