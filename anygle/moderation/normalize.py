@@ -165,7 +165,7 @@ class Normalized:
 
 class Normalizer:
     """Builds the matching views; ``known`` are squeezed rule words used to join letter runs,
-    ``masked_words`` are candidate words for masked tokens like ``f*ck``."""
+    ``masked_words`` are candidate words for masked tokens like ``f*ck``, most preferred first."""
 
     def __init__(self, known: Iterable[str], masked_words: Iterable[str]) -> None:
         self.known = frozenset(known)
@@ -173,7 +173,7 @@ class Normalizer:
         # Every prefix of a known word: joining stops as soon as no known word can follow.
         self._prefixes = frozenset(w[:k] for w in self.known for k in range(1, len(w) + 1))
         self._masked: dict[tuple[int, str], list[str]] = {}
-        for w in sorted(set(masked_words)):
+        for w in dict.fromkeys(masked_words):  # in the given order of preference
             self._masked.setdefault((len(w), w[0]), []).append(w)
 
     def __call__(self, text: str) -> Normalized:

@@ -51,6 +51,7 @@ _PLAIN = re.compile(r"(?:[a-z0-9 ]|'\??)+")
 _TOP_WORD = re.compile(r"(?:(?<=^)|(?<=[ ']))[a-z]+(?=[ ']|$)(?![ ']?[?*{])")
 _PHRASE_WORD = re.compile(r"[a-z']+\*?")
 _EMPTY: frozenset[str] = frozenset()
+_MASK_PREFERENCE = ("profanity", "sexual_explicit", "insult", "harassment", "slur")
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,7 +357,9 @@ class _Builder:
         self.rules: list[Rule] = []
         self.allow: set[str] = set()
         self.known: set[str] = set()
-        self.masked: set[str] = set()
+        # masked-word candidates with a preference (lower first): "f***" should read "fuck",
+        # not "face"; word-list stems by category, then their inflections, then phrase words
+        self.masked: dict[str, tuple[int, int, int]] = {}
         self.settings: dict[str, int] = {"grooming_threshold": 5}
         self.count = 0
 
@@ -407,7 +410,9 @@ class _Builder:
             rules=tuple(self.rules),
             allow=frozenset(self.allow),
             grooming_threshold=self.settings["grooming_threshold"],
-            normalizer=Normalizer(self.known - {""}, self.masked),
+            normalizer=Normalizer(
+                self.known - {""}, sorted(self.masked, key=self.masked.__getitem__)
+            ),
             sources=tuple(str(p) for p in files),
             gates=_gates(by_key),
             gate_keys=frozenset(by_key),
@@ -597,17 +602,25 @@ class _Builder:
 
     def _word(self, entry: str, category: str) -> None:
         stem = entry.rstrip("*")
+        rank = _MASK_PREFERENCE.index(category) if category in _MASK_PREFERENCE else 9
         for suffix in SUFFIXES if entry.endswith("*") else ("",):
             word = stem + suffix
-            self.masked.add(word)
+            self._mask(word, rank, 1 if suffix else 0)
             we = WordEntry(word, category, CATEGORY_SEVERITY[category], _verify_regex(word))
             self.words.setdefault(squeeze(word), []).append(we)
+
+    def _mask(self, word: str, rank: int, inflected: int) -> None:
+        key = (rank, inflected, len(self.masked))  # then the order the files list them in
+        if key < self.masked.get(word, (99, 9, 0)):
+            self.masked[word] = key
 
     def _phrase(self, entry: str, category: str, where: str) -> None:
         words = entry.split()
         if not all(_PHRASE_WORD.fullmatch(w) for w in words):
             raise ValueError(f"{where}: phrase words may only contain letters and apostrophes")
-        self.masked.update(w.rstrip("*") for w in words if w.rstrip("*").isalpha())
+        for w in words:
+            if w.rstrip("*").isalpha():
+                self._mask(w.rstrip("*"), 10, 0)
         parts = [re.escape(w.rstrip("*")).replace("'", "'?") for w in words]
         if words[-1].endswith("*"):
             parts[-1] += "(?:" + "|".join(s for s in SUFFIXES if s) + ")?"
