@@ -1,0 +1,153 @@
+"""The speed-ups must not change results: each fast path against the plain regex it replaces,
+on generated strings, plus the rule-data gates derived from patterns."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from anygle.moderation import Classifier, Severity
+from anygle.moderation import normalize as N
+from anygle.moderation import personal as P
+from anygle.moderation.rules import load_rules, whole_words
+
+_OLD_SQUEEZE = re.compile(r"([a-z])\1+")
+_OLD_MASKED = re.compile(r"[a-z]+\*+[a-z]*|\*+[a-z]{2,}")
+_OLD_HANDLE = re.compile(
+    r"(?<![\w.@])@(?!\d{1,2}(?:am|pm|:)|\d+(?![a-z_.]))[a-z0-9_][a-z0-9_.]{2,}"
+)
+_OLD_DIGIT_RUN = re.compile(r"\+?\d(?:[\s().,\-/]{0,3}\d){6,17}")
+_OLD_LEET_HINT = re.compile(r"[0-9@$|](?<=[a-z].)|[0-9@$|!](?=[a-z])")
+
+
+@pytest.fixture(scope="module")
+def rules():
+    return load_rules()
+
+
+@pytest.fixture(scope="module")
+def clf() -> Classifier:
+    return Classifier()
+
+
+def chunks(alphabet: list[str], max_size: int = 14):
+    return st.lists(st.sampled_from(alphabet), max_size=max_size).map("".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(chunks(["a", "b", "bb", "c", " ", "1", ",", "é", "ss", "sss"]))
+def test_squeeze_matches_regex(s: str) -> None:
+    assert N.squeeze(s) == _OLD_SQUEEZE.sub(lambda m: m.group(1), s)
+
+
+@settings(max_examples=400, deadline=None)
+@given(chunks(["a", "bc", "*", "**", " ", "f", "ck", "sh", "t", "1", "-", "u"], 20))
+def test_masked_words_match_regex(rules, s: str) -> None:
+    nz = rules.normalizer
+    assert nz._unmask_all(s) == _OLD_MASKED.sub(nz._unmask, s, count=N.MAX_MASKED)
+
+
+@settings(max_examples=400, deadline=None)
+@given(chunks(["a", "b", " ", ".", "1", "ab", "'", "-", "  ", "é", "_", "    "]))
+def test_letter_run_gate_is_exact(s: str) -> None:
+    assert (N._SINGLE_RUN.search(s) is not None) == (N._SINGLE_PAIR.search(" " + s) is not None)
+
+
+@settings(max_examples=400, deadline=None)
+@given(chunks(["a", "1", "@", "$", "!", "|", " ", "sh", "t", "x"]))
+def test_leet_hint_matches_regex(s: str) -> None:
+    assert [m.span() for m in N._LEET_HINT.finditer(s)] == [
+        m.span() for m in _OLD_LEET_HINT.finditer(s)
+    ]
+
+
+@settings(max_examples=400, deadline=None)
+@given(chunks(["+", "1", "23", "456", " ", "(", ")", "-", ".", "/", "+4", "a", "00"], 16))
+def test_digit_runs_match_regex(s: str) -> None:
+    assert [m.span() for m in P._DIGIT_RUN.finditer(s)] == [
+        m.span() for m in _OLD_DIGIT_RUN.finditer(s)
+    ]
+
+
+@settings(max_examples=400, deadline=None)
+@given(chunks(["jess", "@", " at ", "(at)", "[at]", " dot ", ".", "gmail", "com", "x", "_", "-",
+               " ", "99", "<", ">", "+", "%", "www.", "http://", ".io", "/", ":"], 12))  # fmt: skip
+def test_anchored_contact_searches_match_regex(s: str) -> None:
+    toks = frozenset(re.findall("[a-z]+", s))
+    if "@" in s:
+        m = P._EMAIL.search(s) or P._EMAIL_SPELLED.search(s)
+        expected = m.group() if m else None
+    elif "at" in toks and (not toks.isdisjoint(P._MAIL_WORDS) or P._DOT_WORD.search(s)):
+        m = P._EMAIL_SPELLED.search(s)
+        expected = m.group() if m else None
+    else:
+        expected = None
+    assert P.find_email(s, toks) == expected
+    handle = _OLD_HANDLE.search(s)
+    assert (handle and handle.span()) == (
+        (m := P._HANDLE.search(s)) and m.span()  # literal-first form, same matches
+    )
+    if "." in s and ("://" in s or "www." in s or P._DOT_TLD.search(s)):
+        if not P._CONTACT_LINK.search(s):
+            link = P._LINK.search(s)
+            assert P.find_links(s) == (None, link.group() if link else None)
+
+
+def test_whole_words_are_complete_tokens() -> None:
+    src = r"add(?<![a-z0-9]add)(?:(?:[^a-z0-9]+me)?[^a-z0-9]+on)(?![a-z0-9])"
+    assert whole_words(src) == {"add", "on"}  # "me" is optional
+    # a word that may continue with letters is not required
+    assert "porn" not in whole_words(r"(?<![a-z0-9])(?:porn\w*)(?![a-z0-9])")
+    assert "kil" not in whole_words(r"(?<![a-z0-9])(?:kil+s?)(?![a-z0-9])")
+
+
+def test_shifted_patterns_report_the_same_evidence(clf: Classifier) -> None:
+    v = clf.classify("lol ur such an idiot", protect_personal_info=False, moderated=True)
+    assert v.severity is Severity.LOW and v.evidence and v.evidence.startswith("ur")
+
+
+@pytest.mark.parametrize(
+    ("masked", "word"), [("f***", "fuck"), ("f**k", "fuck"), ("sh*t", "shit"), ("b***h", "bitch")]
+)
+def test_masked_words_prefer_profanity(rules, masked: str, word: str) -> None:
+    assert rules.normalizer._unmask_token(masked) == word
+
+
+@pytest.mark.parametrize(
+    ("text", "category"),
+    [
+        ("u just turned 12? wanna sext", "minor_sexual"),
+        ("do you touch yourself? ur 13 right", "minor_sexual"),
+        ("you're 14? that's so hot", "minor_sexual"),
+        ("who sells vids of girls under 13", "csam_solicitation"),
+        ("if i see you again you're dead", "violent_threat"),
+        ("you're gonna get your teeth kicked in", "violent_threat"),
+        ("i'll beat you till you bleed", "violent_threat"),
+        ("she lives at 12 east 42nd st", "doxing"),
+        ("those trannies should leave", "slur"),
+        ("no one would notice if you disappeared", "harassment"),
+        ("what the f*** man", "profanity"),
+    ],
+)
+def test_general_rule_additions(clf: Classifier, text: str, category: str) -> None:
+    v = clf.classify(text, protect_personal_info=True, moderated=True)
+    assert v.category == category, v
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "my little brother turned 7 and touched the stove",
+        "next time you're dead last in the race lol",
+        "girls under 12 play in the junior league",
+        "i could buy you that game for your birthday",
+        "you'll get shot down if you ask her out",
+        "a chink in his armour",
+        "I go to The Academy gym on mondays",
+    ],
+)
+def test_general_rule_additions_spare_small_talk(clf: Classifier, text: str) -> None:
+    assert not clf.classify(text, protect_personal_info=True, moderated=True)
