@@ -86,10 +86,8 @@ def test_anchored_contact_searches_match_regex(s: str) -> None:
     else:
         expected = None
     assert P.find_email(s, toks) == expected
-    handle = _OLD_HANDLE.search(s)
-    assert (handle and handle.span()) == (
-        (m := P._HANDLE.search(s)) and m.span()  # literal-first form, same matches
-    )
+    old, new = _OLD_HANDLE.search(s), P._HANDLE.search(s)  # literal-first form
+    assert (old and old.span()) == (new and new.span())
     if "." in s and ("://" in s or "www." in s or P._DOT_TLD.search(s)):
         if not P._CONTACT_LINK.search(s):
             link = P._LINK.search(s)
