@@ -105,11 +105,23 @@ def _number_value(m: re.Match[str]) -> str:
     return _NUMBER_VALUE[m.group()]
 
 
-def find_phone(base: str) -> Phone | None:
-    """The first phone-number-like digit run (strong before weak), or None."""
+_NUMBER_TOKENS = frozenset(squeeze(w) for w in _NUMBER_VALUE)
+_LEET_SYMBOLS = re.compile(r"[0-9@$|!]")  # what normalize's leetspeak pass starts from
+
+
+def find_phone(base: str, tokens: frozenset[str] | None = None) -> Phone | None:
+    """The first phone-number-like digit run (strong before weak), or None. ``tokens`` (the
+    message's text-view tokens, if known) let a message without digits or number words out
+    early: without digits or leetspeak symbols every number word of ``base`` is a token."""
     raw = base.encode("utf-8", "replace")
     count = len(raw) - len(raw.translate(None, _DIGIT_BYTES))
     if count < 7:
+        if (
+            tokens is not None
+            and _NUMBER_TOKENS.isdisjoint(tokens)
+            and _LEET_SYMBOLS.search(base) is None
+        ):
+            return None
         # Upper bound on number words by substring counts ("4one5" counts too): C-speed.
         words = sum(base.count(w) for w in _NUMBER_VALUE) if "e" in base or "o" in base else 0
         if count + words < 7:
@@ -269,7 +281,7 @@ def find_handle(base: str) -> str | None:
 
 def third_party_pi(base: str, tokens: frozenset[str]) -> str | None:
     """Any contact detail at all, strong or weak: used to confirm a doxing marker."""
-    phone = find_phone(base)
+    phone = find_phone(base, tokens)
     if phone:
         return phone.digits
     return find_email(base, tokens) or find_address(base, tokens) or find_ip(base)
@@ -277,7 +289,7 @@ def third_party_pi(base: str, tokens: frozenset[str]) -> str | None:
 
 def own_pi(base: str, tokens: frozenset[str]) -> tuple[str, str] | None:
     """(category, evidence) for contact details a protected user must not share."""
-    phone = find_phone(base)
+    phone = find_phone(base, tokens)
     if phone and (phone.strong or not tokens.isdisjoint(PHONE_WORDS)):
         return "personal_info", phone.digits
     contact_link, link = find_links(base, tokens)
