@@ -90,14 +90,25 @@ class Player:
         self.client: Client | None = None
         self.matches = 0
         self.messages = 0
+        self.ids_on: dict[str, tuple[int, float]] = {}  # user id -> (port, when it connected)
+        self.matched_at: list[tuple[float, str]] = []  # (when, partner id)
         self.requests = 0  # joins and skips sent on the current connection
         self.answered = 0  # matched frames received on it
 
     async def connect(self) -> Client:
-        port = self.ports[self.k % len(self.ports)]
-        self.client = await Client.connect(port)
-        self.requests = self.answered = 0
-        return self.client
+        """To this player's instance, or the next one up when it is down."""
+        n = len(self.ports)
+        for i in range(n * 20):
+            port = self.ports[(self.k + i) % n]
+            try:
+                self.client = await Client.connect(port)
+            except Exception:
+                await sleep(0.05)
+                continue
+            self.ids_on[self.client.user_id] = (port, reactor.seconds())
+            self.requests = self.answered = 0
+            return self.client
+        raise RuntimeError("no instance accepts connections")
 
     def join(self, c: Client) -> None:
         self.requests += 1
@@ -133,6 +144,7 @@ class Player:
                         self.violations.append(f"{c.user_id} matched with itself")
                     room = d["roomId"]
                     self.rooms.append((room, c.user_id, d["partnerId"]))
+                    self.matched_at.append((reactor.seconds(), d["partnerId"]))
                     self.matches += 1
                     if self.rnd.random() < 0.5:
                         c.send("message", {"content": f"hi from {c.user_id}"})
@@ -161,6 +173,64 @@ class Player:
         await c.close()
 
 
+async def play(cluster: Cluster, players: list[Player], deadline: float) -> list[Any]:
+    """Run the players; atomic snapshots of Redis every 2 s; returns the snapshots."""
+    runs = [defer.ensureDeferred(p.run()) for p in players]
+    snapshots: list[Any] = []
+    while reactor.seconds() < deadline - 1:
+        await sleep(2.0)
+        snapshots.append(await threads.deferToThread(check, cluster))
+    results = await defer.DeferredList(runs, consumeErrors=True)
+    failures = [r for ok, r in results if not ok]
+    assert not failures, failures[0]
+    return snapshots
+
+
+def tracebacks(cluster: Cluster) -> str:
+    out = []
+    for inst in cluster.instances:
+        log = cluster.logs(inst, tail=100000)
+        at = log.find("Traceback")
+        if at >= 0:
+            out.append(f"--- {inst.name}\n{log[max(0, at - 1500) : at + 3000]}")
+    return "\n".join(out)
+
+
+def check_players(players: list[Player], cluster: Cluster) -> int:
+    """What the clients saw; returns the number of matched frames."""
+    violations = [v for p in players for v in p.violations]
+    assert not violations, (violations[:10], tracebacks(cluster))
+    by_room: dict[str, set[tuple[str, str]]] = {}
+    for p in players:
+        for room, me, partner in p.rooms:
+            by_room.setdefault(room, set()).add((me, partner))
+    for room, seen in by_room.items():
+        # both partners name each other (one may have vanished before its matched arrived)
+        assert len(seen) <= 2, (room, seen)
+        if len(seen) == 2:
+            (a, pa), (b, pb) = sorted(seen)
+            assert (pa, pb) == (b, a), (room, seen)
+    return sum(p.matches for p in players)
+
+
+async def check_empty(cluster: Cluster, total_matches: int) -> None:
+    """Everybody left: nothing remains."""
+    for _ in range(50):
+        bad, online, queued, rooms = await threads.deferToThread(check, cluster)
+        if online == queued == rooms == 0:
+            break
+        await sleep(0.1)
+    assert (bad, online, queued, rooms) == ([], 0, 0, 0)
+    r = cluster.redis.command
+    stats = dict(zip(*[iter(r("HGETALL", "stats:global"))] * 2, strict=True))
+    assert stats[b"online"] == b"0" and stats[b"activeChats"] == b"0"
+    assert r("HLEN", "waiting") == 0
+    assert r("KEYS", "room:*") == [] and r("KEYS", "user:*") == [] and r("KEYS", "socket:*") == []
+    assert r("KEYS", "qi:*") == [] and r("KEYS", "qopen:*") == [] and r("KEYS", "qpending:*") == []
+    assert r("KEYS", "conns:*") == []
+    assert int(stats[b"totalMatches"]) * 2 >= total_matches
+
+
 @pytest.fixture
 def cluster():
     c = Cluster(3, nginx=False).start()
@@ -178,48 +248,49 @@ async def test_random_joins_and_skips_over_three_instances(cluster: Cluster):
     ports = [i.ws_port for i in cluster.instances]
     deadline = reactor.seconds() + DURATION
     players = [Player(k, ports, deadline) for k in range(N_CLIENTS)]
-    runs = [defer.ensureDeferred(p.run()) for p in players]
-    snapshots: list[Any] = []
-    while reactor.seconds() < deadline - 1:
-        await sleep(2.0)
-        snapshots.append(await threads.deferToThread(check, cluster))
-    results = await defer.DeferredList(runs, consumeErrors=True)
-    failures = [r for ok, r in results if not ok]
-    assert not failures, failures[0]
-    # what the clients saw
-    violations = [v for p in players for v in p.violations]
-    assert not violations, violations[:10]
-    by_room: dict[str, set[tuple[str, str]]] = {}
-    for p in players:
-        for room, me, partner in p.rooms:
-            by_room.setdefault(room, set()).add((me, partner))
-    for room, seen in by_room.items():
-        # both partners name each other (one may have vanished before its matched arrived)
-        assert len(seen) <= 2, (room, seen)
-        if len(seen) == 2:
-            (a, pa), (b, pb) = sorted(seen)
-            assert (pa, pb) == (b, a), (room, seen)
-    total_matches = sum(p.matches for p in players)
+    snapshots = await play(cluster, players, deadline)
+    total_matches = check_players(players, cluster)
     assert total_matches > N_CLIENTS  # the test did exercise matching
-    # Redis while it ran: consistent at every snapshot
-    for bad, _online, _queued, _rooms in snapshots:
+    for bad, _online, _queued, _rooms in snapshots:  # Redis consistent at every snapshot
         assert not bad, bad[:10]
-    # everybody left: nothing remains
-    for _ in range(50):
-        bad, online, queued, rooms = await threads.deferToThread(check, cluster)
-        if online == queued == rooms == 0:
-            break
-        await sleep(0.1)
-    assert (bad, online, queued, rooms) == ([], 0, 0, 0)
-    r = cluster.redis.command
-    stats = dict(zip(*[iter(r("HGETALL", "stats:global"))] * 2, strict=True))
-    assert stats[b"online"] == b"0" and stats[b"activeChats"] == b"0"
-    assert r("HLEN", "waiting") == 0
-    assert r("KEYS", "room:*") == [] and r("KEYS", "user:*") == [] and r("KEYS", "socket:*") == []
-    assert r("KEYS", "qi:*") == [] and r("KEYS", "qopen:*") == [] and r("KEYS", "qpending:*") == []
-    assert int(stats[b"totalMatches"]) * 2 >= total_matches
+    await check_empty(cluster, total_matches)
     for inst in cluster.instances:
         assert inst.alive(), cluster.logs(inst)
-        log = cluster.logs(inst, tail=100000)
-        at = log.find("Traceback")
-        assert at < 0, log[max(0, at - 1500) : at + 3000]
+    assert not tracebacks(cluster)
+
+
+@pytest_twisted.ensureDeferred
+async def test_random_load_with_an_instance_killed_and_restarted(cluster: Cluster):
+    """kill -9 of one instance under load, restarted 3 s later under the same name: the others
+    reap it, nobody is matched with its users once it is known dead, nothing is left over."""
+    ports = [i.ws_port for i in cluster.instances]
+    deadline = reactor.seconds() + DURATION
+    players = [Player(k, ports, deadline) for k in range(N_CLIENTS // 2)]
+    run = defer.ensureDeferred(play(cluster, players, deadline))
+    await sleep(3.0)
+    victim = cluster.instances[2]
+    victim.kill()
+    killed_at = reactor.seconds()
+    await sleep(3.0)
+    victim.start()
+    snapshots = await run
+    total_matches = check_players(players, cluster)
+    dead = {
+        u
+        for p in players
+        for u, (port, since) in p.ids_on.items()
+        if port == victim.ws_port and since < killed_at
+    }
+    assert dead
+    ghosts = [
+        (round(t - killed_at, 2), partner)
+        for p in players
+        for t, partner in p.matched_at
+        if partner in dead and t > killed_at + 4.0
+    ]
+    assert not ghosts, ghosts[:5]
+    for bad, _online, _queued, _rooms in snapshots:
+        assert not bad, bad[:10]
+    await check_empty(cluster, total_matches)
+    for inst in cluster.instances:
+        assert inst.alive(), cluster.logs(inst)
