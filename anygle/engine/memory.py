@@ -12,6 +12,7 @@ import heapq
 import itertools
 import uuid
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -142,38 +143,37 @@ class MemoryEngine:
         return until if until > now else 0.0
 
     def _find_partner(self, queue: _Queue, seeker: QueueEntry, now: float) -> QueueEntry | None:
-        best: QueueEntry | None = None
-        best_key: tuple[int, float, int] | None = None
-        blocked_until = 0.0
-        seen: set[str] = set()
-        for interest in seeker.prefs.interests:
-            for uid in queue.by_interest.get(interest, ()):
-                if uid in seen or uid == seeker.user_id:
-                    continue
-                seen.add(uid)
-                until = self._cooling(seeker.user_id, uid, now)
-                if until:
-                    blocked_until = max(blocked_until, until)
-                    continue
-                candidate = queue.entries[uid]
-                key = preference_key(seeker, candidate)
-                if best_key is None or key < best_key:
-                    best, best_key = candidate, key
+        """The best compatible waiting user (rules: :mod:`anygle.matching`), or None.  When only
+        cooldowns stand in the way, the tick tries the seeker again once the first one ends."""
+        sharing = {u for i in seeker.prefs.interests for u in queue.by_interest.get(i, ())}
+        best, blocked_until = self._best(queue, seeker, sharing, now)
         if best is None and is_open(seeker, now, self.config.interest_timeout):
-            for uid in queue.open:
-                if uid == seeker.user_id:
-                    continue
-                until = self._cooling(seeker.user_id, uid, now)
-                if until:
-                    blocked_until = max(blocked_until, until)
-                    continue
-                candidate = queue.entries[uid]
-                key = preference_key(seeker, candidate)
-                if best_key is None or key < best_key:
-                    best, best_key = candidate, key
+            best, blocked = self._best(queue, seeker, queue.open, now)
+            blocked_until = _earliest(blocked_until, blocked)
         if best is None and blocked_until:
             self._retry[seeker.user_id] = blocked_until
         return best
+
+    def _best(
+        self, queue: _Queue, seeker: QueueEntry, candidates: Iterable[str], now: float
+    ) -> tuple[QueueEntry | None, float]:
+        """The preferred candidate outside cooldown, and when the first blocking cooldown ends
+        (0: none blocked)."""
+        best: QueueEntry | None = None
+        best_key: tuple[int, float, int] | None = None
+        blocked_until = 0.0
+        for uid in candidates:
+            if uid == seeker.user_id:
+                continue
+            until = self._cooling(seeker.user_id, uid, now)
+            if until:
+                blocked_until = _earliest(blocked_until, until)
+                continue
+            candidate = queue.entries[uid]
+            key = preference_key(seeker, candidate)
+            if best_key is None or key < best_key:
+                best, best_key = candidate, key
+        return best, blocked_until
 
     def _match(self, queue: _Queue, waiter: QueueEntry, seeker: QueueEntry, now: float) -> Match:
         """Create the room; the user who waited longer is the initiator."""
@@ -371,3 +371,8 @@ class MemoryEngine:
         else:
             self.connections.pop(ip, None)
         return succeed(None)
+
+
+def _earliest(a: float, b: float) -> float:
+    """The earlier of two times, where 0 means "none"."""
+    return min(a, b) if a and b else a or b
