@@ -439,9 +439,14 @@ class Script:
         return out
 
 
-@pytest.mark.parametrize("seed", list(range(1, 9)))
+@pytest.mark.parametrize(
+    ("seed", "interest_timeout"),
+    [(s, 2.0) for s in range(1, 7)] + [(s, 60.0) for s in range(7, 13)],
+)
 @pytest_twisted.ensureDeferred
-async def test_same_matches_as_memory_engine(redis, seed):
+async def test_same_matches_as_memory_engine(redis, seed, interest_timeout):
+    """With a long interest timeout, users with interests stay picky and cooldown retries
+    (at the first cooldown's end) decide who meets whom."""
     script = Script(seed)
     results = []
     for cls in (MemoryEngine, RedisEngine):
@@ -449,7 +454,10 @@ async def test_same_matches_as_memory_engine(redis, seed):
         clock = task.Clock()
         clock.advance(999.0)
         cfg = EngineConfig(
-            instance_id="diff", redis_url=redis.url, interest_timeout=2.0, rematch_cooldown=5.0
+            instance_id="diff",
+            redis_url=redis.url,
+            interest_timeout=interest_timeout,
+            rematch_cooldown=5.0,
         )
         engine = cls(cfg, clock)
         sink = Sink()
@@ -656,3 +664,44 @@ async def test_events_overtaking_their_matched_are_held_back(engines):
     # late events of a room that ended here are dropped, not held
     a._dispatch(["r", "ua", "R1", {"type": "message", "data": "late"}])
     assert len(sa.events) == 3 and "R1" not in a._early
+
+
+@pytest.mark.parametrize("cls", [MemoryEngine, RedisEngine])
+@pytest_twisted.ensureDeferred
+async def test_cooldown_retry_at_the_first_cooldown_end(redis, cls):
+    """Kept from two partners by cooldowns ending at 5 and 7 s: retried (and matched) at 5."""
+    redis.command("FLUSHALL")
+    clock = task.Clock()
+    cfg = EngineConfig(instance_id="cd", redis_url=redis.url, rematch_cooldown=5.0)
+    engine = cls(cfg, clock)
+    sink = Sink()
+    await engine.start(sink)
+    try:
+        for u in ("s", "p1", "p2"):
+            await engine.connect(u, "1.1.1.1")
+        clock.advance(1000.0)
+        await engine.join("p1", prefs(("x",), only=True), clock.seconds())
+        await engine.join("s", prefs(("x", "y"), only=True), clock.seconds())
+        assert await engine.leave_room("s", "skipped") == "p1"  # cooldown s/p1 until 1005
+        clock.advance(2.0)
+        await engine.join("p2", prefs(("y",), only=True), clock.seconds())
+        await engine.join("s", prefs(("x", "y"), only=True), clock.seconds())
+        assert await engine.leave_room("s", "skipped") == "p2"  # cooldown s/p2 until 1007
+        clock.advance(0.5)
+        for u in ("p1", "p2", "s"):
+            assert (
+                await engine.join(
+                    u,
+                    prefs(("x", "y") if u == "s" else ("x",) if u == "p1" else ("y",), only=True),
+                    clock.seconds(),
+                )
+                is None
+            )
+        clock.advance(2.0)  # 1004.5
+        assert await engine.tick(clock.seconds()) == 0
+        clock.advance(1.0)  # 1005.5: the s/p1 cooldown is over
+        assert await engine.tick(clock.seconds()) == 1
+        m = sink.of("matched")[-1][2]
+        assert {m.initiator, m.responder} == {"s", "p1"}
+    finally:
+        await engine.stop()

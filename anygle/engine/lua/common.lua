@@ -151,8 +151,9 @@ local function better(shared, c, bshared, b)
     return c.s < b.s
 end
 
--- The best partner for seeker u (entry e) in its queue, or nil and the end of the latest cooldown
--- that blocked a candidate (0 when none did).  Users of dead instances are never candidates.
+-- The best partner for seeker u (entry e) in its queue, or nil and the end of the first cooldown
+-- that blocked a candidate (0 when none did: the tick tries again then).  Users of dead instances
+-- are never candidates.
 local function find_partner(u, e, now, timeout)
     local best, best_id, best_shared = nil, nil, -1
     local blocked = 0
@@ -163,7 +164,7 @@ local function find_partner(u, e, now, timeout)
                 seen[c_id] = true
                 local until_ = cooling(u, c_id, now)
                 if until_ > 0 then
-                    if until_ > blocked then blocked = until_ end
+                    if blocked == 0 or until_ < blocked then blocked = until_ end
                 else
                     local c = get_entry(c_id)
                     if c ~= nil and alive(c.n) then
@@ -183,7 +184,7 @@ local function find_partner(u, e, now, timeout)
             if c_id ~= u then
                 local until_ = cooling(u, c_id, now)
                 if until_ > 0 then
-                    if until_ > blocked then blocked = until_ end
+                    if blocked == 0 or until_ < blocked then blocked = until_ end
                 else
                     local c = get_entry(c_id)
                     if c ~= nil and alive(c.n) then
