@@ -688,15 +688,9 @@ async def test_cooldown_retry_at_the_first_cooldown_end(redis, cls):
         await engine.join("s", prefs(("x", "y"), only=True), clock.seconds())
         assert await engine.leave_room("s", "skipped") == "p2"  # cooldown s/p2 until 1007
         clock.advance(0.5)
+        wants = {"p1": ("x",), "p2": ("y",), "s": ("x", "y")}
         for u in ("p1", "p2", "s"):
-            assert (
-                await engine.join(
-                    u,
-                    prefs(("x", "y") if u == "s" else ("x",) if u == "p1" else ("y",), only=True),
-                    clock.seconds(),
-                )
-                is None
-            )
+            assert await engine.join(u, prefs(wants[u], only=True), clock.seconds()) is None
         clock.advance(2.0)  # 1004.5
         assert await engine.tick(clock.seconds()) == 0
         clock.advance(1.0)  # 1005.5: the s/p1 cooldown is over
