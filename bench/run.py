@@ -33,6 +33,9 @@ from typing import Any
 
 import psutil
 
+if __package__ in (None, ""):  # ``python bench/run.py``: make ``bench`` importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 from bench import procs
 
 RESULTS = os.path.join(procs.REPO, "bench", "results")
