@@ -239,6 +239,9 @@ class Conn(protocol.Protocol):
                 self.worker.progressed()
         elif kind == "error":
             self.worker.count_error(str(data.get("code")))
+        elif kind not in ("stats", "pong"):
+            # moderation_warning, partner_disconnected, ...: not expected in a benchmark run
+            self.worker.count_error(f"frame {kind}")
 
     def matched(self, data: dict[str, Any]) -> None:
         now = time.perf_counter()
