@@ -12,6 +12,7 @@ Scenarios (all by default, in this order):
 
 Every server, Redis, nginx and each load worker is its own process; all are killed at the end.
 Results: a table on stdout, JSON (and a PNG) in ``bench/results/<name>-<date>.*``.
+``python -m bench compare BEFORE.json AFTER.json`` puts the ratios of two runs side by side.
 These are measurements, not tests: nothing here asserts a timing.
 """
 
@@ -1134,7 +1135,54 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return a
 
 
+COMPARED = {
+    "relay": ("x_baseline", "x_baseline_per_cpu", "x_same_instance", "server_us_per_msg", "rate"),
+    "latency": ("p50_ms", "p99_ms", "joiner_p50_ms", "joiner_p99_ms"),
+    "memory": ("per_conn_kb", "x_baseline", "per_queued_kb"),
+    "scaleout": ("x_one_instance", "rate"),
+}
+
+
+def compare(paths: list[str], out: Any = sys.stdout) -> int:
+    """``python -m bench compare BEFORE.json AFTER.json``: the ratios of two runs side by side
+    (judge a hot-path change by the ratios each run measured against its own baseline)."""
+    if len(paths) != 2:
+        sys.stderr.write("usage: python -m bench compare BEFORE.json AFTER.json\n")
+        return 2
+    runs = []
+    for path in paths:
+        with open(path) as f:
+            runs.append(json.load(f))
+    before, after = runs
+    out.write(
+        f"before: {paths[0]} ({before.get('date')}, {(before.get('server') or {}).get('commit')})\n"
+        f"after:  {paths[1]} ({after.get('date')}, {(after.get('server') or {}).get('commit')})\n\n"
+        "| scenario | row | metric | before | after | after/before |\n"
+        "|---|---|---|---:|---:|---:|\n"
+    )
+    for scenario, metrics in COMPARED.items():
+        rows_a = {_key(r): r for r in (before.get(scenario) or {}).get("rows", [])}
+        for r in (after.get(scenario) or {}).get("rows", []):
+            a = rows_a.get(_key(r))
+            if a is None:
+                continue
+            for m in metrics:
+                va, vb = a.get(m), r.get(m)
+                if va is None and vb is None:
+                    continue
+                change = f"{vb / va:.2f}" if va and vb else "-"
+                out.write(f"| {scenario} | {_key(r)} | {m} | {fmt(va)} | {fmt(vb)} | {change} |\n")
+    return 0
+
+
+def _key(r: dict[str, Any]) -> str:
+    return f"{r['row']} {r['connections']}" if "connections" in r else r["row"]
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["compare"]:
+        return compare(argv[1:])
     args = parse_args(argv)
     procs.install_cleanup()
     progress = Progress()

@@ -74,3 +74,15 @@ def test_bench_quick_writes_table_and_json(tmp_path):
     assert mem["anygle-memory"]["connected"] == mem["anygle-memory"]["connections"]
     assert mem["anygle-memory"]["queued"] == mem["anygle-memory"]["connected"]
     assert isinstance(mem["anygle-memory"]["per_conn_kb"], float)
+
+    # two runs side by side (here the run with itself)
+    cmp = subprocess.run(
+        [sys.executable, "-m", "bench", "compare", path, path],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert cmp.returncode == 0, cmp.stderr
+    assert "| relay | memory-on | x_baseline |" in cmp.stdout
