@@ -699,3 +699,9 @@ async def test_cooldown_retry_at_the_first_cooldown_end(redis, cls):
         assert {m.initiator, m.responder} == {"s", "p1"}
     finally:
         await engine.stop()
+
+
+def test_instance_ids_cannot_collide_in_key_names():
+    for bad in ("", "a:users", " a"):
+        with pytest.raises(ValueError):
+            RedisEngine(EngineConfig(instance_id=bad), reactor)

@@ -244,6 +244,9 @@ class RedisEngine:
         self.clock = clock  # the engine's notion of "now" (cooldowns), as the memory engine
         self.reactor: Any = reactor  # real time: heartbeats, reconnects, batching
         self.instance = config.instance_id
+        if not self.instance or ":" in self.instance or self.instance != self.instance.strip():
+            # instance:{id}, instance:{id}:users … must not collide
+            raise ValueError(f"bad instance id {self.instance!r}: non-empty, no ':' or spaces")
         self.inbox = f"inbox:{self.instance}"
         self.address = _RedisAddress.parse(config.redis_url)
         self.sink: EngineSink | None = None
