@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import secrets
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from anygle.engine.base import Engine, EngineUnavailable, Match, Preferences, Stats
@@ -26,6 +28,9 @@ from anygle.moderation import Verdict
 from anygle.moderation.policy import DELIVER
 from anygle.screening import Screening
 from anygle.session import CHATTING, CLOSED, IDLE, QUEUED, Client, Session
+from anygle.wire import Broadcast
+
+PUSH_CHUNK = 200  # sessions served per reactor turn by the periodic pushes
 
 PARTNER_LEFT_FRAMES = {
     "skipped": {"type": "partner_skipped"},
@@ -283,14 +288,24 @@ class Hub:
         if not waiting:
             return
         status = await self.engine.queue_status([s.user_id for s in waiting])
-        for session in waiting:
-            self._send_searching(session, status)
+        for chunk in self._chunks(waiting):
+            for session in await chunk:
+                self._send_searching(session, status)
 
     async def push_stats(self) -> None:
-        """``stats`` to every connected client."""
-        frame = stats_frame(await self.engine.stats())
-        for session in list(self.sessions.values()):
-            session.client.send(frame)
+        """``stats`` to every connected client: encoded once, sent a chunk per reactor turn."""
+        message = Broadcast(stats_frame(await self.engine.stats()))
+        for chunk in self._chunks(list(self.sessions.values())):
+            for session in await chunk:
+                if session.state != CLOSED:
+                    session.client.broadcast(message)
+
+    def _chunks(self, sessions: list[Session]) -> Iterator[Deferred[list[Session]]]:
+        """``PUSH_CHUNK`` sessions at a time, each chunk in a later reactor turn than the one
+        before, so that a push to thousands of users never stalls the chats for long."""
+        for i in range(0, len(sessions), PUSH_CHUNK):
+            chunk = sessions[i : i + PUSH_CHUNK]
+            yield succeed(chunk) if i == 0 else deferLater(self.clock, 0, lambda c=chunk: c)
 
     def _log_failure(self, failure: Any) -> None:
         self.log.failure("hub operation failed", failure)

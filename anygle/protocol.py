@@ -288,15 +288,27 @@ class AnygleProtocol(WebSocketServerProtocol):
         if self.state != self.STATE_OPEN:
             return
         payload = wire.encode_text(frame) if self.json else wire.encode_binary(frame)
+        if self._room_for(len(payload)):
+            self.sendMessage(payload, isBinary=not self.json)
+
+    def broadcast(self, message: wire.Broadcast) -> None:
+        if self.state != self.STATE_OPEN:
+            return
+        prepared = message.prepared(self.factory, self.json)
+        if self._room_for(len(prepared.payloadHybi)):
+            self.sendPreparedMessage(prepared)
+
+    def _room_for(self, size: int) -> bool:
+        """Whether to queue ``size`` more bytes; a client that stopped reading is dropped (and
+        its buffer with it; the partner is told) once it would hold too many."""
         guard = self._guard
         if guard.paused:
-            guard.backlog += len(payload)
+            guard.backlog += size
             if guard.backlog > self.factory.max_queued_bytes:
-                # A client that stopped reading: drop it and its buffer (the partner is told).
                 _log.info("dropping {peer}: not reading", peer=self.peer)
                 self.dropConnection(abort=True)
-                return
-        self.sendMessage(payload, isBinary=not self.json)
+                return False
+        return True
 
     def close(self, code: int, reason: str) -> None:
         if self.state == self.STATE_OPEN:

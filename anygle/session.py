@@ -10,6 +10,7 @@ from typing import Any, Protocol
 from twisted.internet.defer import Deferred, succeed
 
 from anygle.engine.base import Preferences
+from anygle.wire import Broadcast
 
 IDLE, QUEUED, CHATTING, CLOSED = "idle", "queued", "chatting", "closed"
 
@@ -18,6 +19,9 @@ class Client(Protocol):
     """What the hub needs from a connection (the WebSocket protocol, or a test double)."""
 
     def send(self, frame: dict[str, Any]) -> None: ...
+
+    def broadcast(self, message: Broadcast) -> None:
+        """Send a frame that many clients get (encoded once for all of them)."""
 
     def close(self, code: int, reason: str) -> None: ...
 

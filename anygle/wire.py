@@ -37,3 +37,21 @@ def encode_binary(frame: dict[str, Any]) -> bytes:
 
 def encode_text(frame: dict[str, Any]) -> bytes:
     return json.dumps(frame, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class Broadcast:
+    """One frame for many clients: encoded once per format, framed once per format (Autobahn's
+    ``prepareMessage``), instead of once per client."""
+
+    __slots__ = ("_prepared", "frame")
+
+    def __init__(self, frame: dict[str, Any]) -> None:
+        self.frame = frame
+        self._prepared: dict[bool, Any] = {}
+
+    def prepared(self, factory: Any, as_json: bool) -> Any:
+        prepared = self._prepared.get(as_json)
+        if prepared is None:
+            payload = encode_text(self.frame) if as_json else encode_binary(self.frame)
+            prepared = self._prepared[as_json] = factory.prepareMessage(payload, not as_json)
+        return prepared
