@@ -12,10 +12,10 @@ import pytest_twisted
 from twisted.internet import reactor, threads
 
 from tests.conftest import sleep
-from tests.redisutil import Cluster, nginx_binary
+from tests.redisutil import Cluster
 from tests.wsclient import Client
 
-pytestmark = pytest.mark.skipif(nginx_binary() is None, reason="nginx is not installed")
+# No skip when nginx is missing: .ci/install installs it, and a missing nginx must fail loudly.
 
 
 @pytest.fixture
