@@ -128,7 +128,7 @@ class Hub:
 
     async def _leave_room(self, session: Session, reason: str) -> None:
         assert session.room_id is not None
-        session.ended_rooms.append(session.room_id)
+        session.room_ended(session.room_id)
         session.state, session.room_id, session.partner_id = IDLE, None, None
         await self.engine.leave_room(session.user_id, reason)
 
@@ -212,7 +212,7 @@ class Hub:
         session = self.sessions.get(user_id)
         if session is None:
             return
-        if match.room_id in session.ended_rooms:
+        if session.has_ended(match.room_id):
             # The partner left before we heard the room began: keep searching.
             if session.state == QUEUED:
                 session.serial(lambda: self._enqueue(session)).addErrback(self._log_failure)
@@ -246,7 +246,7 @@ class Hub:
         session = self.sessions.get(user_id)
         if session is None:
             return
-        session.ended_rooms.append(room_id)
+        session.room_ended(room_id)
         if session.room_id == room_id:
             session.state, session.room_id, session.partner_id = IDLE, None, None
             session.client.send(

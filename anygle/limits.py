@@ -93,16 +93,22 @@ FLOOD_WINDOW = 10.0
 class ConnectionLimits:
     """One connection's buckets, and the count of how often it hit them lately."""
 
-    __slots__ = ("_buckets", "_limited", "_limited_since")
+    __slots__ = ("_buckets", "_limited", "_limited_since", "_limits")
 
     def __init__(self, limits: dict[str, tuple[float, float]] = MESSAGE_LIMITS) -> None:
-        self._buckets = {kind: TokenBucket(rate, burst) for kind, (rate, burst) in limits.items()}
+        self._limits = limits  # shared by all connections
+        self._buckets: dict[str, TokenBucket] = {}  # made on first use: most users never signal
         self._limited = 0
         self._limited_since = 0.0
 
     def allow(self, message_type: str, now: float) -> bool:
-        bucket = self._buckets.get(KIND_OF.get(message_type, ""))
-        return bucket is None or bucket.take(now)
+        kind = KIND_OF.get(message_type, "")
+        bucket = self._buckets.get(kind)
+        if bucket is None:
+            if kind not in self._limits:
+                return True
+            bucket = self._buckets[kind] = TokenBucket(*self._limits[kind])
+        return bucket.take(now)
 
     def flooding(self, now: float) -> bool:
         """Count one refusal; ``True`` once this connection keeps flooding past the budget."""
