@@ -102,13 +102,22 @@ def redis_server():
     """One throw-away redis-server for the session; each test starts from FLUSHALL."""
     server = RedisServer().start()
     yield server
-    server.stop()
+    server.close()
+
+
+@pytest.fixture
+def redis(redis_server: RedisServer) -> RedisServer:
+    """The session's redis-server, running (tests may kill it) and empty."""
+    if redis_server.proc is None or redis_server.proc.poll() is not None:
+        redis_server.start()
+    redis_server.command("FLUSHALL")
+    return redis_server
 
 
 @pytest.fixture(params=ENGINES)
 def engine_name(request: pytest.FixtureRequest) -> str:
     if request.param == "redis":
-        request.getfixturevalue("redis_server").client("FLUSHALL")
+        request.getfixturevalue("redis")
     return request.param
 
 
@@ -120,7 +129,7 @@ async def make_server(engine_name: str, request: pytest.FixtureRequest):
     async def make(**overrides: Any) -> ServerHandle:
         overrides.setdefault("engine", engine_name)
         if overrides["engine"] == "redis":
-            overrides.setdefault("redis", request.getfixturevalue("redis_server").url)
+            overrides.setdefault("redis", request.getfixturevalue("redis").url)
             overrides.setdefault("instance_id", f"test-{len(started)}")
         service = AnygleService(settings(**overrides), reactor)
         service.startService()

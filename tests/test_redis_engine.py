@@ -56,21 +56,6 @@ async def eventually(pred, timeout: float = 5.0, step: float = 0.02) -> float:
     return reactor.seconds() - start
 
 
-@pytest.fixture(scope="module")
-def redis_module():
-    server = RedisServer().start()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def redis(redis_module: RedisServer) -> RedisServer:
-    if redis_module.proc is None or redis_module.proc.poll() is not None:
-        redis_module.start()
-    redis_module.command("FLUSHALL")
-    return redis_module
-
-
 @pytest_twisted.async_yield_fixture
 async def engines(redis: RedisServer):
     """``await make(name, **config)`` -> (engine, sink); all stopped afterwards."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.web.client import Agent, readBody
@@ -14,21 +13,6 @@ from twisted.web.client import Agent, readBody
 from anygle.tap import AnygleService
 from tests.conftest import ServerHandle, settings, sleep
 from tests.redisutil import RedisServer
-
-
-@pytest.fixture(scope="module")
-def redis_module():
-    server = RedisServer().start()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def redis(redis_module: RedisServer) -> RedisServer:
-    if redis_module.proc is None or redis_module.proc.poll() is not None:
-        redis_module.start()
-    redis_module.command("FLUSHALL")
-    return redis_module
 
 
 @pytest_twisted.async_yield_fixture
