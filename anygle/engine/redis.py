@@ -1,7 +1,7 @@
 """The ``redis`` engine: many instances share queues, rooms, stats and bans through one Redis.
 
 * **State** lives in the seed's keys (``user:``, ``socket:``, ``queue:``, ``room:``,
-  ``stats:global``, ``banned:``) plus the extra keys documented in README.md ("Run several instances", Keys).
+  ``stats:global``, ``banned:``) plus the extra keys listed in README.md.
 * **Atomicity.**  Every change of shared state is one Lua script (``anygle/engine/lua/``, loaded
   with ``SCRIPT LOAD``, called with ``EVALSHA``, ``EVAL`` on ``NOSCRIPT``): matching removes both
   users from their queue and creates the room in one step, a room is ended by exactly one caller.
