@@ -158,41 +158,28 @@ local function find_partner(u, e, now, timeout)
     local best, best_id, best_shared = nil, nil, -1
     local blocked = 0
     local seen = {}
-    for _, interest in ipairs(e.i) do
-        for _, c_id in ipairs(redis.call('SMEMBERS', ikey(e.q, interest))) do
-            if not seen[c_id] and c_id ~= u then
-                seen[c_id] = true
-                local until_ = cooling(u, c_id, now)
-                if until_ > 0 then
-                    if blocked == 0 or until_ < blocked then blocked = until_ end
-                else
-                    local c = get_entry(c_id)
-                    if c ~= nil and alive(c.n) then
-                        local shared = 0
-                        for _, i in ipairs(c.i) do if e.set[i] then shared = shared + 1 end end
-                        if better(shared, c, best_shared, best) then
-                            best, best_id, best_shared = c, c_id, shared
-                        end
-                    end
-                end
-            end
+    -- one candidate: skipped when it is the seeker, seen, cooling (noting when) or gone
+    local function consider(c_id)
+        if seen[c_id] or c_id == u then return end
+        seen[c_id] = true
+        local until_ = cooling(u, c_id, now)
+        if until_ > 0 then
+            if blocked == 0 or until_ < blocked then blocked = until_ end
+            return
+        end
+        local c = get_entry(c_id)
+        if c == nil or not alive(c.n) then return end
+        local shared = 0
+        for _, i in ipairs(c.i) do if e.set[i] then shared = shared + 1 end end
+        if better(shared, c, best_shared, best) then
+            best, best_id, best_shared = c, c_id, shared
         end
     end
+    for _, interest in ipairs(e.i) do
+        for _, c_id in ipairs(redis.call('SMEMBERS', ikey(e.q, interest))) do consider(c_id) end
+    end
     if best == nil and is_open(e, now, timeout) then
-        local members = redis.call('ZRANGE', okey(e.q), 0, -1)
-        for _, c_id in ipairs(members) do
-            if c_id ~= u then
-                local until_ = cooling(u, c_id, now)
-                if until_ > 0 then
-                    if blocked == 0 or until_ < blocked then blocked = until_ end
-                else
-                    local c = get_entry(c_id)
-                    if c ~= nil and alive(c.n) then
-                        if better(0, c, 0, best) then best, best_id, best_shared = c, c_id, 0 end
-                    end
-                end
-            end
-        end
+        for _, c_id in ipairs(redis.call('ZRANGE', okey(e.q), 0, -1)) do consider(c_id) end
     end
     return best_id, best, blocked
 end
