@@ -26,7 +26,7 @@ import json
 import re
 import re._constants as _sre
 import re._parser as _sre_parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -131,57 +131,56 @@ def _rule_files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if p.suffix in (".txt", ".json") and p.is_file())
 
 
+def _scan(src: str, start: int = 0) -> Iterator[tuple[int, str, str, int]]:
+    """Walk a regex source: ``(index, char, kind, depth)`` with kind ``escape`` (a backslash pair,
+    index of the backslash), ``class`` (inside or delimiting ``[...]``), ``open``/``close`` (a
+    group parenthesis; depth after it) or ``plain`` (depth = the group depth it stands at)."""
+    depth, i, in_class = 0, start, False
+    while i < len(src):
+        c = src[i]
+        if c == "\\":
+            yield i, c, "escape", depth
+            i += 2
+            continue
+        if in_class:
+            in_class = c != "]"
+            yield i, c, "class", depth
+        elif c == "[":
+            in_class = True
+            yield i, c, "class", depth
+        elif c == "(":
+            depth += 1
+            yield i, c, "open", depth
+        elif c == ")":
+            depth -= 1
+            yield i, c, "close", depth
+        else:
+            yield i, c, "plain", depth
+        i += 1
+
+
 def split_alternation(src: str) -> list[str]:
     """Top-level branches of ``src`` (unwrapping one enclosing ``(?:...)``)."""
     src = src.strip()
     if src.startswith("(?:") and _closing(src, 0) == len(src) - 1:
         src = src[3:-1]
-    parts, depth, start, i, in_class = [], 0, 0, 0, False
-    while i < len(src):
-        c = src[i]
-        if c == "\\":
-            i += 2
-            continue
-        if in_class:
-            in_class = c != "]"
-        elif c == "[":
-            in_class = True
-        elif c == "(":
-            depth += 1
-        elif c == ")":
-            depth -= 1
-        elif c == "|" and depth == 0:
+    parts, start = [], 0
+    for i, c, kind, depth in _scan(src):
+        if kind == "plain" and c == "|" and depth == 0:
             parts.append(src[start:i])
             start = i + 1
-        i += 1
     parts.append(src[start:])
     return parts
 
 
 def _top_level(src: str) -> str:
     """``src`` with every group, character class and escape blanked out (replaced by '#')."""
-    out, depth, i, in_class = [], 0, 0, False
-    while i < len(src):
-        c = src[i]
-        if c == "\\":
+    out = []
+    for _, c, kind, depth in _scan(src):
+        if kind == "escape":
             out.append("##")
-            i += 2
-            continue
-        if in_class:
-            in_class = c != "]"
-            out.append("#")
-        elif c == "[":
-            in_class = True
-            out.append("#")
-        elif c == "(":
-            depth += 1
-            out.append("#")
-        elif c == ")":
-            depth -= 1
-            out.append("#")
         else:
-            out.append(c if depth == 0 else "#")
-        i += 1
+            out.append(c if kind == "plain" and depth == 0 else "#")
     return "".join(out)
 
 
@@ -202,23 +201,9 @@ def _expand_leading(src: str) -> list[str]:
 
 def _closing(src: str, open_at: int) -> int:
     """Index of the parenthesis closing the one at ``open_at`` (-1 if unbalanced)."""
-    depth, i, in_class = 0, open_at, False
-    while i < len(src):
-        c = src[i]
-        if c == "\\":
-            i += 2
-            continue
-        if in_class:
-            in_class = c != "]"
-        elif c == "[":
-            in_class = True
-        elif c == "(":
-            depth += 1
-        elif c == ")":
-            depth -= 1
-            if depth == 0:
-                return i
-        i += 1
+    for i, _, kind, depth in _scan(src, open_at):
+        if kind == "close" and depth == 0:
+            return i
     return -1
 
 
