@@ -865,7 +865,7 @@ def table(results: dict[str, Any]) -> str:
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
         ]
         for r in rel["rows"]:
-            note = r.get("error", "").splitlines()[0][:90] if r.get("error") else _errs(r)
+            note = _note(r)
             out.append(
                 f"| {r['row']} | {fmt(r.get('rate'), ',.0f')} | "
                 f"{fmt(r.get('x_baseline'), '.2f')} | "
@@ -886,7 +886,7 @@ def table(results: dict[str, Any]) -> str:
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
         for r in lat["rows"]:
-            note = r.get("error", "").splitlines()[0][:90] if r.get("error") else _errs(r)
+            note = _note(r)
             out.append(
                 f"| {r['row']} | {fmt(r.get('matched'))}/{fmt(r.get('joins'))} | "
                 f"{fmt(r.get('p50_ms'))} | {fmt(r.get('p95_ms'))} | "
@@ -905,7 +905,7 @@ def table(results: dict[str, Any]) -> str:
             "|---|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
         for r in mem["rows"]:
-            note = r.get("error", "").splitlines()[0][:90] if r.get("error") else _errs(r)
+            note = _note(r)
             out.append(
                 f"| {r['row']} | {fmt(r.get('connections'))} | {fmt(r.get('connected'))} "
                 f"| {fmt(r.get('per_conn_kb'))} | {fmt(r.get('x_baseline'), '.2f')} | "
@@ -927,7 +927,7 @@ def table(results: dict[str, Any]) -> str:
         if sc.get("error"):
             out.append(f"| - | - | - | - | - | - | - | {sc['error']} |")
         for r in sc.get("rows", []):
-            note = r.get("error", "").splitlines()[0][:90] if r.get("error") else _errs(r)
+            note = _note(r)
             out.append(
                 f"| {r['row']} | {fmt(r.get('rate'), ',.0f')} | "
                 f"{fmt(r.get('x_one_instance'), '.2f')} | {fmt(r.get('server_cpu_pct'))} "
@@ -948,6 +948,11 @@ def spread(r: dict[str, Any]) -> str:
     if len(rates) < 2:
         return ""
     return " / ".join("fail" if x is None else f"{x / 1000:.1f}" for x in rates)
+
+
+def _note(r: dict[str, Any]) -> str:
+    """A row's notes column: the first line of its error, else what went wrong or disturbed it."""
+    return r["error"].splitlines()[0][:90] if r.get("error") else _errs(r)
 
 
 def _errs(r: dict[str, Any]) -> str:
