@@ -53,6 +53,7 @@ class Screening:
             now,
             protect_personal_info=teen or self.settings.protect_adults,
             moderated=session.prefs.queue_type == "moderated",
+            teen=teen,
         )
 
     async def decide(self, session: Session, verdict: Verdict) -> Action:

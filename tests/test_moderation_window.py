@@ -9,7 +9,9 @@ from anygle.moderation import CLEAN, Classifier, SenderWindow, Severity, Verdict
 
 @pytest.fixture(scope="module")
 def clf() -> Classifier:
-    return Classifier()
+    """The rules alone: these tests are about the window's own mechanisms (the learned layer
+    has its own tests in test_moderation_learned.py)."""
+    return Classifier(learned=False)
 
 
 def feed(
@@ -54,17 +56,55 @@ def test_split_parts_expire(clf: Classifier) -> None:
     assert w.check("3371", 250.0, protect_personal_info=True, moderated=True) == CLEAN
 
 
-def test_grooming_over_several_messages_teen(clf: Classifier) -> None:
+def test_two_weak_signals_are_grooming_with_a_teen(clf: Classifier) -> None:
     w = SenderWindow(clf)
-    verdicts = feed(w, ["how old are you?", "cool", "are you home alone right now?"])
+    verdicts = feed(w, ["how old are you?", "cool", "you're so mature for your age"])
     assert verdicts[:2] == [CLEAN, CLEAN]
     assert (verdicts[2].category, verdicts[2].severity) == ("grooming", Severity.HIGH)
-    assert "age_probe" in (verdicts[2].evidence or "") and w.score() >= 5
+    assert "age_probe" in (verdicts[2].evidence or "") and w.score() == 4
 
 
-def test_grooming_is_medium_between_adults(clf: Classifier) -> None:
+@pytest.mark.parametrize(
+    "text",
+    [
+        "are you home alone right now?",
+        "don't tell your parents about this",
+        "what school do you go to",
+        "we should hang out irl sometime",
+        "lets move to dms",
+        "can u turn ur camera on",
+    ],
+)
+def test_one_strong_signal_is_grooming_with_a_teen(clf: Classifier, text: str) -> None:
+    (v,) = feed(SenderWindow(clf), [text])
+    assert (v.category, v.severity) == ("grooming", Severity.HIGH)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "my mom is home so i cant be loud",
+        "i'm home alone tonight, gonna watch horror movies",
+        "i never turn my camera on, too awkward",
+        "what school subject do you like most",
+        "where are you from? i'm from canada",
+        "i video call my grandma every sunday",
+    ],
+)
+def test_a_teen_talking_about_themselves_is_not_a_signal(clf: Classifier, text: str) -> None:
+    assert feed(SenderWindow(clf), [text]) == [CLEAN]
+
+
+def test_one_strong_signal_is_not_enough_between_adults(clf: Classifier) -> None:
+    w = SenderWindow(clf)
+    assert feed(w, ["wanna meet up sometime?"], teen=False) == [CLEAN]
     verdicts = feed(SenderWindow(clf), ["how old are you?", "are you home alone?"], teen=False)
     assert (verdicts[1].category, verdicts[1].severity) == ("grooming", Severity.MEDIUM)
+
+
+def test_two_weak_signals_are_not_grooming_between_adults(clf: Classifier) -> None:
+    verdicts = feed(SenderWindow(clf), ["how old are you?", "you're so pretty"], teen=False)
+    assert verdicts == [CLEAN, CLEAN]
 
 
 def test_grooming_not_applied_in_unmoderated_queue(clf: Classifier) -> None:
@@ -84,17 +124,27 @@ def test_innocent_message_after_grooming_is_not_flagged(clf: Classifier) -> None
     assert verdicts[2] == CLEAN
 
 
-def test_sexual_image_request_to_teen_is_grooming_at_once(clf: Classifier) -> None:
+def test_sexual_image_request_to_teen_is_zero_tolerance(clf: Classifier) -> None:
     (v,) = feed(SenderWindow(clf), ["send me a pic in your underwear"])
+    assert (v.category, v.severity) == ("csam_solicitation", Severity.ZERO)
+
+
+def test_sexual_image_request_between_adults_is_a_grooming_signal(clf: Classifier) -> None:
+    (v,) = feed(SenderWindow(clf), ["send me a pic in your underwear"], teen=False)
+    assert (v.category, v.severity) == ("grooming", Severity.MEDIUM)
+
+
+def test_teen_flag_can_differ_from_personal_info_protection(clf: Classifier) -> None:
+    """An operator may protect adults' personal information; that does not make them teens."""
+    w = SenderWindow(clf)
+    v = w.check("send nudes", 0.0, protect_personal_info=True, moderated=True, teen=False)
     assert (v.category, v.severity) == ("grooming", Severity.HIGH)
 
 
 def test_signals_age_out(clf: Classifier) -> None:
     w = SenderWindow(clf, max_age=120.0)
     assert feed(w, ["how old are you"]) == [CLEAN]
-    assert (
-        w.check("are you home alone?", 500.0, protect_personal_info=True, moderated=True) == CLEAN
-    )
+    assert w.check("you're so pretty", 500.0, protect_personal_info=True, moderated=True) == CLEAN
 
 
 def test_long_messages_are_not_kept_for_joins(clf: Classifier) -> None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from operator import attrgetter
 
 from . import personal
+from .learned import LearnedModel
 from .normalize import Normalized, tokens
 from .rules import DIGIT_KEY, Rule, Rules, load_rules
 from .verdict import (
@@ -47,9 +48,11 @@ class Classifier:
     ``classify`` is pure apart from reading the current rules, so one instance serves all
     connections; ``reload`` swaps the rules atomically."""
 
-    def __init__(self, rules_path: str | None = None) -> None:
+    def __init__(self, rules_path: str | None = None, *, learned: bool = True) -> None:
         self.rules_path = rules_path
         self._rules = load_rules(rules_path)
+        # The learned layer (learned.py), used by SenderWindow beside the rules.
+        self.learned: LearnedModel | None = LearnedModel.load() if learned else None
 
     @property
     def rules(self) -> Rules:

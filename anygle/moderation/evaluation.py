@@ -41,7 +41,9 @@ def predict(classifier: Classifier, case: Case) -> Verdict:
     window = SenderWindow(classifier)
     worst = None
     for i, msg in enumerate(case.messages):
-        v = window.check(msg, float(i), protect_personal_info=case.teen, moderated=True)
+        v = window.check(
+            msg, float(i), protect_personal_info=case.teen, moderated=True, teen=case.teen
+        )
         if worst is None or v.severity > worst.severity:
             worst = v
     assert worst is not None

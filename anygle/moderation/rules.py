@@ -99,6 +99,7 @@ class Rules:
     allow: frozenset[str]
     grooming_threshold: int
     normalizer: Normalizer
+    teen_grooming_threshold: int = 4  # with a teen in the chat (see window.py)
     sources: tuple[str, ...] = field(default=())
     # token -> (rules gated by it alone, rules with also_keys to check, ((word, rules that also
     # need that word), ...)): a rule with required words is filed under its longest one, so
@@ -345,7 +346,7 @@ class _Builder:
         # masked-word candidates with a preference (lower first): "f***" should read "fuck",
         # not "face"; word-list stems by category, then their inflections, then phrase words
         self.masked: dict[str, tuple[int, int, int]] = {}
-        self.settings: dict[str, int] = {"grooming_threshold": 5}
+        self.settings: dict[str, int] = {"grooming_threshold": 5, "teen_grooming_threshold": 4}
         self.count = 0
 
     def build(self, files: list[Path]) -> Rules:
@@ -395,6 +396,7 @@ class _Builder:
             rules=tuple(self.rules),
             allow=frozenset(self.allow),
             grooming_threshold=self.settings["grooming_threshold"],
+            teen_grooming_threshold=self.settings["teen_grooming_threshold"],
             normalizer=Normalizer(
                 self.known - {""}, sorted(self.masked, key=self.masked.__getitem__)
             ),

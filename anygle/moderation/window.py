@@ -8,9 +8,13 @@
   so an old, already-handled finding never blocks an innocent reply.
 * Grooming: each message's grooming signals (see data/grooming.json) are kept for the window.
   Each signal type counts once, with its highest weight. A message that carries a signal and
-  brings the window's score to ``grooming_threshold`` (default 5: two different signals, or one
-  sexual image request) is flagged 'grooming': HIGH when ``protect_personal_info`` (a teen is
-  involved), otherwise MEDIUM. Not applied in the unmoderated queue.
+  brings the window's score to ``grooming_threshold`` (default 5: two different signals of
+  which one is strong) is flagged 'grooming', MEDIUM. With ``protect_personal_info`` (a teen is
+  involved) it is HIGH, one strong signal (``STRONG_SIGNALS``) is enough and two different weak
+  ones reach ``teen_grooming_threshold`` (default 4); asking a teen for sexual images is
+  ``csam_solicitation`` (ZERO). Not applied in the unmoderated queue.
+* The learned layer (learned.py) scores each message the rules found less than HIGH for; its
+  verdict replaces the rules' only when it is more severe.
 
 The window keeps at most ``max_messages`` messages no older than ``max_age`` seconds. One
 instance per connection; not thread-safe (the reactor thread owns it).
@@ -39,6 +43,13 @@ CONTACT_WORDS = frozenset(
     "street st road rd avenue ave lane drive address".split()
 )
 JOIN_CHARS = 200
+# With a teen in the chat, one of these is enough to block (the policy in the README): secrecy,
+# probing for supervision, location or school, leaving for another app, meeting, photos/camera.
+# The weak ones (age, flattery, gifts, relationship talk) still need a second signal.
+STRONG_SIGNALS = frozenset({"secrecy", "alone", "meet", "off_platform", "photo"})
+# Asking a teen for sexual images (nudes, underwear pictures, undressing on camera) is
+# solicitation of a minor: zero tolerance in the teen queue, a grooming signal elsewhere.
+SEXUAL_IMAGE = "sexual_image"
 
 
 @dataclass(slots=True)
@@ -62,8 +73,20 @@ class SenderWindow:
         self._entries: deque[_Entry] = deque()
 
     def check(
-        self, text: str, now: float, *, protect_personal_info: bool, moderated: bool
+        self,
+        text: str,
+        now: float,
+        *,
+        protect_personal_info: bool,
+        moderated: bool,
+        teen: bool | None = None,
     ) -> Verdict:
+        """The verdict on ``text`` in the context of this sender's recent messages.
+
+        ``teen`` (default: ``protect_personal_info``): the chat is in the teen queue, where
+        asking for sexual images is solicitation of a minor (zero tolerance)."""
+        if teen is None:
+            teen = protect_personal_info
         self._expire(now)
         clf = self.classifier
         rules = clf.rules
@@ -88,11 +111,27 @@ class SenderWindow:
                     if jv.severity > verdict.severity:
                         verdict = jv
 
+        learned = clf.learned
+        if learned is not None and verdict.severity < Severity.HIGH:
+            lv = learned.verdict(
+                norm.text_tokens, protect_personal_info=protect_personal_info, moderated=moderated
+            )
+            if lv.severity > verdict.severity:
+                verdict = lv
+
         if signals:
-            gv = self._grooming(tuple(signals), rules.grooming_threshold, protect_personal_info)
-            # With a teen involved, grooming also names the verdict on a tie (e.g. with a
-            # personal_info block): it explains more than the single message does.
-            tie = protect_personal_info and gv.severity == verdict.severity < Severity.ZERO
+            threshold = (
+                rules.teen_grooming_threshold if protect_personal_info else rules.grooming_threshold
+            )
+            gv = self._grooming(tuple(signals), threshold, protect_personal_info, teen)
+            # With a teen involved, grooming built over several signals also names the verdict
+            # on a tie (e.g. with a personal_info block): it explains more than the single
+            # message does. One strong signal alone does not rename the message's own finding.
+            tie = (
+                protect_personal_info
+                and gv.severity == verdict.severity < Severity.ZERO
+                and len(self._signal_types(signals)) > 1
+            )
             if gv and (gv.severity > verdict.severity or tie):
                 verdict = gv
 
@@ -139,15 +178,25 @@ class SenderWindow:
             return None
         return " ".join(reversed(parts))
 
-    def _grooming(self, new: tuple[Signal, ...], threshold: int, teen: bool) -> Verdict:
+    def _signal_types(self, new: Iterable[Signal]) -> set[str]:
+        return {s.name for e in self._entries for s in e.signals} | {s.name for s in new}
+
+    def _grooming(
+        self, new: tuple[Signal, ...], threshold: int, protected: bool, teen: bool
+    ) -> Verdict:
+        if teen:
+            for s in new:
+                if s.name == SEXUAL_IMAGE:
+                    return Verdict(Severity.ZERO, "csam_solicitation", f"to a teen: {s.evidence}")
         weights = _best_weights([*(e.signals for e in self._entries), new])
         total = sum(weights.values())
-        if total < threshold:
+        strong = protected and any(s.name in STRONG_SIGNALS for s in new)
+        if total < threshold and not strong:
             return CLEAN
         names = sorted(weights)
         evidence = "; ".join(f"{s.name}: {s.evidence}" for s in new)
         evidence = f"score {total} ({', '.join(names)}) {evidence}"
-        return Verdict(Severity.HIGH if teen else Severity.MEDIUM, "grooming", evidence)
+        return Verdict(Severity.HIGH if protected else Severity.MEDIUM, "grooming", evidence)
 
 
 def _best_weights(groups: Iterable[Iterable[Signal]]) -> dict[str, int]:

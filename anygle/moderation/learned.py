@@ -1,0 +1,172 @@
+"""The learned layer: a small linear model that catches paraphrases the rules do not list.
+
+The rules stay the explainable hard blocks (contact-detail formats, zero-tolerance phrases);
+this model only ever *adds* a verdict where the rules found less, never lowers one (the window
+takes the more severe of the two). It reads the normaliser's tokens (leetspeak undone, repeated
+letters squeezed), so the evasions the rules see through are seen through here too.
+
+Features (``features``): each token as a word, the token's character 3- and 4-grams (with
+``<``/``>`` marking its ends, so "snapp", "sn4p" and "snapchat" share grams), and each pair of
+adjacent tokens. Scores are a multinomial logistic regression over counts of those features,
+trained by ``tools/train_moderation.py`` from the project's labelled corpora; the weights ship
+in ``model/weights.json.gz`` with a probability threshold per category chosen on
+cross-validated predictions (see anygle/moderation/README.md, "Learned layer").
+
+Cost: a token's word and character-gram weights are summed once and cached (bounded), so a
+message costs a dict lookup per token and per token pair plus one sum over the hits.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+from collections.abc import Sequence
+from importlib import resources
+from itertools import pairwise
+from pathlib import Path
+
+from .verdict import CLEAN, PROTECTED_CATEGORIES, UNMODERATED_CATEGORIES, Severity, Verdict
+
+CHAR_GRAMS = (3, 4)
+MAX_TOKEN = 24  # longer tokens contribute their word feature only
+CACHE_SIZE = 50_000  # tokens whose summed weights are kept (about 200 bytes each)
+# What a learned finding does. Zero-tolerance categories block with a 'high' warning but never
+# ban: a ban needs a rule that explains it (see README, "Learned layer").
+SEVERITY = {
+    "csam_solicitation": Severity.HIGH,
+    "minor_sexual": Severity.HIGH,
+    "violent_threat": Severity.HIGH,
+    "doxing": Severity.HIGH,
+    "personal_info": Severity.HIGH,
+    "grooming": Severity.HIGH,
+}
+TEEN_ONLY = frozenset({"grooming"}) | PROTECTED_CATEGORIES
+# Tokens (as the normaliser gives them) that address the partner. In a message that has one,
+# every word also counts as "y:<word>": "parents" in "are ur parents home" and in "my parents
+# are strict" then weigh differently, which a sum of single words cannot express.
+SECOND_PERSON = frozenset(
+    {"you", "u", "ur", "your", "youre", "ya", "yourself", "urself", "yours", "urs", "yall"}
+)
+
+
+def token_features(token: str) -> list[str]:
+    out = ["w:" + token]
+    if len(token) <= MAX_TOKEN:
+        padded = f"<{token}>"
+        for n in CHAR_GRAMS:
+            out.extend(padded[i : i + n] for i in range(len(padded) - n + 1))
+    return out
+
+
+def addressed(tokens: Sequence[str]) -> bool:
+    """Does the message speak to the partner ("you", "ur", ...)?"""
+    return not SECOND_PERSON.isdisjoint(tokens)
+
+
+def features(tokens: Sequence[str]) -> list[str]:
+    """Every feature of one message (what the trainer counts; the model sums the same)."""
+    out = [f for t in tokens for f in token_features(t)]
+    out.extend(f"b:{a} {b}" for a, b in pairwise(tokens))
+    if addressed(tokens):
+        out.extend("y:" + t for t in tokens)
+    return out
+
+
+class LearnedModel:
+    """Weights and thresholds of the trained model; ``verdict`` is the per-message call."""
+
+    def __init__(self, data: dict) -> None:
+        self.classes: list[str] = data["classes"]
+        self.bias: tuple[float, ...] = tuple(data["bias"])
+        self.weights: dict[str, tuple[float, ...]] = {}
+        # token pairs as first token -> second token -> weights: no string built per pair
+        self.pairs: dict[str, dict[str, tuple[float, ...]]] = {}
+        for f, w in data["weights"].items():
+            if f.startswith("b:"):
+                a, b = f[2:].split(" ", 1)
+                self.pairs.setdefault(a, {})[b] = tuple(w)
+            else:
+                self.weights[f] = tuple(w)
+        # class index -> threshold, only for the classes that act
+        self.thresholds: dict[int, float] = {
+            self.classes.index(c): t for c, t in data["thresholds"].items() if c in SEVERITY
+        }
+        self.meta: dict = data.get("meta", {})
+        self._zero = (0.0,) * len(self.classes)
+        self._tokens: dict[str, tuple[float, ...]] = {}
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> LearnedModel:
+        """The packaged model, or the one at ``path`` (a .json or .json.gz file)."""
+        if path is None:
+            raw = resources.files(__package__).joinpath("model/weights.json.gz").read_bytes()
+        else:
+            raw = Path(path).read_bytes()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+        return cls(json.loads(raw))
+
+    def _token_vector(self, token: str) -> tuple[float, ...]:
+        weights = self.weights
+        hits = [w for f in token_features(token) if (w := weights.get(f)) is not None]
+        if not hits:
+            return self._zero
+        return tuple(map(sum, zip(*hits, strict=True)))
+
+    def scores(self, tokens: Sequence[str]) -> list[float]:
+        """Raw class scores (logits) of one message."""
+        cache = self._tokens
+        vectors = [self.bias]
+        zero = self._zero
+        for t in tokens:
+            v = cache.get(t)
+            if v is None:
+                if len(cache) >= CACHE_SIZE:
+                    cache.clear()
+                v = cache[t] = self._token_vector(t)
+            if v is not zero:
+                vectors.append(v)
+        if not SECOND_PERSON.isdisjoint(tokens):
+            weights = self.weights
+            for t in tokens:
+                v = weights.get("y:" + t)
+                if v is not None:
+                    vectors.append(v)
+        pairs = self.pairs
+        for a, b in pairwise(tokens):
+            following = pairs.get(a)
+            if following is not None:
+                v = following.get(b)
+                if v is not None:
+                    vectors.append(v)
+        return list(map(sum, zip(*vectors, strict=True)))
+
+    def probabilities(self, tokens: Sequence[str]) -> dict[str, float]:
+        s = self.scores(tokens)
+        top = max(s)
+        e = [math.exp(x - top) for x in s]
+        total = sum(e)
+        return {c: x / total for c, x in zip(self.classes, e, strict=True)}
+
+    def verdict(
+        self, tokens: Sequence[str], *, protect_personal_info: bool, moderated: bool
+    ) -> Verdict:
+        """The most probable acting category over its threshold, as a Verdict (or CLEAN)."""
+        if not tokens:
+            return CLEAN
+        s = self.scores(tokens)
+        top = max(s)
+        best = max(range(len(s)), key=s.__getitem__)
+        threshold = self.thresholds.get(best)
+        if threshold is None:
+            return CLEAN
+        category = self.classes[best]
+        if category in TEEN_ONLY and not protect_personal_info:
+            return CLEAN
+        if not moderated and category not in UNMODERATED_CATEGORIES:
+            return CLEAN
+        p = 1.0 / sum(math.exp(x - top) for x in s)
+        if p < threshold:
+            return CLEAN
+        return Verdict(SEVERITY[category], category, f"learned p={p:.2f}")

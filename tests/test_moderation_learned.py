@@ -1,0 +1,118 @@
+"""The learned layer: exact sums, gating by queue and age group, and never a lower verdict."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from importlib import resources
+from pathlib import Path
+
+import pytest
+
+from anygle.moderation import Classifier, SenderWindow, Severity
+from anygle.moderation.evaluation import load_corpus, predict
+from anygle.moderation.learned import SEVERITY, LearnedModel, features
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="module")
+def shipped() -> dict:
+    raw = resources.files("anygle.moderation").joinpath("model/weights.json.gz").read_bytes()
+    return json.loads(gzip.decompress(raw))
+
+
+@pytest.fixture(scope="module")
+def with_model() -> Classifier:
+    return Classifier()
+
+
+@pytest.fixture(scope="module")
+def rules_only() -> Classifier:
+    return Classifier(learned=False)
+
+
+def toy_model() -> LearnedModel:
+    """Two words that push towards a category each; thresholds at 0.5."""
+    classes = ["clean", "grooming", "minor_sexual"]
+    return LearnedModel(
+        {
+            "classes": classes,
+            "bias": [1.0, 0.0, 0.0],
+            "thresholds": {"grooming": 0.5, "minor_sexual": 0.5},
+            "weights": {"w:lure": [0.0, 5.0, 0.0], "w:vile": [0.0, 0.0, 5.0]},
+        }
+    )
+
+
+def test_features_are_words_character_grams_and_pairs() -> None:
+    assert features(["hey", "me"]) == [
+        "w:hey", "<he", "hey", "ey>", "<hey", "hey>", "w:me", "<me", "me>", "<me>", "b:hey me",
+    ]  # fmt: skip
+    # a message addressed to the partner also counts each word as addressed
+    assert features(["hey", "u"])[-3:] == ["b:hey u", "y:hey", "y:u"]
+
+
+def test_scores_are_the_plain_sum_of_feature_weights(shipped: dict) -> None:
+    model = LearnedModel(shipped)
+    norm = Classifier(learned=False).normalize
+    for text in ("hey whats up", "wat scool u go to lol", "send me a pic", "a" * 40, ""):
+        tokens = list(norm(text).text_tokens)
+        want = list(shipped["bias"])
+        for f in features(tokens):
+            for k, w in enumerate(shipped["weights"].get(f, ())):
+                want[k] += w
+        got = model.scores(tokens)
+        assert got == pytest.approx(want, abs=1e-9)
+        assert model.scores(tokens) == got  # the per-token cache changes nothing
+
+
+def test_shipped_model_has_a_threshold_for_every_acting_category(shipped: dict) -> None:
+    assert set(SEVERITY) <= set(shipped["classes"])
+    for category in SEVERITY:
+        assert 0.5 <= shipped["thresholds"][category] <= 1.0
+    # trained on the kept corpora, never on a blind set
+    assert not [name for name in shipped["meta"]["corpora"] if "blind" in name]
+
+
+def test_gating_by_queue_and_age_group() -> None:
+    model = toy_model()
+
+    def v(text: str, **kw: bool):
+        return model.verdict(text.split(), **kw)
+
+    teen = {"protect_personal_info": True, "moderated": True}
+    adult = {"protect_personal_info": False, "moderated": True}
+    unmoderated = {"protect_personal_info": False, "moderated": False}
+    assert (v("lure", **teen).category, v("lure", **teen).severity) == ("grooming", Severity.HIGH)
+    assert not v("lure", **adult)  # grooming is a teen-chat category
+    assert v("vile", **unmoderated).category == "minor_sexual"  # applies in every queue
+    assert not v("hello", **teen)
+    assert not v("", **teen)
+
+
+def test_learned_zero_tolerance_blocks_but_never_bans() -> None:
+    assert toy_model().verdict(["vile"], protect_personal_info=True, moderated=True).severity == (
+        Severity.HIGH
+    )
+
+
+@pytest.mark.parametrize(
+    "corpus", sorted(DATA.glob("moderation_corpus*.tsv")), ids=lambda p: p.name
+)
+def test_never_lowers_the_rules_verdict(
+    corpus: Path, with_model: Classifier, rules_only: Classifier
+) -> None:
+    for case in load_corpus(corpus):
+        assert predict(with_model, case).severity >= predict(rules_only, case).severity, case
+
+
+def test_the_window_uses_the_learned_verdict_when_it_is_more_severe(rules_only: Classifier) -> None:
+    clf = Classifier(learned=False)
+    clf.learned = toy_model()
+    w = SenderWindow(clf)
+    v = w.check("what a lure", 0.0, protect_personal_info=True, moderated=True)
+    assert (v.category, v.severity) == ("grooming", Severity.HIGH)
+    assert not SenderWindow(rules_only).check(
+        "what a lure", 0.0, protect_personal_info=True, moderated=True
+    )

@@ -1,0 +1,195 @@
+"""Train the learned moderation layer (anygle/moderation/learned.py) from the project's corpora.
+
+Inputs: every labelled corpus the project keeps for training (``tests/data/moderation_corpus*.tsv``
+-- the main corpus and the held-out corpora that are no longer blind -- and
+``tests/data/moderation_train.*.tsv``). Never the blind sets under ``tests/data/blind/``: those
+measure the model and must stay unseen by it.
+
+Samples: every single-message case with its label; every message of a multi-message clean case
+as clean. Multi-message abusive cases are left out: their parts are innocent alone (a phone
+number in three pieces, two weak grooming signals), which is the sender window's job, not this
+model's. Labels: the categories the layer can act on, ``clean``, and ``other`` (slurs,
+harassment, explicit talk, insults, profanity: the rules' business, kept apart so they do not
+blur ``clean``).
+
+Method: scikit-learn's multinomial LogisticRegression over counts of learned.features(); 5-fold
+cross-validated probabilities choose each acting category's threshold: the lowest one (at least
+``--min-threshold``) at which that category claims at most ``--fp-budget`` of the clean samples
+out of fold (half that for the zero-tolerance categories). The final model is fitted on
+everything, pruned of negligible weights and written to
+``anygle/moderation/model/weights.json.gz`` with the thresholds and the out-of-fold recall.
+
+Run: .venv/bin/pip install ".[train]" && .venv/bin/python tools/train_moderation.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gzip
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from scipy import sparse
+from sklearn.feature_extraction.text import CountVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from anygle.moderation import Classifier  # noqa: E402
+from anygle.moderation.evaluation import load_corpus  # noqa: E402
+from anygle.moderation.learned import SEVERITY, features  # noqa: E402
+from anygle.moderation.verdict import CATEGORY_SEVERITY, Severity  # noqa: E402
+
+DATA = ROOT / "tests" / "data"
+OUT = ROOT / "anygle" / "moderation" / "model" / "weights.json.gz"
+OTHER = frozenset({"harassment", "slur", "sexual_explicit", "profanity", "insult", "link"})
+
+
+def corpora() -> list[Path]:
+    return sorted(DATA.glob("moderation_corpus*.tsv")) + sorted(DATA.glob("moderation_train.*.tsv"))
+
+
+def samples(paths: list[Path]) -> tuple[list[list[str]], list[str], Counter]:
+    norm = Classifier(learned=False).rules.normalizer
+    docs, labels, per_file = [], [], Counter()
+    for path in paths:
+        for case in load_corpus(path):
+            label = "other" if case.label in OTHER else case.label
+            if len(case.messages) > 1 and label != "clean":
+                continue
+            for m in case.messages:
+                docs.append(list(norm(m).text_tokens))
+                labels.append(label)
+                per_file[path.name] += 1
+    return docs, labels, per_file
+
+
+def _vectorizer() -> CountVectorizer:
+    return CountVectorizer(analyzer=features, lowercase=False, min_df=1)
+
+
+def _model(c: float) -> LogisticRegression:
+    return LogisticRegression(C=c, max_iter=3000, class_weight="balanced")
+
+
+def _scale(vec: CountVectorizer, char_scale: float) -> sparse.dia_matrix:
+    """Column scaling: character grams count ``char_scale`` each, words and pairs 1. A
+    character gram then needs a larger weight to matter and is held back by the
+    regularisation: grams generalise to misspellings but also to unrelated words ("show" in
+    "shows"). Exported weights are multiplied back, so inference just sums them."""
+    names = vec.get_feature_names_out()
+    factors = np.array([1.0 if n[:2] in ("w:", "b:") else char_scale for n in names])
+    return sparse.diags(factors)
+
+
+def _fit(docs: list[list[str]], y: np.ndarray, c: float, char_scale: float):
+    vec = _vectorizer()
+    scale = None
+    x = vec.fit_transform(docs)
+    scale = _scale(vec, char_scale)
+    model = _model(c).fit(x @ scale, y)
+    return vec, scale, model
+
+
+def out_of_fold(
+    docs: list[list[str]], y: np.ndarray, c: float, seed: int, char_scale: float
+) -> np.ndarray:
+    proba = np.zeros((len(docs), len(np.unique(y))))
+    folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=seed)
+    for train, test in folds.split(np.zeros(len(y)), y):
+        vec, scale, model = _fit([docs[i] for i in train], y[train], c, char_scale)
+        proba[test] = model.predict_proba(vec.transform([docs[i] for i in test]) @ scale)
+    return proba
+
+
+def thresholds(
+    proba: np.ndarray, y: np.ndarray, classes: list[str], budget: float, floor: float
+) -> tuple[dict[str, float], dict[str, dict]]:
+    pred = proba.argmax(1)
+    top = proba.max(1)
+    clean = y == classes.index("clean")
+    chosen, report = {}, {}
+    for k, name in enumerate(classes):
+        if name not in SEVERITY:
+            continue
+        # a false zero-tolerance finding costs more (a block and a strike on an innocent
+        # sender's record): half the budget
+        allowed = budget * (0.5 if CATEGORY_SEVERITY[name] is Severity.ZERO else 1.0)
+        mine = pred == k
+        best = 1.0
+        for t in np.arange(floor, 1.0, 0.01):
+            if ((mine & (top >= t)) & clean).sum() <= allowed * clean.sum():
+                best = float(round(t, 2))
+                break
+        fires = mine & (top >= best)
+        support = (y == k).sum()
+        chosen[name] = best
+        report[name] = {
+            "threshold": best,
+            "support": int(support),
+            "oof_recall": round(float((fires & (y == k)).sum() / support), 3),
+            "oof_clean_claimed": int((fires & clean).sum()),
+        }
+    return chosen, report
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--c", type=float, default=1.0, help="inverse regularisation strength")
+    ap.add_argument("--fp-budget", type=float, default=0.005,
+                    help="share of clean samples one category may claim out of fold")  # fmt: skip
+    ap.add_argument("--min-threshold", type=float, default=0.6)
+    ap.add_argument("--prune", type=float, default=0.02, help="drop features below this |w|")
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--char-scale", type=float, default=0.5, help="see _scale()")
+    ap.add_argument("--out", type=Path, default=OUT)
+    args = ap.parse_args(argv)
+
+    paths = corpora()
+    docs, labels, per_file = samples(paths)
+    classes = sorted(set(labels))
+    y = np.array([classes.index(lab) for lab in labels])
+    print(f"{len(docs)} samples from {len(paths)} corpora: {dict(Counter(labels))}")
+    proba = out_of_fold(docs, y, args.c, args.seed, args.char_scale)
+    chosen, report = thresholds(proba, y, classes, args.fp_budget, args.min_threshold)
+    for name, row in report.items():
+        print(f"  {name:<18} {row}")
+
+    vec, scale, model = _fit(docs, y, args.c, args.char_scale)
+    names = vec.get_feature_names_out()
+    coef = model.coef_ * scale.diagonal()  # (classes, features), back to unscaled counts
+    keep = np.abs(coef).max(0) >= args.prune
+    weights = {
+        str(f): [round(float(w), 4) for w in coef[:, i]] for i, f in enumerate(names) if keep[i]
+    }
+    print(f"features: {len(names)}, kept {len(weights)} (|w| >= {args.prune})")
+    data = {
+        "classes": classes,
+        "bias": [round(float(b), 4) for b in model.intercept_],
+        "thresholds": chosen,
+        "weights": weights,
+        "meta": {
+            "trained": dt.datetime.now(dt.UTC).isoformat(timespec="minutes"),
+            "corpora": dict(per_file),
+            "samples": len(docs),
+            "c": args.c,
+            "char_scale": args.char_scale,
+            "fp_budget": args.fp_budget,
+            "out_of_fold": report,
+        },
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    raw = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+    args.out.write_bytes(gzip.compress(raw, 9, mtime=0))
+    print(f"wrote {args.out} ({args.out.stat().st_size // 1024} KiB)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
