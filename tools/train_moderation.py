@@ -141,8 +141,8 @@ def thresholds(
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--c", type=float, default=1.0, help="inverse regularisation strength")
-    ap.add_argument("--fp-budget", type=float, default=0.005,
+    ap.add_argument("--c", type=float, default=2.0, help="inverse regularisation strength")
+    ap.add_argument("--fp-budget", type=float, default=0.0075,
                     help="share of clean samples one category may claim out of fold")  # fmt: skip
     ap.add_argument("--min-threshold", type=float, default=0.6)
     ap.add_argument("--prune", type=float, default=0.02, help="drop features below this |w|")

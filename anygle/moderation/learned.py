@@ -30,7 +30,7 @@ from .verdict import CLEAN, PROTECTED_CATEGORIES, UNMODERATED_CATEGORIES, Severi
 
 CHAR_GRAMS = (3, 4)
 MAX_TOKEN = 24  # longer tokens contribute their word feature only
-CACHE_SIZE = 50_000  # tokens whose summed weights are kept (about 200 bytes each)
+CACHE_SIZE = 50_000  # tokens whose summed weights are kept, per cache (about 200 bytes each)
 # What a learned finding does. Zero-tolerance categories block with a 'high' warning but never
 # ban: a ban needs a rule that explains it (see README, "Learned layer").
 SEVERITY = {
@@ -95,6 +95,7 @@ class LearnedModel:
         self.meta: dict = data.get("meta", {})
         self._zero = (0.0,) * len(self.classes)
         self._tokens: dict[str, tuple[float, ...]] = {}
+        self._addressed: dict[str, tuple[float, ...]] = {}
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> LearnedModel:
@@ -107,16 +108,21 @@ class LearnedModel:
             raw = gzip.decompress(raw)
         return cls(json.loads(raw))
 
-    def _token_vector(self, token: str) -> tuple[float, ...]:
+    def _token_vector(self, token: str, addressed: bool) -> tuple[float, ...]:
         weights = self.weights
-        hits = [w for f in token_features(token) if (w := weights.get(f)) is not None]
+        feats = token_features(token)
+        if addressed:
+            feats.append("y:" + token)
+        hits = [w for f in feats if (w := weights.get(f)) is not None]
         if not hits:
             return self._zero
         return tuple(map(sum, zip(*hits, strict=True)))
 
     def scores(self, tokens: Sequence[str]) -> list[float]:
         """Raw class scores (logits) of one message."""
-        cache = self._tokens
+        addressed = not SECOND_PERSON.isdisjoint(tokens)
+        # a token's own features (and, in an addressed message, its "y:" word) summed once
+        cache = self._addressed if addressed else self._tokens
         vectors = [self.bias]
         zero = self._zero
         for t in tokens:
@@ -124,15 +130,9 @@ class LearnedModel:
             if v is None:
                 if len(cache) >= CACHE_SIZE:
                     cache.clear()
-                v = cache[t] = self._token_vector(t)
+                v = cache[t] = self._token_vector(t, addressed)
             if v is not zero:
                 vectors.append(v)
-        if not SECOND_PERSON.isdisjoint(tokens):
-            weights = self.weights
-            for t in tokens:
-                v = weights.get("y:" + t)
-                if v is not None:
-                    vectors.append(v)
         pairs = self.pairs
         for a, b in pairwise(tokens):
             following = pairs.get(a)
