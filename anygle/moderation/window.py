@@ -47,6 +47,14 @@ JOIN_CHARS = 200
 # probing for supervision, location or school, leaving for another app, meeting, photos/camera.
 # The weak ones (age, flattery, gifts, relationship talk) still need a second signal.
 STRONG_SIGNALS = frozenset({"secrecy", "alone", "meet", "off_platform", "photo"})
+# Words that turn a request down when they stand just before it, or just after it.
+NEGATIONS = frozenset(
+    "no not never dont don't wont won't cant can't wouldnt wouldn't shouldnt shouldn't nope nah "
+    "rather refuse allowed why stop".split()
+)
+REFUSALS_AFTER = frozenset("nah nope never no".split())
+_PRESSURE = re.compile(r"\bno (?:pres+ure|wor+(?:ies|y)|stres+)\b")  # the text view is squeezed
+_WORDS = re.compile(r"[a-z']+")
 # Asking a teen for sexual images (nudes, underwear pictures, undressing on camera) is
 # solicitation of a minor: zero tolerance in the teen queue, a grooming signal elsewhere.
 SEXUAL_IMAGE = "sexual_image"
@@ -119,11 +127,14 @@ class SenderWindow:
             if lv.severity > verdict.severity:
                 verdict = lv
 
+        # A teen's refusal ("i don't send pics", "meet up? nah") repeats the words of the
+        # request it turns down: it is no signal.
+        signals = [s for s in signals if not refused(norm.text, s.evidence)]
         if signals:
             threshold = (
                 rules.teen_grooming_threshold if protect_personal_info else rules.grooming_threshold
             )
-            gv = self._grooming(tuple(signals), threshold, protect_personal_info, teen)
+            gv = self._grooming(tuple(signals), threshold, protect_personal_info, teen, norm.text)
             # With a teen involved, grooming built over several signals also names the verdict
             # on a tie (e.g. with a personal_info block): it explains more than the single
             # message does. One strong signal alone does not rename the message's own finding.
@@ -182,7 +193,7 @@ class SenderWindow:
         return {s.name for e in self._entries for s in e.signals} | {s.name for s in new}
 
     def _grooming(
-        self, new: tuple[Signal, ...], threshold: int, protected: bool, teen: bool
+        self, new: tuple[Signal, ...], threshold: int, protected: bool, teen: bool, text: str
     ) -> Verdict:
         if teen:
             for s in new:
@@ -197,6 +208,20 @@ class SenderWindow:
         evidence = "; ".join(f"{s.name}: {s.evidence}" for s in new)
         evidence = f"score {total} ({', '.join(names)}) {evidence}"
         return Verdict(Severity.HIGH if protected else Severity.MEDIUM, "grooming", evidence)
+
+
+def refused(text: str, evidence: str) -> bool:
+    """Is the signal found in ``text`` turned down rather than asked for? Looks at the three
+    words before the match ("i don't send pics", but not "no pressure, send a pic" or "no one
+    needs to know") and the two after it ("meet up? nah")."""
+    at = text.find(evidence)
+    if at < 0:
+        return False
+    before = _WORDS.findall(text, max(0, at - 40), at)[-3:]
+    after = _WORDS.findall(text, at + len(evidence), at + len(evidence) + 30)[:2]
+    if any(w in NEGATIONS for w in before):
+        return not _PRESSURE.search(text, 0, at)
+    return any(w in REFUSALS_AFTER for w in after)
 
 
 def _best_weights(groups: Iterable[Iterable[Signal]]) -> dict[str, int]:
