@@ -693,13 +693,13 @@ def test_instance_ids_cannot_collide_in_key_names():
 
 
 def test_redis_urls():
-    from anygle.engine.redis import _RedisAddress
+    from anygle.engine.redis import RedisAddress
 
-    a = _RedisAddress.parse("redis://:s%40cret@10.0.0.5:6380/3")
+    a = RedisAddress.parse("redis://:s%40cret@10.0.0.5:6380/3")
     assert (a.host, a.port, a.db, a.password, a.path) == ("10.0.0.5", 6380, 3, "s@cret", None)
-    a = _RedisAddress.parse("redis://127.0.0.1:6379/0")
+    a = RedisAddress.parse("redis://127.0.0.1:6379/0")
     assert (a.host, a.port, a.db, a.password) == ("127.0.0.1", 6379, 0, None)
-    a = _RedisAddress.parse("unix:///run/redis/redis.sock?db=2")
+    a = RedisAddress.parse("unix:///run/redis/redis.sock?db=2")
     assert (a.path, a.db) == ("/run/redis/redis.sock", 2)
     with pytest.raises(ValueError):
-        _RedisAddress.parse("http://x")
+        RedisAddress.parse("http://x")

@@ -2,7 +2,7 @@
 
 * **State** lives in the seed's keys (``user:``, ``socket:``, ``queue:``, ``room:``,
   ``stats:global``, ``banned:``) plus the extra keys listed in README.md.
-* **Atomicity.**  Every change of shared state is one Lua script (``anygle/engine/lua/``, loaded
+* **Atomicity.**  Every change of shared state is one Lua script (``anygle/engine/redis/lua/``, loaded
   with ``SCRIPT LOAD``, called with ``EVALSHA``, ``EVAL`` on ``NOSCRIPT``): matching removes both
   users from their queue and creates the room in one step, a room is ended by exactly one caller.
   The matching rules mirror :mod:`anygle.matching` / the memory engine.
@@ -30,13 +30,11 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, ClassVar
-from urllib.parse import parse_qs, unquote, urlparse
 
 import msgpack
 import txredisapi
@@ -57,6 +55,7 @@ from anygle.engine.base import (
     Preferences,
     Stats,
 )
+from anygle.engine.redis.client import RedisAddress, RedisFactory
 
 __all__ = ["EngineUnavailable", "RedisEngine"]
 
@@ -97,7 +96,7 @@ def _ms(seconds: float) -> int:
 
 def load_scripts() -> dict[str, str]:
     """Every script with the shared helpers in front."""
-    lua = resources.files("anygle.engine") / "lua"
+    lua = resources.files("anygle.engine.redis") / "lua"
     common = (lua / "common.lua").read_text()
     return {name: common + "\n" + (lua / f"{name}.lua").read_text() for name in SCRIPTS}
 
@@ -126,102 +125,6 @@ class _Room:
         return len(set(self.instances.values())) == 1
 
 
-@dataclass(slots=True)
-class _RedisAddress:
-    host: str = "127.0.0.1"
-    port: int = 6379
-    path: str | None = None
-    db: int = 0
-    password: str | None = None
-    username: str | None = None
-
-    @classmethod
-    def parse(cls, url: str) -> _RedisAddress:
-        u = urlparse(url)
-        if u.scheme == "unix":
-            db = int(parse_qs(u.query).get("db", ["0"])[0])
-            return cls(path=u.path, db=db, password=u.password and unquote(u.password))
-        if u.scheme not in ("redis", ""):
-            raise ValueError(f"unsupported Redis URL {url!r}")
-        db = int(u.path.strip("/") or 0)
-        return cls(
-            host=u.hostname or "127.0.0.1",
-            port=u.port or 6379,
-            db=db,
-            password=unquote(u.password) if u.password else None,
-            username=unquote(u.username) if u.username else None,
-        )
-
-    def __str__(self) -> str:
-        return self.path or f"{self.host}:{self.port}"
-
-
-class _Protocol(txredisapi.RedisProtocol):
-    """txredisapi's protocol (hiredis parser when installed) with a cheaper reply timeout.
-
-    txredisapi's ``replyTimeout`` schedules (and cancels) a ``DelayedCall`` per command; at a few
-    thousand commands/s the cancelled calls linger in the reactor's heap long enough to be
-    promoted to the GC's oldest generation and trigger full collections (measured: 100-300 ms
-    stalls every second under a 500 joins/s load).  Instead the engine's heartbeat checks twice
-    a second that a connection with replies outstanding has received something lately.
-    """
-
-    last_activity = 0.0
-
-    def dataReceived(self, data: bytes, unpause: bool = False) -> Any:
-        self.last_activity = time.monotonic()
-        return super().dataReceived(data, unpause)
-
-    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
-        if not self.replyQueue.waiting:
-            self.last_activity = time.monotonic()  # the wait starts now
-        return super().execute_command(*args, **kwargs)
-
-    def stalled(self, limit: float) -> bool:
-        return bool(self.replyQueue.waiting) and time.monotonic() - self.last_activity > limit
-
-
-class _Factory(txredisapi.RedisFactory):
-    """One reconnecting connection; tells the engine when it is usable and when it is gone."""
-
-    protocol = _Protocol
-
-    initialDelay = 0.1
-    factor = 2.0
-    maxDelay = 2.0
-    jitter = 0.1
-
-    def __init__(
-        self,
-        address: _RedisAddress,
-        on_ready: Callable[[Any], None],
-        on_lost: Callable[[Any], None],
-    ) -> None:
-        super().__init__(
-            str(address),
-            address.db or None,
-            1,
-            isLazy=True,
-            charset=None,
-            password=address.password,
-            replyTimeout=None,  # see _Protocol
-            convertNumbers=False,
-            username=address.username,
-        )
-        self.on_ready = on_ready
-        self.on_lost = on_lost
-
-    def buildProtocol(self, addr: Any) -> Any:
-        proto = super().buildProtocol(addr)
-        proto.whenConnected().addCallback(self._ready)
-        return proto
-
-    def _ready(self, proto: Any) -> Any:
-        proto.whenDisconnected().addCallback(self.on_lost)
-        self.on_ready(proto)
-        return proto
-
-
 class RedisEngine:
     """See the module docstring; README.md lists the keys."""
 
@@ -248,7 +151,7 @@ class RedisEngine:
             # instance:{id}, instance:{id}:users … must not collide
             raise ValueError(f"bad instance id {self.instance!r}: non-empty, no ':' or spaces")
         self.inbox = f"inbox:{self.instance}"
-        self.address = _RedisAddress.parse(config.redis_url)
+        self.address = RedisAddress.parse(config.redis_url)
         self.sink: EngineSink | None = None
         self.scripts = load_scripts()
         self.shas: dict[str, str] = {}
@@ -260,8 +163,8 @@ class RedisEngine:
         self._flush_call: Any = None
         self._cmd: Any = None  # command connection (protocol) when connected
         self._reader: Any = None  # inbox connection
-        self._cmd_factory: _Factory | None = None
-        self._reader_factory: _Factory | None = None
+        self._cmd_factory: RedisFactory | None = None
+        self._reader_factory: RedisFactory | None = None
         self._available = False
         self._registered = False  # registered at least once since start()
         self._dirty = False
@@ -284,8 +187,8 @@ class RedisEngine:
     def start(self, sink: EngineSink) -> defer.Deferred[None]:
         self.sink = sink
         self._stopping = False
-        self._cmd_factory = _Factory(self.address, self._cmd_ready, self._cmd_lost)
-        self._reader_factory = _Factory(self.address, self._reader_ready, self._reader_lost)
+        self._cmd_factory = RedisFactory(self.address, self._cmd_ready, self._cmd_lost)
+        self._reader_factory = RedisFactory(self.address, self._reader_ready, self._reader_lost)
         for factory in (self._cmd_factory, self._reader_factory):
             factory.startConnecting(self._endpoint())
         self._heartbeat = self.reactor.callLater(self.heartbeat_interval, self._beat)

@@ -1,4 +1,4 @@
--- Shared by every script of the redis engine (anygle/engine/redis.py prepends it).
+-- Shared by every script of the redis engine (anygle/engine/redis/engine.py prepends it).
 --
 -- Matching mirrors anygle/matching.py and MemoryEngine exactly; see README "Run several instances" for every key.
 -- Keys are built here, not passed in KEYS: the engine targets one Redis (no cluster).
