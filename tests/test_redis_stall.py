@@ -113,7 +113,13 @@ def check_delivery(chats: list[tuple[Client, Client]], traffic: Traffic) -> dict
             assert got == sorted(set(got)), f"reordered or duplicated: {got[:50]}"
             told = len(errors(sender, "NOT_DELIVERED"))
             missing = traffic.sent[id(sender)] - len(got)
-            assert missing == told, (traffic.sent[id(sender)], len(got), told)
+            assert missing == told, (
+                chats.index((a, b)),
+                traffic.sent[id(sender)],
+                sorted(set(range(traffic.sent[id(sender)])) - set(got)),
+                told,
+                [f for f in sender.received if f["type"] not in ("message", "matched")],
+            )
             totals["sent"] += traffic.sent[id(sender)]
             totals["delivered"] += len(got)
             totals["not_delivered"] += told

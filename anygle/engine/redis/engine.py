@@ -36,6 +36,7 @@
 from __future__ import annotations
 
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -146,6 +147,7 @@ class RedisEngine:
     reap_batch: ClassVar[int] = 500  # users per reaping script call
     register_batch: ClassVar[int] = 1000  # users per registration script call
     outage_buffer: ClassVar[int] = 20000  # relays to other instances kept while Redis is away
+    replay_window: ClassVar[float] = 10.0  # acknowledged relays sent again if Redis loses data
 
     def __init__(self, config: EngineConfig, clock: IReactorTime) -> None:
         from twisted.internet import reactor
@@ -170,6 +172,8 @@ class RedisEngine:
         self._outboxed = 0  # events in _outbox
         self._inflight: dict[int, tuple[str, list[tuple[Any, ...]]]] = {}  # XADDs unanswered
         self._xadds = 0
+        self._sent: deque[tuple[float, str, list[tuple[Any, ...]]]] = deque()  # acknowledged
+        self._sent_count = 0
         self._flush_call: Any = None
         self._cmd: Any = None  # command connection (protocol) when connected
         self._reader: Any = None  # inbox connection
@@ -356,6 +360,7 @@ class RedisEngine:
                 self.log.warn("Redis lost its data: restoring this instance's state")
                 self.counters["restores"] += 1
                 await self._register(restore=True)
+                self._replay_sent()
             elif self._dirty:
                 await self._register(restore=False)
         if self._cmd is proto:
@@ -415,7 +420,9 @@ class RedisEngine:
                     partner,
                     pinst,
                     m.mode,
-                    *(m.initiator, m.responder, waiting),
+                    m.initiator,
+                    m.responder,
+                    waiting,
                 )
             )
         ended: list[str] = []
@@ -605,6 +612,9 @@ class RedisEngine:
         return defer.gatherResults(ds, consumeErrors=True)
 
     def _purge(self) -> None:
+        sent, limit = self._sent, self.reactor.seconds() - self.replay_window
+        while sent and sent[0][0] < limit:
+            self._sent_count -= len(sent.popleft()[2])
         limit = self.reactor.seconds() - 60.0
         ended = self._ended
         while ended:  # insertion order is time order
@@ -793,7 +803,14 @@ class RedisEngine:
             d.addCallbacks(self._relayed, self._relay_failed, (key,), None, (key,))
 
     def _relayed(self, _: Any, key: int) -> None:
-        self._inflight.pop(key, None)
+        entry = self._inflight.pop(key, None)
+        if entry is not None:
+            # kept a while: a Redis that dies before the receiver read them loses them with its
+            # data, and the restore sends them again (the receiver drops what it has)
+            self._sent.append((self.reactor.seconds(), entry[0], entry[1]))
+            self._sent_count += len(entry[1])
+            while self._sent_count > self.outage_buffer:
+                self._sent_count -= len(self._sent.popleft()[2])
 
     def _relay_failed(self, failure: Failure, key: int) -> None:
         if failure.check(EngineUnavailable, *_CONNECTION_ERRORS):
@@ -818,6 +835,21 @@ class RedisEngine:
         for instance, events in self._inflight.values():
             outbox.setdefault(instance, []).extend(events)
         self._inflight.clear()
+        for instance, events in self._outbox.items():
+            outbox.setdefault(instance, []).extend(events)
+        self._outbox = outbox
+        self._outboxed = sum(len(events) for events in outbox.values())
+
+    def _replay_sent(self) -> None:
+        """Redis lost its data, and with it the relays its inboxes held that were not read yet:
+        the recent acknowledged ones go in front of the outbox again, in order, for the rooms
+        that go on (the receiver drops those it had already delivered)."""
+        sent, self._sent, self._sent_count = self._sent, deque(), 0
+        outbox: dict[str, list[tuple[Any, ...]]] = {}
+        for _, instance, events in sent:
+            kept = [e for e in events if e[2] in self.rooms]
+            if kept:
+                outbox.setdefault(instance, []).extend(kept)
         for instance, events in self._outbox.items():
             outbox.setdefault(instance, []).extend(events)
         self._outbox = outbox
