@@ -23,8 +23,10 @@
   (``SERVICE_UNAVAILABLE`` for the client), ``health()`` says why, local chats go on, and the
   connections come back with a short backoff (0.1 s doubling to 2 s).  Relays to other instances
   are kept (up to ``outage_buffer`` frames; beyond, the sender is told ``NOT_DELIVERED``) and sent
-  when Redis is back; relays cut off in flight are sent again, and the receiver drops what it
-  already has (a sequence number per room and direction), so nothing is lost or repeated.
+  when Redis is back; relays cut off in flight are sent again, and so are those Redis had
+  acknowledged in the last ``replay_window`` (10 s) when it comes back without its data (its
+  inboxes may not have been read); the receiver drops what it already has (a sequence number per
+  room and direction), so nothing is lost or repeated.
 * **Registering again.**  On reconnect the instance renews its lease; if nothing changed it just
   goes on.  Otherwise it *reconciles* (``register.lua``): local changes Redis missed (dirty),
   or a Redis that lost its data (``LOST``: every user, queue entry, count and room is registered
@@ -576,6 +578,10 @@ class RedisEngine:
 
     def liveness_housekeeping(self) -> None:
         self._purge()
+        if self.liveness.beat_gap > 1.0:
+            # This process itself was frozen or busy: replies may be waiting unread in the
+            # sockets, so silence proves nothing about Redis yet (checked again next beat).
+            return
         for proto, limit in ((self._cmd, self.reply_timeout), (self._reader, 5.0)):
             if proto is not None and proto.stalled(limit) and proto.transport is not None:
                 self.log.warn("redis connection stalled: reconnecting")

@@ -271,6 +271,8 @@ class Liveness:
         self._call: Any = None
         self._running = False
         self._progress = time.monotonic()
+        self.beat_gap = 0.0  # time between the last two reactor heartbeats (interval + lateness)
+        self._max_lateness = 0.0
         self._renewed = 0.0  # monotonic time of the last successful renewal
         self._max_gap = 0.0  # longest time between two renewals since the last report()
         self._keeper: LeaseKeeper | None = None
@@ -339,13 +341,16 @@ class Liveness:
 
     def report(self) -> dict[str, Any]:
         """For ``/health`` and metrics: seconds since the last renewal, the longest gap between
-        renewals since the previous report, whether the reactor looks hung, counters."""
+        renewals and the reactor heartbeat's worst lateness since the previous report, whether
+        the reactor looks hung, counters."""
         now = time.monotonic()
         gap, self._max_gap = self._max_gap, 0.0
+        late, self._max_lateness = self._max_lateness, 0.0
         since = now - self._renewed if self._renewed else None
         return {
             "lease_age": since,
             "max_renewal_gap": max(gap, since or 0.0),
+            "max_heartbeat_lateness": max(0.0, late),
             "lease_ttl": self.lease_ttl,
             "grace": self.grace,
             "hung": bool(self._keeper and self._keeper.hung),
@@ -373,7 +378,9 @@ class Liveness:
         if not self._running:
             return
         self._call = self.reactor.callLater(self.interval, self._beat)
-        self._progress = time.monotonic()
+        now = time.monotonic()
+        self.beat_gap, self._progress = now - self._progress, now
+        self._max_lateness = max(self._max_lateness, self.beat_gap - self.interval)
         try:
             self.host.liveness_housekeeping()
             if not self.host.liveness_usable():
