@@ -18,6 +18,7 @@ CODES: dict[str, str] = {
     "RATE_LIMITED": "too many messages; slow down",
     "TOO_MANY_CONNECTIONS": "too many connections from your address",
     "SERVICE_UNAVAILABLE": "shared state is unreachable right now; try again shortly",
+    "NOT_DELIVERED": "your partner could not be reached for a while: this was not delivered",
     "TOO_MANY_ERRORS": "too many bad frames; the connection is closed",
     "INTERNAL_ERROR": "the server failed to handle this message",
 }

@@ -258,6 +258,19 @@ class Hub:
         if session is not None and session.room_id == room_id:
             session.client.send(frame)
 
+    def on_undelivered(self, user_id: str, room_id: str, frame: dict[str, Any]) -> None:
+        """A frame this user sent could not be delivered (the redis engine's outage buffer was
+        full): ``error NOT_DELIVERED`` with the frame's ``type`` (and the message ``id``)."""
+        session = self.sessions.get(user_id)
+        if session is None or session.room_id != room_id:
+            return
+        out = ClientError("NOT_DELIVERED").frame()
+        out["data"]["frameType"] = frame.get("type")
+        data = frame.get("data")
+        if isinstance(data, dict) and "id" in data:
+            out["data"]["id"] = data["id"]
+        session.client.send(out)
+
     def on_kick(self, user_id: str, code: str, reason: str) -> None:
         session = self.sessions.get(user_id)
         if session is not None:

@@ -1,7 +1,7 @@
 """Who may be matched with whom, and whom to prefer — the rules every engine implements.
 
 The memory engine calls these functions; the redis engine's Lua scripts implement the same rules
-(``anygle/engine/lua/``), and one behavioural suite checks both.
+(``anygle/engine/redis/lua/``), and one behavioural suite checks both.
 
 * Users only meet inside one queue: same ``ageCategory``, ``mode`` and ``queueType``.
 * Never oneself, never a pair that skipped each other within ``rematch-cooldown``.

@@ -227,12 +227,7 @@ async def test_instance_death_partners_told_and_queue_cleaned(engines, redis):
     assert m is not None
     await b.join("waiter", prefs(("rare",), only=True), now())
     # b "dies": no more heartbeats, connections gone, nothing cleaned up
-    b._stopping = True
-    b._heartbeat.cancel()
-    b._cmd.transport.abortConnection()
-    b._reader.transport.abortConnection()
-    b._cmd_factory.stopTrying()
-    b._reader_factory.stopTrying()
+    b.halt()
     took = await eventually(lambda: sa.of("left"), timeout=6)
     assert took < 5
     assert sa.of("left") == [("left", "alive", m.room_id, "disconnected")]
@@ -486,12 +481,7 @@ async def test_check_bans_rate_and_connection_counts(engines, redis):
     await a.release_connection("7.7.7.7")
     assert redis.command("GET", "conns:7.7.7.7") == b"2"
     # b dies: its two connections are given back by the reaper
-    b._stopping = True
-    b._heartbeat.cancel()
-    b._cmd_factory.stopTrying()
-    b._reader_factory.stopTrying()
-    b._cmd.transport.abortConnection()
-    b._reader.transport.abortConnection()
+    b.halt()
     await eventually(lambda: redis.command("GET", "conns:7.7.7.7") is None, timeout=6)
     assert await a.acquire_connection("7.7.7.7", 1)
 
@@ -565,7 +555,7 @@ async def test_a_stalled_redis_is_noticed_and_survived(engines, redis):
 async def test_a_big_dead_instance_is_reaped_in_batches(engines, redis):
     a, sa = await engines("a")
     b, _sb = await engines("b")
-    b.reap_batch = a.reap_batch = 7
+    b.liveness.reap_batch = a.liveness.reap_batch = 7
     b.register_batch = 5
     for i in range(40):
         await b.connect(f"b{i}", "2.2.2.2")
@@ -576,12 +566,7 @@ async def test_a_big_dead_instance_is_reaped_in_batches(engines, redis):
     for i in range(3, 20):
         await b.join(f"b{i}", prefs((f"x{i}",), only=True), now())
     assert (await a.stats()).total_online == 43
-    b._stopping = True
-    b._heartbeat.cancel()
-    b._cmd_factory.stopTrying()
-    b._reader_factory.stopTrying()
-    b._cmd.transport.abortConnection()
-    b._reader.transport.abortConnection()
+    b.halt()
     took = await eventually(lambda: len(sa.of("left")) == 3, timeout=6)
     assert took < 5
     await eventually(lambda: redis.command("SISMEMBER", "instances", "b") == 0, timeout=3)
@@ -693,13 +678,13 @@ def test_instance_ids_cannot_collide_in_key_names():
 
 
 def test_redis_urls():
-    from anygle.engine.redis import _RedisAddress
+    from anygle.engine.redis import RedisAddress
 
-    a = _RedisAddress.parse("redis://:s%40cret@10.0.0.5:6380/3")
+    a = RedisAddress.parse("redis://:s%40cret@10.0.0.5:6380/3")
     assert (a.host, a.port, a.db, a.password, a.path) == ("10.0.0.5", 6380, 3, "s@cret", None)
-    a = _RedisAddress.parse("redis://127.0.0.1:6379/0")
+    a = RedisAddress.parse("redis://127.0.0.1:6379/0")
     assert (a.host, a.port, a.db, a.password) == ("127.0.0.1", 6379, 0, None)
-    a = _RedisAddress.parse("unix:///run/redis/redis.sock?db=2")
+    a = RedisAddress.parse("unix:///run/redis/redis.sock?db=2")
     assert (a.path, a.db) == ("/run/redis/redis.sock", 2)
     with pytest.raises(ValueError):
-        _RedisAddress.parse("http://x")
+        RedisAddress.parse("http://x")

@@ -136,6 +136,10 @@ class EngineSink(Protocol):
     def on_kick(self, user_id: str, code: str, reason: str) -> None:
         """Close this user's connection (ban, admin kick): ``code`` is the error code to send."""
 
+    def on_undelivered(self, user_id: str, room_id: str, frame: dict) -> None:
+        """A frame ``user_id`` relayed could not be delivered to the partner (optional: the
+        redis engine calls it when its outage buffer is full)."""
+
 
 class Engine(Protocol):
     """Storage and cross-user coordination.  Implementations: ``anygle.engine.memory``,

@@ -1,4 +1,4 @@
--- Shared by every script of the redis engine (anygle/engine/redis.py prepends it).
+-- Shared by every script of the redis engine (anygle/engine/redis/engine.py prepends it).
 --
 -- Matching mirrors anygle/matching.py and MemoryEngine exactly; see README "Run several instances" for every key.
 -- Keys are built here, not passed in KEYS: the engine targets one Redis (no cluster).
@@ -13,6 +13,9 @@ local STATS = 'stats:global'
 local WAITS = 'stats:waits'        -- list: recent waits (ms), newest first
 local ROOMS = 'rooms'              -- set of live room ids (reconciles activeChats)
 local INSTANCES = 'instances'      -- set of registered instance ids
+local EPOCHS = 'instances:epoch'   -- hash instance -> epoch of its registration (fencing)
+local SUSPECTS = 'instances:suspect' -- hash instance -> Redis ms when its lease was seen gone
+local GENERATION = 'generation'    -- written by the first registration after Redis lost its data
 
 local ARRAY = {}                   -- metatable marking a Lua table as a JSON array
 
@@ -50,7 +53,7 @@ local function pkey(q) return 'qpending:' .. q end               -- zset: not op
 local function rkey(q) return 'qretry:' .. q end                 -- zset: cooldown-blocked, score retry-at
 local function wkey(q) return 'qwaits:' .. q end                 -- list: recent waits in q (ms)
 local function inbox(n) return 'inbox:' .. n end                 -- stream: events for instance n
-local function ikeyinst(n) return 'instance:' .. n end           -- heartbeat (PX)
+local function ikeyinst(n) return 'instance:' .. n end           -- lease (PX), value: epoch
 local function iusers(n) return 'instance:' .. n .. ':users' end -- set: users of instance n
 local function iconns(n) return 'instance:' .. n .. ':conns' end -- hash: ip -> open connections
 local function ckey(a, b)                                        -- cooldown of a pair: until (ms)
@@ -288,6 +291,7 @@ end
 -- users removed and whether some are left (then the instance stays registered and the next call
 -- goes on — matching already ignores users of an instance without heartbeat).
 local function reap(n, now, limit)
+    redis.call('HDEL', EPOCHS, n)  -- fenced from the first batch on: n cannot renew any more
     local users = redis.call('SRANDMEMBER', iusers(n), limit)
     -- partners on n itself are not told (n is gone); the reaper's own users hear it through its
     -- inbox like everybody else
@@ -300,5 +304,6 @@ local function reap(n, now, limit)
     end
     redis.call('DEL', iusers(n), iconns(n), ikeyinst(n), inbox(n))
     redis.call('SREM', INSTANCES, n)
+    redis.call('HDEL', SUSPECTS, n)
     return #users, false
 end

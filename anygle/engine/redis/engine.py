@@ -2,9 +2,10 @@
 
 * **State** lives in the seed's keys (``user:``, ``socket:``, ``queue:``, ``room:``,
   ``stats:global``, ``banned:``) plus the extra keys listed in README.md.
-* **Atomicity.**  Every change of shared state is one Lua script (``anygle/engine/lua/``, loaded
-  with ``SCRIPT LOAD``, called with ``EVALSHA``, ``EVAL`` on ``NOSCRIPT``): matching removes both
-  users from their queue and creates the room in one step, a room is ended by exactly one caller.
+* **Atomicity.**  Every change of shared state is one Lua script (``lua/`` next to this module,
+  loaded with ``SCRIPT LOAD``, called with ``EVALSHA``, ``EVAL`` on ``NOSCRIPT``): matching
+  removes both users from their queue and creates the room in one step, a room is ended by
+  exactly one caller.
   The matching rules mirror :mod:`anygle.matching` / the memory engine.
 * **Delivery.**  Each instance has one inbox, the stream ``inbox:{instance}``, read by a dedicated
   connection (``XREAD BLOCK`` from the last id seen: nothing is lost or repeated when that
@@ -16,27 +17,32 @@
   relay batch is flushed before any script runs, so a partner never sees ``partner_left`` before
   the last messages, nor a message before ``matched`` (early events for a room not known yet are
   held back until its ``matched``).
-* **Liveness.**  ``instance:{id}`` is refreshed every 0.5 s with a 3.5 s TTL (a 3 s stall is
-  survived); the same script reaps every registered instance whose key is gone (users leave
-  queues, partners are told, counts go down; 500 users per script call) — whoever runs it
-  first.  An instance that finds its own key gone (it was reaped, or Redis lost its data)
-  registers its local state again (*resync*).
+* **Liveness** is :mod:`anygle.engine.redis.liveness`: a lease renewed by a thread (a busy
+  reactor is not a dead instance), suspicion before reaping, fencing by epoch, Redis generations.
 * **Outage.**  While Redis is unreachable, calls fail at once with :class:`EngineUnavailable`
   (``SERVICE_UNAVAILABLE`` for the client), ``health()`` says why, local chats go on, and the
-  connections come back with a short backoff (0.1 s doubling to 2 s).  Local changes made
-  meanwhile (disconnects, skips) mark the instance *dirty*: on reconnect it is reaped and
-  registered again, which ends its chats with users of other instances (both sides are told).
+  connections come back with a short backoff (0.1 s doubling to 2 s).  Relays to other instances
+  are kept (up to ``outage_buffer`` frames; beyond, the sender is told ``NOT_DELIVERED``) and sent
+  when Redis is back; relays cut off in flight are sent again, and so are those Redis had
+  acknowledged in the last ``replay_window`` (10 s) when it comes back without its data (its
+  inboxes may not have been read); the receiver drops what it already has (a sequence number per
+  room and direction), so nothing is lost or repeated.
+* **Registering again.**  On reconnect the instance renews its lease; if nothing changed it just
+  goes on.  Otherwise it *reconciles* (``register.lua``): local changes Redis missed (dirty),
+  or a Redis that lost its data (``LOST``: every user, queue entry, count and room is registered
+  again, rooms with users of other instances included — a chat whose two users are still
+  connected goes on), or a fenced instance (``REAPED``: its chats with other instances were
+  ended by the reaper, their partners told; it ends them locally and registers the rest).
 """
 
 from __future__ import annotations
 
-import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, ClassVar
-from urllib.parse import parse_qs, unquote, urlparse
 
 import msgpack
 import txredisapi
@@ -57,6 +63,8 @@ from anygle.engine.base import (
     Preferences,
     Stats,
 )
+from anygle.engine.redis.client import RedisAddress, RedisFactory
+from anygle.engine.redis.liveness import LOST, REAPED, Beat, Liveness
 
 __all__ = ["EngineUnavailable", "RedisEngine"]
 
@@ -97,7 +105,7 @@ def _ms(seconds: float) -> int:
 
 def load_scripts() -> dict[str, str]:
     """Every script with the shared helpers in front."""
-    lua = resources.files("anygle.engine") / "lua"
+    lua = resources.files("anygle.engine.redis") / "lua"
     common = (lua / "common.lua").read_text()
     return {name: common + "\n" + (lua / f"{name}.lua").read_text() for name in SCRIPTS}
 
@@ -120,106 +128,12 @@ class _Room:
     match: Match
     instances: dict[str, str]
     active: bool = False
+    sent: int = 0  # relays sent to a partner on another instance (sequence number)
+    seen: int = 0  # highest sequence number delivered from the partner (duplicates dropped)
 
     @property
     def local_only(self) -> bool:
         return len(set(self.instances.values())) == 1
-
-
-@dataclass(slots=True)
-class _RedisAddress:
-    host: str = "127.0.0.1"
-    port: int = 6379
-    path: str | None = None
-    db: int = 0
-    password: str | None = None
-    username: str | None = None
-
-    @classmethod
-    def parse(cls, url: str) -> _RedisAddress:
-        u = urlparse(url)
-        if u.scheme == "unix":
-            db = int(parse_qs(u.query).get("db", ["0"])[0])
-            return cls(path=u.path, db=db, password=u.password and unquote(u.password))
-        if u.scheme not in ("redis", ""):
-            raise ValueError(f"unsupported Redis URL {url!r}")
-        db = int(u.path.strip("/") or 0)
-        return cls(
-            host=u.hostname or "127.0.0.1",
-            port=u.port or 6379,
-            db=db,
-            password=unquote(u.password) if u.password else None,
-            username=unquote(u.username) if u.username else None,
-        )
-
-    def __str__(self) -> str:
-        return self.path or f"{self.host}:{self.port}"
-
-
-class _Protocol(txredisapi.RedisProtocol):
-    """txredisapi's protocol (hiredis parser when installed) with a cheaper reply timeout.
-
-    txredisapi's ``replyTimeout`` schedules (and cancels) a ``DelayedCall`` per command; at a few
-    thousand commands/s the cancelled calls linger in the reactor's heap long enough to be
-    promoted to the GC's oldest generation and trigger full collections (measured: 100-300 ms
-    stalls every second under a 500 joins/s load).  Instead the engine's heartbeat checks twice
-    a second that a connection with replies outstanding has received something lately.
-    """
-
-    last_activity = 0.0
-
-    def dataReceived(self, data: bytes, unpause: bool = False) -> Any:
-        self.last_activity = time.monotonic()
-        return super().dataReceived(data, unpause)
-
-    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
-        if not self.replyQueue.waiting:
-            self.last_activity = time.monotonic()  # the wait starts now
-        return super().execute_command(*args, **kwargs)
-
-    def stalled(self, limit: float) -> bool:
-        return bool(self.replyQueue.waiting) and time.monotonic() - self.last_activity > limit
-
-
-class _Factory(txredisapi.RedisFactory):
-    """One reconnecting connection; tells the engine when it is usable and when it is gone."""
-
-    protocol = _Protocol
-
-    initialDelay = 0.1
-    factor = 2.0
-    maxDelay = 2.0
-    jitter = 0.1
-
-    def __init__(
-        self,
-        address: _RedisAddress,
-        on_ready: Callable[[Any], None],
-        on_lost: Callable[[Any], None],
-    ) -> None:
-        super().__init__(
-            str(address),
-            address.db or None,
-            1,
-            isLazy=True,
-            charset=None,
-            password=address.password,
-            replyTimeout=None,  # see _Protocol
-            convertNumbers=False,
-            username=address.username,
-        )
-        self.on_ready = on_ready
-        self.on_lost = on_lost
-
-    def buildProtocol(self, addr: Any) -> Any:
-        proto = super().buildProtocol(addr)
-        proto.whenConnected().addCallback(self._ready)
-        return proto
-
-    def _ready(self, proto: Any) -> Any:
-        proto.whenDisconnected().addCallback(self.on_lost)
-        self.on_ready(proto)
-        return proto
 
 
 class RedisEngine:
@@ -228,14 +142,14 @@ class RedisEngine:
     name: ClassVar[str] = "redis"
     log = Logger()
 
-    heartbeat_interval: ClassVar[float] = 0.5
-    heartbeat_ttl: ClassVar[float] = 3.5
     touch_interval: ClassVar[float] = 60.0
     reply_timeout: ClassVar[float] = 3.0
     startup_wait: ClassVar[float] = 5.0
     batch_max: ClassVar[int] = 500
     reap_batch: ClassVar[int] = 500  # users per reaping script call
     register_batch: ClassVar[int] = 1000  # users per registration script call
+    outage_buffer: ClassVar[int] = 20000  # relays to other instances kept while Redis is away
+    replay_window: ClassVar[float] = 10.0  # acknowledged relays sent again if Redis loses data
 
     def __init__(self, config: EngineConfig, clock: IReactorTime) -> None:
         from twisted.internet import reactor
@@ -248,7 +162,7 @@ class RedisEngine:
             # instance:{id}, instance:{id}:users … must not collide
             raise ValueError(f"bad instance id {self.instance!r}: non-empty, no ':' or spaces")
         self.inbox = f"inbox:{self.instance}"
-        self.address = _RedisAddress.parse(config.redis_url)
+        self.address = RedisAddress.parse(config.redis_url)
         self.sink: EngineSink | None = None
         self.scripts = load_scripts()
         self.shas: dict[str, str] = {}
@@ -257,11 +171,16 @@ class RedisEngine:
         self._ended: dict[str, float] = {}  # room id -> when (recently ended here)
         self._early: dict[str, list[tuple[float, tuple[Any, ...]]]] = {}
         self._outbox: dict[str, list[tuple[Any, ...]]] = {}
+        self._outboxed = 0  # events in _outbox
+        self._inflight: dict[int, tuple[str, list[tuple[Any, ...]]]] = {}  # XADDs unanswered
+        self._xadds = 0
+        self._sent: deque[tuple[float, str, list[tuple[Any, ...]]]] = deque()  # acknowledged
+        self._sent_count = 0
         self._flush_call: Any = None
         self._cmd: Any = None  # command connection (protocol) when connected
         self._reader: Any = None  # inbox connection
-        self._cmd_factory: _Factory | None = None
-        self._reader_factory: _Factory | None = None
+        self._cmd_factory: RedisFactory | None = None
+        self._reader_factory: RedisFactory | None = None
         self._available = False
         self._registered = False  # registered at least once since start()
         self._dirty = False
@@ -271,24 +190,31 @@ class RedisEngine:
         self._reading = False
         self._reason = "redis unavailable: not connected yet"
         self._stopping = False
-        self._heartbeat: Any = None
         self._next_touch = 0.0
+        self.liveness = Liveness(self, self.instance, self.address, self.reactor)
         self._total_matches = 0
         self._conns: dict[str, int] = {}  # ip -> connections counted by this instance
         self._bans_checked_at = -1e9  # reactor time of the last check_bans() that answered
         self._bans_seen: set[str] = set()  # local users it found banned
         self._last_stats: Stats | None = None
-        self.counters = {"relayed_remote": 0, "relayed_local": 0, "resyncs": 0, "reaped": 0}
+        self.counters = {
+            "relayed_remote": 0,
+            "relayed_local": 0,
+            "resyncs": 0,
+            "restores": 0,
+            "undelivered": 0,
+            "duplicates_dropped": 0,
+        }
 
     # --- lifecycle ------------------------------------------------------------------------
     def start(self, sink: EngineSink) -> defer.Deferred[None]:
         self.sink = sink
         self._stopping = False
-        self._cmd_factory = _Factory(self.address, self._cmd_ready, self._cmd_lost)
-        self._reader_factory = _Factory(self.address, self._reader_ready, self._reader_lost)
+        self._cmd_factory = RedisFactory(self.address, self._cmd_ready, self._cmd_lost)
+        self._reader_factory = RedisFactory(self.address, self._reader_ready, self._reader_lost)
         for factory in (self._cmd_factory, self._reader_factory):
             factory.startConnecting(self._endpoint())
-        self._heartbeat = self.reactor.callLater(self.heartbeat_interval, self._beat)
+        self.liveness.start()
         return self.when_ready(self.startup_wait).addErrback(self._start_failed)
 
     def _start_failed(self, failure: Failure) -> None:
@@ -321,10 +247,10 @@ class RedisEngine:
     def stop(self) -> Any:
         """Clean stop: this instance's users leave at once (remote partners told)."""
         self._stopping = True
-        if self._heartbeat is not None and self._heartbeat.active():
-            self._heartbeat.cancel()
+        self.liveness.stop()
         if self._available:
             try:
+                self._flush_outbox()  # the last relays before their partners hear of the end
                 yield self._reap_self()
             except Exception as e:
                 self.log.warn("could not deregister cleanly: {e}", e=e)
@@ -349,6 +275,21 @@ class RedisEngine:
                     yield factory.disconnect()
                 except Exception:
                     pass
+
+    def halt(self) -> None:
+        """Stop as a process killed with ``SIGKILL`` would: no more lease renewals nor reaping,
+        connections cut, nothing cleaned up in Redis (the other instances' reapers do that).
+        For tests of failure detection; :meth:`stop` is the clean stop."""
+        self._stopping = True
+        self._available = False
+        self._reason = "redis unavailable: engine halted"
+        self.liveness.stop()
+        for factory in (self._cmd_factory, self._reader_factory):
+            if factory is not None:
+                factory.stopTrying()
+        for proto in (self._cmd, self._reader):
+            if proto is not None and proto.transport is not None:
+                proto.transport.abortConnection()
 
     def health(self) -> tuple[bool, str]:
         if not self._available:
@@ -377,7 +318,7 @@ class RedisEngine:
             self._reason = f"redis unavailable: lost connection to {self.address}"
             if was and not self._stopping:
                 self.log.warn("{reason}", reason=self._reason)
-            self._outbox.clear()
+            self._requeue_inflight()
 
     def _reader_ready(self, proto: Any) -> None:
         if self._stopping:
@@ -408,23 +349,26 @@ class RedisEngine:
             self.shas[name] = sha.decode() if isinstance(sha, bytes) else sha
         if not self._registered:
             await self._raw("DEL", self.inbox)
-            await self._resync()
+            await self._reap_self()  # whatever a previous process of this id left behind
+            await self._register(restore=True)
             self._registered = True
         else:
-            alive, _, _, _ = await self._raw(
-                "EVALSHA",
-                self.shas["heartbeat"],
-                0,
-                self.instance,
-                _ms(self.heartbeat_ttl),
-                _ms(self.clock.seconds()),
-                0,
-            )
-            if not alive or self._dirty:
-                await self._resync()
+            args = self.liveness.heartbeat_args(_ms(self.reactor.seconds()))
+            reply = await self._raw("EVALSHA", self.shas["heartbeat"], 0, *args[:4], 0, args[5])
+            standing = self.liveness.parse(reply).standing
+            if standing == REAPED:
+                await self._rejoin_after_reap()
+            elif standing == LOST:
+                self.log.warn("Redis lost its data: restoring this instance's state")
+                self.counters["restores"] += 1
+                await self._register(restore=True)
+                self._replay_sent()
+            elif self._dirty:
+                await self._register(restore=False)
         if self._cmd is proto:
             self._available = True
             self._reason = "ok"
+            self._flush_outbox()  # what was relayed meanwhile, before anything else
             waiters, self._ready_waiters = self._ready_waiters, []
             for d in waiters:
                 d.callback(None)
@@ -438,55 +382,84 @@ class RedisEngine:
     def _sync_done(self, _: Any) -> None:
         self._syncing = None
 
-    async def _resync(self) -> None:
-        """Reap whatever Redis still holds of this instance and register the local state again.
-
-        Chats with users of other instances end (both sides told), local ones go on, waiting
-        users are queued again with their original join time.
-        """
-        now = self.clock.seconds()
-        self.counters["resyncs"] += 1
-        await self._reap_self()
-        self._outbox.clear()
+    async def _rejoin_after_reap(self) -> None:
+        """Fenced: another instance reaped this one (Redis kept its data).  Its chats with users
+        of other instances were ended by the reaper (the partners were told): end them here too,
+        and register the rest under a new epoch."""
+        await self._reap_self()  # anything written after the reap
         for room_id, room in list(self.rooms.items()):
             if not room.local_only:
-                del self.rooms[room_id]
-                self._ended[room_id] = self.reactor.seconds()
-                for user_id in (room.match.initiator, room.match.responder):
-                    local = self.users.get(user_id)
-                    if local is not None and local.room == room_id:
-                        local.room = None
-                        self._sink().on_partner_left(user_id, room_id, "disconnected")
+                self._end_locally(room_id)
+        await self._register(restore=True)
+
+    async def _register(self, restore: bool) -> None:
+        """Reconcile Redis with the local state (``register.lua``) under a new epoch, remove
+        users Redis has of this instance that are gone, queue the waiting users again (with
+        their original join time).  ``restore``: Redis lost its data (or holds nothing of this
+        instance): local rooms are registered unless Redis contradicts them, rooms with users of
+        other instances included.  Otherwise a local room is kept only where Redis agrees."""
+        now = self.clock.seconds()
+        self.counters["resyncs"] += 1
         self._dirty = False
-        users, rooms = [], []
+        epoch = self.liveness.new_epoch()
+        users = []
         for user_id, local in self.users.items():
             room = self.rooms.get(local.room) if local.room else None
+            waiting = 1 if local.prefs is not None and room is None else 0
             if room is None:
                 local.room = None
-            partner = room.match.partner_of(user_id) if room else ""
-            users.append((user_id, local.ip, local.socket_id, local.room or "", partner))
-        for room_id, room in self.rooms.items():
+                users.append((user_id, local.ip, local.socket_id, "", "", "", "", "", "", waiting))
+                continue
             m = room.match
-            rooms.append((room_id, m.mode, m.initiator, m.responder))
+            partner = m.partner_of(user_id)
+            pinst = room.instances.get(partner, self.instance)
+            users.append(
+                (
+                    user_id,
+                    local.ip,
+                    local.socket_id,
+                    m.room_id,
+                    partner,
+                    pinst,
+                    m.mode,
+                    m.initiator,
+                    m.responder,
+                    waiting,
+                )
+            )
+        ended: list[str] = []
         step = self.register_batch
-        for i in range(0, max(len(users), len(rooms), 1), step):
+        for i in range(0, max(len(users), 1), step):
             first = i == 0
-            await self._raw(
+            reply = await self._raw(
                 "EVALSHA",
                 self.shas["register"],
                 0,
                 self.instance,
-                _ms(self.heartbeat_ttl),
+                epoch,
+                _ms(self.liveness.lease_ttl),
                 _ms(now),
+                uuid.uuid4().hex,
+                1 if restore else 0,
+                _ms(self.liveness.provisional_ttl),
                 msgpack.packb(
                     (
                         users[i : i + step],
-                        rooms[i : i + step],
                         self._total_matches if first else 0,
                         self._conns if first else {},
+                        1 if first else 0,
                     )
                 ),
             )
+            generation, gone = msgpack.unpackb(reply, raw=False)
+            if first:
+                self.liveness.registered(epoch, generation)
+            ended.extend(gone)
+        for user_id in ended:
+            local = self.users.get(user_id)
+            if local is not None and local.room is not None:
+                self._end_locally(local.room)
+        await self._prune(now)
         waiting = sorted(
             ((u, lu) for u, lu in self.users.items() if lu.prefs is not None and lu.room is None),
             key=lambda x: x[1].joined_at,
@@ -497,6 +470,41 @@ class RedisEngine:
             ds.append(d.addCallback(self._rejoined, user_id, now))
         if ds:
             await defer.gatherResults(ds, consumeErrors=True)
+
+    async def _prune(self, now: float) -> None:
+        """Remove the users Redis holds for this instance that are not connected here any more
+        (they left during an outage; or stand-ins another instance restored): partners told."""
+        members = await self._raw("SMEMBERS", f"instance:{self.instance}:users")
+        stale = [_text(m) for m in members or ()]
+        stale = [u for u in stale if u not in self.users]
+        ds = [
+            self._raw(
+                "EVALSHA", self.shas["disconnect"], 0, u, self.instance, _ms(now)
+            ).addCallback(self._left, "disconnected")
+            for u in stale
+        ]
+        if ds:
+            await defer.gatherResults(ds, consumeErrors=True)
+
+    def _end_locally(self, room_id: str) -> None:
+        """End a room here only (Redis has it ended, or never will have it): its local users are
+        told ``partner_disconnected``, relays still waiting for it are dropped."""
+        room = self.rooms.get(room_id)
+        self._forget_room(room_id)
+        if room is None:
+            return
+        for user_id in (room.match.initiator, room.match.responder):
+            local = self.users.get(user_id)
+            if local is not None and local.room == room_id:
+                local.room = None
+                self._sink().on_partner_left(user_id, room_id, "disconnected")
+        for instance, events in list(self._outbox.items()):
+            kept = [e for e in events if e[2] != room_id]
+            self._outboxed -= len(events) - len(kept)
+            if kept:
+                self._outbox[instance] = kept
+            else:
+                del self._outbox[instance]
 
     def _rejoined(self, reply: bytes, user_id: str, now: float) -> None:
         try:
@@ -561,49 +569,39 @@ class RedisEngine:
             return self.when_ready(self.startup_wait)
         return defer.fail(EngineUnavailable(self._reason))
 
-    # --- heartbeat, reaper, TTLs -----------------------------------------------------------
-    def _beat(self) -> None:
+    # --- liveness (anygle.engine.redis.liveness calls these), TTLs ------------------------------
+    def liveness_script(self, name: str, *args: Any) -> defer.Deferred[Any]:
+        return self._script(name, *args)
+
+    def liveness_usable(self) -> bool:
+        return self._available and self._syncing is None and not self._stopping
+
+    def liveness_housekeeping(self) -> None:
+        self._purge()
+        if self.liveness.beat_gap > 1.0:
+            # This process itself was frozen or busy: replies may be waiting unread in the
+            # sockets, so silence proves nothing about Redis yet (checked again next beat).
+            return
+        for proto, limit in ((self._cmd, self.reply_timeout), (self._reader, 5.0)):
+            if proto is not None and proto.stalled(limit) and proto.transport is not None:
+                self.log.warn("redis connection stalled: reconnecting")
+                proto.transport.abortConnection()
+        if self.liveness_usable() and self.reactor.seconds() >= self._next_touch:
+            self._next_touch = self.reactor.seconds() + self.touch_interval
+            self._touch().addErrback(self._log_failure, "touch")
+
+    def liveness_beaten(self, beat: Beat) -> None:
+        self._total_matches = max(self._total_matches, beat.total_matches)
+
+    def liveness_lost(self, standing: str) -> None:
+        """The lease was refused: stop using Redis until registered again (the sync finds out
+        whether this instance was reaped or Redis lost its data)."""
         if self._stopping:
             return
-        self._heartbeat = self.reactor.callLater(self.heartbeat_interval, self._beat)
-        try:
-            self._purge()
-            for proto, limit in ((self._cmd, self.reply_timeout), (self._reader, 5.0)):
-                if proto is not None and proto.stalled(limit) and proto.transport is not None:
-                    self.log.warn("redis connection stalled: reconnecting")
-                    proto.transport.abortConnection()
-            if not self._available or self._syncing is not None:
-                return
-            now = self.clock.seconds()
-            d = self._script(
-                "heartbeat", self.instance, _ms(self.heartbeat_ttl), _ms(now), self.reap_batch
-            ).addCallback(self._beaten)
-            d.addErrback(self._log_failure, "heartbeat")
-            if self.reactor.seconds() >= self._next_touch:
-                self._next_touch = self.reactor.seconds() + self.touch_interval
-                self._touch().addErrback(self._log_failure, "touch")
-        except Exception:
-            self.log.failure("heartbeat failed")
-
-    def _beaten(self, reply: list[int]) -> None:
-        alive, reaped, total, more = reply
-        if more and self._available:  # a big dead instance: go on reaping at once
-            d = self._script(
-                "heartbeat",
-                self.instance,
-                _ms(self.heartbeat_ttl),
-                _ms(self.clock.seconds()),
-                self.reap_batch,
-            )
-            d.addCallback(self._beaten).addErrback(self._log_failure, "reaper")
-        self._total_matches = max(self._total_matches, int(total))
-        if reaped:
-            self.counters["reaped"] += reaped
-            self.log.info("reaped {n} users of dead instances", n=reaped)
-        if not alive and self._available:
-            self.log.warn("instance {i} was reaped or Redis lost its data: resync", i=self.instance)
+        if self._available:
             self._available = False
-            self._reason = "redis unavailable: resynchronising"
+            self._reason = "redis unavailable: registering again"
+        if self._cmd is not None:
             self._sync()
 
     def _touch(self) -> defer.Deferred[Any]:
@@ -620,6 +618,9 @@ class RedisEngine:
         return defer.gatherResults(ds, consumeErrors=True)
 
     def _purge(self) -> None:
+        sent, limit = self._sent, self.reactor.seconds() - self.replay_window
+        while sent and sent[0][0] < limit:
+            self._sent_count -= len(sent.popleft()[2])
         limit = self.reactor.seconds() - 60.0
         ended = self._ended
         while ended:  # insertion order is time order
@@ -678,7 +679,7 @@ class RedisEngine:
     def _dispatch(self, event: list[Any]) -> None:
         kind = event[0]
         if kind == "r":
-            self._deliver(event[1], event[2], event[3])
+            self._deliver(event[1], event[2], event[3], event[4] if len(event) > 4 else 0)
         elif kind == "m":
             self._apply_match(event[1], None)
         elif kind == "l":
@@ -691,14 +692,20 @@ class RedisEngine:
         """An event for a room whose ``matched`` has not reached us yet."""
         self._early.setdefault(room_id, []).append((self.reactor.seconds(), event))
 
-    def _deliver(self, user_id: str, room_id: str, frame: dict[str, Any]) -> None:
+    def _deliver(self, user_id: str, room_id: str, frame: dict[str, Any], seq: int = 0) -> None:
         local = self.users.get(user_id)
         if local is None:
             return
         if local.room == room_id:
+            room = self.rooms.get(room_id)
+            if seq and room is not None:
+                if seq <= room.seen:  # sent again after a reconnect: already delivered
+                    self.counters["duplicates_dropped"] += 1
+                    return
+                room.seen = seq
             self._sink().on_relay(user_id, room_id, frame)
         elif room_id not in self.rooms and room_id not in self._ended:
-            self._hold(room_id, ("r", user_id, room_id, frame))
+            self._hold(room_id, ("r", user_id, room_id, frame, seq))
 
     def _partner_left(self, user_id: str, room_id: str, reason: str) -> None:
         local = self.users.get(user_id)
@@ -759,11 +766,18 @@ class RedisEngine:
                 self.counters["relayed_local"] += 1
                 self._sink().on_relay(partner_id, room_id, frame)
             return
-        if instance is None or not self._available:
-            return  # lost: the partner's side is unreachable
+        if instance is None:
+            return
+        if not self._available and self._outboxed >= self.outage_buffer:
+            self._undelivered(partner_id, room_id, frame)
+            return
+        room.sent += 1
         self.counters["relayed_remote"] += 1
         batch = self._outbox.setdefault(instance, [])
-        batch.append(("r", partner_id, room_id, frame))
+        batch.append(("r", partner_id, room_id, frame, room.sent))
+        self._outboxed += 1
+        if not self._available:
+            return  # kept: sent when Redis is back
         if len(batch) >= self.batch_max:
             self._flush_outbox()
         elif self._flush_call is None:
@@ -774,10 +788,13 @@ class RedisEngine:
             if self._flush_call.active():
                 self._flush_call.cancel()
             self._flush_call = None
-        if not self._outbox:
+        if not self._outbox or not self._available:
             return
-        outbox, self._outbox = self._outbox, {}
+        outbox, self._outbox, self._outboxed = self._outbox, {}, 0
         for instance, events in outbox.items():
+            self._xadds += 1
+            key = self._xadds
+            self._inflight[key] = (instance, events)
             d = self._raw(
                 "XADD",
                 f"inbox:{instance}",
@@ -789,10 +806,70 @@ class RedisEngine:
                 "b",
                 msgpack.packb(events),
             )
-            d.addErrback(self._relay_failed, len(events))
+            d.addCallbacks(self._relayed, self._relay_failed, (key,), None, (key,))
 
-    def _relay_failed(self, failure: Failure, n: int) -> None:
-        self.log.warn("{n} relayed frames lost: {e}", n=n, e=failure.getErrorMessage())
+    def _relayed(self, _: Any, key: int) -> None:
+        entry = self._inflight.pop(key, None)
+        if entry is not None:
+            # kept a while: a Redis that dies before the receiver read them loses them with its
+            # data, and the restore sends them again (the receiver drops what it has)
+            self._sent.append((self.reactor.seconds(), entry[0], entry[1]))
+            self._sent_count += len(entry[1])
+            while self._sent_count > self.outage_buffer:
+                self._sent_count -= len(self._sent.popleft()[2])
+
+    def _relay_failed(self, failure: Failure, key: int) -> None:
+        if failure.check(EngineUnavailable, *_CONNECTION_ERRORS):
+            self._requeue_inflight()  # sent again after the reconnect (the receiver dedups)
+            return
+        entry = self._inflight.pop(key, None)
+        if entry is None:
+            return
+        self.log.warn(
+            "{n} relayed frames refused: {e}", n=len(entry[1]), e=failure.getErrorMessage()
+        )
+        for event in entry[1]:
+            self._undelivered(event[1], event[2], event[3])
+
+    def _requeue_inflight(self) -> None:
+        """Relays whose XADD got no answer go back in front of the outbox, in order: whether
+        they reached Redis is unknown, so they are sent again and the receiver drops the ones it
+        has (sequence numbers)."""
+        if not self._inflight:
+            return
+        outbox: dict[str, list[tuple[Any, ...]]] = {}
+        for instance, events in self._inflight.values():
+            outbox.setdefault(instance, []).extend(events)
+        self._inflight.clear()
+        for instance, events in self._outbox.items():
+            outbox.setdefault(instance, []).extend(events)
+        self._outbox = outbox
+        self._outboxed = sum(len(events) for events in outbox.values())
+
+    def _replay_sent(self) -> None:
+        """Redis lost its data, and with it the relays its inboxes held that were not read yet:
+        the recent acknowledged ones go in front of the outbox again, in order, for the rooms
+        that go on (the receiver drops those it had already delivered)."""
+        sent, self._sent, self._sent_count = self._sent, deque(), 0
+        outbox: dict[str, list[tuple[Any, ...]]] = {}
+        for _, instance, events in sent:
+            kept = [e for e in events if e[2] in self.rooms]
+            if kept:
+                outbox.setdefault(instance, []).extend(kept)
+        for instance, events in self._outbox.items():
+            outbox.setdefault(instance, []).extend(events)
+        self._outbox = outbox
+        self._outboxed = sum(len(events) for events in outbox.values())
+
+    def _undelivered(self, partner_id: str, room_id: str, frame: dict) -> None:
+        """A relay that cannot be delivered: its sender is told (``NOT_DELIVERED``)."""
+        self.counters["undelivered"] += 1
+        room = self.rooms.get(room_id)
+        tell = getattr(self.sink, "on_undelivered", None)
+        if room is not None and tell is not None:
+            sender = room.match.partner_of(partner_id)
+            if sender in self.users:
+                tell(sender, room_id, frame)
 
     # --- sessions -------------------------------------------------------------------------
     def _online_or_not(
