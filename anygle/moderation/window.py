@@ -119,6 +119,11 @@ class SenderWindow:
                     if jv.severity > verdict.severity:
                         verdict = jv
 
+        if teen and verdict.category == "sexual_explicit":
+            # sexual talk sent to a teen is sexual content involving a minor: blocked (a 'high'
+            # warning and a strike) rather than warned; a ban still needs a zero-tolerance rule
+            verdict = Verdict(Severity.HIGH, "minor_sexual", f"to a teen: {verdict.evidence}")
+
         learned = clf.learned
         if learned is not None and verdict.severity < Severity.HIGH:
             lv = learned.verdict(
