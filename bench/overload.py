@@ -53,6 +53,8 @@ class Watch(threading.Thread):
         self.ttl_min_ms: dict[str, int | None] = dict.fromkeys(http_ports)
         self.ttl_missing: dict[str, int] = dict.fromkeys(http_ports, 0)
         self.health_thread = threading.Thread(target=self._health_loop, daemon=True)
+        self.t0 = time.monotonic()
+        self.samples: list[tuple[float, str, float | None, float]] = []  # (s, name, lag, took)
 
     def run(self) -> None:
         self.health_thread.start()
@@ -81,6 +83,7 @@ class Watch(threading.Thread):
         while not self.stop_event.wait(0.25):
             for name, port in self.http_ports.items():
                 t0 = time.monotonic()
+                lag = None
                 try:
                     with urllib.request.urlopen(
                         f"http://127.0.0.1:{port}/health", timeout=10
@@ -95,6 +98,7 @@ class Watch(threading.Thread):
                     self.not_ok[name] += 1
                 took = (time.monotonic() - t0) * 1000.0
                 self.health_ms[name] = max(self.health_ms[name], took)
+                self.samples.append((round(t0 - self.t0, 2), name, lag, round(took, 1)))
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -234,6 +238,8 @@ def overload_row(bench: Any, engine: str) -> dict[str, Any]:
             "errors": result["errors"],
             "max_reactor_lag_ms": round(max(watch.lag_ms.values()), 1),
             "reactor_lag_ms_by_instance": watch.lag_ms,
+            # (seconds since the pairs were matched, instance, /health reactorLagMs, /health ms)
+            "health_samples": watch.samples,
             "max_health_ms": round(max(watch.health_ms.values()), 1),
             "health_not_ok": sum(watch.not_ok.values()),
             "min_heartbeat_ttl_ms": min(ttl_min) if ttl_min else None,
@@ -301,7 +307,11 @@ def storm_row(bench: Any, server: str) -> dict[str, Any]:
 def scenario_overload(bench: Any) -> dict[str, Any]:
     a = bench.args
     rows = []
-    engines = ["memory"] + ([] if not bench.redis_available()[0] else ["redis"])
+    engines = [
+        e
+        for e in a.overload_engines
+        if e == "memory" or (e == "redis" and bench.redis_available()[0])
+    ]
     for engine in engines:
         rows.append(
             bench.run_row(f"overload {engine}", lambda e=engine: overload_row(bench, e), engine)

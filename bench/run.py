@@ -1106,6 +1106,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="relay rows to run (default all): baseline,memory-off,memory-on,redis-same,"
         "redis-cross",
     )
+    p.add_argument(
+        "--overload-engines",
+        default=["memory", "redis"],
+        type=lambda v: [x for x in v.split(",") if x],
+        help="overload: engines to run (memory,redis)",
+    )
     p.add_argument("--overload-pairs", type=int, default=100, help="overload: chatting pairs")
     p.add_argument("--overload-seconds", type=float, default=60.0, help="overload: seconds")
     p.add_argument(
