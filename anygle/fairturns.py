@@ -131,8 +131,15 @@ class FairTurnsMixin:
         if self.state not in (self.STATE_OPEN, self.STATE_CLOSING):
             self._turn_waiting = False  # closed meanwhile: nothing to handle, nobody to resume
             return False
-        if self._handle_frames(budget):
-            return True
+        try:
+            if self._handle_frames(budget):
+                return True
+        except Exception:
+            # what Twisted does when dataReceived raises: log, drop the connection
+            _log.failure("handling buffered frames failed; dropping the connection")
+            self._turn_waiting = False
+            self.transport.abortConnection()
+            return False
         self._turn_waiting = False
         resume = getattr(self.transport, "resumeProducing", None)
         if resume is not None:

@@ -15,15 +15,22 @@ from prometheus_client.core import (
 )
 
 from anygle.engine.base import Stats
+from anygle.fairturns import TurnScheduler
 from anygle.reactorlag import ReactorLag
 
 
 class StatsCollector:
     """A custom collector over one :class:`Stats` snapshot; our own registry, no globals."""
 
-    def __init__(self, instance_id: str, lag: ReactorLag | None = None) -> None:
+    def __init__(
+        self,
+        instance_id: str,
+        lag: ReactorLag | None = None,
+        turns: TurnScheduler | None = None,
+    ) -> None:
         self.instance_id = instance_id
         self.lag = lag
+        self.turns = turns
         self.stats = Stats()
         self.connections = 0
 
@@ -60,6 +67,13 @@ class StatsCollector:
         yield local
         if self.lag is not None:
             yield from self._lag(self.lag)
+        if self.turns is not None:
+            yield CounterMetricFamily(
+                "anygle_fair_turn_waits",
+                "Times a connection had frames left after its share of a reactor turn "
+                "(it stopped reading until they were handled)",
+                value=self.turns.deferred,
+            )
 
     @staticmethod
     def _lag(lag: ReactorLag) -> Iterator[Metric]:
@@ -77,8 +91,13 @@ class StatsCollector:
 
 
 class Metrics:
-    def __init__(self, instance_id: str, lag: ReactorLag | None = None) -> None:
-        self.collector = StatsCollector(instance_id, lag)
+    def __init__(
+        self,
+        instance_id: str,
+        lag: ReactorLag | None = None,
+        turns: TurnScheduler | None = None,
+    ) -> None:
+        self.collector = StatsCollector(instance_id, lag, turns)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self.collector)  # type: ignore[arg-type]
 

@@ -172,6 +172,7 @@ class AnygleService(MultiService):
                 resolver,
                 settings.rate_limit,
                 lag=self.lag,
+                turns=self.factory.turns,
             )
         )
         self.site.displayTracebacks = False

@@ -13,6 +13,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from anygle.clientip import ClientAddressResolver
 from anygle.engine.base import EngineUnavailable, Stats
+from anygle.fairturns import TurnScheduler
 from anygle.hub import Hub
 from anygle.metrics import CONTENT_TYPE, Metrics
 from anygle.reactorlag import ReactorLag
@@ -117,10 +118,15 @@ class MetricsPage(StatsBackedPage):
     """Prometheus text format (``anygle/metrics.py``)."""
 
     def __init__(
-        self, hub: Hub, engine_name: str, instance_id: str, lag: ReactorLag | None = None
+        self,
+        hub: Hub,
+        engine_name: str,
+        instance_id: str,
+        lag: ReactorLag | None = None,
+        turns: TurnScheduler | None = None,
     ) -> None:
         super().__init__(hub, engine_name, instance_id)
-        self.metrics = Metrics(instance_id, lag)
+        self.metrics = Metrics(instance_id, lag, turns)
 
     def page(self, stats: Stats) -> tuple[int, bytes, bytes]:
         return 200, CONTENT_TYPE, self.metrics.render(stats, len(self.hub.sessions))
@@ -158,6 +164,7 @@ class Root(Resource):
         resolver: ClientAddressResolver,
         rate_limit: int = 0,
         lag: ReactorLag | None = None,
+        turns: TurnScheduler | None = None,
     ) -> None:
         super().__init__()
         self.hub = hub
@@ -168,7 +175,7 @@ class Root(Resource):
         self.pages: dict[bytes, Resource] = {
             b"/health": health,
             b"/stats": StatsPage(hub, engine_name, instance_id),
-            b"/metrics": MetricsPage(hub, engine_name, instance_id, lag),
+            b"/metrics": MetricsPage(hub, engine_name, instance_id, lag, turns),
         }
 
     def render(self, request: Request) -> bytes | int:

@@ -120,6 +120,7 @@ async def test_health_and_metrics_report_reactor_lag(server):
     assert 'anygle_reactor_lag_seconds_bucket{le="+Inf"}' in text
     assert "anygle_reactor_lag_seconds_count" in text
     assert "anygle_reactor_lag_max_seconds" in text
+    assert "anygle_fair_turn_waits_total" in text
 
 
 def test_reactor_lag_records_lateness():
