@@ -1,21 +1,36 @@
 """``GET /metrics``: the seed's metrics (online users, queues, chats, matches, match time,
-moderation actions) in the Prometheus text format, from the engine's service-wide view."""
+moderation actions) in the Prometheus text format, from the engine's service-wide view; and this
+instance's reactor lag (``anygle/reactorlag.py``)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
 from anygle.engine.base import Stats
+from anygle.fairturns import TurnScheduler
+from anygle.reactorlag import ReactorLag
 
 
 class StatsCollector:
     """A custom collector over one :class:`Stats` snapshot; our own registry, no globals."""
 
-    def __init__(self, instance_id: str) -> None:
+    def __init__(
+        self,
+        instance_id: str,
+        lag: ReactorLag | None = None,
+        turns: TurnScheduler | None = None,
+    ) -> None:
         self.instance_id = instance_id
+        self.lag = lag
+        self.turns = turns
         self.stats = Stats()
         self.connections = 0
 
@@ -50,11 +65,39 @@ class StatsCollector:
         )
         local.add_metric([self.instance_id], self.connections)
         yield local
+        if self.lag is not None:
+            yield from self._lag(self.lag)
+        if self.turns is not None:
+            yield CounterMetricFamily(
+                "anygle_fair_turn_waits",
+                "Times a connection had frames left after its share of a reactor turn "
+                "(it stopped reading until they were handled)",
+                value=self.turns.deferred,
+            )
+
+    @staticmethod
+    def _lag(lag: ReactorLag) -> Iterator[Metric]:
+        yield HistogramMetricFamily(
+            "anygle_reactor_lag_seconds",
+            "How late a 100 ms timer fired (this instance's reactor)",
+            buckets=lag.cumulative(),
+            sum_value=lag.total,
+        )
+        yield GaugeMetricFamily(
+            "anygle_reactor_lag_max_seconds",
+            "Worst reactor lag over the last 10 s (this instance)",
+            value=lag.recent_max(),
+        )
 
 
 class Metrics:
-    def __init__(self, instance_id: str) -> None:
-        self.collector = StatsCollector(instance_id)
+    def __init__(
+        self,
+        instance_id: str,
+        lag: ReactorLag | None = None,
+        turns: TurnScheduler | None = None,
+    ) -> None:
+        self.collector = StatsCollector(instance_id, lag, turns)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self.collector)  # type: ignore[arg-type]
 

@@ -54,6 +54,7 @@ from anygle import validate, wire
 from anygle.clientip import ClientAddressResolver
 from anygle.engine.base import EngineUnavailable
 from anygle.errors import ClientError
+from anygle.fairturns import FRAMES_PER_TURN, TURN_SECONDS, FairTurnsMixin, TurnScheduler
 from anygle.hub import Hub
 from anygle.limits import MESSAGE_LIMITS, ConnectionLimits
 from anygle.session import Session
@@ -90,8 +91,9 @@ class _SlowReaderGuard:
         self.paused = False
 
 
-class AnygleProtocol(WebSocketServerProtocol):
-    """One client connection."""
+class AnygleProtocol(FairTurnsMixin, WebSocketServerProtocol):
+    """One client connection; it handles a bounded number of frames per reactor turn
+    (``anygle/fairturns.py``)."""
 
     factory: AnygleFactory
 
@@ -336,10 +338,13 @@ class AnygleFactory(WebSocketServerFactory):
         max_per_ip: int = 0,
         max_queued_bytes: int = 1 << 20,
         message_limits: dict[str, tuple[float, float]] | None = None,
+        frames_per_turn: int = FRAMES_PER_TURN,
+        turn_seconds: float = TURN_SECONDS,
         reactor: Any = None,
     ) -> None:
         super().__init__(reactor=reactor)
         self.hub = hub
+        self.turns = TurnScheduler(self.reactor, frames_per_turn, turn_seconds)
         self.message_limits = MESSAGE_LIMITS if message_limits is None else message_limits
         self.resolver = resolver
         self.rate_limit = rate_limit

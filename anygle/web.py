@@ -13,8 +13,10 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from anygle.clientip import ClientAddressResolver
 from anygle.engine.base import EngineUnavailable, Stats
+from anygle.fairturns import TurnScheduler
 from anygle.hub import Hub
 from anygle.metrics import CONTENT_TYPE, Metrics
+from anygle.reactorlag import ReactorLag
 
 _log = Logger(namespace="anygle.web")
 
@@ -46,7 +48,10 @@ class JsonPage(Resource):
 
 
 class Health(JsonPage):
-    """Tells the truth: 503 with the reason when the engine cannot reach shared state."""
+    """Tells the truth: 503 with the reason when the engine cannot reach shared state.
+    ``reactorLagMs`` is the worst timer lateness of the last 10 s (``anygle/reactorlag.py``)."""
+
+    lag: ReactorLag | None = None
 
     def render_GET(self, request: Request) -> bytes:
         ok, reason = self.hub.engine.health()
@@ -56,6 +61,8 @@ class Health(JsonPage):
             "engine": self.engine_name,
             "uptime": round(self.hub.clock.seconds() - self.hub.started_at, 3),
         }
+        if self.lag is not None:
+            body["reactorLagMs"] = round(self.lag.recent_max() * 1000.0, 1)
         if not ok:
             body["reason"] = reason
         return _write_json(request, 200 if ok else 503, body)
@@ -110,9 +117,16 @@ class StatsPage(StatsBackedPage):
 class MetricsPage(StatsBackedPage):
     """Prometheus text format (``anygle/metrics.py``)."""
 
-    def __init__(self, hub: Hub, engine_name: str, instance_id: str) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        engine_name: str,
+        instance_id: str,
+        lag: ReactorLag | None = None,
+        turns: TurnScheduler | None = None,
+    ) -> None:
         super().__init__(hub, engine_name, instance_id)
-        self.metrics = Metrics(instance_id)
+        self.metrics = Metrics(instance_id, lag, turns)
 
     def page(self, stats: Stats) -> tuple[int, bytes, bytes]:
         return 200, CONTENT_TYPE, self.metrics.render(stats, len(self.hub.sessions))
@@ -149,15 +163,19 @@ class Root(Resource):
         instance_id: str,
         resolver: ClientAddressResolver,
         rate_limit: int = 0,
+        lag: ReactorLag | None = None,
+        turns: TurnScheduler | None = None,
     ) -> None:
         super().__init__()
         self.hub = hub
         self.resolver = resolver
         self.rate_limit = rate_limit
+        health = Health(hub, engine_name, instance_id)
+        health.lag = lag
         self.pages: dict[bytes, Resource] = {
-            b"/health": Health(hub, engine_name, instance_id),
+            b"/health": health,
             b"/stats": StatsPage(hub, engine_name, instance_id),
-            b"/metrics": MetricsPage(hub, engine_name, instance_id),
+            b"/metrics": MetricsPage(hub, engine_name, instance_id, lag, turns),
         }
 
     def render(self, request: Request) -> bytes | int:

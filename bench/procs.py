@@ -200,11 +200,19 @@ class Server:
         stop(self.proc)
 
 
-def baseline(port: int | None = None) -> Server:
+def baseline(port: int | None = None, backlog: int = 1024) -> Server:
     port = port or free_port()
     return Server(
         "baseline",
-        [sys.executable, "-m", "bench.baseline_relay", "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "bench.baseline_relay",
+            "--port",
+            str(port),
+            "--backlog",
+            str(backlog),
+        ],
         port,
         env=dict(os.environ, PYTHONPATH=REPO),
     )
@@ -258,7 +266,9 @@ def anygle(
     redis_url: str | None = None,
     instance: str = "bench",
     extra: list[str] | None = None,
+    backlog: int | None = 1024,
 ) -> Server:
+    """An anygle instance; ``backlog=None`` leaves the listen backlog to anygle's default."""
     port, http = free_port(), free_port()
     twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
     argv = [
@@ -276,7 +286,7 @@ def anygle(
         ),
         "anygle",
         "--ws",
-        f"tcp:{port}:interface=127.0.0.1:backlog=1024",
+        f"tcp:{port}:interface=127.0.0.1" + (f":backlog={backlog}" if backlog else ""),
         "--http",
         f"tcp:{http}:interface=127.0.0.1",
         "--engine",
@@ -376,7 +386,12 @@ def nginx(upstream_ports: list[int], *, sticky_pairs: bool, conns: int = 4096) -
 class Workers:
     """Load worker processes (``bench.loadclient``) driven by JSON lines."""
 
-    def __init__(self, jobs: list[dict[str, Any]], progress: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        jobs: list[dict[str, Any]],
+        progress: Callable[[str], None],
+        module: str = "bench.loadclient",
+    ) -> None:
         self.progress = progress
         self.procs: list[subprocess.Popen] = []
         self.ps: list[psutil.Process] = []
@@ -388,7 +403,7 @@ class Workers:
         for i, job in enumerate(jobs):
             job = dict(job, worker=i)
             p = spawn(
-                [sys.executable, "-m", "bench.loadclient"],
+                [sys.executable, "-m", module],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=None,

@@ -9,6 +9,10 @@ Scenarios (all by default, in this order):
 ``latency``   joins arrive at a set rate into one queue; join -> matched as the client sees it.
 ``memory``    RSS growth per idle connected user and per queued user, anygle vs the bare relay.
 ``scaleout``  total relay throughput through nginx: 1 vs 2 anygle instances.
+``overload``  (only when named) each engine at 2x its measured relay capacity for 60 s plus a
+              flood of malformed frames: lost / duplicated / reordered / ended chats, reactor
+              and heartbeat lag; and a connect storm of 5,000 against the bare relay
+              (``bench/overload.py``).
 
 Every server, Redis, nginx and each load worker is its own process; all are killed at the end.
 Results: a table on stdout, JSON (and a PNG) in ``bench/results/<name>-<date>.*``.
@@ -37,12 +41,13 @@ import psutil
 if __package__ in (None, ""):  # ``python bench/run.py``: make ``bench`` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench import procs
+from bench import overload, procs
 
 RESULTS = os.path.join(procs.REPO, "bench", "results")
 CONTENT = "hey there! how is your day going? i am bored, want to chat ?"  # 60 bytes, benign
 assert len(CONTENT.encode()) == 60
 SCENARIOS = ("relay", "latency", "memory", "scaleout")
+EXTRA_SCENARIOS = ("overload",)  # run only when named
 
 TARGETS = {
     "memory-on/baseline": 0.6,
@@ -686,6 +691,9 @@ class Bench:
             if r:
                 r.stop()
 
+    def scenario_overload(self) -> dict[str, Any]:
+        return overload.scenario_overload(self)
+
     def scenario_scaleout(self) -> dict[str, Any]:
         if self.args.no_nginx or not shutil_which("nginx"):
             return {
@@ -935,6 +943,9 @@ def table(results: dict[str, Any]) -> str:
                 f"| {spread(r)} | {note} |"
             )
         out.append("")
+    ov = results.get("overload")
+    if ov:
+        out += overload.table(ov, fmt, _note)
     notes = list(results.get("notes") or [])
     if (results.get("limits") or {}).get("note"):
         notes.insert(0, results["limits"]["note"])
@@ -1033,7 +1044,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "scenarios",
         nargs="*",
         metavar="SCENARIO",
-        help=f"any of {', '.join(SCENARIOS)} (default: all)",
+        help=f"any of {', '.join(SCENARIOS + EXTRA_SCENARIOS)} (default: all but overload)",
     )
     p.add_argument(
         "--quick",
@@ -1095,6 +1106,41 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="relay rows to run (default all): baseline,memory-off,memory-on,redis-same,"
         "redis-cross",
     )
+    p.add_argument(
+        "--overload-engines",
+        default=["memory", "redis"],
+        type=lambda v: [x for x in v.split(",") if x],
+        help="overload: engines to run (memory,redis)",
+    )
+    p.add_argument("--overload-pairs", type=int, default=100, help="overload: chatting pairs")
+    p.add_argument("--overload-seconds", type=float, default=60.0, help="overload: seconds")
+    p.add_argument(
+        "--overload-factor", type=float, default=2.0, help="overload: x the measured capacity"
+    )
+    p.add_argument(
+        "--overload-inflight",
+        type=int,
+        default=500,
+        help="overload: unanswered messages per direction at most",
+    )
+    p.add_argument(
+        "--overload-drain", type=float, default=30.0, help="overload: s to wait for the rest"
+    )
+    p.add_argument(
+        "--overload-flooders", type=int, default=10, help="overload: malformed-frame flooders"
+    )
+    p.add_argument(
+        "--overload-capacity-seconds",
+        type=float,
+        default=5.0,
+        help="overload: seconds of the capacity measurement before each engine",
+    )
+    p.add_argument(
+        "--storm-connections",
+        type=int,
+        default=5000,
+        help="overload: simultaneous connects of the connect storm (0: no storm)",
+    )
     p.add_argument("--no-redis", action="store_true")
     p.add_argument("--no-nginx", action="store_true")
     p.add_argument("--redis", action="store_true", help="with --quick: run the Redis rows too")
@@ -1122,10 +1168,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     a = p.parse_args(argv)
     a.scenarios = list(a.scenarios) or list(SCENARIOS)
-    unknown = sorted(set(a.scenarios) - set(SCENARIOS))
+    known = SCENARIOS + EXTRA_SCENARIOS
+    unknown = sorted(set(a.scenarios) - set(known))
     if unknown:
-        p.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
-    if a.quick:
+        p.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(known)}")
+    if a.quick and a.scenarios == ["overload"]:
+        # the overload scenario's point is both engines: --quick only makes it shorter
+        if a.overload_seconds == p.get_default("overload_seconds"):
+            a.overload_seconds = 10.0
+        a.overload_capacity_seconds, a.warmup, a.overload_drain = 2.0, 1.0, 20.0
+        a.repeat = 1
+    elif a.quick:
         a.pairs, a.window, a.warmup, a.duration = 20, 4, 0.5, 2.0
         a.rate, a.latency_seconds, a.memory_levels = 200.0, 1.0, [200]
         a.probe_seconds = min(a.probe_seconds, 0.5)
@@ -1136,7 +1189,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         a.repeat = 1
     if a.scaleout_pairs is None:
         a.scaleout_pairs = a.pairs
-    a.name = a.name or ("quick" if a.quick else "full")
+    default_name = "overload" if a.scenarios == ["overload"] else "full"
+    a.name = a.name or (
+        f"{default_name}-quick"
+        if a.quick and default_name != "full"
+        else "quick"
+        if a.quick
+        else default_name
+    )
     return a
 
 
@@ -1195,6 +1255,8 @@ def main(argv: list[str] | None = None) -> int:
     need = max(args.pairs * 2, args.scaleout_pairs * 2) + 1024
     if "memory" in args.scenarios:
         need = max(need, *(n + 1024 for n in args.memory_levels))
+    if "overload" in args.scenarios:
+        need = max(need, args.storm_connections + 1024, args.overload_pairs * 2 + 1024)
     nofile, note = procs.raise_nofile(need)
     if note:
         progress.say(f"warning: {note}")
@@ -1228,7 +1290,7 @@ def main(argv: list[str] | None = None) -> int:
     stamp = started.strftime("%Y%m%d-%H%M%S")
     path = os.path.join(args.out, f"{args.name}-{stamp}.json")
     try:
-        for name in SCENARIOS:
+        for name in SCENARIOS + EXTRA_SCENARIOS:
             if name in args.scenarios:
                 progress.say(f"== {name}")
                 results[name] = getattr(bench, f"scenario_{name}")()
