@@ -49,7 +49,10 @@ class JsonPage(Resource):
 
 class Health(JsonPage):
     """Tells the truth: 503 with the reason when the engine cannot reach shared state.
-    ``reactorLagMs`` is the worst timer lateness of the last 10 s (``anygle/reactorlag.py``)."""
+    ``reactorLagMs`` is the worst timer lateness of the last 10 s (``anygle/reactorlag.py``).
+    With the Redis engine, ``lease`` tells how the instance's liveness lease is kept (see
+    anygle/engine/redis/liveness.py): its TTL, the longest gap between two renewals and the
+    reactor heartbeat's worst lateness, both since the previous ``/health``."""
 
     lag: ReactorLag | None = None
 
@@ -63,6 +66,14 @@ class Health(JsonPage):
         }
         if self.lag is not None:
             body["reactorLagMs"] = round(self.lag.recent_max() * 1000.0, 1)
+        liveness = getattr(self.hub.engine, "liveness", None)
+        if liveness is not None:
+            lease = liveness.report()
+            body["lease"] = {
+                "ttlMs": round(lease["lease_ttl"] * 1000.0),
+                "maxRenewalGapMs": round(lease["max_renewal_gap"] * 1000.0, 1),
+                "heartbeatLatenessMs": round(lease["max_heartbeat_lateness"] * 1000.0, 1),
+            }
         if not ok:
             body["reason"] = reason
         return _write_json(request, 200 if ok else 503, body)

@@ -11,8 +11,9 @@ Per engine (memory: one instance; Redis: two instances, every pair split across 
    reconnecting whenever the server closes them (``bench/overloadclient.py``);
 3. while it runs, a thread polls every instance's ``/health`` (its ``reactorLagMs``: the worst
    timer lateness of the last 10 s, and how long ``/health`` took to answer) and, on Redis, the
-   remaining TTL of every ``instance:{id}`` heartbeat key (``PTTL`` every 50 ms): with a 3.5 s TTL
-   refreshed every 0.5 s, ``heartbeat lag = 3.0 s - min TTL left``.
+   remaining TTL of every ``instance:{id}`` lease key (``PTTL`` every 50 ms): with a 2.5 s TTL
+   renewed every 0.25 s, ``heartbeat lag = 2.25 s - min TTL left``; and, from ``/health``
+   (``lease.heartbeatLatenessMs``), the reactor heartbeat's own worst lateness.
 
 Then the messages still in flight are given ``--overload-drain`` s to arrive, and the row reports
 delivered / lost / duplicated / reordered / chats ended by the server (``partner_*`` frames and
@@ -35,8 +36,8 @@ from typing import Any
 
 from bench import procs
 
-HEARTBEAT_TTL_MS = 3500  # anygle/engine/redis.py: heartbeat_ttl
-HEARTBEAT_INTERVAL_MS = 500  # heartbeat_interval
+HEARTBEAT_TTL_MS = 2500  # anygle/engine/redis/liveness.py: Liveness.lease_ttl
+HEARTBEAT_INTERVAL_MS = 250  # Liveness.renew_interval (the lease thread's renewals)
 
 
 class Watch(threading.Thread):
@@ -48,6 +49,7 @@ class Watch(threading.Thread):
         self.redis_port = redis_port
         self.stop_event = threading.Event()
         self.lag_ms: dict[str, float] = dict.fromkeys(http_ports, 0.0)
+        self.beat_late_ms: dict[str, float] = dict.fromkeys(http_ports, 0.0)
         self.health_ms: dict[str, float] = dict.fromkeys(http_ports, 0.0)
         self.not_ok: dict[str, int] = dict.fromkeys(http_ports, 0)
         self.ttl_min_ms: dict[str, int | None] = dict.fromkeys(http_ports)
@@ -92,6 +94,9 @@ class Watch(threading.Thread):
                     lag = body.get("reactorLagMs")
                     if isinstance(lag, int | float):
                         self.lag_ms[name] = max(self.lag_ms[name], float(lag))
+                    late = body.get("lease", {}).get("heartbeatLatenessMs")
+                    if isinstance(late, int | float):
+                        self.beat_late_ms[name] = max(self.beat_late_ms[name], float(late))
                     if body.get("status") != "ok":
                         self.not_ok[name] += 1
                 except (OSError, ValueError):
@@ -247,6 +252,9 @@ def overload_row(bench: Any, engine: str) -> dict[str, Any]:
                 HEARTBEAT_TTL_MS - HEARTBEAT_INTERVAL_MS - min(ttl_min) if ttl_min else None
             ),
             "heartbeat_key_missing": sum(watch.ttl_missing.values()) if redis else None,
+            "max_reactor_heartbeat_lateness_ms": (
+                max(watch.beat_late_ms.values()) if redis else None
+            ),
             "server_cpu_pct": round(100 * (sum(cpu1.values()) - sum(cpu0.values())) / secs, 1),
             "capacity_row": cap,
         }

@@ -41,6 +41,7 @@ def toy_model() -> LearnedModel:
             "bias": [1.0, 0.0, 0.0],
             "thresholds": {"grooming": 0.5, "minor_sexual": 0.5},
             "weights": {"w:lure": [0.0, 5.0, 0.0], "w:vile": [0.0, 0.0, 5.0]},
+            "vocabulary": ["a", "hello", "lure", "vile", "what"],
         }
     )
 
@@ -89,6 +90,9 @@ def test_gating_by_queue_and_age_group() -> None:
     assert v("vile", **unmoderated).category == "minor_sexual"  # applies in every queue
     assert not v("hello", **teen)
     assert not v("", **teen)
+    # mostly unknown tokens (ids, hashes): not judged
+    assert not v("lure 3f9a0c 77be01", **teen)
+    assert v("what a lure 3f9a0c", **teen).category == "grooming"
 
 
 def test_learned_zero_tolerance_blocks_but_never_bans() -> None:
@@ -116,3 +120,13 @@ def test_the_window_uses_the_learned_verdict_when_it_is_more_severe(rules_only: 
     assert not SenderWindow(rules_only).check(
         "what a lure", 0.0, protect_personal_info=True, moderated=True
     )
+
+
+def test_ids_and_hashes_are_not_judged(with_model: Classifier) -> None:
+    """Chat made of ids (a load test, a pasted hash) must not collect learned strikes."""
+    import uuid
+
+    for _ in range(2000):
+        text = f"{uuid.uuid4()}|{uuid.uuid4()}|{len(_ := str(uuid.uuid4()))}"
+        tokens = list(with_model.normalize(text).text_tokens)
+        assert not with_model.learned.verdict(tokens, protect_personal_info=True, moderated=True)

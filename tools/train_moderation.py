@@ -6,11 +6,12 @@ Inputs: every labelled corpus the project keeps for training (``tests/data/moder
 measure the model and must stay unseen by it.
 
 Samples: every single-message case with its label; every message of a multi-message clean case
-as clean. Multi-message abusive cases are left out: their parts are innocent alone (a phone
-number in three pieces, two weak grooming signals), which is the sender window's job, not this
-model's. Labels: the categories the layer can act on, ``clean``, and ``other`` (slurs,
-harassment, explicit talk, insults, profanity: the rules' business, kept apart so they do not
-blur ``clean``).
+as clean. Labels: the categories the layer can act on, ``clean``, ``other`` (slurs, harassment,
+explicit talk, insults, profanity: the rules' business, kept apart so they do not blur
+``clean``) and ``weak``: clean lines tagged ``weak`` (one weak grooming signal) and the
+messages of multi-message grooming cases, which build up from weak signals; the sender window
+counts a ``weak`` message as one weak signal. Other multi-message abusive cases are left out:
+their parts are innocent alone (a phone number in three pieces), the window's job.
 
 Method: scikit-learn's multinomial LogisticRegression over counts of learned.features(); 5-fold
 cross-validated probabilities choose each acting category's threshold: the lowest one (at least
@@ -61,7 +62,11 @@ def samples(paths: list[Path]) -> tuple[list[list[str]], list[str], Counter]:
     for path in paths:
         for case in load_corpus(path):
             label = "other" if case.label in OTHER else case.label
-            if len(case.messages) > 1 and label != "clean":
+            if label == "clean" and "weak" in case.tags:
+                label = "weak"
+            elif len(case.messages) > 1 and label == "grooming":
+                label = "weak"  # a sequence's parts: mostly weak signals that build up
+            elif len(case.messages) > 1 and label != "clean":
                 continue
             for m in case.messages:
                 docs.append(list(norm(m).text_tokens))
@@ -169,8 +174,11 @@ def main(argv: list[str] | None = None) -> int:
         str(f): [round(float(w), 4) for w in coef[:, i]] for i, f in enumerate(names) if keep[i]
     }
     print(f"features: {len(names)}, kept {len(weights)} (|w| >= {args.prune})")
+    counts = Counter(t for doc in docs for t in set(doc))
+    vocabulary = sorted(t for t, n in counts.items() if n >= 2)
     data = {
         "classes": classes,
+        "vocabulary": vocabulary,
         "bias": [round(float(b), 4) for b in model.intercept_],
         "thresholds": chosen,
         "weights": weights,

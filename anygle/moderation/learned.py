@@ -42,6 +42,10 @@ SEVERITY = {
     "grooming": Severity.HIGH,
 }
 TEEN_ONLY = frozenset({"grooming"}) | PROTECTED_CATEGORIES
+# The ``weak`` class (flattery, gifts, age and relationship talk) never acts alone: with a teen,
+# a message whose most probable class it is, at this probability or more, is a weak grooming
+# signal in the sender window (window.LEARNED_WEAK).
+WEAK_THRESHOLD = 0.5
 # Tokens (as the normaliser gives them) that address the partner. In a message that has one,
 # every word also counts as "y:<word>": "parents" in "are ur parents home" and in "my parents
 # are strict" then weigh differently, which a sum of single words cannot express.
@@ -93,7 +97,11 @@ class LearnedModel:
             self.classes.index(c): t for c, t in data["thresholds"].items() if c in SEVERITY
         }
         self.meta: dict = data.get("meta", {})
+        # words seen at least twice in training; a message mostly made of other tokens (ids,
+        # hashes, another language) is not judged: character grams of noise say nothing
+        self.vocabulary: frozenset[str] = frozenset(data.get("vocabulary", ()))
         self._zero = (0.0,) * len(self.classes)
+        self._weak = self.classes.index("weak") if "weak" in self.classes else None
         self._tokens: dict[str, tuple[float, ...]] = {}
         self._addressed: dict[str, tuple[float, ...]] = {}
 
@@ -153,20 +161,33 @@ class LearnedModel:
         self, tokens: Sequence[str], *, protect_personal_info: bool, moderated: bool
     ) -> Verdict:
         """The most probable acting category over its threshold, as a Verdict (or CLEAN)."""
+        return self.assess(
+            tokens, protect_personal_info=protect_personal_info, moderated=moderated
+        )[0]
+
+    def assess(
+        self, tokens: Sequence[str], *, protect_personal_info: bool, moderated: bool
+    ) -> tuple[Verdict, float | None]:
+        """``(verdict, weak)``: the verdict as in ``verdict``, and, when the message's most
+        probable class is ``weak`` (flattery, gifts, age or relationship talk: a grooming signal
+        that does not act alone), its probability, for the sender window to count."""
         if not tokens:
-            return CLEAN
+            return CLEAN, None
+        words = {t for t in tokens if len(t) > 2}  # letters and two-letter bits say nothing
+        if len(words & self.vocabulary) * 2 < len(words):
+            return CLEAN, None
         s = self.scores(tokens)
         top = max(s)
         best = max(range(len(s)), key=s.__getitem__)
+        p = 1.0 / sum(math.exp(x - top) for x in s)
+        if best == self._weak:
+            return CLEAN, (p if p >= WEAK_THRESHOLD and protect_personal_info else None)
         threshold = self.thresholds.get(best)
-        if threshold is None:
-            return CLEAN
+        if threshold is None or p < threshold:
+            return CLEAN, None
         category = self.classes[best]
         if category in TEEN_ONLY and not protect_personal_info:
-            return CLEAN
+            return CLEAN, None
         if not moderated and category not in UNMODERATED_CATEGORIES:
-            return CLEAN
-        p = 1.0 / sum(math.exp(x - top) for x in s)
-        if p < threshold:
-            return CLEAN
-        return Verdict(SEVERITY[category], category, f"learned p={p:.2f}")
+            return CLEAN, None
+        return Verdict(SEVERITY[category], category, f"learned p={p:.2f}"), None

@@ -47,6 +47,8 @@ JOIN_CHARS = 200
 # probing for supervision, location or school, leaving for another app, meeting, photos/camera.
 # The weak ones (age, flattery, gifts, relationship talk) still need a second signal.
 STRONG_SIGNALS = frozenset({"secrecy", "alone", "meet", "off_platform", "photo"})
+# The learned layer's weak signal (learned.WEAK_THRESHOLD): weighs like a rule's weak one.
+LEARNED_WEAK = "learned_weak"
 # Words that turn a request down when they stand just before it, or just after it.
 NEGATIONS = frozenset(
     "no not never dont don't wont won't cant can't wouldnt wouldn't shouldnt shouldn't nope nah "
@@ -124,17 +126,20 @@ class SenderWindow:
             # warning and a strike) rather than warned; a ban still needs a zero-tolerance rule
             verdict = Verdict(Severity.HIGH, "minor_sexual", f"to a teen: {verdict.evidence}")
 
+        # A teen's refusal ("i don't send pics", "meet up? nah") repeats the words of the
+        # request it turns down: it is no signal.
+        signals = [s for s in signals if not refused(norm.text, s.evidence)]
+
         learned = clf.learned
         if learned is not None and verdict.severity < Severity.HIGH:
-            lv = learned.verdict(
+            lv, weak = learned.assess(
                 norm.text_tokens, protect_personal_info=protect_personal_info, moderated=moderated
             )
             if lv.severity > verdict.severity:
                 verdict = lv
-
-        # A teen's refusal ("i don't send pics", "meet up? nah") repeats the words of the
-        # request it turns down: it is no signal.
-        signals = [s for s in signals if not refused(norm.text, s.evidence)]
+            if weak is not None and moderated and not signals:
+                # only where the rules saw no signal: one message is one weak signal
+                signals.append(Signal(LEARNED_WEAK, 2, f"learned p={weak:.2f}"))
         if signals:
             threshold = (
                 rules.teen_grooming_threshold if protect_personal_info else rules.grooming_threshold
