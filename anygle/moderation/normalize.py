@@ -25,7 +25,6 @@ import os
 import re
 import unicodedata
 from collections.abc import Iterable
-from dataclasses import dataclass
 from functools import lru_cache
 from operator import itemgetter
 
@@ -118,31 +117,84 @@ MAX_MASKED = 16  # masked words ("f*ck") resolved per message
 _FIRST = itemgetter(1)  # C-level replacement callback: much cheaper than the template r"\1"
 
 
-_PAIRS = tuple((c + c, c) for c in "abcdefghijklmnopqrstuvwxyz")
+# A letter followed by the same letter: deleting those squeezes every run to its last letter.
+_DOUBLED = re.compile(r"([a-z])(?=\1)")
 
 
 def squeeze(s: str) -> str:
-    """Collapse every run of one repeated letter to a single letter (``_SQUEEZE.sub``; 26
-    C-speed substring checks and replaces beat a regex with a callback per run)."""
-    for cc, c in _PAIRS:
-        if cc in s:
-            s = s.replace(cc, c)
-            while cc in s:
-                s = s.replace(cc, c)
-    return s
+    """Collapse every run of one repeated letter to a single letter (``_SQUEEZE.sub``; deleting
+    each letter that the same letter follows needs no replacement callback: about 2x faster
+    than 26 substring checks and replaces, and 1.5x faster than a callback per run)."""
+    return _DOUBLED.sub("", s)
 
 
-@dataclass(slots=True)
 class Normalized:
-    original: str
-    base: str
-    words: str
-    text: str
-    word_tokens: list[str]
-    text_tokens: list[str]
-    token_set: frozenset[str]
-    _raw: str | None = None
-    _text1: str | None = None
+    """The views of one message. ``base`` and ``words`` are computed up front; ``text`` and the
+    token lists on first use (plain chat usually never needs them, see scan.py).
+
+    ``present``/``flagged`` come from the one-pass prefilter (None without one): the message's
+    text-view tokens that are rule vocabulary (``token_set & vocabulary``), and the names
+    (compiled sources) of the text-view patterns that may match."""
+
+    __slots__ = (
+        "_raw",
+        "_text",
+        "_text1",
+        "_text_tokens",
+        "_token_set",
+        "_word_tokens",
+        "base",
+        "flagged",
+        "original",
+        "present",
+        "words",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        original: str,
+        base: str,
+        words: str,
+        present: frozenset[str] | None = None,
+        flagged: frozenset[str] | None = None,
+        text: str | None = None,
+    ) -> None:
+        self.original = original
+        self.base = base
+        self.words = words
+        self.present = present
+        self.flagged = flagged
+        self._text = text
+        self._word_tokens: list[str] | None = None
+        self._text_tokens: list[str] | None = None
+        self._token_set: frozenset[str] | None = None
+        self._raw: str | None = None
+        self._text1: str | None = None
+
+    @property
+    def text(self) -> str:
+        """``words`` with runs of a repeated letter squeezed to one."""
+        if self._text is None:
+            self._text = squeeze(self.words)
+        return self._text
+
+    @property
+    def word_tokens(self) -> list[str]:
+        if self._word_tokens is None:
+            self._word_tokens = tokens(self.words)
+        return self._word_tokens
+
+    @property
+    def text_tokens(self) -> list[str]:
+        if self._text_tokens is None:
+            self._text_tokens = tokens(self.text)
+        return self._text_tokens
+
+    @property
+    def token_set(self) -> frozenset[str]:
+        if self._token_set is None:
+            self._token_set = frozenset(self.text_tokens)
+        return self._token_set
 
     @property
     def text1(self) -> str:
@@ -162,6 +214,9 @@ class Normalized:
             )
         return self._raw
 
+    def __repr__(self) -> str:
+        return f"Normalized({self.original!r}, base={self.base!r}, words={self.words!r})"
+
 
 class Normalizer:
     """Builds the matching views; ``known`` are squeezed rule words used to join letter runs,
@@ -176,8 +231,21 @@ class Normalizer:
         for w in dict.fromkeys(masked_words):  # in the given order of preference
             self._masked.setdefault((len(w), w[0]), []).append(w)
 
+    prefilter = None  # scan.Prefilter, set by the rules builder
+
     def __call__(self, text: str) -> Normalized:
         base = text.lower() if text.isascii() else fold(text)
+        pf = self.prefilter
+        if pf is None:
+            return Normalized(text, base, self._words(base))
+        # One scan of the squeezed text: vocabulary words present, patterns that may match.
+        words = self._words(base)
+        squeezed = squeeze(words)
+        present, flagged = pf.scan(squeezed)
+        return Normalized(text, base, words, present, flagged, squeezed)
+
+    def _words(self, base: str) -> str:
+        """The ``words`` view: leetspeak, single-letter runs and masked words resolved."""
         # Cheap C-speed checks decide whether the slower passes are needed at all.
         words = base
         if _LEET_SYMBOL.search(words) and _LEET_HINT.search(words):
@@ -188,10 +256,7 @@ class Normalizer:
             words = words[:at] + _SINGLE_RUN.sub(self._join_run, words[at:])
         if "*" in words:
             words = self._unmask_all(words)
-        wt = tokens(words)
-        text_view = squeeze(words)
-        tt = tokens(text_view)
-        return Normalized(text, base, words, text_view, wt, tt, frozenset(tt))
+        return words
 
     def _unmask_all(self, s: str) -> str:
         """``_MASKED.sub(self._unmask, s, count=MAX_MASKED)``, found from the '*'s instead of

@@ -30,7 +30,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import personal
 from .normalize import Normalizer, squeeze
+from .scan import Prefilter, Unsupported, bytes_pattern, hyperscan
 from .verdict import CATEGORY_ORDER, CATEGORY_SEVERITY, Severity
 
 DATA_DIR = Path(__file__).parent / "data"
@@ -85,6 +87,9 @@ class Rule:
     text_search: Callable[[str], re.Match[str] | None] | None = None
     shifted: bool = False  # pattern is SHIFTED: search norm.text1, drop the first character
     near_shifted: tuple[bool, bool] = (False, False)
+    # compiled sources of this rule's text-view patterns in the one-pass prefilter (scan.py);
+    # the rule can only match if the scan flagged all of them. None: not prefiltered.
+    hs: frozenset[str] | None = None
 
 
 Gate = tuple[tuple[Rule, ...], tuple[Rule, ...], tuple[tuple[str, tuple[Rule, ...]], ...]]
@@ -106,6 +111,11 @@ class Rules:
     gates: dict[str, Gate] = field(default_factory=dict)
     gate_keys: frozenset[str] = field(default=frozenset())
     word_keys: frozenset[str] = field(default=frozenset())  # the keys of ``words``
+    prefilter: Prefilter | None = None  # one Hyperscan pass per message (scan.py)
+    # the prefilter's vocabulary holds every word the gates of unfiltered rules ask about
+    fast_gate: bool = False
+    by_pattern: dict[str, tuple[Rule, ...]] = field(default_factory=dict)  # prefiltered rules
+    unfiltered: tuple[Rule, ...] = ()  # rules the prefilter cannot rule out
 
 
 def load_rules(extra: str | None = None) -> Rules:
@@ -124,7 +134,91 @@ def load_rules(extra: str | None = None) -> Rules:
             raise ValueError(
                 f"moderation rules path {extra!r} is not a directory, .txt or .json file"
             )
-    return _Builder().build(files)
+    builder = _Builder()
+    rules = builder.build(files)
+    if hyperscan is None:  # pragma: no cover - without it every rule runs as before
+        return rules
+    inputs = _prefilter_inputs(builder, rules)
+    if extra:  # the packaged part is compiled (and cached) on its own
+        base = _packaged_inputs()
+        parts = [
+            base,
+            (inputs[0] - base[0], {k: v for k, v in inputs[1].items() if k not in base[1]}),
+        ]
+    else:
+        _PACKAGED.append(inputs)
+        parts = [inputs]
+    prefilter = Prefilter(parts)
+    for rule in rules.rules:
+        if rule.view != "text":
+            continue
+        names = frozenset(
+            [rule.pattern.pattern] if rule.pattern is not None else [p.pattern for p in rule.near]
+        )
+        if names <= prefilter.patterns:
+            object.__setattr__(rule, "hs", names)
+    unfiltered = [r for r in rules.rules if r.hs is None]
+    by_pattern: dict[str, list[Rule]] = {}
+    for rule in rules.rules:
+        for name in rule.hs or ():
+            by_pattern.setdefault(name, []).append(rule)
+    object.__setattr__(rules, "by_pattern", {k: tuple(v) for k, v in by_pattern.items()})
+    object.__setattr__(rules, "unfiltered", tuple(unfiltered))
+    object.__setattr__(rules, "prefilter", prefilter)
+    tokens = {w for w in _gate_words(unfiltered) if w.isascii() and w.isalpha()}
+    object.__setattr__(rules, "fast_gate", tokens <= prefilter.vocabulary)
+    rules.normalizer.prefilter = prefilter
+    return rules
+
+
+# Contact-detail checks look for these tokens (personal.py): part of the scanned vocabulary.
+PI_VOCABULARY = (
+    personal._NUMBER_TOKENS
+    | personal._MAIL_WORDS
+    | personal.STREET_WORDS
+    | personal.PHONE_WORDS
+    | {"at"}
+)
+_PACKAGED: list[tuple[frozenset[str], dict[str, str]]] = []
+
+
+def _packaged_inputs() -> tuple[frozenset[str], dict[str, str]]:
+    if not _PACKAGED:
+        builder = _Builder()
+        _PACKAGED.append(_prefilter_inputs(builder, builder.build(_rule_files(DATA_DIR))))
+    return _PACKAGED[0]
+
+
+def _prefilter_inputs(builder: _Builder, rules: Rules) -> tuple[frozenset[str], dict[str, str]]:
+    """The vocabulary (word-list keys, contact-detail words, and the gate words of rules the
+    scan cannot filter: with no pattern flagged, the scan's ``present`` answers every check
+    the classifier makes) and the text-view patterns (compiled source -> source before word
+    boundaries)."""
+    patterns = dict(builder.prefilter)
+    convertible = set()
+    for name, src in patterns.items():
+        try:
+            bytes_pattern(src)
+        except Unsupported:
+            continue
+        convertible.add(name)
+    unfiltered = [
+        r
+        for r in rules.rules
+        if r.view != "text"
+        or not {p.pattern for p in ([r.pattern] if r.pattern else r.near)} <= convertible
+    ]
+    vocab = set(rules.word_keys) | PI_VOCABULARY | _gate_words(unfiltered)
+    return frozenset(vocab), patterns
+
+
+def _gate_words(rules: list[Rule]) -> frozenset[str]:
+    words: set[str] = set()
+    for rule in rules:
+        words |= rule.keys | rule.required
+        if rule.also_keys:
+            words |= rule.also_keys
+    return frozenset(words)
 
 
 def _rule_files(directory: Path) -> list[Path]:
@@ -347,6 +441,9 @@ class _Builder:
         self.masked: dict[str, tuple[int, int, int]] = {}
         self.settings: dict[str, int] = {"grooming_threshold": 5}
         self.count = 0
+        # text-view pattern (compiled source) -> its source before word boundaries were added,
+        # for the one-pass prefilter (scan.py)
+        self.prefilter: dict[str, str] = {}
 
     def build(self, files: list[Path]) -> Rules:
         docs: list[tuple[Path, dict]] = []
@@ -433,6 +530,7 @@ class _Builder:
             src = squeeze_regex(src)
             # Every word a rule mentions may be spelled out letter by letter ("s e l l").
             self.known.update(w for w in _LITERAL.findall(src) if len(w) > 1)
+            bare = src
             src = _with_boundaries(src, shift=True)
         elif view == "base":
             src = _with_boundaries(src.replace(" ?", r"\s*").replace(" ", r"\s+"))
@@ -440,9 +538,12 @@ class _Builder:
             src = src.replace(" ?", r"\s*").replace(" ", r"\s+")
             src = "(?<![A-Za-z0-9])(?:" + src + ")(?![A-Za-z0-9])"
         try:
-            return re.compile(src)
+            compiled = re.compile(src)
         except re.error as exc:
             raise ValueError(f"{where}: bad regex: {exc}") from exc
+        if view == "text":
+            self.prefilter[compiled.pattern] = bare
+        return compiled
 
     def _split(self, spec: object, where: str) -> list[Rule]:
         """Compile a rule; a rule whose pattern is a top-level alternation becomes one rule per
