@@ -5,7 +5,9 @@ Extracts ``anygle/moderation`` at ``--ref`` (git) into a temporary package, then
 (verdict severity, category and evidence) on ``--n`` generated texts (tests/moderation_texts.py:
 corpus lines, mutated lines, dictionary sentences, 200-character mixes).
 
-Run: .venv/bin/python bench/moderation_diff.py --ref ed70ec3 --n 12000
+With ``--timing``: the cost instead, old and new alternating message by message.
+
+Run: .venv/bin/python bench/moderation_diff.py --ref ed70ec3 --n 12000 [--timing]
 """
 
 from __future__ import annotations
@@ -40,6 +42,53 @@ def load_ref(ref: str, into: Path):
     return importlib.import_module("ref_moderation")
 
 
+def timing(ref, new: Classifier, repeats: int = 7) -> None:
+    """Cost of SenderWindow.check, old and new alternating message by message in one process
+    (so machine load hits both alike): the 200-character sets of bench/moderation_eval.py,
+    thread CPU time, median of ``repeats`` runs per message, then median and p99."""
+    import random
+    import statistics
+
+    from anygle.moderation.evaluation import load_corpus
+    from bench.moderation_eval import CORPUS, _percentile, _two_hundred
+
+    cases = load_corpus(CORPUS)
+    messages = [(m, c.teen) for c in cases for m in c.messages]
+    benign = [(m, c.teen) for c in cases if c.label == "clean" for m in c.messages]
+    rng = random.Random(4)
+    sets = {
+        "200-char mixed": [_two_hundred(rng, messages) for _ in range(300)],
+        "200-char benign": [_two_hundred(rng, benign) for _ in range(300)],
+        "relay message (60 chars)": [(RELAY, False), (RELAY, True)] * 20,
+    }
+    cpu = time.thread_time_ns
+    for name, msgs in sets.items():
+        for moderated in (True, False):
+            windows = {"old": ref.SenderWindow(ref.Classifier()), "new": SenderWindow(new)}
+            per: dict[str, list[float]] = {"old": [], "new": []}
+            for i, (text, teen) in enumerate(msgs):
+                for label, window in windows.items():
+                    samples = []
+                    for r in range(repeats):
+                        c0 = cpu()
+                        window.check(
+                            text, i * 10.0 + r, protect_personal_info=teen, moderated=moderated
+                        )
+                        samples.append((cpu() - c0) / 1000)
+                    per[label].append(statistics.median(samples))
+            queue = "moderated" if moderated else "unmoderated"
+            print(
+                f"{name:<26} {queue:<12}"
+                + "".join(
+                    f" {label} p50 {statistics.median(v):5.1f} p99 {_percentile(v, 0.99):6.1f} us"
+                    for label, v in per.items()
+                )
+            )
+
+
+RELAY = "hey there! how is your day going? i am bored, want to chat ?"  # bench/run.py CONTENT
+
+
 def key(v) -> tuple[int, str | None, str | None]:
     return int(v.severity), v.category, v.evidence
 
@@ -49,10 +98,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ref", required=True, help="git commit to compare against")
     ap.add_argument("--n", type=int, default=12000)
     ap.add_argument("--seed", type=int, default=9)
+    ap.add_argument("--timing", action="store_true", help="only compare the cost, old vs new")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         ref = load_ref(args.ref, Path(tmp))
         old, new = ref.Classifier(), Classifier()
+        if args.timing:
+            timing(ref, new)
+            return 0
         msgs = texts(args.n, args.seed)
         diffs = 0
         t0 = time.perf_counter()

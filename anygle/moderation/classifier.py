@@ -116,6 +116,8 @@ class Classifier:
         else:
             tokens = norm.token_set
             candidates = _candidates(rules, tokens, norm.base)
+            if flagged is not None:  # the scan rules out some patterns
+                candidates = [r for r in candidates if r.hs is None or r.hs <= flagged]
         # One pass: grooming signals, and verdict rules bucketed by severity (already in
         # category order, so the first match of a tier names it).
         # One signal per type (the heaviest): the window counts each type once anyway, so a

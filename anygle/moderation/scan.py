@@ -238,7 +238,7 @@ def _database(exprs: list[bytes], first_id: int) -> tuple[object, tuple[int, ...
     """Compile (ids from ``first_id``), leaving out what Hyperscan rejects (returned as
     indexes). Compiling the packaged rules takes several seconds, so databases are kept per
     process and on disk (``ANYGLE_HS_CACHE``, default ``~/.cache/anygle``; best effort)."""
-    flags = hyperscan.HS_FLAG_SINGLEMATCH | hyperscan.HS_FLAG_ALLOWEMPTY
+    flags = hyperscan.HS_FLAG_SINGLEMATCH
     key = hashlib.sha256(repr((hyperscan.__version__, flags, first_id, exprs)).encode()).hexdigest()
     cached = _MEMO.get(key)
     if cached is None:
