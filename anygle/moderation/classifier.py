@@ -30,7 +30,6 @@ _ORDER = {c: i for i, c in enumerate(CATEGORY_ORDER)}
 _NEAR_SPAN = 40  # longest expected match of a 'near' part, in characters
 _RANK = attrgetter("order")
 _ANY_DIGIT = re.compile(r"\d")
-_EMPTY: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,15 +107,17 @@ class Classifier:
         rules = rules or self._rules
         # Rule vocabulary in the message: from the one-pass scan, else all tokens (the checks
         # below only ask about vocabulary words, so both give the same answers).
-        flagged = norm.flagged
-        tokens = norm.present
-        if tokens is not None and rules.fast_gate:
-            # Only rules whose patterns the scan flagged, and the unfiltered ones, can match.
-            candidates = _flagged_candidates(rules, norm, tokens, flagged or _EMPTY)
+        # The queue's one-pass scan (scan.py), if the message had one from these rules: only
+        # rules whose patterns it flagged (and those it cannot filter) can match.
+        scan = norm.scanned(moderated) if norm.prefilters is rules.prefilters is not None else None
+        if scan is not None and rules.fast_gate[moderated]:
+            tokens, flagged = scan  # every token the checks below ask about
+            candidates = _flagged_candidates(rules, norm, tokens, flagged)
         else:
             tokens = norm.token_set
             candidates = _candidates(rules, tokens, norm.base)
-            if flagged is not None:  # the scan rules out some patterns
+            if scan is not None:
+                flagged = scan[1]
                 candidates = [r for r in candidates if r.hs is None or r.hs <= flagged]
         # One pass: grooming signals, and verdict rules bucketed by severity (already in
         # category order, so the first match of a tier names it).

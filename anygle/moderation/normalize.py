@@ -135,39 +135,32 @@ class Normalized:
     """The views of one message. ``base`` and ``words`` are computed up front; ``text`` and the
     token lists on first use (plain chat usually never needs them, see scan.py).
 
-    ``present``/``flagged`` come from the one-pass prefilter (None without one): the message's
-    text-view tokens that are rule vocabulary (``token_set & vocabulary``), and the names
-    (compiled sources) of the text-view patterns that may match."""
+    ``prefilters`` (unmoderated, moderated queue; None: not scanned) are the rules' one-pass
+    scans; ``scanned(moderated)`` runs the queue's scan over ``text`` once."""
 
     __slots__ = (
         "_raw",
+        "_scans",
         "_text",
         "_text1",
         "_text_tokens",
         "_token_set",
         "_word_tokens",
         "base",
-        "flagged",
         "original",
-        "present",
+        "prefilters",
         "words",
-    )  # fmt: skip
+    )
 
     def __init__(
-        self,
-        original: str,
-        base: str,
-        words: str,
-        present: frozenset[str] | None = None,
-        flagged: frozenset[str] | None = None,
-        text: str | None = None,
+        self, original: str, base: str, words: str, prefilters: tuple | None = None
     ) -> None:
         self.original = original
         self.base = base
         self.words = words
-        self.present = present
-        self.flagged = flagged
-        self._text = text
+        self.prefilters = prefilters
+        self._scans: list | None = None
+        self._text: str | None = None
         self._word_tokens: list[str] | None = None
         self._text_tokens: list[str] | None = None
         self._token_set: frozenset[str] | None = None
@@ -217,6 +210,17 @@ class Normalized:
             )
         return self._raw
 
+    def scanned(self, moderated: bool) -> tuple[frozenset[str], frozenset[str]]:
+        """(vocabulary words that are tokens of ``text``, names of the patterns that may
+        match) from the queue's prefilter (see scan.py); only when ``prefilters`` is set."""
+        scans = self._scans
+        if scans is None:
+            scans = self._scans = [None, None]
+        found = scans[moderated]
+        if found is None:
+            found = scans[moderated] = self.prefilters[moderated].scan(self.text)
+        return found
+
     def __repr__(self) -> str:
         return f"Normalized({self.original!r}, base={self.base!r}, words={self.words!r})"
 
@@ -234,18 +238,16 @@ class Normalizer:
         for w in dict.fromkeys(masked_words):  # in the given order of preference
             self._masked.setdefault((len(w), w[0]), []).append(w)
 
-    prefilter = None  # scan.Prefilter, set by the rules builder
+    prefilters = None  # (unmoderated, moderated) scan.Prefilter, set by the rules builder
+    triage = None  # scan.Triage
 
     def __call__(self, text: str) -> Normalized:
         base = text.lower() if text.isascii() else fold(text)
-        pf = self.prefilter
-        if pf is None or len(base) < PREFILTER_MIN:
+        if self.prefilters is None or len(base) < PREFILTER_MIN:
             return Normalized(text, base, self._words(base))
-        # One scan of the squeezed text: vocabulary words present, patterns that may match.
-        words = self._words(base)
-        squeezed = squeeze(words)
-        present, flagged = pf.scan(squeezed)
-        return Normalized(text, base, words, present, flagged, squeezed)
+        # One scan tells whether the words view can differ from base at all.
+        words = self._words(base) if self.triage.needed(base) else base
+        return Normalized(text, base, words, self.prefilters)
 
     def _words(self, base: str) -> str:
         """The ``words`` view: leetspeak, single-letter runs and masked words resolved."""

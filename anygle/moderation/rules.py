@@ -32,8 +32,8 @@ from pathlib import Path
 
 from . import personal
 from .normalize import Normalizer, squeeze
-from .scan import Prefilter, Unsupported, bytes_pattern, hyperscan
-from .verdict import CATEGORY_ORDER, CATEGORY_SEVERITY, Severity
+from .scan import Prefilter, Triage, Unsupported, bytes_pattern, hyperscan
+from .verdict import CATEGORY_ORDER, CATEGORY_SEVERITY, UNMODERATED_CATEGORIES, Severity
 
 DATA_DIR = Path(__file__).parent / "data"
 DIGIT_KEY = "#digit"
@@ -111,9 +111,11 @@ class Rules:
     gates: dict[str, Gate] = field(default_factory=dict)
     gate_keys: frozenset[str] = field(default=frozenset())
     word_keys: frozenset[str] = field(default=frozenset())  # the keys of ``words``
-    prefilter: Prefilter | None = None  # one Hyperscan pass per message (scan.py)
-    # the prefilter's vocabulary holds every word the gates of unfiltered rules ask about
-    fast_gate: bool = False
+    # one Hyperscan pass per message (scan.py): (unmoderated queue, moderated queue)
+    prefilters: tuple[Prefilter, Prefilter] | None = None
+    # per queue: the scan covers every rule there (a rule it cannot filter has all its gate
+    # words in the scan's vocabulary), so the scan's answers replace the token set
+    fast_gate: tuple[bool, bool] = (False, False)
     by_pattern: dict[str, tuple[Rule, ...]] = field(default_factory=dict)  # prefiltered rules
     unfiltered: tuple[Rule, ...] = ()  # rules the prefilter cannot rule out
 
@@ -138,37 +140,59 @@ def load_rules(extra: str | None = None) -> Rules:
     rules = builder.build(files)
     if hyperscan is None:  # pragma: no cover - without it every rule runs as before
         return rules
-    inputs = _prefilter_inputs(builder, rules)
+    _attach_prefilters(builder, rules, bool(extra))
+    return rules
+
+
+def _names(rule: Rule) -> frozenset[str]:
+    return frozenset(
+        [rule.pattern.pattern] if rule.pattern is not None else [p.pattern for p in rule.near]
+    )
+
+
+def _attach_prefilters(builder: _Builder, rules: Rules, extra: bool) -> None:
+    """Compile the scans (moderated queue: every rule; unmoderated: only what applies there)
+    and tell each rule which compiled patterns it needs."""
+    inputs = {queue: _prefilter_inputs(builder, rules, queue) for queue in (True, False)}
     if extra:  # the packaged part is compiled (and cached) on its own
         base = _packaged_inputs()
-        parts = [
-            base,
-            (inputs[0] - base[0], {k: v for k, v in inputs[1].items() if k not in base[1]}),
-        ]
+        parts = {
+            queue: [
+                base[queue],
+                (
+                    inputs[queue][0] - base[queue][0],
+                    {k: v for k, v in inputs[queue][1].items() if k not in base[queue][1]},
+                ),
+            ]
+            for queue in (True, False)
+        }
     else:
-        _PACKAGED.append(inputs)
-        parts = [inputs]
-    prefilter = Prefilter(parts)
+        if not _PACKAGED:
+            _PACKAGED.append(inputs)
+        parts = {queue: [inputs[queue]] for queue in (True, False)}
+    moderated, unmoderated = Prefilter(parts[True]), Prefilter(parts[False])
     for rule in rules.rules:
-        if rule.view != "text":
-            continue
-        names = frozenset(
-            [rule.pattern.pattern] if rule.pattern is not None else [p.pattern for p in rule.near]
-        )
-        if names <= prefilter.patterns:
-            object.__setattr__(rule, "hs", names)
-    unfiltered = [r for r in rules.rules if r.hs is None]
+        if rule.view == "text" and _names(rule) <= moderated.patterns:
+            object.__setattr__(rule, "hs", _names(rule))
     by_pattern: dict[str, list[Rule]] = {}
     for rule in rules.rules:
         for name in rule.hs or ():
             by_pattern.setdefault(name, []).append(rule)
+    unfiltered = [r for r in rules.rules if r.hs is None]
+    fast = {}
+    for queue, pf in ((True, moderated), (False, unmoderated)):
+        relevant = [r for r in rules.rules if queue or r.category in UNMODERATED_CATEGORIES]
+        # every relevant prefiltered rule's patterns are in this scan, and the vocabulary
+        # answers the gates of the relevant unfiltered ones
+        complete = all(r.hs <= pf.patterns for r in relevant if r.hs is not None)
+        words = {w for w in _gate_words([r for r in relevant if r.hs is None]) if w.isalpha()}
+        fast[queue] = complete and words <= pf.vocabulary
     object.__setattr__(rules, "by_pattern", {k: tuple(v) for k, v in by_pattern.items()})
     object.__setattr__(rules, "unfiltered", tuple(unfiltered))
-    object.__setattr__(rules, "prefilter", prefilter)
-    tokens = {w for w in _gate_words(unfiltered) if w.isascii() and w.isalpha()}
-    object.__setattr__(rules, "fast_gate", tokens <= prefilter.vocabulary)
-    rules.normalizer.prefilter = prefilter
-    return rules
+    object.__setattr__(rules, "prefilters", (unmoderated, moderated))
+    object.__setattr__(rules, "fast_gate", (fast[False], fast[True]))
+    rules.normalizer.prefilters = rules.prefilters
+    rules.normalizer.triage = Triage()
 
 
 # Contact-detail checks look for these tokens (personal.py): part of the scanned vocabulary.
@@ -179,22 +203,32 @@ PI_VOCABULARY = (
     | personal.PHONE_WORDS
     | {"at"}
 )
-_PACKAGED: list[tuple[frozenset[str], dict[str, str]]] = []
+_Inputs = dict[bool, tuple[frozenset[str], dict[str, str]]]
+_PACKAGED: list[_Inputs] = []
 
 
-def _packaged_inputs() -> tuple[frozenset[str], dict[str, str]]:
+def _packaged_inputs() -> _Inputs:
     if not _PACKAGED:
         builder = _Builder()
-        _PACKAGED.append(_prefilter_inputs(builder, builder.build(_rule_files(DATA_DIR))))
+        rules = builder.build(_rule_files(DATA_DIR))
+        _PACKAGED.append({q: _prefilter_inputs(builder, rules, q) for q in (True, False)})
     return _PACKAGED[0]
 
 
-def _prefilter_inputs(builder: _Builder, rules: Rules) -> tuple[frozenset[str], dict[str, str]]:
-    """The vocabulary (word-list keys, contact-detail words, and the gate words of rules the
-    scan cannot filter: with no pattern flagged, the scan's ``present`` answers every check
-    the classifier makes) and the text-view patterns (compiled source -> source before word
-    boundaries)."""
-    patterns = dict(builder.prefilter)
+def _prefilter_inputs(
+    builder: _Builder, rules: Rules, moderated: bool
+) -> tuple[frozenset[str], dict[str, str]]:
+    """What one queue's scan looks for: the vocabulary (contact-detail words; word-list keys in
+    the moderated queue; the gate words of rules the scan cannot filter: with no pattern
+    flagged, the scan's ``present`` answers every check the classifier makes) and the
+    text-view patterns (compiled source -> source before word boundaries) of the rules that
+    apply in that queue."""
+    relevant = [r for r in rules.rules if moderated or r.category in UNMODERATED_CATEGORIES]
+    patterns = {}
+    for rule in relevant:
+        if rule.view == "text":
+            for name in _names(rule):
+                patterns[name] = builder.prefilter[name]
     convertible = set()
     for name, src in patterns.items():
         try:
@@ -202,13 +236,10 @@ def _prefilter_inputs(builder: _Builder, rules: Rules) -> tuple[frozenset[str], 
         except Unsupported:
             continue
         convertible.add(name)
-    unfiltered = [
-        r
-        for r in rules.rules
-        if r.view != "text"
-        or not {p.pattern for p in ([r.pattern] if r.pattern else r.near)} <= convertible
-    ]
-    vocab = set(rules.word_keys) | PI_VOCABULARY | _gate_words(unfiltered)
+    unfiltered = [r for r in relevant if r.view != "text" or not _names(r) <= convertible]
+    vocab = set(PI_VOCABULARY) | _gate_words(unfiltered)
+    if moderated:
+        vocab |= rules.word_keys
     return frozenset(vocab), patterns
 
 

@@ -229,6 +229,29 @@ class Prefilter:
         return frozenset(words), frozenset(pats)
 
 
+class Triage:
+    """Can leetspeak mapping, letter-run joining or unmasking change this ``base`` view? The
+    exact conditions Normalizer._words starts from, as one scan (if not, ``words`` is
+    ``base``)."""
+
+    EXPRESSIONS = (
+        rb"[a-z][0-9@$|]|[0-9@$|!][a-z]",  # _LEET_SYMBOL and _LEET_HINT
+        rb"(?:^|[^a-z0-9])[a-z][ ._\-*+~|/\\,:;]{1,3}[a-z](?:[^a-z0-9]|$)",  # _SINGLE_PAIR
+        rb"\*",  # masked words
+    )
+
+    def __init__(self) -> None:
+        self.db, bad = _database(list(self.EXPRESSIONS), 0)
+        assert not bad
+
+    def needed(self, base: str) -> bool:
+        hits: list[int] = []
+        self.db.scan(
+            base.encode("utf-8", "surrogatepass"), match_event_handler=_on_match, context=hits
+        )
+        return bool(hits)
+
+
 _NONE: frozenset[str] = frozenset()
 _FLAGS = 0
 _MEMO: dict[str, tuple[bytes, tuple[int, ...]]] = {}
