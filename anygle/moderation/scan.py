@@ -1,25 +1,26 @@
 """One Hyperscan pass per message: which rule words occur, which text-view patterns can match.
 
 The classifier's results are still computed by Python's ``re`` (leftmost-first matches, the
-same evidence); this module only tells it, in one scan of the ``words`` view, which work it can
-skip. Everything here is a *superset* test: when it says "no", the skipped work would have
-found nothing; when it says "yes", the ``re`` code runs as before.
+same evidence); these scans only tell it which work it can skip. Every scan is a *superset*
+test: when it says "no", the skipped work would have found nothing.
 
-* Vocabulary: every word a gate, a required-word check, an ``also_keys`` list, a word list or
-  a contact-detail check looks for, as a token of the squeezed ``text`` view. On the unsqueezed
-  ``words`` view the token ``kil`` is ``(^|[^a-z])k+i+l+([^a-z]|$)``, so one scan gives
-  ``token_set & vocabulary`` without squeezing or splitting the message.
-* Patterns: each text-view pattern, rewritten so that it matches the unsqueezed view wherever
-  the original matches the squeezed one (every atom that can match a letter may repeat), with
-  lookarounds dropped and consumed word boundaries. A rule whose pattern has no match here
-  cannot match in ``re`` either.
-* Triage: whether leetspeak mapping, letter-run joining or unmasking can change the message;
-  if none can, ``words`` is the ``base`` view and the first scan is the only one.
+* ``Triage`` (on ``base``): can leetspeak mapping, letter-run joining or unmasking change the
+  message? If not, the ``words`` view is ``base`` and those passes are skipped.
+* ``Prefilter`` (on the squeezed ``text`` view), one per queue:
+  - vocabulary: contact-detail words, word-list keys (moderated queue) and the gate words of
+    the few rules the scan cannot filter, each as a whole token, so that when no pattern is
+    flagged the scan's ``present`` answers every token question the classifier asks
+    (``token_set & vocabulary``) without splitting the message;
+  - patterns: each text-view pattern rewritten for Hyperscan (``bytes_pattern``: lookarounds
+    dropped, consumed word boundaries, UTF-8 bytes). A rule whose patterns are not flagged
+    cannot match in ``re`` either. The unmoderated queue's scan holds only the patterns of
+    the categories that apply there (zero tolerance and doxing).
 
-Scanning is on UTF-8 bytes: a class that can match a non-ASCII character may repeat too (one
+Scanning is on UTF-8 bytes: a class that can match a non-ASCII character may repeat (one
 character is several bytes), and ``\\w``/``\\s``/``\\d`` also accept every non-ASCII byte.
-Without the ``hyperscan`` package (or if a pattern cannot be compiled), the affected checks
-simply run as they did before.
+Compiling the packaged rules takes a few seconds, so compiled databases are cached per
+process and on disk (``ANYGLE_HS_CACHE``, default ``~/.cache/anygle``). Without the
+``hyperscan`` package, or for a pattern it cannot compile, the checks run as before.
 """
 
 from __future__ import annotations
