@@ -246,16 +246,25 @@ class Normalizer:
         if self.prefilters is None or len(base) < PREFILTER_MIN:
             return Normalized(text, base, self._words(base))
         # One scan tells whether the words view can differ from base at all.
-        words = self._words(base) if self.triage.needed(base) else base
+        bits = self.triage.bits(base)
+        words = self._words(base, bits) if bits else base
         return Normalized(text, base, words, self.prefilters)
 
-    def _words(self, base: str) -> str:
-        """The ``words`` view: leetspeak, single-letter runs and masked words resolved."""
+    def _words(self, base: str, triage: int | None = None) -> str:
+        """The ``words`` view: leetspeak, single-letter runs and masked words resolved.
+        ``triage``: Triage.bits(base), if known (the same answers as the first two checks)."""
         # Cheap C-speed checks decide whether the slower passes are needed at all.
         words = base
-        if _LEET_SYMBOL.search(words) and _LEET_HINT.search(words):
+        if triage is None:
+            leet = _LEET_SYMBOL.search(words) is not None and _LEET_HINT.search(words) is not None
+        else:
+            leet = bool(triage & 1)
+        if leet:
             words = _apply_leet(words)
-        m = _SINGLE_PAIR.search(" " + words)
+        if triage is None or triage & 2 or words != base:
+            m = _SINGLE_PAIR.search(" " + words)
+        else:
+            m = None  # the scan found no single-letter pair in base, and words is base
         if m is not None:  # the first run starts at m.start() (after the consumed separator)
             at = m.start()
             words = words[:at] + _SINGLE_RUN.sub(self._join_run, words[at:])

@@ -36,7 +36,6 @@ try:  # pragma: no cover - exercised by the import itself
 except ImportError:  # pragma: no cover - hyperscan ships wheels; keep working without it
     hyperscan = None
 
-LETTERS = frozenset(range(97, 123))
 _ASCII_SPACE = frozenset([9, 10, 11, 12, 13, 28, 29, 30, 31, 32])
 _ASCII_DIGIT = frozenset(range(48, 58))
 _ASCII_WORD = frozenset([*range(48, 58), *range(65, 91), *range(97, 123), 95])
@@ -245,12 +244,16 @@ class Triage:
         self.db, bad = _database(list(self.EXPRESSIONS), 0)
         assert not bad
 
-    def needed(self, base: str) -> bool:
+    def bits(self, base: str) -> int:
+        """1: leetspeak hint, 2: a pair of single letters, 4: '*' (0: words is base)."""
         hits: list[int] = []
         self.db.scan(
             base.encode("utf-8", "surrogatepass"), match_event_handler=_on_match, context=hits
         )
-        return bool(hits)
+        bits = 0
+        for i in hits:
+            bits |= 1 << i
+        return bits
 
 
 _NONE: frozenset[str] = frozenset()
