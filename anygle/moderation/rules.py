@@ -30,11 +30,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from twisted.logger import Logger
+
 from . import personal
 from .normalize import Normalizer, squeeze
 from .scan import Prefilter, Triage, Unsupported, bytes_pattern, hyperscan
 from .verdict import CATEGORY_ORDER, CATEGORY_SEVERITY, UNMODERATED_CATEGORIES, Severity
 
+_log = Logger(namespace="anygle.moderation")
 DATA_DIR = Path(__file__).parent / "data"
 DIGIT_KEY = "#digit"
 VIEWS = ("text", "base", "raw")
@@ -140,7 +143,14 @@ def load_rules(extra: str | None = None) -> Rules:
     rules = builder.build(files)
     if hyperscan is None:  # pragma: no cover - without it every rule runs as before
         return rules
-    _attach_prefilters(builder, rules, bool(extra))
+    try:
+        _attach_prefilters(builder, rules, bool(extra))
+    except Exception:  # pragma: no cover - the scan only saves time: run every rule instead
+        _log.failure("moderation prefilter unavailable; classifying without it")
+        for rule in rules.rules:
+            object.__setattr__(rule, "hs", None)
+        object.__setattr__(rules, "prefilters", None)
+        rules.normalizer.prefilters = None
     return rules
 
 

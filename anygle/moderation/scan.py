@@ -311,6 +311,7 @@ def _load(key: str) -> tuple[bytes, tuple[int, ...]] | None:
             head = fh.readline()
             blob = fh.read()
         bad = tuple(int(x) for x in head.split())
+        os.utime(path)  # recently used: kept by _prune
     except (OSError, ValueError):
         return None
     _MEMO[key] = (blob, bad)
@@ -327,8 +328,28 @@ def _store(key: str, blob: bytes, bad: tuple[int, ...]) -> None:
             fh.write(" ".join(map(str, bad)).encode() + b"\n")
             fh.write(blob)
         os.replace(tmp, path)
+        _prune(directory)
     except OSError:
         pass
+
+
+_KEEP = 16  # cached databases kept (most recently used); older rule versions are dropped
+
+
+def _prune(directory: str) -> None:
+    files = [
+        os.path.join(directory, f)
+        for f in os.listdir(directory)
+        if f.startswith("hs-") and f.endswith(".db")
+    ]
+    if len(files) <= _KEEP:
+        return
+    files.sort(key=os.path.getmtime, reverse=True)
+    for path in files[_KEEP:]:
+        try:
+            os.remove(path)
+        except OSError:
+            pass
 
 
 def _on_match(id_: int, start: int, end: int, flags: int, hits: list[int]) -> None:
