@@ -44,6 +44,9 @@ class HubSettings:
     searching_interval: float = 3.0  # s between ``searching`` updates to waiting users
 
 
+_ID_BATCH = 512
+
+
 class Hub:
     """Implements :class:`~anygle.engine.base.EngineSink` for the engine."""
 
@@ -62,6 +65,7 @@ class Hub:
         self.settings = settings
         self.sessions: dict[str, Session] = {}
         self.started_at = clock.seconds()
+        self._message_ids: list[str] = []
 
     def now_ms(self) -> int:
         return int(self.clock.seconds() * 1000)
@@ -171,8 +175,17 @@ class Hub:
         """The seed's ``Message``: ``{id, content, timestamp}`` (timestamp: ms since the epoch)."""
         return {
             "type": "message",
-            "data": {"id": secrets.token_hex(8), "content": content, "timestamp": self.now_ms()},
+            "data": {"id": self._message_id(), "content": content, "timestamp": self.now_ms()},
         }
+
+    def _message_id(self) -> str:
+        """``secrets.token_hex(8)``, drawn from the OS's random bytes 512 ids at a time (one
+        system call per id was a measurable part of relaying a message)."""
+        ids = self._message_ids
+        if not ids:
+            raw = secrets.token_hex(8 * _ID_BATCH)
+            ids.extend(raw[i : i + 16] for i in range(0, len(raw), 16))
+        return ids.pop()
 
     def message(self, session: Session, content: str) -> Deferred[Any] | None:
         """Relay a chat message once moderation lets it through.  A clean message goes out at

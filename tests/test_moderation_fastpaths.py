@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 from anygle.moderation import Classifier, Severity
 from anygle.moderation import normalize as N
 from anygle.moderation import personal as P
-from anygle.moderation.rules import load_rules, whole_words
+from anygle.moderation import scan as S
+from anygle.moderation.rules import SHIFTED, load_rules, whole_words
+from anygle.moderation.verdict import UNMODERATED_CATEGORIES
 
 _OLD_SQUEEZE = re.compile(r"([a-z])\1+")
 _OLD_MASKED = re.compile(r"[a-z]+\*+[a-z]*|\*+[a-z]{2,}")
@@ -149,3 +151,75 @@ def test_general_rule_additions(clf: Classifier, text: str, category: str) -> No
 )
 def test_general_rule_additions_spare_small_talk(clf: Classifier, text: str) -> None:
     assert not clf.classify(text, protect_personal_info=True, moderated=True)
+
+
+# --- the one-pass prefilter (scan.py) ----------------------------------------------------------
+
+
+@settings(max_examples=400, deadline=None)
+@given(chunks(["a", "b", " ", ".", "1", "ab", "!", "*", "@", "$", "|", "-", "é", "_", "  "], 16))
+def test_triage_scan_is_exact(rules, s: str) -> None:
+    leet = N._LEET_SYMBOL.search(s) is not None and N._LEET_HINT.search(s) is not None
+    single = N._SINGLE_PAIR.search(" " + s) is not None
+    bits = rules.normalizer.triage.bits(s)
+    assert (bool(bits & 1), bool(bits & 2), bool(bits & 4)) == (leet, single, "*" in s)
+
+
+def _texts(n: int) -> list[str]:
+    from tests.moderation_texts import texts
+
+    return texts(n, seed=21)
+
+
+def test_prefilter_never_misses_a_pattern_match(rules) -> None:
+    """Every text-view pattern that ``re`` finds in a text view is flagged by the scan (a
+    superset test: the scan may flag more, never less)."""
+    pf_mod, pf_unmod = rules.prefilters[1], rules.prefilters[0]
+    patterns = [
+        (p, rule.category)
+        for rule in rules.rules
+        if rule.hs is not None
+        for p in ([rule.pattern] if rule.pattern is not None else rule.near)
+    ]
+    for text in _texts(600):
+        norm = rules.normalizer(text)
+        _, flagged = pf_mod.scan(norm.text)
+        _, flagged_unmod = pf_unmod.scan(norm.text)
+        present = frozenset(norm.token_set) & pf_mod.vocabulary
+        assert pf_mod.scan(norm.text)[0] == present
+        for pattern, category in patterns:
+            if pattern.search(norm.text1 if pattern.pattern.startswith(SHIFTED) else norm.text):
+                assert pattern.pattern in flagged, (text, pattern.pattern[:80])
+                if category in UNMODERATED_CATEGORIES:
+                    assert pattern.pattern in flagged_unmod, (text, pattern.pattern[:80])
+
+
+def test_prefilter_gives_the_same_verdicts(rules, clf: Classifier) -> None:
+    """With and without the scan (long messages take it, short ones don't): same verdicts,
+    categories and evidence on corpus, mutated and dictionary texts."""
+    nz = rules.normalizer
+    saved = nz.prefilters
+    cases = [(t, p, m) for t in _texts(2500) for p in (False, True) for m in (False, True)]
+    try:
+        nz.prefilters = None
+        plain = [clf.classify(t, protect_personal_info=p, moderated=m) for t, p, m in cases]
+    finally:
+        nz.prefilters = saved
+    old_min, N.PREFILTER_MIN = N.PREFILTER_MIN, 0  # every message takes the scan
+    try:
+        scanned = [clf.classify(t, protect_personal_info=p, moderated=m) for t, p, m in cases]
+    finally:
+        N.PREFILTER_MIN = old_min
+    diffs = [(c, a, b) for c, a, b in zip(cases, plain, scanned, strict=True) if a != b]
+    assert not diffs, diffs[:5]
+    assert sum(bool(v) for v in plain) > 1000  # the texts exercise the rules
+
+
+def test_bytes_pattern_rewrites() -> None:
+    assert S.bytes_pattern("ab") == b"(?:^|[^a-z0-9])(?:[\\x61][\\x62])(?:[^a-z0-9]|$)"
+    with pytest.raises(S.Unsupported):
+        S.bytes_pattern("(?i:abc)")  # inline flags are not rewritten: the rule runs unfiltered
+    # lookarounds are dropped (the rewrite may only match more); classes that can be
+    # non-ASCII may repeat (one character, several bytes)
+    assert b"\\x80-\\xff]+" in S.bytes_pattern(r"a(?!b)[^a-z]c")
+    assert b"(?!" not in S.bytes_pattern(r"a(?!b)[^a-z]c")

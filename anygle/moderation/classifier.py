@@ -108,7 +108,20 @@ class Classifier:
 
         ``only`` restricts the check to these categories (used for joined fragments)."""
         rules = rules or self._rules
-        tokens = norm.token_set
+        # Rule vocabulary in the message: from the one-pass scan, else all tokens (the checks
+        # below only ask about vocabulary words, so both give the same answers).
+        # The queue's one-pass scan (scan.py), if the message had one from these rules: only
+        # rules whose patterns it flagged (and those it cannot filter) can match.
+        scan = norm.scanned(moderated) if norm.prefilters is rules.prefilters is not None else None
+        if scan is not None and rules.fast_gate[moderated]:
+            tokens, flagged = scan  # every token the checks below ask about
+            candidates = _flagged_candidates(rules, norm, tokens, flagged)
+        else:
+            tokens = norm.token_set
+            candidates = _candidates(rules, tokens, norm.base)
+            if scan is not None:
+                flagged = scan[1]
+                candidates = [r for r in candidates if r.hs is None or r.hs <= flagged]
         # One pass: grooming signals, and verdict rules bucketed by severity (already in
         # category order, so the first match of a tier names it).
         # One signal per type (the heaviest): the window counts each type once anyway, so a
@@ -116,8 +129,7 @@ class Classifier:
         found_by_type: dict[str, Signal] = {}
         tiers: dict[Severity, list[Rule]] = {}
         want_signals = signals and moderated
-        text = norm.text
-        for rule in _candidates(rules, tokens, norm.base):
+        for rule in candidates:
             if rule.signal is not None:
                 if want_signals:
                     have = found_by_type.get(rule.signal)
@@ -125,7 +137,7 @@ class Classifier:
                         continue
                     search = rule.text_search
                     if search is not None:
-                        m = search(norm.text1 if rule.shifted else text)
+                        m = search(norm.text1 if rule.shifted else norm.text)
                         evidence = None if m is None else m.group()[rule.shifted :]
                     else:
                         evidence = _match(rule, norm)
@@ -154,7 +166,7 @@ class Classifier:
             for rule in tiers.get(tier, ()):
                 search = rule.text_search
                 if search is not None:
-                    m = search(norm.text1 if rule.shifted else text)
+                    m = search(norm.text1 if rule.shifted else norm.text)
                     if m is None:
                         continue
                     evidence = m.group()[rule.shifted :]
@@ -175,7 +187,7 @@ class Classifier:
                     best = (_ORDER[pi_found[0]], *pi_found)
             if tier <= Severity.MEDIUM and only is None:
                 if words is None:
-                    words = _word_hits(rules, norm)
+                    words = _word_hits(rules, norm, tokens)
                 hit = words.get(tier)
                 if hit and (best is None or _ORDER[hit[0]] < best[0]):
                     best = (_ORDER[hit[0]], *hit)
@@ -223,6 +235,41 @@ def _candidates(rules: Rules, tokens: frozenset[str], base: str = "") -> list[Ru
                 continue
         free.add(r)
     return sorted(free, key=_RANK)
+
+
+def _flagged_candidates(
+    rules: Rules, norm: Normalized, present: frozenset[str], flagged: frozenset[str]
+) -> list[Rule]:
+    """``_candidates`` for a message the prefilter scanned: the same rules, minus those whose
+    patterns cannot match. ``present`` holds the tokens the unfiltered rules' gates ask
+    about; a flagged rule's gate is checked on all tokens."""
+    out = [r for r in rules.unfiltered if _gate_open(r, present, norm.base)]
+    if flagged:
+        tokens = norm.token_set
+        by_pattern = rules.by_pattern
+        seen: set[Rule] = set()
+        for name in flagged:
+            for r in by_pattern.get(name, ()):
+                if r not in seen:
+                    seen.add(r)
+                    if r.hs <= flagged and _gate_open(r, tokens, norm.base):
+                        out.append(r)
+        out.sort(key=_RANK)
+    return out
+
+
+def _gate_open(rule: Rule, tokens: frozenset[str], base: str) -> bool:
+    """Would ``_candidates`` pick this rule? A rule without keys always; otherwise one of its
+    keys and all of its required words are tokens, and so is one of its ``also_keys``
+    ('#digit': any digit in the message)."""
+    if not rule.keys:
+        return True
+    if rule.keys.isdisjoint(tokens) or not rule.required <= tokens:
+        return False
+    also = rule.also_keys
+    if also is None or not also.isdisjoint(tokens):
+        return True
+    return DIGIT_KEY in also and _ANY_DIGIT.search(base) is not None
 
 
 def _view(rule: Rule, norm: Normalized) -> str:
@@ -290,12 +337,15 @@ def _window_has(keys: frozenset[str], s: str, lo: int, hi: int) -> bool:
     return DIGIT_KEY in keys and _ANY_DIGIT.search(s, lo, hi) is not None
 
 
-def _word_hits(rules: Rules, norm: Normalized) -> dict[Severity, tuple[str, str]]:
+def _word_hits(
+    rules: Rules, norm: Normalized, tokens: frozenset[str]
+) -> dict[Severity, tuple[str, str]]:
     """Best word-list hit per severity: one dict lookup per token, verified on the unsqueezed
-    token so 'as' never matches 'ass'."""
+    token so 'as' never matches 'ass'. ``tokens``: the message's tokens, or at least all of
+    them that are word-list keys."""
     words = rules.words
     best: dict[Severity, tuple[str, str]] = {}
-    present = norm.token_set & rules.word_keys  # C-level; usually empty
+    present = tokens & rules.word_keys  # C-level; usually empty
     if not present:
         return best
     for raw_token, token in zip(norm.word_tokens, norm.text_tokens, strict=True):

@@ -25,7 +25,6 @@ import os
 import re
 import unicodedata
 from collections.abc import Iterable
-from dataclasses import dataclass
 from functools import lru_cache
 from operator import itemgetter
 
@@ -113,36 +112,85 @@ WORD = re.compile(r"[a-z]+")
 
 
 MAX_JOIN = 16  # longest word joined from single letters
+# Shorter messages skip the prefilter scan: its fixed cost is more than the key-gated rules
+# cost on them (measured: break-even around 120 characters).
+PREFILTER_MIN = 120
 _LOWER = "abcdefghijklmnopqrstuvwxyz"
 MAX_MASKED = 16  # masked words ("f*ck") resolved per message
 _FIRST = itemgetter(1)  # C-level replacement callback: much cheaper than the template r"\1"
 
 
-_PAIRS = tuple((c + c, c) for c in "abcdefghijklmnopqrstuvwxyz")
+# A letter followed by the same letter: deleting those squeezes every run to its last letter.
+_DOUBLED = re.compile(r"([a-z])(?=\1)")
 
 
 def squeeze(s: str) -> str:
-    """Collapse every run of one repeated letter to a single letter (``_SQUEEZE.sub``; 26
-    C-speed substring checks and replaces beat a regex with a callback per run)."""
-    for cc, c in _PAIRS:
-        if cc in s:
-            s = s.replace(cc, c)
-            while cc in s:
-                s = s.replace(cc, c)
-    return s
+    """Collapse every run of one repeated letter to a single letter (``_SQUEEZE.sub``; deleting
+    each letter that the same letter follows needs no replacement callback: about 2x faster
+    than 26 substring checks and replaces, and 1.5x faster than a callback per run)."""
+    return _DOUBLED.sub("", s)
 
 
-@dataclass(slots=True)
 class Normalized:
-    original: str
-    base: str
-    words: str
-    text: str
-    word_tokens: list[str]
-    text_tokens: list[str]
-    token_set: frozenset[str]
-    _raw: str | None = None
-    _text1: str | None = None
+    """The views of one message. ``base`` and ``words`` are computed up front; ``text`` and the
+    token lists on first use (plain chat usually never needs them, see scan.py).
+
+    ``prefilters`` (unmoderated, moderated queue; None: not scanned) are the rules' one-pass
+    scans; ``scanned(moderated)`` runs the queue's scan over ``text`` once."""
+
+    __slots__ = (
+        "_raw",
+        "_scans",
+        "_text",
+        "_text1",
+        "_text_tokens",
+        "_token_set",
+        "_word_tokens",
+        "base",
+        "original",
+        "prefilters",
+        "words",
+    )
+
+    def __init__(
+        self, original: str, base: str, words: str, prefilters: tuple | None = None
+    ) -> None:
+        self.original = original
+        self.base = base
+        self.words = words
+        self.prefilters = prefilters
+        self._scans: list | None = None
+        self._text: str | None = None
+        self._word_tokens: list[str] | None = None
+        self._text_tokens: list[str] | None = None
+        self._token_set: frozenset[str] | None = None
+        self._raw: str | None = None
+        self._text1: str | None = None
+
+    @property
+    def text(self) -> str:
+        """``words`` with runs of a repeated letter squeezed to one."""
+        if self._text is None:
+            self._text = squeeze(self.words)
+        return self._text
+
+    @property
+    def word_tokens(self) -> list[str]:
+        if self._word_tokens is None:
+            self._word_tokens = tokens(self.words)
+        return self._word_tokens
+
+    @property
+    def text_tokens(self) -> list[str]:
+        if self._text_tokens is None:
+            self._text_tokens = tokens(self.text)
+        return self._text_tokens
+
+    @property
+    def token_set(self) -> frozenset[str]:
+        if self._token_set is None:
+            self._token_set = frozenset(self.text_tokens)
+        return self._token_set
 
     @property
     def text1(self) -> str:
@@ -162,6 +210,20 @@ class Normalized:
             )
         return self._raw
 
+    def scanned(self, moderated: bool) -> tuple[frozenset[str], frozenset[str]]:
+        """(vocabulary words that are tokens of ``text``, names of the patterns that may
+        match) from the queue's prefilter (see scan.py); only when ``prefilters`` is set."""
+        scans = self._scans
+        if scans is None:
+            scans = self._scans = [None, None]
+        found = scans[moderated]
+        if found is None:
+            found = scans[moderated] = self.prefilters[moderated].scan(self.text)
+        return found
+
+    def __repr__(self) -> str:
+        return f"Normalized({self.original!r}, base={self.base!r}, words={self.words!r})"
+
 
 class Normalizer:
     """Builds the matching views; ``known`` are squeezed rule words used to join letter runs,
@@ -176,22 +238,39 @@ class Normalizer:
         for w in dict.fromkeys(masked_words):  # in the given order of preference
             self._masked.setdefault((len(w), w[0]), []).append(w)
 
+    prefilters = None  # (unmoderated, moderated) scan.Prefilter, set by the rules builder
+    triage = None  # scan.Triage
+
     def __call__(self, text: str) -> Normalized:
         base = text.lower() if text.isascii() else fold(text)
+        if self.prefilters is None or len(base) < PREFILTER_MIN:
+            return Normalized(text, base, self._words(base))
+        # One scan tells whether the words view can differ from base at all.
+        bits = self.triage.bits(base)
+        words = self._words(base, bits) if bits else base
+        return Normalized(text, base, words, self.prefilters)
+
+    def _words(self, base: str, triage: int | None = None) -> str:
+        """The ``words`` view: leetspeak, single-letter runs and masked words resolved.
+        ``triage``: Triage.bits(base), if known (the same answers as the first two checks)."""
         # Cheap C-speed checks decide whether the slower passes are needed at all.
         words = base
-        if _LEET_SYMBOL.search(words) and _LEET_HINT.search(words):
+        if triage is None:
+            leet = _LEET_SYMBOL.search(words) is not None and _LEET_HINT.search(words) is not None
+        else:
+            leet = bool(triage & 1)
+        if leet:
             words = _apply_leet(words)
-        m = _SINGLE_PAIR.search(" " + words)
+        if triage is None or triage & 2 or words != base:
+            m = _SINGLE_PAIR.search(" " + words)
+        else:
+            m = None  # the scan found no single-letter pair in base, and words is base
         if m is not None:  # the first run starts at m.start() (after the consumed separator)
             at = m.start()
             words = words[:at] + _SINGLE_RUN.sub(self._join_run, words[at:])
         if "*" in words:
             words = self._unmask_all(words)
-        wt = tokens(words)
-        text_view = squeeze(words)
-        tt = tokens(text_view)
-        return Normalized(text, base, words, text_view, wt, tt, frozenset(tt))
+        return words
 
     def _unmask_all(self, s: str) -> str:
         """``_MASKED.sub(self._unmask, s, count=MAX_MASKED)``, found from the '*'s instead of

@@ -30,9 +30,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .normalize import Normalizer, squeeze
-from .verdict import CATEGORY_ORDER, CATEGORY_SEVERITY, Severity
+from twisted.logger import Logger
 
+from . import personal
+from .normalize import Normalizer, squeeze
+from .scan import Prefilter, Triage, Unsupported, bytes_pattern, hyperscan
+from .verdict import CATEGORY_ORDER, CATEGORY_SEVERITY, UNMODERATED_CATEGORIES, Severity
+
+_log = Logger(namespace="anygle.moderation")
 DATA_DIR = Path(__file__).parent / "data"
 DIGIT_KEY = "#digit"
 VIEWS = ("text", "base", "raw")
@@ -85,6 +90,9 @@ class Rule:
     text_search: Callable[[str], re.Match[str] | None] | None = None
     shifted: bool = False  # pattern is SHIFTED: search norm.text1, drop the first character
     near_shifted: tuple[bool, bool] = (False, False)
+    # compiled sources of this rule's text-view patterns in the one-pass prefilter (scan.py);
+    # the rule can only match if the scan flagged all of them. None: not prefiltered.
+    hs: frozenset[str] | None = None
 
 
 Gate = tuple[tuple[Rule, ...], tuple[Rule, ...], tuple[tuple[str, tuple[Rule, ...]], ...]]
@@ -107,6 +115,13 @@ class Rules:
     gates: dict[str, Gate] = field(default_factory=dict)
     gate_keys: frozenset[str] = field(default=frozenset())
     word_keys: frozenset[str] = field(default=frozenset())  # the keys of ``words``
+    # one Hyperscan pass per message (scan.py): (unmoderated queue, moderated queue)
+    prefilters: tuple[Prefilter, Prefilter] | None = None
+    # per queue: the scan covers every rule there (a rule it cannot filter has all its gate
+    # words in the scan's vocabulary), so the scan's answers replace the token set
+    fast_gate: tuple[bool, bool] = (False, False)
+    by_pattern: dict[str, tuple[Rule, ...]] = field(default_factory=dict)  # prefiltered rules
+    unfiltered: tuple[Rule, ...] = ()  # rules the prefilter cannot rule out
 
 
 def load_rules(extra: str | None = None) -> Rules:
@@ -125,7 +140,127 @@ def load_rules(extra: str | None = None) -> Rules:
             raise ValueError(
                 f"moderation rules path {extra!r} is not a directory, .txt or .json file"
             )
-    return _Builder().build(files)
+    builder = _Builder()
+    rules = builder.build(files)
+    if hyperscan is None:  # pragma: no cover - without it every rule runs as before
+        return rules
+    try:
+        _attach_prefilters(builder, rules, bool(extra))
+    except Exception:  # pragma: no cover - the scan only saves time: run every rule instead
+        _log.failure("moderation prefilter unavailable; classifying without it")
+        for rule in rules.rules:
+            object.__setattr__(rule, "hs", None)
+        object.__setattr__(rules, "prefilters", None)
+        rules.normalizer.prefilters = None
+    return rules
+
+
+def _names(rule: Rule) -> frozenset[str]:
+    return frozenset(
+        [rule.pattern.pattern] if rule.pattern is not None else [p.pattern for p in rule.near]
+    )
+
+
+def _attach_prefilters(builder: _Builder, rules: Rules, extra: bool) -> None:
+    """Compile the scans (moderated queue: every rule; unmoderated: only what applies there)
+    and tell each rule which compiled patterns it needs."""
+    inputs = {queue: _prefilter_inputs(builder, rules, queue) for queue in (True, False)}
+    if extra:  # the packaged part is compiled (and cached) on its own
+        base = _packaged_inputs()
+        parts = {
+            queue: [
+                base[queue],
+                (
+                    inputs[queue][0] - base[queue][0],
+                    {k: v for k, v in inputs[queue][1].items() if k not in base[queue][1]},
+                ),
+            ]
+            for queue in (True, False)
+        }
+    else:
+        if not _PACKAGED:
+            _PACKAGED.append(inputs)
+        parts = {queue: [inputs[queue]] for queue in (True, False)}
+    moderated, unmoderated = Prefilter(parts[True]), Prefilter(parts[False])
+    for rule in rules.rules:
+        if rule.view == "text" and _names(rule) <= moderated.patterns:
+            object.__setattr__(rule, "hs", _names(rule))
+    by_pattern: dict[str, list[Rule]] = {}
+    for rule in rules.rules:
+        for name in rule.hs or ():
+            by_pattern.setdefault(name, []).append(rule)
+    unfiltered = [r for r in rules.rules if r.hs is None]
+    fast = {}
+    for queue, pf in ((True, moderated), (False, unmoderated)):
+        relevant = [r for r in rules.rules if queue or r.category in UNMODERATED_CATEGORIES]
+        # every relevant prefiltered rule's patterns are in this scan, and the vocabulary
+        # answers the gates of the relevant unfiltered ones
+        complete = all(r.hs <= pf.patterns for r in relevant if r.hs is not None)
+        words = {w for w in _gate_words([r for r in relevant if r.hs is None]) if w.isalpha()}
+        fast[queue] = complete and words <= pf.vocabulary
+    object.__setattr__(rules, "by_pattern", {k: tuple(v) for k, v in by_pattern.items()})
+    object.__setattr__(rules, "unfiltered", tuple(unfiltered))
+    object.__setattr__(rules, "prefilters", (unmoderated, moderated))
+    object.__setattr__(rules, "fast_gate", (fast[False], fast[True]))
+    rules.normalizer.prefilters = rules.prefilters
+    rules.normalizer.triage = Triage()
+
+
+# Contact-detail checks look for these tokens (personal.py): part of the scanned vocabulary.
+PI_VOCABULARY = (
+    personal._NUMBER_TOKENS
+    | personal._MAIL_WORDS
+    | personal.STREET_WORDS
+    | personal.PHONE_WORDS
+    | {"at"}
+)
+_Inputs = dict[bool, tuple[frozenset[str], dict[str, str]]]
+_PACKAGED: list[_Inputs] = []
+
+
+def _packaged_inputs() -> _Inputs:
+    if not _PACKAGED:
+        builder = _Builder()
+        rules = builder.build(_rule_files(DATA_DIR))
+        _PACKAGED.append({q: _prefilter_inputs(builder, rules, q) for q in (True, False)})
+    return _PACKAGED[0]
+
+
+def _prefilter_inputs(
+    builder: _Builder, rules: Rules, moderated: bool
+) -> tuple[frozenset[str], dict[str, str]]:
+    """What one queue's scan looks for: the vocabulary (contact-detail words; word-list keys in
+    the moderated queue; the gate words of rules the scan cannot filter: with no pattern
+    flagged, the scan's ``present`` answers every check the classifier makes) and the
+    text-view patterns (compiled source -> source before word boundaries) of the rules that
+    apply in that queue."""
+    relevant = [r for r in rules.rules if moderated or r.category in UNMODERATED_CATEGORIES]
+    patterns = {}
+    for rule in relevant:
+        if rule.view == "text":
+            for name in _names(rule):
+                patterns[name] = builder.prefilter[name]
+    convertible = set()
+    for name, src in patterns.items():
+        try:
+            bytes_pattern(src)
+        except Unsupported:
+            continue
+        convertible.add(name)
+    unfiltered = [r for r in relevant if r.view != "text" or not _names(r) <= convertible]
+    vocab = set(PI_VOCABULARY) | _gate_words(unfiltered)
+    if moderated:
+        vocab |= rules.word_keys
+    return frozenset(vocab), patterns
+
+
+def _gate_words(rules: list[Rule]) -> frozenset[str]:
+    words: set[str] = set()
+    for rule in rules:
+        words |= rule.keys | rule.required
+        if rule.also_keys:
+            words |= rule.also_keys
+    return frozenset(words)
 
 
 def _rule_files(directory: Path) -> list[Path]:
@@ -348,6 +483,9 @@ class _Builder:
         self.masked: dict[str, tuple[int, int, int]] = {}
         self.settings: dict[str, int] = {"grooming_threshold": 5, "teen_grooming_threshold": 4}
         self.count = 0
+        # text-view pattern (compiled source) -> its source before word boundaries were added,
+        # for the one-pass prefilter (scan.py)
+        self.prefilter: dict[str, str] = {}
 
     def build(self, files: list[Path]) -> Rules:
         docs: list[tuple[Path, dict]] = []
@@ -435,6 +573,7 @@ class _Builder:
             src = squeeze_regex(src)
             # Every word a rule mentions may be spelled out letter by letter ("s e l l").
             self.known.update(w for w in _LITERAL.findall(src) if len(w) > 1)
+            bare = src
             src = _with_boundaries(src, shift=True)
         elif view == "base":
             src = _with_boundaries(src.replace(" ?", r"\s*").replace(" ", r"\s+"))
@@ -442,9 +581,12 @@ class _Builder:
             src = src.replace(" ?", r"\s*").replace(" ", r"\s+")
             src = "(?<![A-Za-z0-9])(?:" + src + ")(?![A-Za-z0-9])"
         try:
-            return re.compile(src)
+            compiled = re.compile(src)
         except re.error as exc:
             raise ValueError(f"{where}: bad regex: {exc}") from exc
+        if view == "text":
+            self.prefilter[compiled.pattern] = bare
+        return compiled
 
     def _split(self, spec: object, where: str) -> list[Rule]:
         """Compile a rule; a rule whose pattern is a top-level alternation becomes one rule per
