@@ -41,6 +41,9 @@ SEVERITY = {
     "personal_info": Severity.HIGH,
     "grooming": Severity.HIGH,
 }
+# per token: its summed weights (None: no feature known), is it a word (3+ letters), is it a
+# known word, and the weights of the pairs it starts (second token -> weights)
+_Entry = tuple[tuple[float, ...] | None, bool, bool, dict[str, tuple[float, ...]] | None]
 TEEN_ONLY = frozenset({"grooming"}) | PROTECTED_CATEGORIES
 # The ``weak`` class (flattery, gifts, age and relationship talk) never acts alone: with a teen,
 # a message whose most probable class it is, at this probability or more, is a weak grooming
@@ -100,10 +103,9 @@ class LearnedModel:
         # words seen at least twice in training; a message mostly made of other tokens (ids,
         # hashes, another language) is not judged: character grams of noise say nothing
         self.vocabulary: frozenset[str] = frozenset(data.get("vocabulary", ()))
-        self._zero = (0.0,) * len(self.classes)
         self._weak = self.classes.index("weak") if "weak" in self.classes else None
-        self._tokens: dict[str, tuple[float, ...]] = {}
-        self._addressed: dict[str, tuple[float, ...]] = {}
+        self._tokens: dict[str, _Entry] = {}
+        self._addressed: dict[str, _Entry] = {}
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> LearnedModel:
@@ -116,39 +118,48 @@ class LearnedModel:
             raw = gzip.decompress(raw)
         return cls(json.loads(raw))
 
-    def _token_vector(self, token: str, addressed: bool) -> tuple[float, ...]:
+    def _entry(self, token: str, addressed: bool) -> _Entry:
         weights = self.weights
         feats = token_features(token)
         if addressed:
             feats.append("y:" + token)
         hits = [w for f in feats if (w := weights.get(f)) is not None]
-        if not hits:
-            return self._zero
-        return tuple(map(sum, zip(*hits, strict=True)))
+        vector = tuple(map(sum, zip(*hits, strict=True))) if hits else None
+        word = len(token) > 2  # letters and two-letter bits say nothing about the language
+        return vector, word, word and token in self.vocabulary, self.pairs.get(token)
+
+    def _scan(self, tokens: Sequence[str]) -> tuple[list[float], bool]:
+        """``(scores, judged)``: raw class scores (logits) of one message, and whether enough
+        of its words are known to judge it (at least half of the words of 3+ letters)."""
+        addressed = not SECOND_PERSON.isdisjoint(tokens)
+        # one lookup per token: its features (and, in an addressed message, its "y:" word)
+        # summed, whether it is a known word, and the pairs it starts
+        cache = self._addressed if addressed else self._tokens
+        vectors = [self.bias]
+        append = vectors.append
+        following = None
+        words = known = 0
+        for t in tokens:
+            e = cache.get(t)
+            if e is None:
+                if len(cache) >= CACHE_SIZE:
+                    cache.clear()
+                e = cache[t] = self._entry(t, addressed)
+            vector, word, is_known, starts = e
+            if vector is not None:
+                append(vector)
+            if following is not None:
+                pair = following.get(t)
+                if pair is not None:
+                    append(pair)
+            following = starts
+            words += word
+            known += is_known
+        return list(map(sum, zip(*vectors, strict=True))), known * 2 >= words
 
     def scores(self, tokens: Sequence[str]) -> list[float]:
         """Raw class scores (logits) of one message."""
-        addressed = not SECOND_PERSON.isdisjoint(tokens)
-        # a token's own features (and, in an addressed message, its "y:" word) summed once
-        cache = self._addressed if addressed else self._tokens
-        vectors = [self.bias]
-        zero = self._zero
-        for t in tokens:
-            v = cache.get(t)
-            if v is None:
-                if len(cache) >= CACHE_SIZE:
-                    cache.clear()
-                v = cache[t] = self._token_vector(t, addressed)
-            if v is not zero:
-                vectors.append(v)
-        pairs = self.pairs
-        for a, b in pairwise(tokens):
-            following = pairs.get(a)
-            if following is not None:
-                v = following.get(b)
-                if v is not None:
-                    vectors.append(v)
-        return list(map(sum, zip(*vectors, strict=True)))
+        return self._scan(tokens)[0]
 
     def probabilities(self, tokens: Sequence[str]) -> dict[str, float]:
         s = self.scores(tokens)
@@ -173,10 +184,9 @@ class LearnedModel:
         that does not act alone), its probability, for the sender window to count."""
         if not tokens:
             return CLEAN, None
-        words = {t for t in tokens if len(t) > 2}  # letters and two-letter bits say nothing
-        if len(words & self.vocabulary) * 2 < len(words):
+        s, judged = self._scan(tokens)
+        if not judged:
             return CLEAN, None
-        s = self.scores(tokens)
         top = max(s)
         best = max(range(len(s)), key=s.__getitem__)
         p = 1.0 / sum(math.exp(x - top) for x in s)
