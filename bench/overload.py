@@ -355,8 +355,9 @@ def table(ov: dict[str, Any], fmt: Any, note: Any) -> list[str]:
         "",
         "| engine | capacity msgs/s | offered | sent msgs/s | delivered | lost | duplicated "
         "| reordered | chats ended | max reactor lag ms | max /health ms | max heartbeat lag ms "
+        "| max reactor heartbeat lateness ms "
         "| flood frames | notes |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in ov.get("rows", []):
         out.append(
@@ -365,7 +366,9 @@ def table(ov: dict[str, Any], fmt: Any, note: Any) -> list[str]:
             f"{fmt(r.get('delivered'))} | {fmt(r.get('lost'))} | {fmt(r.get('duplicated'))} | "
             f"{fmt(r.get('reordered'))} | {fmt(r.get('chats_ended'))} | "
             f"{fmt(r.get('max_reactor_lag_ms'))} | {fmt(r.get('max_health_ms'))} | "
-            f"{fmt(r.get('max_heartbeat_lag_ms'))} | {fmt(r.get('flood_frames'))} | {note(r)} |"
+            f"{fmt(r.get('max_heartbeat_lag_ms'))} | "
+            f"{fmt(r.get('max_reactor_heartbeat_lateness_ms'))} | "
+            f"{fmt(r.get('flood_frames'))} | {note(r)} |"
         )
     out.append("")
     if ov.get("storm"):
