@@ -90,6 +90,20 @@ def _two_hundred(rng: random.Random, messages: list[tuple[str, bool]]) -> tuple[
     return " ".join(parts)[:200], rng.random() < 0.5
 
 
+def first_scores() -> list[str]:
+    """The blind log's first scores as aligned rows (the newest set last)."""
+    log = RESULTS / "moderation-blind.tsv"
+    if not log.exists():
+        return []
+    rows = [line.split("\t") for line in log.read_text().splitlines()]
+    head, rows = rows[0], [r for r in rows[1:] if r[2] == "first"]
+    keep = [head.index(k) for k in ("set", "commit", "zero_blocked", "high_blocked", "grooming",
+                                     "personal_info", "benign_fp", "conv_reached_max")]  # fmt: skip
+    table = [[r[i].split(" ")[0] for i in keep] for r in [head, *rows]]
+    width = [max(len(r[i]) for r in table) for i in range(len(keep))]
+    return ["  " + "  ".join(c.rjust(w) for c, w in zip(r, width, strict=True)) for r in table]
+
+
 def report(result: dict, cost: dict | None) -> str:
     lines = [f"{'category':<20}{'support':>8}{'precision':>11}{'recall':>9}"]
     for cat, row in result["per_category"].items():
@@ -156,6 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     for name, held in holdouts.items():
         print(f"\n== held-out corpus {name}")
         print(report(held, None))
+    blind = first_scores()
+    if blind:
+        print("\n== blind sets, first scores (bench/results/moderation-blind.tsv; the only")
+        print("   numbers that measure text nobody tuned for; see bench/moderation_blind.py)")
+        print("\n".join(blind))
     if not args.no_json:
         RESULTS.mkdir(parents=True, exist_ok=True)
         out = RESULTS / f"moderation-{dt.datetime.now(dt.UTC).date().isoformat()}.json"
