@@ -12,8 +12,10 @@ What bounds a turn here:
   :class:`TurnScheduler`'s round-robin; it resumes reading once its buffer is handled.
 * **Per turn**: once the frames handled in the current turn took ``turn_seconds``, a connection
   with new data handles nothing now and joins the round-robin, and a round of the round-robin stops
-  after ``turn_seconds`` too.  A round runs from ``callLater(0)``, i.e. after the reactor has run
-  the timers that are due: between two rounds, every timer gets its turn.
+  after ``turn_seconds`` too. Under a sustained load with no idle moment a "turn" is thus a time
+  slice of ``turn_seconds``, after which the round-robin (and every due timer) runs. A round
+  runs from ``callLater(0)``, i.e. after the reactor has run the timers that are due: between
+  two rounds, every timer gets its turn.
 
 Frames are never dropped or reordered: what is not handled stays in Autobahn's receive buffer, in
 order, and new bytes are not even read while older ones wait.
@@ -30,6 +32,7 @@ from twisted.logger import Logger
 
 FRAMES_PER_TURN = 32  # frames one connection handles before others get their turn
 TURN_SECONDS = 0.02  # frame handling per reactor turn before the rest waits for the next turn
+IDLE_GAP = 0.0005  # no frame handled for this long: the reactor was waiting, a new turn begins
 
 _log = Logger(namespace="anygle.fairturns")
 
@@ -54,19 +57,29 @@ class TurnScheduler:
         self.waiting: deque[Waiter] = deque()
         self._call: IDelayedCall | None = None
         self._turn_started = 0.0
+        self._last_end = 0.0  # when frame handling last stopped
         # counters for tests and the console
         self.deferred = 0  # times a connection had to wait for a later turn
         self.rounds = 0  # rounds of the round-robin run
 
     def budget(self) -> int:
-        """How many frames a connection with fresh data may handle in this turn."""
-        if self._call is None:  # the first frames since the last turn boundary
-            self._turn_started = perf_counter()
-            self._call = self.clock.callLater(0, self._round)
-            return self.frames_per_turn
-        if perf_counter() - self._turn_started > self.turn_seconds:
+        """How many frames a connection with fresh data may handle in this turn.
+
+        A turn starts when frames arrive after the reactor had nothing to handle for
+        ``IDLE_GAP`` (it was waiting in epoll); it does not end until a round of the
+        round-robin runs. Marking each turn with a ``callLater(0)`` would be exact but costs
+        a timer per reactor turn and makes the reactor poll without waiting, smaller batches
+        and more system calls: a quarter of the relay's throughput."""
+        now = perf_counter()
+        if now - self._last_end > IDLE_GAP:
+            self._turn_started = now
+        elif now - self._turn_started > self.turn_seconds:
             return 0
         return self.frames_per_turn
+
+    def handled(self) -> None:
+        """A connection is done with its frames for now (see ``budget``)."""
+        self._last_end = perf_counter()
 
     def wait(self, conn: Waiter) -> None:
         """``conn`` has frames left: it gets more in a later round."""
@@ -84,6 +97,7 @@ class TurnScheduler:
             return
         self.rounds += 1
         self._turn_started = started = perf_counter()
+        self._last_end = started
         waiting = self.waiting
         for _ in range(len(waiting)):
             conn = waiting.popleft()
@@ -96,6 +110,7 @@ class TurnScheduler:
                 waiting.append(conn)
             if perf_counter() - started > self.turn_seconds:
                 break
+        self._last_end = perf_counter()
         if waiting and self._call is None:
             self._call = self.clock.callLater(0, self._round)
 
@@ -120,7 +135,9 @@ class FairTurnsMixin:
         if self._turn_waiting:  # older frames wait for their turn; the new ones go behind them
             return
         turns: TurnScheduler = self.factory.turns
-        if self._handle_frames(turns.budget()):
+        more = self._handle_frames(turns.budget())
+        turns.handled()
+        if more:
             self._turn_waiting = True
             pause = getattr(self.transport, "pauseProducing", None)
             if pause is not None:

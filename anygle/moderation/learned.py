@@ -26,10 +26,13 @@ from importlib import resources
 from itertools import pairwise
 from pathlib import Path
 
+from .normalize import Normalized
 from .verdict import CLEAN, PROTECTED_CATEGORIES, UNMODERATED_CATEGORIES, Severity, Verdict
 
 CHAR_GRAMS = (3, 4)
 MAX_TOKEN = 24  # longer tokens contribute their word feature only
+MEMO_CHARS = 64  # messages up to this long have their answer remembered (see judge)
+MEMO_SIZE = 20_000  # remembered answers at most (about 300 bytes each)
 CACHE_SIZE = 50_000  # tokens whose summed weights are kept, per cache (about 200 bytes each)
 # What a learned finding does. Zero-tolerance categories block with a 'high' warning but never
 # ban: a ban needs a rule that explains it (see README, "Learned layer").
@@ -106,6 +109,7 @@ class LearnedModel:
         self._weak = self.classes.index("weak") if "weak" in self.classes else None
         self._tokens: dict[str, _Entry] = {}
         self._addressed: dict[str, _Entry] = {}
+        self._memo: dict[tuple[str, bool, bool], tuple[Verdict, float | None]] = {}
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> LearnedModel:
@@ -130,7 +134,8 @@ class LearnedModel:
 
     def _scan(self, tokens: Sequence[str]) -> tuple[list[float], bool]:
         """``(scores, judged)``: raw class scores (logits) of one message, and whether enough
-        of its words are known to judge it (at least half of the words of 3+ letters)."""
+        of its words are known to judge it (it has words of 3+ letters, at least half of them
+        known)."""
         addressed = not SECOND_PERSON.isdisjoint(tokens)
         # one lookup per token: its features (and, in an addressed message, its "y:" word)
         # summed, whether it is a known word, and the pairs it starts
@@ -155,7 +160,7 @@ class LearnedModel:
             following = starts
             words += word
             known += is_known
-        return list(map(sum, zip(*vectors, strict=True))), known * 2 >= words
+        return list(map(sum, zip(*vectors, strict=True))), known * 2 >= words > 0
 
     def scores(self, tokens: Sequence[str]) -> list[float]:
         """Raw class scores (logits) of one message."""
@@ -175,6 +180,27 @@ class LearnedModel:
         return self.assess(
             tokens, protect_personal_info=protect_personal_info, moderated=moderated
         )[0]
+
+    def judge(
+        self, norm: Normalized, *, protect_personal_info: bool, moderated: bool
+    ) -> tuple[Verdict, float | None]:
+        """``assess`` for one normalised message, remembered for short texts: chat repeats
+        its short lines ("hi", "m or f?", "lol same") all the time, and a remembered answer
+        spares building the tokens too."""
+        text = norm.original
+        if len(text) > MEMO_CHARS:
+            return self.assess(
+                norm.text_tokens, protect_personal_info=protect_personal_info, moderated=moderated
+            )
+        key = (text, protect_personal_info, moderated)
+        found = self._memo.get(key)
+        if found is None:
+            if len(self._memo) >= MEMO_SIZE:
+                self._memo.clear()
+            found = self._memo[key] = self.assess(
+                norm.text_tokens, protect_personal_info=protect_personal_info, moderated=moderated
+            )
+        return found
 
     def assess(
         self, tokens: Sequence[str], *, protect_personal_info: bool, moderated: bool

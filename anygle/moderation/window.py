@@ -132,8 +132,8 @@ class SenderWindow:
 
         learned = clf.learned
         if learned is not None and verdict.severity < Severity.HIGH:
-            lv, weak = learned.assess(
-                norm.text_tokens, protect_personal_info=protect_personal_info, moderated=moderated
+            lv, weak = learned.judge(
+                norm, protect_personal_info=protect_personal_info, moderated=moderated
             )
             if lv.severity > verdict.severity:
                 verdict = lv
