@@ -144,7 +144,7 @@ class SenderWindow:
             threshold = (
                 rules.teen_grooming_threshold if protect_personal_info else rules.grooming_threshold
             )
-            gv = self._grooming(tuple(signals), threshold, protect_personal_info, teen, norm.text)
+            gv = self._grooming(tuple(signals), threshold, protect_personal_info, teen)
             # With a teen involved, grooming built over several signals also names the verdict
             # on a tie (e.g. with a personal_info block): it explains more than the single
             # message does. One strong signal alone does not rename the message's own finding.
@@ -203,7 +203,7 @@ class SenderWindow:
         return {s.name for e in self._entries for s in e.signals} | {s.name for s in new}
 
     def _grooming(
-        self, new: tuple[Signal, ...], threshold: int, protected: bool, teen: bool, text: str
+        self, new: tuple[Signal, ...], threshold: int, protected: bool, teen: bool
     ) -> Verdict:
         if teen:
             for s in new:
