@@ -15,6 +15,8 @@ import pytest_twisted
 from twisted.internet import defer, reactor, task
 
 from anygle.config import Settings
+from anygle.engine.base import EngineConfig, Match
+from anygle.engine.redis import RedisEngine
 from anygle.tap import AnygleService
 from tests.redisutil import RedisServer
 from tests.wsclient import Client
@@ -112,6 +114,47 @@ def redis(redis_server: RedisServer) -> RedisServer:
         redis_server.start()
     redis_server.command("FLUSHALL")
     return redis_server
+
+
+class Sink:
+    """Records every event, in order."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[Any, ...]] = []
+
+    def on_matched(self, user_id: str, match: Match) -> None:
+        self.events.append(("matched", user_id, match))
+
+    def on_partner_left(self, user_id: str, room_id: str, reason: str) -> None:
+        self.events.append(("left", user_id, room_id, reason))
+
+    def on_relay(self, user_id: str, room_id: str, frame: dict) -> None:
+        self.events.append(("relay", user_id, room_id, frame))
+
+    def on_kick(self, user_id: str, code: str, reason: str) -> None:
+        self.events.append(("kick", user_id, code, reason))
+
+    def of(self, kind: str, user: str | None = None) -> list[tuple[Any, ...]]:
+        return [e for e in self.events if e[0] == kind and (user is None or e[1] == user)]
+
+
+@pytest_twisted.async_yield_fixture
+async def engines(redis: RedisServer):
+    """``await make(name, **config)`` -> (engine, sink): Redis engines in this reactor, on the
+    test redis-server; all stopped afterwards."""
+    made: list[RedisEngine] = []
+
+    async def make(name: str = "a", **overrides: Any) -> tuple[RedisEngine, Sink]:
+        cfg = EngineConfig(instance_id=name, redis_url=redis.url, **overrides)
+        engine = RedisEngine(cfg, reactor)
+        sink = Sink()
+        await engine.start(sink)
+        made.append(engine)
+        return engine, sink
+
+    yield make
+    for engine in made:
+        await engine.stop()
 
 
 @pytest.fixture(params=ENGINES)

@@ -14,32 +14,11 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor, task
 
-from anygle.engine.base import EngineConfig, EngineUnavailable, Match, Preferences
+from anygle.engine.base import EngineConfig, EngineUnavailable, Preferences
 from anygle.engine.memory import MemoryEngine
 from anygle.engine.redis import QUEUES, RedisEngine
+from tests.conftest import Sink
 from tests.redisutil import RedisServer
-
-
-class Sink:
-    """Records every event, in order."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[Any, ...]] = []
-
-    def on_matched(self, user_id: str, match: Match) -> None:
-        self.events.append(("matched", user_id, match))
-
-    def on_partner_left(self, user_id: str, room_id: str, reason: str) -> None:
-        self.events.append(("left", user_id, room_id, reason))
-
-    def on_relay(self, user_id: str, room_id: str, frame: dict) -> None:
-        self.events.append(("relay", user_id, room_id, frame))
-
-    def on_kick(self, user_id: str, code: str, reason: str) -> None:
-        self.events.append(("kick", user_id, code, reason))
-
-    def of(self, kind: str, user: str | None = None) -> list[tuple[Any, ...]]:
-        return [e for e in self.events if e[0] == kind and (user is None or e[1] == user)]
 
 
 async def sleep(seconds: float) -> None:
@@ -54,24 +33,6 @@ async def eventually(pred, timeout: float = 5.0, step: float = 0.02) -> float:
             raise AssertionError("condition not reached in time")
         await sleep(step)
     return reactor.seconds() - start
-
-
-@pytest_twisted.async_yield_fixture
-async def engines(redis: RedisServer):
-    """``await make(name, **config)`` -> (engine, sink); all stopped afterwards."""
-    made: list[RedisEngine] = []
-
-    async def make(name: str = "a", **overrides: Any) -> tuple[RedisEngine, Sink]:
-        cfg = EngineConfig(instance_id=name, redis_url=redis.url, **overrides)
-        engine = RedisEngine(cfg, reactor)
-        sink = Sink()
-        await engine.start(sink)
-        made.append(engine)
-        return engine, sink
-
-    yield make
-    for engine in made:
-        await engine.stop()
 
 
 def prefs(interests: tuple[str, ...] = (), only: bool = False, **kw: str) -> Preferences:

@@ -9,35 +9,12 @@ real processes are in ``tests/test_redis_stall.py``.
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import pytest_twisted
-from twisted.internet import reactor
 
-from anygle.engine.base import EngineConfig
 from anygle.engine.redis import RedisEngine
 from anygle.engine.redis.liveness import ALIVE, LOST, REAPED, Liveness
-from tests.redisutil import RedisServer
-from tests.test_redis_engine import Sink, eventually, now, prefs, sleep
-
-
-@pytest_twisted.async_yield_fixture
-async def engines(redis: RedisServer):
-    """``await engines(name)`` -> (engine, sink) in this reactor; all stopped afterwards."""
-    made: list[RedisEngine] = []
-
-    async def make(name: str, **overrides: Any) -> tuple[RedisEngine, Sink]:
-        engine = RedisEngine(
-            EngineConfig(instance_id=name, redis_url=redis.url, **overrides), reactor
-        )
-        sink = Sink()
-        await engine.start(sink)
-        made.append(engine)
-        return engine, sink
-
-    yield make
-    for engine in made:
-        await engine.stop()
+from tests.test_redis_engine import eventually, now, prefs, sleep
 
 
 def chat_of(sink, user: str) -> list:
