@@ -122,10 +122,10 @@ class LearnedModel:
             raw = gzip.decompress(raw)
         return cls(json.loads(raw))
 
-    def _entry(self, token: str, addressed: bool) -> _Entry:
+    def _entry(self, token: str, is_addressed: bool) -> _Entry:
         weights = self.weights
         feats = token_features(token)
-        if addressed:
+        if is_addressed:
             feats.append("y:" + token)
         hits = [w for f in feats if (w := weights.get(f)) is not None]
         vector = tuple(map(sum, zip(*hits, strict=True))) if hits else None
@@ -136,10 +136,10 @@ class LearnedModel:
         """``(scores, judged)``: raw class scores (logits) of one message, and whether enough
         of its words are known to judge it (it has words of 3+ letters, at least half of them
         known)."""
-        addressed = not SECOND_PERSON.isdisjoint(tokens)
+        is_addressed = addressed(tokens)
         # one lookup per token: its features (and, in an addressed message, its "y:" word)
         # summed, whether it is a known word, and the pairs it starts
-        cache = self._addressed if addressed else self._tokens
+        cache = self._addressed if is_addressed else self._tokens
         vectors = [self.bias]
         append = vectors.append
         following = None
@@ -149,7 +149,7 @@ class LearnedModel:
             if e is None:
                 if len(cache) >= CACHE_SIZE:
                     cache.clear()
-                e = cache[t] = self._entry(t, addressed)
+                e = cache[t] = self._entry(t, is_addressed)
             vector, word, is_known, starts = e
             if vector is not None:
                 append(vector)
@@ -165,13 +165,6 @@ class LearnedModel:
     def scores(self, tokens: Sequence[str]) -> list[float]:
         """Raw class scores (logits) of one message."""
         return self._scan(tokens)[0]
-
-    def probabilities(self, tokens: Sequence[str]) -> dict[str, float]:
-        s = self.scores(tokens)
-        top = max(s)
-        e = [math.exp(x - top) for x in s]
-        total = sum(e)
-        return {c: x / total for c, x in zip(self.classes, e, strict=True)}
 
     def verdict(
         self, tokens: Sequence[str], *, protect_personal_info: bool, moderated: bool
