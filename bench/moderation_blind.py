@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--misses", action="store_true", help="print every miss and false positive")
     args = ap.parse_args(argv)
 
-    row, misses = score_lines(Classifier(), load_corpus(args.set))
+    cases = load_corpus(args.set)
+    row, misses = score_lines(Classifier(), cases)
     row.update(conv_reached_max="-", conv_within_target="-")
     if args.conversations:
         from bench.moderation_conversations import run, table
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         set=args.name,
         kind="first" if first else "rescore",
         commit=_commit(),
-        lines=str(len(load_corpus(args.set))),
+        lines=str(len(cases)),
     )
     for key in COLUMNS:
         print(f"{key:>20}  {row[key]}")

@@ -95,7 +95,6 @@ def _scale(vec: CountVectorizer, char_scale: float) -> sparse.dia_matrix:
 
 def _fit(docs: list[list[str]], y: np.ndarray, c: float, char_scale: float):
     vec = _vectorizer()
-    scale = None
     x = vec.fit_transform(docs)
     scale = _scale(vec, char_scale)
     model = _model(c).fit(x @ scale, y)
