@@ -1,9 +1,12 @@
 """Settings: one table of options, resolved as command line > environment > config file > default.
 
 Every option ``--some-name`` can also be given as ``ANYGLE_SOME_NAME`` in the environment or as
-``some-name = …`` in the ``[anygle]`` section of the config file (``etc/anygle.conf`` when present,
-or ``--config PATH``).  Values are checked here, so a bad one is a one-line error wherever it came
-from.
+``some-name = …`` in the ``[anygle]`` section of the config file (``--config PATH``,
+``ANYGLE_CONFIG``, else ``/etc/anygle/anygle.conf`` when present: never a path that depends on the
+current directory).  Values are checked here, so a bad one is a one-line error wherever it came
+from.  ``OPTIONS`` is the one table: the ``Settings`` defaults are parsed from it, and a test checks
+that ``etc/anygle.conf`` and the README's table agree with it.  Durations are in seconds
+(fractions allowed; ``100ms`` is accepted too).
 """
 
 from __future__ import annotations
@@ -15,9 +18,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from anygle.limits import DEFAULT_SPEC, MESSAGE_LIMITS
+from anygle.limits import DEFAULT_SPEC
 
-DEFAULT_CONFIG = "etc/anygle.conf"
+DEFAULT_CONFIG = "/etc/anygle/anygle.conf"
 SECTION = "anygle"
 
 
@@ -33,6 +36,27 @@ def _number(kind: type, minimum: float, *, strict: bool = False) -> Callable[[st
             raise ValueError(f"must be {'an integer' if kind is int else 'a number'}") from None
         if value < minimum or (strict and value == minimum):
             raise ValueError(f"must be {'>' if strict else '>='} {minimum}")
+        return value
+
+    return parse
+
+
+def _seconds(
+    minimum: float, maximum: float | None = None, *, strict: bool = False
+) -> Callable[[str], float]:
+    """A duration in seconds; ``250ms`` and ``5s`` are accepted too.  ``maximum`` catches a value
+    still written in the milliseconds that two options once took (``match-interval = 100``)."""
+    bounds = _number(float, minimum, strict=strict)
+
+    def parse(text: str) -> float:
+        scale = 1.0
+        if text.endswith("ms"):
+            text, scale = text[:-2].strip(), 0.001
+        elif text.endswith("s"):
+            text = text[:-1].strip()
+        value: float = bounds(text) * scale
+        if maximum is not None and value > maximum:
+            raise ValueError(f"must be <= {maximum:g} (seconds; write 250ms for milliseconds)")
         return value
 
     return parse
@@ -107,6 +131,14 @@ class Option:
     default: str
     parse: Callable[[str], Any]
     help: str
+    # How --help and the README show an empty default ("off", "hostname-pid"); else the default.
+    shown: str = ""
+    # A file path: relative paths in a config file are taken from the file's directory.
+    path: bool = False
+
+    @property
+    def shown_default(self) -> str:
+        return self.shown or self.default
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -114,16 +146,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("http", "tcp:3000", _endpoint, "HTTP listener for /health and /stats"),
     Option("engine", "memory", _choice("memory", "redis"), "state engine: memory or redis"),
     Option("redis", "redis://127.0.0.1:6379/0", _redis_url, "Redis URL (redis engine)"),
-    Option("instance-id", "", _text, "name of this instance (default: hostname-pid)"),
-    Option("match-interval", "100", _number(int, 0, strict=True), "matcher tick, ms"),
-    Option("interest-timeout", "5000", _number(int, 0), "ms to wait for a shared interest"),
-    Option("rematch-cooldown", "60", _number(float, 0), "s before two who skipped may rematch"),
-    Option("stats-interval", "5", _number(float, 0, strict=True), "s between stats pushes"),
-    Option(
-        "searching-interval", "3", _number(float, 0, strict=True), "s between searching updates"
-    ),
-    Option("ping-interval", "25", _number(float, 0), "s between WebSocket pings (0: off)"),
-    Option("ping-timeout", "10", _number(float, 0, strict=True), "s to wait for a pong"),
+    Option("instance-id", "", _text, "name of this instance", shown="hostname-pid"),
+    Option("match-interval", "0.1", _seconds(0, 10, strict=True), "matcher tick, s"),
+    Option("interest-timeout", "5", _seconds(0, 600), "s to wait for a shared interest"),
+    Option("rematch-cooldown", "60", _seconds(0), "s before two who skipped may rematch"),
+    Option("stats-interval", "5", _seconds(0, strict=True), "s between stats pushes"),
+    Option("searching-interval", "3", _seconds(0, strict=True), "s between searching updates"),
+    Option("ping-interval", "25", _seconds(0), "s between WebSocket pings (0: off)"),
+    Option("ping-timeout", "10", _seconds(0, strict=True), "s to wait for a pong"),
     Option(
         "trusted-proxies",
         "127.0.0.0/8,::1/128",
@@ -149,7 +179,11 @@ OPTIONS: tuple[Option, ...] = (
         "open WebSocket connections per IP, all instances (0: off)",
     ),
     Option(
-        "allowed-origins", "", _origins, "comma-separated Origin patterns for browsers (empty: all)"
+        "allowed-origins",
+        "",
+        _origins,
+        "comma-separated Origin patterns for browsers",
+        shown="any origin",
     ),
     Option(
         "max-queued-bytes",
@@ -162,6 +196,8 @@ OPTIONS: tuple[Option, ...] = (
         "",
         _text,
         "extra moderation rule file or directory (extends the built-in rules; SIGHUP reloads)",
+        shown="built-in rules only",
+        path=True,
     ),
     Option(
         "protect-adults",
@@ -172,56 +208,77 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "ban-ttl",
         "0",
-        _number(float, 0),
+        _seconds(0),
         "s a moderation ban (zero tolerance, repeated blocks) lasts (0: for good)",
     ),
-    Option("manhole", "", _optional_endpoint, "SSH admin console endpoint (empty: off)"),
+    Option("manhole", "", _optional_endpoint, "SSH admin console endpoint", shown="off"),
     Option(
-        "manhole-keys", "etc/manhole_authorized_keys", _text, "authorized_keys file for the console"
+        "manhole-keys",
+        "/etc/anygle/manhole_authorized_keys",
+        _text,
+        "authorized_keys file for the console",
+        path=True,
     ),
     Option(
-        "manhole-host-key", "var/manhole_host_key", _text, "console host key (generated if absent)"
+        "manhole-host-key",
+        "/var/lib/anygle/manhole_host_key",
+        _text,
+        "console host key (generated if absent)",
+        path=True,
     ),
     Option(
         "shutdown-timeout",
         "8",
-        _number(float, 0, strict=True),
+        _seconds(0, strict=True),
         "s a stop waits for clients to close before it gives up",
     ),
 )
+_BY_NAME = {o.name: o for o in OPTIONS}
+
+
+def default(name: str) -> Any:
+    """The parsed default of option ``name``: the ``Settings`` defaults come from ``OPTIONS``.
+
+    Endpoint strings are taken as they are: checking one imports the reactor, which must not
+    happen at import time (twistd installs the reactor it was asked for after importing us);
+    ``resolve`` checks them, and a test checks every default."""
+    option = _BY_NAME[name]
+    if option.parse in (_endpoint, _optional_endpoint):
+        return option.default
+    return option.parse(option.default)
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """The resolved, typed settings (attribute = option name with ``_``)."""
+    """The resolved, typed settings (attribute = option name with ``_``; durations in s)."""
 
-    ws: str = "tcp:3001"
-    http: str = "tcp:3000"
-    engine: str = "memory"
-    redis: str = "redis://127.0.0.1:6379/0"
-    instance_id: str = ""
-    match_interval: int = 100
-    interest_timeout: int = 5000
-    rematch_cooldown: float = 60.0
-    stats_interval: float = 5.0
-    searching_interval: float = 3.0
-    ping_interval: float = 25.0
-    ping_timeout: float = 10.0
-    trusted_proxies: str = "127.0.0.0/8,::1/128"
-    rate_limit: int = 100
+    ws: str = default("ws")
+    http: str = default("http")
+    engine: str = default("engine")
+    redis: str = default("redis")
+    instance_id: str = default("instance-id")
+    match_interval: float = default("match-interval")
+    interest_timeout: float = default("interest-timeout")
+    rematch_cooldown: float = default("rematch-cooldown")
+    stats_interval: float = default("stats-interval")
+    searching_interval: float = default("searching-interval")
+    ping_interval: float = default("ping-interval")
+    ping_timeout: float = default("ping-timeout")
+    trusted_proxies: str = default("trusted-proxies")
+    rate_limit: int = default("rate-limit")
     message_limits: dict[str, tuple[float, float]] = field(
-        default_factory=lambda: dict(MESSAGE_LIMITS)
+        default_factory=lambda: default("message-limits")
     )
-    max_connections_per_ip: int = 5
-    allowed_origins: tuple[str, ...] = ()
-    max_queued_bytes: int = 1048576
-    moderation_rules: str = ""
-    protect_adults: bool = False
-    ban_ttl: float = 0.0
-    manhole: str = ""
-    manhole_keys: str = "etc/manhole_authorized_keys"
-    manhole_host_key: str = "var/manhole_host_key"
-    shutdown_timeout: float = 8.0
+    max_connections_per_ip: int = default("max-connections-per-ip")
+    allowed_origins: tuple[str, ...] = default("allowed-origins")
+    max_queued_bytes: int = default("max-queued-bytes")
+    moderation_rules: str = default("moderation-rules")
+    protect_adults: bool = default("protect-adults")
+    ban_ttl: float = default("ban-ttl")
+    manhole: str = default("manhole")
+    manhole_keys: str = default("manhole-keys")
+    manhole_host_key: str = default("manhole-host-key")
+    shutdown_timeout: float = default("shutdown-timeout")
     config: str | None = None
 
 
@@ -272,8 +329,11 @@ def resolve(
             ("", option.default),
         )
         source, value = next((s, v) for s, v in candidates if v is not None)
+        value = value.strip()
+        if option.path and value and config_path and source.startswith(config_path):
+            value = os.path.join(os.path.dirname(os.path.abspath(config_path)), value)
         try:
-            values[attr(option.name)] = option.parse(value.strip())
+            values[attr(option.name)] = option.parse(value)
         except ValueError as e:
             where = f" (from {source})" if source else ""
             raise ConfigError(f"--{option.name}: {value!r} {e}{where}") from None

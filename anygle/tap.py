@@ -1,8 +1,9 @@
 """``twistd anygle``: command-line options and the service tree.
 
-``makeService`` builds, in start order: the engine, the matcher tick and the periodic pushes, then
-the WebSocket and HTTP listeners.  Stopping runs in the reverse, explicit order (a MultiService
-would stop its children all at once): stop listening, stop the timers, stop the engine.
+``makeService`` builds, in start order: the engine, the background group (reactor-lag probe,
+matcher tick, periodic pushes) and the listeners (WebSocket, HTTP, console), each a stock Twisted
+service.  Stopping runs in reverse, one group at a time: stop listening, drain the users, stop the
+timers, stop the engine.
 """
 
 from __future__ import annotations
@@ -10,15 +11,19 @@ from __future__ import annotations
 import gc
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
-from twisted.application.service import MultiService, Service
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IService, MultiService, Service
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.server import Site
+from zope.interface import implementer
 
 from anygle.clientip import ClientAddressResolver, parse_networks
 from anygle.config import OPTIONS, ConfigError, Settings, resolve
@@ -42,9 +47,9 @@ class Options(usage.Options):
         "ANYGLE_<OPTION> in the environment or in the [anygle] section of the config file "
         "(precedence: command line > environment > config file > default)."
     )
-    optParameters = [["config", "c", None, "config file (default: etc/anygle.conf if present)"]] + [
-        [o.name, None, None, f"{o.help} [default: {o.default or 'auto'}]"] for o in OPTIONS
-    ]
+    optParameters = [
+        ["config", "c", None, "config file (default: /etc/anygle/anygle.conf if present)"]
+    ] + [[o.name, None, None, f"{o.help} [default: {o.shown_default}]"] for o in OPTIONS]
 
     def parseOptions(self, options: list[str] | None = None) -> None:
         """Bad options or values end in one line on stderr and exit status 2, not a traceback."""
@@ -80,38 +85,54 @@ class EngineService(Service):
         return self.engine.stop()
 
 
-class Listener(Service):
-    """Listens on an endpoint string; a port that cannot be bound fails start-up (not just a log
-    line), and the bound port is available as ``self.port`` (tests listen on port 0)."""
+@implementer(IStreamServerEndpoint)
+class _KeepPort:
+    """An endpoint that hands the port it listened on to ``keep`` (the stock service keeps it
+    private; tests listen on port 0 and read the number back, the console shows it)."""
 
-    def __init__(self, name: str, description: str, factory: Any, reactor: Any) -> None:
-        self.setName(name)
+    def __init__(self, endpoint: IStreamServerEndpoint, keep: Callable[[Any], None]) -> None:
+        self.endpoint = endpoint
+        self.keep = keep
+
+    def listen(self, factory: Any) -> Deferred[Any]:
+        def keep(port: Any) -> Any:
+            self.keep(port)
+            return port
+
+        return self.endpoint.listen(factory).addCallback(keep)
+
+
+class Listener(StreamServerEndpointService):
+    """Twisted's endpoint service, named after its option, with the bound port as ``port``.
+
+    As with ``strports.service``, a port that cannot be bound raises from
+    ``privilegedStartService`` instead of only being logged; a failure that comes later (an
+    endpoint that listens asynchronously) is logged by the stock service.
+    """
+
+    def __init__(self, option: str, description: str, factory: Any, reactor: Any) -> None:
+        self.option = option
         self.description = description
-        self.factory = factory
-        self.reactor = reactor
         self.port: Any = None
+        endpoint = endpoints.serverFromString(reactor, description)
+        super().__init__(_KeepPort(endpoint, self._keep), factory)
+        self.setName(option)
+        self._raiseSynchronously = True
 
-    def privilegedStartService(self) -> None:
-        super().privilegedStartService()
-        endpoint = endpoints.serverFromString(self.reactor, self.description)
-        d = endpoint.listen(self.factory)
-        failures: list[Any] = []
-        d.addCallbacks(self._listening, failures.append)
-        if failures:
-            failures[0].raiseException()
-
-    def _listening(self, port: Any) -> None:
+    def _keep(self, port: Any) -> None:
         self.port = port
 
-    def startService(self) -> None:
-        if self.port is None and not self.running:
-            self.privilegedStartService()
-        super().startService()
+    def stopService(self) -> Deferred[None]:
+        self.port = None
+        return super().stopService()
 
-    def stopService(self) -> Deferred[Any] | None:
-        super().stopService()
-        port, self.port = self.port, None
-        return port.stopListening() if port is not None else None
+
+class ListenError(Exception):
+    """A listener could not be opened: one line naming the option, the address and the reason."""
+
+    def __init__(self, listener: Listener, error: BaseException) -> None:
+        reason = getattr(getattr(error, "socketError", None), "strerror", None) or str(error)
+        super().__init__(f"--{listener.option} {listener.description}: cannot listen: {reason}")
 
 
 class AnygleService(MultiService):
@@ -127,7 +148,7 @@ class AnygleService(MultiService):
             settings.engine,
             EngineConfig(
                 instance_id=settings.instance_id,
-                interest_timeout=settings.interest_timeout / 1000.0,
+                interest_timeout=settings.interest_timeout,
                 rematch_cooldown=settings.rematch_cooldown,
                 redis_url=settings.redis,
             ),
@@ -178,7 +199,7 @@ class AnygleService(MultiService):
         self.site.displayTracebacks = False
         self.engine_service = EngineService(self.engine, self.hub)
         self.timers = [
-            Periodic("matcher", settings.match_interval / 1000.0, self._tick, reactor),
+            Periodic("matcher", settings.match_interval, self._tick, reactor),
             Periodic("searching", settings.searching_interval, self.hub.push_searching, reactor),
             Periodic("stats", settings.stats_interval, self.hub.push_stats, reactor),
             Periodic("bans", 1.0, self.hub.enforce_bans, reactor),
@@ -191,8 +212,35 @@ class AnygleService(MultiService):
                 build_namespace(self), settings.manhole_keys, settings.manhole_host_key
             )
             self.listeners.append(Listener("manhole", settings.manhole, factory, reactor))
-        for child in (self.engine_service, self.lag, *self.timers, *self.listeners):
+        # Three stock MultiServices, started in this order and stopped in reverse, one group at a
+        # time (a MultiService stops its children all at once, and the users must be drained
+        # between the listeners and the timers, the timers stopped before the engine).
+        self.background = _group("background", self.lag, *self.timers)
+        self.front = Listeners(self.listeners)
+        for child in (self.engine_service, self.background, self.front):
             child.setServiceParent(self)
+        self._opened = False
+        self.exit_on_listen_error = False
+
+    def privilegedStartService(self) -> None:
+        """Open every listener (before twistd drops privileges), or none: see ``Listeners``.
+
+        Under twistd (``exit_on_listen_error``), a listener that can't be opened ends the process
+        with one line on stderr and exit status 2 instead of a traceback."""
+        self._opened = True
+        try:
+            super().privilegedStartService()
+        except ListenError as e:
+            if not self.exit_on_listen_error:
+                raise
+            # twistd has replaced sys.stderr with its log by now; the user reads the terminal.
+            (sys.__stderr__ or sys.stderr).write(f"anygle: error: {e}\n")
+            raise SystemExit(2) from None
+
+    def startService(self) -> None:
+        if not self._opened:  # started directly (tests), not by twistd
+            self.privilegedStartService()
+        super().startService()
 
     def reload_moderation(self) -> str:
         """Re-read the moderation rules (SIGHUP, console); a broken file keeps the old rules."""
@@ -215,32 +263,50 @@ class AnygleService(MultiService):
         """Stop accepting, let every user go (partners told, sockets closed with 1001), then
         stop the timers and the engine — all within ``shutdown-timeout``."""
         Service.stopService(self)
-        for listener in self.listeners:
-            await _maybe(listener.stopService())
+        await self.front.stopService()
         deadline = self.reactor.seconds() + self.settings.shutdown_timeout
         try:
             drain = Deferred.fromCoroutine(self.hub.drain())
-            await _within(drain, self.settings.shutdown_timeout, self.reactor)
+            await drain.addTimeout(self.settings.shutdown_timeout, self.reactor)
         except Exception:
             self.log.failure("drain failed")
         while self.factory.connections and self.reactor.seconds() < deadline:
             await deferLater(self.reactor, 0.05, lambda: None)
         for proto in list(self.factory.connections):  # did not finish the close handshake
             proto.dropConnection(abort=True)
-        for timer in self.timers:
-            await timer.stopService()
-        self.lag.stopService()
+        await self.background.stopService()
         await self.engine_service.stopService()
 
 
-async def _maybe(d: Deferred[Any] | None) -> None:
-    if d is not None:
-        await d
+def _group(name: str, *children: IService) -> MultiService:
+    group = MultiService()
+    group.setName(name)
+    for child in children:
+        child.setServiceParent(group)
+    return group
 
 
-async def _within(d: Deferred[Any], seconds: float, reactor: Any) -> Any:
-    """``d``'s result, or a TimeoutError after ``seconds``."""
-    return await d.addTimeout(seconds, reactor)
+class Listeners(MultiService):
+    """The listeners, opened all or none: when one cannot be bound, those already open are
+    closed again and ``ListenError`` says which one failed and why."""
+
+    def __init__(self, listeners: list[Listener]) -> None:
+        super().__init__()
+        self.setName("listeners")
+        for listener in listeners:
+            listener.setServiceParent(self)
+
+    def privilegedStartService(self) -> None:
+        Service.privilegedStartService(self)
+        opened: list[Listener] = []
+        for listener in self:
+            try:
+                listener.privilegedStartService()
+            except Exception as e:
+                for other in opened:
+                    other.stopService()
+                raise ListenError(listener, e) from e
+            opened.append(listener)
 
 
 # Endpoint types whose parser takes ``backlog=`` (``systemd:`` sockets come listening already).
@@ -294,6 +360,7 @@ def makeService(config: Options, reactor: Any = None) -> AnygleService:
     if reactor is None:
         from twisted.internet import reactor
     service = AnygleService(config.settings, reactor)
+    service.exit_on_listen_error = True
     # Operators reload rules with `kill -HUP`; the handler only schedules work on the reactor.
     signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(service.reload_moderation))
     reactor.callWhenRunning(tune_gc)

@@ -215,7 +215,7 @@ async def test_teens_only_in_moderated_queue(server):
 
 @pytest_twisted.ensureDeferred
 async def test_most_shared_interests_preferred_then_oldest(make_server):
-    server = await make_server(interest_timeout=60_000)
+    server = await make_server(interest_timeout=60.0)
     one = await server.client()
     one.join(interests=["chess"])
     await one.expect("searching")
@@ -270,7 +270,7 @@ async def test_oldest_waiter_first_among_equals(server):
 
 @pytest_twisted.ensureDeferred
 async def test_interest_fallback_after_timeout(make_server):
-    server = await make_server(interest_timeout=400, match_interval=20)
+    server = await make_server(interest_timeout=0.4, match_interval=0.02)
     a, b = await server.client(), await server.client()
     a.join(interests=["knitting"])
     await a.expect("searching")
@@ -284,7 +284,7 @@ async def test_interest_fallback_after_timeout(make_server):
 
 @pytest_twisted.ensureDeferred
 async def test_no_interests_meets_someone_with_interests_after_their_timeout(make_server):
-    server = await make_server(interest_timeout=300, match_interval=20)
+    server = await make_server(interest_timeout=0.3, match_interval=0.02)
     a, b = await server.client(), await server.client()
     a.join(interests=["knitting"])
     await a.expect("searching")
@@ -296,7 +296,7 @@ async def test_no_interests_meets_someone_with_interests_after_their_timeout(mak
 
 @pytest_twisted.ensureDeferred
 async def test_interests_only_never_falls_back(make_server):
-    server = await make_server(interest_timeout=100, match_interval=20)
+    server = await make_server(interest_timeout=0.1, match_interval=0.02)
     a, b = await server.client(), await server.client()
     a.join(interests=["knitting"], interestsOnly=True)
     await a.expect("searching")
@@ -310,7 +310,7 @@ async def test_interests_only_never_falls_back(make_server):
 
 @pytest_twisted.ensureDeferred
 async def test_rematch_cooldown_keeps_skipped_pair_apart(make_server):
-    server = await make_server(rematch_cooldown=0.8, match_interval=20)
+    server = await make_server(rematch_cooldown=0.8, match_interval=0.02)
     a, b = await server.pair()
     a.send("skip")
     await b.expect("partner_skipped")
@@ -393,7 +393,7 @@ async def test_stats_and_searching_are_pushed(make_server):
 
 @pytest_twisted.ensureDeferred
 async def test_estimated_time_comes_from_recent_matches(make_server):
-    server = await make_server(interest_timeout=60_000)
+    server = await make_server(interest_timeout=60.0)
     a, b = await server.client(), await server.client()
     a.join(interests=["x"])
     await a.expect("searching")

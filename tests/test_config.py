@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import configparser
 import os
+import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.protocol import ClientFactory, Protocol
 
-from anygle.config import OPTIONS, ConfigError, resolve
-from anygle.tap import Options
+from anygle.config import OPTIONS, ConfigError, Settings, resolve
+from anygle.tap import AnygleService, ListenError, Options
+from tests.conftest import settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -21,8 +30,8 @@ def test_defaults(tmp_path, monkeypatch):
     assert (s.ws, s.http, s.engine) == ("tcp:3001", "tcp:3000", "memory")
     assert s.redis == "redis://127.0.0.1:6379/0"
     assert (s.match_interval, s.interest_timeout, s.rematch_cooldown, s.stats_interval) == (
-        100,
-        5000,
+        0.1,
+        5.0,
         60.0,
         5.0,
     )
@@ -32,11 +41,11 @@ def test_defaults(tmp_path, monkeypatch):
 
 def test_precedence_cli_env_file_default(tmp_path):
     conf = tmp_path / "a.conf"
-    conf.write_text("[anygle]\nmatch-interval = 50\ninterest-timeout = 700\nstats-interval = 9\n")
-    env = {"ANYGLE_INTEREST_TIMEOUT": "800", "ANYGLE_STATS_INTERVAL": "8"}
+    conf.write_text("[anygle]\nmatch-interval = 50ms\ninterest-timeout = 7\nstats-interval = 9\n")
+    env = {"ANYGLE_INTEREST_TIMEOUT": "0.8", "ANYGLE_STATS_INTERVAL": "8"}
     s = resolve({"stats-interval": "7"}, env=env, config_path=str(conf))
-    assert s.match_interval == 50  # file
-    assert s.interest_timeout == 800  # env beats file
+    assert s.match_interval == pytest.approx(0.05)  # file
+    assert s.interest_timeout == 0.8  # env beats file
     assert s.stats_interval == 7.0  # command line beats env
     assert s.rematch_cooldown == 60.0  # default
     assert s.config == str(conf)
@@ -52,7 +61,10 @@ def test_env_can_name_the_config_file(tmp_path):
     ("cli", "message"),
     [
         ({"match-interval": "0"}, "--match-interval: '0' must be > 0"),
-        ({"match-interval": "abc"}, "must be an integer"),
+        ({"match-interval": "abc"}, "must be a number"),
+        # the milliseconds this option once took are caught, not taken as 100 s
+        ({"match-interval": "100"}, r"must be <= 10 \(seconds; write 250ms"),
+        ({"interest-timeout": "5000"}, "must be <= 600"),
         ({"engine": "mongo"}, "must be one of memory, redis"),
         ({"ws": "tcp:notaport"}, "is not a server endpoint"),
         ({"redis": "http://x"}, "must be a redis://"),
@@ -78,13 +90,51 @@ def test_bad_config_files(tmp_path):
         resolve({}, env=env_bad, config_path=None)
 
 
-def test_shipped_config_file_is_valid_and_complete():
+def test_every_default_parses_and_settings_take_them_from_the_table(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    resolved = resolve({"instance-id": "x"}, env={})
+    built = Settings(instance_id="x")
+    assert resolved == built
+
+
+def test_shipped_config_file_lists_every_option_with_its_default():
     conf = ROOT / "etc" / "anygle.conf"
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(conf)
+    assert dict(parser.items("anygle")) == {o.name: o.default for o in OPTIONS}
+    assert resolve({}, env={}, config_path=str(conf)).engine == "memory"
+
+
+def test_readme_table_shows_every_option_with_its_default():
+    rows = re.findall(
+        r"^\| `--([a-z-]+)[^`]*` \| ([^|]+) \|", (ROOT / "README.md").read_text(), re.M
+    )
+    table = {name: shown.strip().strip("`") for name, shown in rows}
+    table.pop("config")
+    assert table == {o.name: o.shown_default for o in OPTIONS}
+
+
+def test_no_default_depends_on_the_working_directory(tmp_path, monkeypatch):
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "anygle.conf").write_text("[anygle]\nengine = redis\n")
+    monkeypatch.chdir(tmp_path)
+    s = resolve({}, env={})
+    assert s.engine == "memory" and s.config is None  # ./etc/anygle.conf is not picked up
+    for option in OPTIONS:
+        if option.path and option.default:
+            assert os.path.isabs(option.default), option.name
+
+
+def test_relative_paths_in_a_config_file_are_taken_from_its_directory(tmp_path, monkeypatch):
+    conf = tmp_path / "conf" / "anygle.conf"
+    conf.parent.mkdir()
+    conf.write_text("[anygle]\nmanhole-keys = keys\nmanhole-host-key = /abs/host_key\n")
+    monkeypatch.chdir(tmp_path)
     s = resolve({}, env={}, config_path=str(conf))
-    assert s.engine == "memory"
-    text = conf.read_text()
-    for option in OPTIONS:  # every option is documented in the shipped file
-        assert f"{option.name} =" in text, option.name
+    assert s.manhole_keys == str(conf.parent / "keys")
+    assert s.manhole_host_key == "/abs/host_key"
+    # on the command line, a relative path is the shell's: relative to where it was typed
+    assert resolve({"manhole-keys": "k"}, env={}, config_path=str(conf)).manhole_keys == "k"
 
 
 def test_options_exit_2_with_one_line(capsys):
@@ -108,12 +158,15 @@ def run_twistd(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_twistd_help_lists_every_option():
+def test_twistd_help_lists_every_option_with_its_real_default():
     result = run_twistd("--help")
     assert result.returncode == 0, result.stderr
+    text = "".join(result.stdout.split())  # usage.Options wraps the help text anywhere
     for option in OPTIONS:
-        assert f"--{option.name}=" in result.stdout, option.name
-    assert "--config=" in result.stdout
+        assert f"--{option.name}=" in text, option.name
+        assert "".join(f"[default: {option.shown_default}]".split()) in text, option.name
+    assert "--config=" in text
+    assert "auto]" not in text
 
 
 def test_twistd_bad_value_is_one_line_no_traceback():
@@ -123,3 +176,97 @@ def test_twistd_bad_value_is_one_line_no_traceback():
     assert result.stderr.strip().splitlines() == [
         "anygle: error: --engine: 'sqlite' must be one of memory, redis (from --engine)"
     ]
+
+
+def _taken_port() -> socket.socket:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1)
+    return sock
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def _refused(port: int) -> bool:
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=5)
+    try:
+        proto = await endpoint.connect(ClientFactory.forProtocol(Protocol))
+    except ConnectionRefusedError:
+        return True
+    proto.transport.loseConnection()
+    return False
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_port_that_cannot_be_bound_leaves_no_listener_open():
+    taken, ws_port = _taken_port(), _free_port()
+    http = f"tcp:{taken.getsockname()[1]}:interface=127.0.0.1"
+    service = AnygleService(settings(ws=f"tcp:{ws_port}:interface=127.0.0.1", http=http), reactor)
+    try:
+        with pytest.raises(ListenError) as e:
+            service.startService()
+        assert str(e.value) == f"--http {http}: cannot listen: Address already in use"
+        assert not service.running and service.ws.port is None
+        for _ in range(100):  # the WebSocket port, opened first, is closed again
+            if await _refused(ws_port):
+                break
+        else:
+            pytest.fail(f"port {ws_port} still listening")
+    finally:
+        taken.close()
+
+
+def test_twistd_with_a_port_taken_says_one_line_and_exits_2():
+    taken = _taken_port()
+    try:
+        port = taken.getsockname()[1]
+        result = run_twistd("--http", f"tcp:{port}:interface=127.0.0.1", "--ws", "tcp:0")
+    finally:
+        taken.close()
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"anygle: error: --http tcp:{port}:interface=127.0.0.1: cannot listen: "
+        "Address already in use"
+    ]
+    assert "Traceback" not in result.stdout
+
+
+def test_editable_install_gives_a_working_twistd_anygle(tmp_path):
+    """`pip install -e .` into a fresh venv, then `twistd -n anygle --help` from elsewhere."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    pip = subprocess.run(
+        [
+            str(venv / "bin" / "pip"),
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            "-e",
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert pip.returncode == 0, pip.stderr[-2000:]
+    result = subprocess.run(
+        [str(venv / "bin" / "twistd"), "-n", "anygle", "--help"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "anygle [options]" in result.stdout and "--match-interval=" in result.stdout
+    where = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import anygle; print(anygle.__file__)"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert where.stdout.strip() == str(ROOT / "anygle" / "__init__.py")  # the work tree, live
