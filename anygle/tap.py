@@ -319,7 +319,7 @@ def default_backlog() -> int:
 
     Twisted's default is 50: a reconnect storm (every client of a restarted instance at once)
     overflows it, the kernel drops SYNs and clients wait for SYN retransmits (1 s, 3 s, 7 s ...);
-    5,000 simultaneous connects took 37 s with 50 against ~3 s with 4096."""
+    the bench's connect-storm scenario measures it (docs in README, "Overload")."""
     try:
         with open("/proc/sys/net/core/somaxconn") as f:
             return max(4096, int(f.read().strip()))
@@ -370,10 +370,9 @@ def makeService(config: Options, reactor: Any = None) -> AnygleService:
 def tune_gc() -> None:
     """Keep full garbage collections out of the latency tail.
 
-    With thousands of connections a full (generation 2) pass takes 100-300 ms, all of it a stall
-    for every user.  Measured with the redis engine at 500 joins/s (pushes off): join->matched
-    p99 7.9 ms -> 4.7 ms.  Start-up objects (modules, rules) are frozen out of the collector; the
-    first generation is collected every 50,000 allocations instead of 700.
+    With thousands of connections a full (generation 2) pass stalls every user for a long time
+    (the bench's join->matched tail shows it).  Start-up objects (modules, rules) are frozen out
+    of the collector; the first generation is collected every 50,000 allocations instead of 700.
     """
     gc.collect()
     gc.freeze()

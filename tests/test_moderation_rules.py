@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 from pathlib import Path
 
 import pytest
+from twisted.internet import reactor
 
 from anygle.moderation import CLEAN, Classifier, load_rules
-from anygle.moderation.reload import install_sighup_reload
 from anygle.moderation.rules import DATA_DIR, split_alternation, squeeze_regex
+from anygle.tap import AnygleService
+from tests.conftest import settings
 
 FLAGS = {"protect_personal_info": False, "moderated": True}
 
@@ -114,42 +114,20 @@ def test_missing_operator_path_is_an_error(tmp_path: Path) -> None:
         Classifier(str(tmp_path / "missing"))
 
 
-def test_sighup_reloads(tmp_path: Path) -> None:
+def test_reload_swaps_rules_and_keeps_them_when_a_file_is_broken(tmp_path: Path) -> None:
+    """What SIGHUP and the console's reload_moderation() run (SIGHUP itself: test_screening)."""
     words = tmp_path / "insult.txt"
     words.write_text("blorp\n", encoding="utf-8")
-    clf = Classifier(str(tmp_path))
-    restore = install_sighup_reload(clf)
-    try:
-        words.write_text("snerk\n", encoding="utf-8")
-        os.kill(os.getpid(), signal.SIGHUP)
-        assert clf.classify("snerk", **FLAGS).category == "insult"
-        assert clf.classify("blorp", **FLAGS) == CLEAN
-        words.write_text("bad$\n", encoding="utf-8")
-        os.kill(os.getpid(), signal.SIGHUP)  # logged, old rules kept
-        assert clf.classify("snerk", **FLAGS).category == "insult"
-    finally:
-        restore()
-
-
-class _FakeReactor:
-    def __init__(self) -> None:
-        self.calls: list[tuple] = []
-
-    def callFromThread(self, f, *args) -> None:  # Twisted spells it this way
-        self.calls.append((f, args))
-
-
-def test_sighup_with_reactor_defers_to_reactor_thread(tmp_path: Path) -> None:
-    clf = Classifier()
-    reactor = _FakeReactor()
-    restore = install_sighup_reload(clf, reactor)
-    try:
-        os.kill(os.getpid(), signal.SIGHUP)
-    finally:
-        restore()
-    assert len(reactor.calls) == 1
-    f, args = reactor.calls[0]
-    assert args == (clf,) and f(*args) is True
+    service = AnygleService(settings(moderation_rules=str(tmp_path)), reactor)
+    clf = service.classifier
+    assert clf.classify("blorp", **FLAGS).category == "insult"
+    words.write_text("snerk\n", encoding="utf-8")
+    assert service.reload_moderation().startswith("reloaded ")
+    assert clf.classify("snerk", **FLAGS).category == "insult"
+    assert clf.classify("blorp", **FLAGS) == CLEAN
+    words.write_text("bad$\n", encoding="utf-8")
+    assert service.reload_moderation().startswith("not reloaded: ")
+    assert clf.classify("snerk", **FLAGS).category == "insult"  # old rules kept
 
 
 def test_regex_helpers() -> None:
