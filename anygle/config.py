@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from anygle.ice import parse_stun_urls, parse_turn_urls
 from anygle.limits import DEFAULT_SPEC, MESSAGE_LIMITS
 
 DEFAULT_CONFIG = "etc/anygle.conf"
@@ -175,6 +176,21 @@ OPTIONS: tuple[Option, ...] = (
         _number(float, 0),
         "s a moderation ban (zero tolerance, repeated blocks) lasts (0: for good)",
     ),
+    Option("stun-urls", "", parse_stun_urls, "comma-separated stun: URLs for iceServers"),
+    Option(
+        "turn-urls",
+        "",
+        parse_turn_urls,
+        "comma-separated turn:/turns: URLs for iceServers (needs --turn-secret)",
+    ),
+    Option(
+        "turn-secret",
+        "",
+        _text,
+        "the TURN server's static-auth-secret, to sign credentials (keep it out of ps: "
+        "use the config file or ANYGLE_TURN_SECRET)",
+    ),
+    Option("turn-ttl", "3600", _number(int, 0, strict=True), "s a TURN credential is valid"),
     Option("manhole", "", _optional_endpoint, "SSH admin console endpoint (empty: off)"),
     Option(
         "manhole-keys", "etc/manhole_authorized_keys", _text, "authorized_keys file for the console"
@@ -218,6 +234,10 @@ class Settings:
     moderation_rules: str = ""
     protect_adults: bool = False
     ban_ttl: float = 0.0
+    stun_urls: tuple[str, ...] = ()
+    turn_urls: tuple[str, ...] = ()
+    turn_secret: str = field(default="", repr=False)  # kept out of logs and the console
+    turn_ttl: int = 3600
     manhole: str = ""
     manhole_keys: str = "etc/manhole_authorized_keys"
     manhole_host_key: str = "var/manhole_host_key"
@@ -252,6 +272,14 @@ def read_config_file(path: str) -> dict[str, str]:
     return values
 
 
+def _check_turn(values: Mapping[str, Any]) -> None:
+    """TURN URLs and the secret come together: one without the other is a mistake."""
+    if values["turn_urls"] and not values["turn_secret"]:
+        raise ConfigError("--turn-urls needs --turn-secret (the TURN server's static-auth-secret)")
+    if values["turn_secret"] and not values["turn_urls"]:
+        raise ConfigError("--turn-secret is set but --turn-urls is empty: nothing to sign for")
+
+
 def resolve(
     cli: Mapping[str, str | None],
     env: Mapping[str, str] = os.environ,
@@ -277,6 +305,7 @@ def resolve(
         except ValueError as e:
             where = f" (from {source})" if source else ""
             raise ConfigError(f"--{option.name}: {value!r} {e}{where}") from None
+    _check_turn(values)
     if not values["instance_id"]:
         values["instance_id"] = f"{socket.gethostname()}-{os.getpid()}"
     assert {f.name for f in fields(Settings)} == set(values)
