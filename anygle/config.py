@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from anygle.ice import parse_stun_urls, parse_turn_urls
 from anygle.limits import DEFAULT_SPEC
 
 DEFAULT_CONFIG = "/etc/anygle/anygle.conf"
@@ -211,6 +212,25 @@ OPTIONS: tuple[Option, ...] = (
         _seconds(0),
         "s a moderation ban (zero tolerance, repeated blocks) lasts (0: for good)",
     ),
+    Option(
+        "stun-urls", "", parse_stun_urls, "comma-separated stun: URLs for iceServers", shown="none"
+    ),
+    Option(
+        "turn-urls",
+        "",
+        parse_turn_urls,
+        "comma-separated turn:/turns: URLs for iceServers (needs --turn-secret)",
+        shown="none",
+    ),
+    Option(
+        "turn-secret",
+        "",
+        _text,
+        "the TURN server's static-auth-secret, to sign credentials (keep it out of ps: "
+        "use the config file or ANYGLE_TURN_SECRET)",
+        shown="none",
+    ),
+    Option("turn-ttl", "3600", _number(int, 0, strict=True), "s a TURN credential is valid"),
     Option("manhole", "", _optional_endpoint, "SSH admin console endpoint", shown="off"),
     Option(
         "manhole-keys",
@@ -275,6 +295,10 @@ class Settings:
     moderation_rules: str = default("moderation-rules")
     protect_adults: bool = default("protect-adults")
     ban_ttl: float = default("ban-ttl")
+    stun_urls: tuple[str, ...] = default("stun-urls")
+    turn_urls: tuple[str, ...] = default("turn-urls")
+    turn_secret: str = field(default=default("turn-secret"), repr=False)  # out of logs, console
+    turn_ttl: int = default("turn-ttl")
     manhole: str = default("manhole")
     manhole_keys: str = default("manhole-keys")
     manhole_host_key: str = default("manhole-host-key")
@@ -309,6 +333,14 @@ def read_config_file(path: str) -> dict[str, str]:
     return values
 
 
+def _check_turn(values: Mapping[str, Any]) -> None:
+    """TURN URLs and the secret come together: one without the other is a mistake."""
+    if values["turn_urls"] and not values["turn_secret"]:
+        raise ConfigError("--turn-urls needs --turn-secret (the TURN server's static-auth-secret)")
+    if values["turn_secret"] and not values["turn_urls"]:
+        raise ConfigError("--turn-secret is set but --turn-urls is empty: nothing to sign for")
+
+
 def resolve(
     cli: Mapping[str, str | None],
     env: Mapping[str, str] = os.environ,
@@ -337,6 +369,7 @@ def resolve(
         except ValueError as e:
             where = f" (from {source})" if source else ""
             raise ConfigError(f"--{option.name}: {value!r} {e}{where}") from None
+    _check_turn(values)
     if not values["instance_id"]:
         values["instance_id"] = f"{socket.gethostname()}-{os.getpid()}"
     assert {f.name for f in fields(Settings)} == set(values)

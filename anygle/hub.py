@@ -24,6 +24,7 @@ from twisted.logger import Logger
 
 from anygle.engine.base import Engine, EngineUnavailable, Match, Preferences, Stats
 from anygle.errors import ClientError
+from anygle.ice import IceServers
 from anygle.moderation import Verdict
 from anygle.moderation.policy import DELIVER
 from anygle.screening import Screening
@@ -58,9 +59,11 @@ class Hub:
         clock: IReactorTime,
         settings: HubSettings,
         screening: Screening | None = None,
+        ice: IceServers | None = None,
     ) -> None:
         self.engine = engine
         self.screening = screening
+        self.ice = ice
         self.clock = clock
         self.settings = settings
         self.sessions: dict[str, Session] = {}
@@ -86,8 +89,17 @@ class Hub:
         except BaseException:
             del self.sessions[session.user_id]
             raise
-        client.send({"type": "connected", "data": {"userId": session.user_id}})
+        data: dict[str, Any] = {"userId": session.user_id}
+        self._add_ice_servers(data, session.user_id)
+        client.send({"type": "connected", "data": data})
         return session
+
+    def _add_ice_servers(self, data: dict[str, Any], user_id: str) -> None:
+        """``iceServers`` (our extension of the seed protocol) when any is configured, with TURN
+        credentials for this user from now on.  Added where the frame is delivered to the local
+        user, so a match made by another instance still carries this user's credentials."""
+        if self.ice:
+            data["iceServers"] = self.ice.for_user(user_id, self.clock.seconds())
 
     def close(self, session: Session) -> Deferred[Any]:
         """The connection is gone: stop delivering to it, then leave queue and room."""
@@ -239,21 +251,18 @@ class Hub:
             )
         partner = match.partner_of(user_id)
         session.state, session.room_id, session.partner_id = CHATTING, match.room_id, partner
-        session.client.send(
-            {
-                "type": "matched",
-                "data": {
-                    "roomId": match.room_id,
-                    "partnerId": partner,
-                    "mode": match.mode,
-                    "isInitiator": user_id == match.initiator,
-                    "partnerInfo": {
-                        "interests": list(match.interests.get(partner, ())),
-                        "sharedInterests": list(match.shared_interests),
-                    },
-                },
-            }
-        )
+        data: dict[str, Any] = {
+            "roomId": match.room_id,
+            "partnerId": partner,
+            "mode": match.mode,
+            "isInitiator": user_id == match.initiator,
+            "partnerInfo": {
+                "interests": list(match.interests.get(partner, ())),
+                "sharedInterests": list(match.shared_interests),
+            },
+        }
+        self._add_ice_servers(data, user_id)
+        session.client.send({"type": "matched", "data": data})
 
     def on_partner_left(self, user_id: str, room_id: str, reason: str) -> None:
         session = self.sessions.get(user_id)

@@ -31,6 +31,7 @@ from anygle.console import build_namespace
 from anygle.engine import EngineConfig, create_engine
 from anygle.engine.base import Engine
 from anygle.hub import Hub, HubSettings
+from anygle.ice import IceServers
 from anygle.manhole import manhole_factory
 from anygle.moderation import Classifier
 from anygle.periodic import Periodic
@@ -170,6 +171,12 @@ class AnygleService(MultiService):
                 searching_interval=settings.searching_interval,
             ),
             screening,
+            IceServers(
+                stun_urls=settings.stun_urls,
+                turn_urls=settings.turn_urls,
+                turn_secret=settings.turn_secret,
+                turn_ttl=settings.turn_ttl,
+            ),
         )
         resolver = ClientAddressResolver(parse_networks(settings.trusted_proxies))
         self.factory = AnygleFactory(

@@ -69,6 +69,16 @@ def test_env_can_name_the_config_file(tmp_path):
         ({"ws": "tcp:notaport"}, "is not a server endpoint"),
         ({"redis": "http://x"}, "must be a redis://"),
         ({"rematch-cooldown": "-1"}, "must be >= 0"),
+        ({"stun-urls": "http://stun.example"}, "--stun-urls: .* must be stun: URLs like"),
+        ({"stun-urls": "stun:a.example,turn:t.example"}, "'turn:t.example' is not"),
+        ({"stun-urls": "stun:"}, "must be stun: URLs"),
+        ({"stun-urls": "stun:s.example?transport=udp"}, "must be stun: URLs"),
+        ({"turn-urls": "stun:s.example", "turn-secret": "x"}, "--turn-urls: .* must be turn:"),
+        ({"turn-urls": "turn:t.example:70000", "turn-secret": "x"}, "ports 1-65535"),
+        ({"turn-urls": "turn:t.example?transport=sctp", "turn-secret": "x"}, "must be turn:"),
+        ({"turn-urls": "turn:t.example"}, "--turn-urls needs --turn-secret"),
+        ({"turn-secret": "x"}, "--turn-urls is empty"),
+        ({"turn-ttl": "0"}, "--turn-ttl: '0' must be > 0"),
     ],
 )
 def test_bad_values_name_option_and_source(cli, message, tmp_path, monkeypatch):
