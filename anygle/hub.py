@@ -22,9 +22,10 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from anygle.engine.base import Engine, EngineUnavailable, Match, Preferences, Stats
+from anygle.engine.base import Engine, EngineUnavailable
 from anygle.errors import ClientError
 from anygle.ice import IceServers
+from anygle.model import Match, Preferences, Stats
 from anygle.moderation import Verdict
 from anygle.moderation.policy import DELIVER
 from anygle.screening import Screening

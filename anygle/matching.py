@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from anygle.engine.base import Preferences
+from anygle.model import Preferences
 
 
 @dataclass(slots=True, eq=False)

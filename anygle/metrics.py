@@ -14,8 +14,8 @@ from prometheus_client.core import (
     Metric,
 )
 
-from anygle.engine.base import Stats
 from anygle.fairturns import TurnScheduler
+from anygle.model import Stats
 from anygle.reactorlag import ReactorLag
 
 

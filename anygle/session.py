@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, succeed
 
-from anygle.engine.base import Preferences
+from anygle.model import Preferences
 from anygle.wire import Broadcast
 
 IDLE, QUEUED, CHATTING, CLOSED = "idle", "queued", "chatting", "closed"

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from anygle.engine.base import AGE_CATEGORIES, MODES, QUEUE_TYPES, Preferences
 from anygle.errors import ClientError
+from anygle.model import AGE_CATEGORIES, MODES, QUEUE_TYPES, Preferences
 
 MAX_INTERESTS = 10
 MAX_INTEREST_LEN = 32

@@ -12,10 +12,11 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from anygle.clientip import ClientAddressResolver
-from anygle.engine.base import EngineUnavailable, Stats
+from anygle.engine.base import EngineUnavailable
 from anygle.fairturns import TurnScheduler
 from anygle.hub import Hub
 from anygle.metrics import CONTENT_TYPE, Metrics
+from anygle.model import Stats
 from anygle.reactorlag import ReactorLag
 
 _log = Logger(namespace="anygle.web")

@@ -15,8 +15,9 @@ import pytest_twisted
 from twisted.internet import defer, reactor, task
 
 from anygle.config import Settings
-from anygle.engine.base import EngineConfig, Match
+from anygle.engine.base import EngineConfig
 from anygle.engine.redis import RedisEngine
+from anygle.model import Match
 from anygle.tap import AnygleService
 from tests.redisutil import RedisServer
 from tests.wsclient import Client

@@ -16,10 +16,11 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from anygle.config import resolve
-from anygle.engine.base import EngineConfig, Preferences
+from anygle.engine.base import EngineConfig
 from anygle.engine.memory import MemoryEngine
 from anygle.hub import Hub, HubSettings
 from anygle.ice import IceServers, turn_credential, turn_username
+from anygle.model import Preferences
 from anygle.wire import Broadcast
 from tests import turnclient
 from tests.procutil import free_port

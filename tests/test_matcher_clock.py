@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from twisted.internet.task import Clock
 
-from anygle.engine.base import EngineConfig, Match, Preferences
+from anygle.engine.base import EngineConfig
 from anygle.engine.memory import MemoryEngine
+from anygle.model import Match, Preferences
 from anygle.periodic import Periodic
 
 

@@ -14,9 +14,10 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor, task
 
-from anygle.engine.base import EngineConfig, EngineUnavailable, Preferences
+from anygle.engine.base import EngineConfig, EngineUnavailable
 from anygle.engine.memory import MemoryEngine
 from anygle.engine.redis import QUEUES, RedisEngine
+from anygle.model import Preferences
 from tests.conftest import Sink
 from tests.redisutil import RedisServer
 

@@ -9,7 +9,7 @@ import importlib
 
 from twisted.internet.interfaces import IReactorTime
 
-from anygle.engine.base import Engine, EngineConfig, EngineSink, Match, Preferences, Stats
+from anygle.engine.base import Engine, EngineConfig, EngineSink
 
 ENGINES: dict[str, str] = {
     "memory": "anygle.engine.memory:MemoryEngine",
@@ -21,9 +21,6 @@ __all__ = [
     "Engine",
     "EngineConfig",
     "EngineSink",
-    "Match",
-    "Preferences",
-    "Stats",
     "create_engine",
 ]
 

@@ -12,103 +12,13 @@ was caused.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Protocol
+
+from anygle.model import Match, Preferences, Stats
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
-
-AGE_CATEGORIES = ("teen", "adult")
-MODES = ("text", "video", "voice")
-QUEUE_TYPES = ("moderated", "unmoderated")
-
-
-@dataclass(frozen=True, slots=True)
-class Preferences:
-    """What a user asked for in ``join``: fixes their queue and how picky they are."""
-
-    age_category: str
-    mode: str
-    queue_type: str
-    interests: tuple[str, ...] = ()
-    interests_only: bool = False
-
-    @property
-    def queue(self) -> str:
-        """The queue name, ``{cat}:{mode}:{type}`` as in the seed's ``queue:`` key."""
-        return f"{self.age_category}:{self.mode}:{self.queue_type}"
-
-    def to_dict(self) -> dict:
-        return {
-            "ageCategory": self.age_category,
-            "mode": self.mode,
-            "queueType": self.queue_type,
-            "interests": list(self.interests),
-            "interestsOnly": self.interests_only,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Preferences:
-        return cls(
-            d["ageCategory"],
-            d["mode"],
-            d["queueType"],
-            tuple(d.get("interests") or ()),
-            bool(d.get("interestsOnly", False)),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Match:
-    """A room just created by the engine for two waiting users."""
-
-    room_id: str
-    mode: str
-    initiator: str
-    responder: str
-    interests: dict[str, tuple[str, ...]]  # user id -> that user's interests
-    shared_interests: tuple[str, ...]
-    matched_at: float
-
-    def partner_of(self, user_id: str) -> str:
-        return self.responder if user_id == self.initiator else self.initiator
-
-    def to_dict(self) -> dict:
-        return {
-            "roomId": self.room_id,
-            "mode": self.mode,
-            "initiator": self.initiator,
-            "responder": self.responder,
-            "interests": {k: list(v) for k, v in self.interests.items()},
-            "sharedInterests": list(self.shared_interests),
-            "matchedAt": self.matched_at,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Match:
-        return cls(
-            d["roomId"],
-            d["mode"],
-            d["initiator"],
-            d["responder"],
-            {k: tuple(v) for k, v in d["interests"].items()},
-            tuple(d["sharedInterests"]),
-            float(d["matchedAt"]),
-        )
-
-
-@dataclass(slots=True)
-class Stats:
-    """Service-wide figures, as pushed in ``stats`` and served on ``/stats``."""
-
-    total_online: int = 0
-    in_queue: int = 0
-    active_chats: int = 0
-    avg_match_time: float = 0.0  # ms, recent join -> matched
-    total_matches: int = 0
-    queues: dict[str, int] = field(default_factory=dict)  # queue name -> waiting users
-    # moderation actions: "{tier}:{category}:{outcome}" -> count (outcome: deliver|block|ban)
-    moderation: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

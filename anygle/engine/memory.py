@@ -19,9 +19,10 @@ from typing import ClassVar
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
-from anygle.engine.base import EngineConfig, EngineSink, Match, Preferences, Stats
+from anygle.engine.base import EngineConfig, EngineSink
 from anygle.limits import gcra
 from anygle.matching import QueueEntry, is_open, pair_key, preference_key, shared_interests
+from anygle.model import Match, Preferences, Stats
 
 
 @dataclass(slots=True)

@@ -52,19 +52,10 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from anygle.engine.base import (
-    AGE_CATEGORIES,
-    MODES,
-    QUEUE_TYPES,
-    EngineConfig,
-    EngineSink,
-    EngineUnavailable,
-    Match,
-    Preferences,
-    Stats,
-)
+from anygle.engine.base import EngineConfig, EngineSink, EngineUnavailable
 from anygle.engine.redis.client import RedisAddress, RedisFactory
 from anygle.engine.redis.liveness import LOST, REAPED, Beat, Liveness
+from anygle.model import AGE_CATEGORIES, MODES, QUEUE_TYPES, Match, Preferences, Stats
 
 __all__ = ["EngineUnavailable", "RedisEngine"]
 
