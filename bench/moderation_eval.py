@@ -2,7 +2,7 @@
 
 Prints precision/recall per category, recall per severity tier and per evasion form, the
 benign false-positive rate and the per-message cost (median and p99, microseconds), and
-writes the numbers to bench/results/moderation-<YYYY-MM-DD>.json.
+writes the numbers to bench/results/moderation.json (the latest run).
 
 Run: .venv/bin/python bench/moderation_eval.py [--corpus PATH] [--no-json]
 """
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(blind))
     if not args.no_json:
         RESULTS.mkdir(parents=True, exist_ok=True)
-        out = RESULTS / f"moderation-{dt.datetime.now(dt.UTC).date().isoformat()}.json"
+        out = RESULTS / "moderation.json"  # the latest run; the date is inside
         payload = {
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "python": platform.python_version(),

@@ -15,7 +15,7 @@ Scenarios (all by default, in this order):
               (``bench/overload.py``).
 
 Every server, Redis, nginx and each load worker is its own process; all are killed at the end.
-Results: a table on stdout, JSON (and a PNG) in ``bench/results/<name>-<date>.*``.
+Results: a table on stdout, JSON (and a PNG) in ``bench/results/<name>.*`` (the latest run).
 ``python -m bench compare BEFORE.json AFTER.json`` puts the ratios of two runs side by side.
 These are measurements, not tests: nothing here asserts a timing.
 """
@@ -1287,8 +1287,9 @@ def main(argv: list[str] | None = None) -> int:
         }
     results["server"]["args"] = procs.limit_args(procs.server_tree) + args.server_arg
     os.makedirs(args.out, exist_ok=True)
-    stamp = started.strftime("%Y%m%d-%H%M%S")
-    path = os.path.join(args.out, f"{args.name}-{stamp}.json")
+    # One file per run name, replaced by the next run (the date is inside): the repository keeps
+    # the latest results, and git keeps the history.
+    path = os.path.join(args.out, f"{args.name}.json")
     try:
         for name in SCENARIOS + EXTRA_SCENARIOS:
             if name in args.scenarios:
