@@ -32,7 +32,7 @@ from anygle.periodic import Periodic
 from anygle.protocol import AnygleFactory
 from anygle.reactorlag import ReactorLag
 from anygle.screening import Screening, ScreeningSettings
-from anygle.web import Root
+from anygle.web import Root, WebClient
 
 
 class Options(usage.Options):
@@ -173,6 +173,9 @@ class AnygleService(MultiService):
                 settings.rate_limit,
                 lag=self.lag,
                 turns=self.factory.turns,
+                client=WebClient(settings.web_client_ws_url, self._ws_port)
+                if settings.web_client
+                else None,
             )
         )
         self.site.displayTracebacks = False
@@ -193,6 +196,11 @@ class AnygleService(MultiService):
             self.listeners.append(Listener("manhole", settings.manhole, factory, reactor))
         for child in (self.engine_service, self.lag, *self.timers, *self.listeners):
             child.setServiceParent(self)
+
+    def _ws_port(self) -> int | None:
+        """The WebSocket listener's TCP port (what the web client connects to), if it has one."""
+        port = self.ws.port
+        return getattr(port.getHost(), "port", None) if port is not None else None
 
     def reload_moderation(self) -> str:
         """Re-read the moderation rules (SIGHUP, console); a broken file keeps the old rules."""
