@@ -122,6 +122,12 @@ def _yes_no(text: str) -> bool:
     raise ValueError("must be yes or no")
 
 
+def _ws_url(text: str) -> str:
+    if text and not text.startswith(("ws://", "wss://")):
+        raise ValueError("must be empty or a ws:// or wss:// URL")
+    return text
+
+
 def _origins(text: str) -> tuple[str, ...]:
     return tuple(o.strip() for o in text.split(",") if o.strip())
 
@@ -144,7 +150,7 @@ class Option:
 
 OPTIONS: tuple[Option, ...] = (
     Option("ws", "tcp:3001", _endpoint, "WebSocket listener (Twisted endpoint string)"),
-    Option("http", "tcp:3000", _endpoint, "HTTP listener for /health and /stats"),
+    Option("http", "tcp:3000", _endpoint, "HTTP listener: the web client, /health, /stats"),
     Option("engine", "memory", _choice("memory", "redis"), "state engine: memory or redis"),
     Option("redis", "redis://127.0.0.1:6379/0", _redis_url, "Redis URL (redis engine)"),
     Option("instance-id", "", _text, "name of this instance", shown="hostname-pid"),
@@ -246,6 +252,14 @@ OPTIONS: tuple[Option, ...] = (
         "console host key (generated if absent)",
         path=True,
     ),
+    Option("web-client", "yes", _yes_no, "serve the browser client at GET / on the HTTP listener"),
+    Option(
+        "web-client-ws-url",
+        "",
+        _ws_url,
+        "WebSocket URL the web client connects to",
+        shown="worked out per request",
+    ),
     Option(
         "shutdown-timeout",
         "8",
@@ -302,6 +316,8 @@ class Settings:
     manhole: str = default("manhole")
     manhole_keys: str = default("manhole-keys")
     manhole_host_key: str = default("manhole-host-key")
+    web_client: bool = default("web-client")
+    web_client_ws_url: str = default("web-client-ws-url")
     shutdown_timeout: float = default("shutdown-timeout")
     config: str | None = None
 

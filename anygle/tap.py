@@ -38,7 +38,7 @@ from anygle.periodic import Periodic
 from anygle.protocol import AnygleFactory
 from anygle.reactorlag import ReactorLag
 from anygle.screening import Screening, ScreeningSettings
-from anygle.web import Root
+from anygle.web import Root, WebClient
 
 
 class Options(usage.Options):
@@ -201,6 +201,9 @@ class AnygleService(MultiService):
                 settings.rate_limit,
                 lag=self.lag,
                 turns=self.factory.turns,
+                client=WebClient(settings.web_client_ws_url, self._ws_port)
+                if settings.web_client
+                else None,
             )
         )
         self.site.displayTracebacks = False
@@ -248,6 +251,11 @@ class AnygleService(MultiService):
         if not self._opened:  # started directly (tests), not by twistd
             self.privilegedStartService()
         super().startService()
+
+    def _ws_port(self) -> int | None:
+        """The WebSocket listener's TCP port (what the web client connects to), if it has one."""
+        port = self.ws.port
+        return getattr(port.getHost(), "port", None) if port is not None else None
 
     def reload_moderation(self) -> str:
         """Re-read the moderation rules (SIGHUP, console); a broken file keeps the old rules."""

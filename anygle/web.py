@@ -1,9 +1,13 @@
-"""HTTP: ``GET /health`` and ``GET /stats`` as JSON, ``GET /metrics`` for Prometheus; every
-other path is a JSON 404."""
+"""HTTP: ``GET /health`` and ``GET /stats`` as JSON, ``GET /metrics`` for Prometheus, the web
+client at ``GET /`` (and its files under ``/client/``); every other path is a JSON 404."""
 
 from __future__ import annotations
 
+import hashlib
+import html
 import json
+from collections.abc import Callable
+from importlib import resources
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -162,9 +166,79 @@ class NotFound(Resource):
         return _write_json(request, 404, {"error": "not found", "path": request.path.decode()})
 
 
+# path -> (file under anygle/webclient/, content type)
+CLIENT_FILES: dict[bytes, tuple[str, bytes]] = {
+    b"/": ("index.html", b"text/html; charset=utf-8"),
+    b"/client/app.js": ("app.js", b"text/javascript; charset=utf-8"),
+    b"/client/app.css": ("app.css", b"text/css; charset=utf-8"),
+    b"/client/vendor/msgpack.min.js": ("vendor/msgpack.min.js", b"text/javascript; charset=utf-8"),
+    b"/client/vendor/msgpack.LICENSE": ("vendor/msgpack.LICENSE", b"text/plain; charset=utf-8"),
+}
+CONFIG_SLOT = b"{{ANYGLE_CONFIG}}"
+# The page loads only its own files; it talks to the WebSocket listener, which may be another
+# port of the same host (a different origin to CSP), hence ws:/wss: in connect-src.
+PAGE_POLICY = (
+    b"default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; "
+    b"media-src 'self' blob: mediastream:; object-src 'none'; base-uri 'none'; "
+    b"frame-ancestors 'none'"
+)
+_PROXY_HEADERS = (b"x-forwarded-for", b"x-real-ip", b"forwarded", b"x-forwarded-host")
+
+
+class WebClient(Resource):
+    """The browser client (``anygle/webclient/``, package data), read once at start-up.
+
+    The page has to know where the WebSocket listener is, and only the request can tell: a
+    request that came through a proxy (it carries ``X-Forwarded-For``/``X-Real-IP``) gets an
+    empty config and the page connects to its own origin (nginx routes the upgrade on ``/`` to
+    the WebSocket listeners); a direct one gets the WebSocket listener's port, and the page
+    connects to that port of the host it was loaded from.  ``ws_url`` (``--web-client-ws-url``)
+    overrides both for set-ups neither fits (mapped ports, another host)."""
+
+    isLeaf = True
+
+    def __init__(self, ws_url: str = "", ws_port: Callable[[], int | None] = lambda: None) -> None:
+        super().__init__()
+        self.ws_url = ws_url
+        self.ws_port = ws_port
+        folder = resources.files("anygle") / "webclient"
+        self.files = {
+            path: ((folder / name).read_bytes(), ctype)
+            for path, (name, ctype) in CLIENT_FILES.items()
+        }
+
+    def config(self, request: Request) -> dict[str, Any]:
+        if self.ws_url:
+            return {"wsUrl": self.ws_url}
+        if any(request.requestHeaders.hasHeader(h) for h in _PROXY_HEADERS):
+            return {}
+        port = self.ws_port()
+        return {"wsPort": port} if port else {}
+
+    def render(self, request: Request) -> bytes:
+        if request.method not in (b"GET", b"HEAD"):
+            request.setHeader(b"allow", b"GET, HEAD")
+            return _write_json(request, 405, {"error": "method not allowed"})
+        body, ctype = self.files[request.path]
+        if request.path == b"/":
+            slot = html.escape(json.dumps(self.config(request), separators=(",", ":")))
+            body = body.replace(CONFIG_SLOT, slot.encode())
+            request.setHeader(b"content-security-policy", PAGE_POLICY)
+            request.setHeader(b"referrer-policy", b"no-referrer")
+            request.setHeader(b"permissions-policy", b"camera=(self), microphone=(self)")
+        request.setHeader(b"content-type", ctype)
+        request.setHeader(b"cache-control", b"no-cache")  # revalidated with the ETag
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        if request.setETag(b'"%s"' % hashlib.sha256(body).hexdigest()[:20].encode()):
+            return b""  # 304: the browser has it
+        return body
+
+
 class Root(Resource):
-    """Dispatches ``/health`` and ``/stats``; every request first spends one unit of its client
-    address's per-minute budget (429 past it)."""
+    """Dispatches ``/health``, ``/stats``, ``/metrics`` and the web client; every request for
+    the first three spends one unit of its client address's per-minute budget (429 past it).
+    The web client's files are not counted: they are bytes in memory, and a page load (four
+    files) should not eat the budget of an address many people share."""
 
     isLeaf = True
 
@@ -177,11 +251,13 @@ class Root(Resource):
         rate_limit: int = 0,
         lag: ReactorLag | None = None,
         turns: TurnScheduler | None = None,
+        client: WebClient | None = None,
     ) -> None:
         super().__init__()
         self.hub = hub
         self.resolver = resolver
         self.rate_limit = rate_limit
+        self.client = client
         health = Health(hub, engine_name, instance_id)
         health.lag = lag
         self.pages: dict[bytes, Resource] = {
@@ -191,6 +267,8 @@ class Root(Resource):
         }
 
     def render(self, request: Request) -> bytes | int:
+        if self.client is not None and request.path in self.client.files:
+            return self.client.render(request)
         page = self.pages.get(request.path, NotFound())
         if not self.rate_limit:
             return page.render(request)

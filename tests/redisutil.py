@@ -207,6 +207,47 @@ http {{
 """
 
 
+def start_nginx(
+    port: int, upstreams: list[tuple[int, int]], prefix: str, deadline: float
+) -> subprocess.Popen:
+    """nginx with the shipped config (``nginx_config``) in ``prefix``, listening on ``port``
+    once this returns; stop it with ``stop_process``."""
+    binary = nginx_binary()
+    if binary is None:
+        raise RuntimeError("nginx is not installed")
+    for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        os.makedirs(os.path.join(prefix, sub), mode=0o777, exist_ok=True)
+    conf = os.path.join(prefix, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(nginx_config(port, upstreams, prefix))
+    proc = subprocess.Popen(
+        [binary, "-e", "stderr", "-p", prefix, "-c", conf, "-g", "daemon off;"],
+        stdout=subprocess.DEVNULL,
+        stderr=open(os.path.join(prefix, "nginx.stderr"), "w"),
+    )
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                stop_process(proc)
+                with open(os.path.join(prefix, "nginx.stderr")) as f:
+                    raise RuntimeError(f"nginx did not start: {f.read()}") from None
+            time.sleep(0.05)
+
+
+def stop_process(proc: subprocess.Popen | None) -> None:
+    """SIGTERM, then SIGKILL after 10 s."""
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class Instance:
     """One ``twistd -n anygle --engine redis`` child process."""
 
@@ -322,33 +363,9 @@ class Cluster:
         return self
 
     def _start_nginx(self, deadline: float) -> None:
-        binary = nginx_binary()
-        if binary is None:
-            raise RuntimeError("nginx is not installed")
-        for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
-            os.makedirs(os.path.join(self.dir, sub), mode=0o777, exist_ok=True)
-        conf = os.path.join(self.dir, "nginx.conf")
         assert self.port is not None
-        with open(conf, "w") as f:
-            f.write(
-                nginx_config(
-                    self.port, [(i.ws_port, i.http_port) for i in self.instances], self.dir
-                )
-            )
-        self.nginx = subprocess.Popen(
-            [binary, "-e", "stderr", "-p", self.dir, "-c", conf, "-g", "daemon off;"],
-            stdout=subprocess.DEVNULL,
-            stderr=open(os.path.join(self.dir, "nginx.stderr"), "w"),
-        )
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                if self.nginx.poll() is not None or time.monotonic() > deadline:
-                    with open(os.path.join(self.dir, "nginx.stderr")) as f:
-                        raise RuntimeError(f"nginx did not start: {f.read()}") from None
-                time.sleep(0.05)
+        upstreams = [(i.ws_port, i.http_port) for i in self.instances]
+        self.nginx = start_nginx(self.port, upstreams, self.dir, deadline)
 
     def logs(self, inst: Instance, tail: int = 60) -> str:
         try:
@@ -366,12 +383,7 @@ class Cluster:
         return json.loads(raw)["instance"]
 
     def stop(self) -> None:
-        if self.nginx is not None and self.nginx.poll() is None:
-            self.nginx.terminate()
-            try:
-                self.nginx.wait(10)
-            except subprocess.TimeoutExpired:
-                self.nginx.kill()
+        stop_process(self.nginx)
         for inst in self.instances:
             inst.stop()
         self.redis.close()
