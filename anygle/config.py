@@ -175,6 +175,24 @@ OPTIONS: tuple[Option, ...] = (
         _number(float, 0),
         "s a moderation ban (zero tolerance, repeated blocks) lasts (0: for good)",
     ),
+    Option(
+        "report-retention",
+        "2592000",
+        _number(float, 0, strict=True),
+        "s a user's report of a partner is kept (default 30 days)",
+    ),
+    Option(
+        "report-ban-reporters",
+        "3",
+        _number(int, 0),
+        "reports from this many distinct addresses within an hour ban a user (0: never)",
+    ),
+    Option(
+        "report-ban-ttl",
+        "86400",
+        _number(float, 0),
+        "s a ban by reports lasts (0: for good)",
+    ),
     Option("manhole", "", _optional_endpoint, "SSH admin console endpoint (empty: off)"),
     Option(
         "manhole-keys", "etc/manhole_authorized_keys", _text, "authorized_keys file for the console"
@@ -218,6 +236,9 @@ class Settings:
     moderation_rules: str = ""
     protect_adults: bool = False
     ban_ttl: float = 0.0
+    report_retention: float = 2592000.0
+    report_ban_reporters: int = 3
+    report_ban_ttl: float = 86400.0
     manhole: str = ""
     manhole_keys: str = "etc/manhole_authorized_keys"
     manhole_host_key: str = "var/manhole_host_key"
