@@ -219,6 +219,24 @@ OPTIONS: tuple[Option, ...] = (
         "s a moderation ban (zero tolerance, repeated blocks) lasts (0: for good)",
     ),
     Option(
+        "report-retention",
+        "2592000",
+        _seconds(0, strict=True),
+        "s a user's report of a partner is kept (default 30 days)",
+    ),
+    Option(
+        "report-ban-reporters",
+        "3",
+        _number(int, 0),
+        "reports from this many distinct addresses within an hour ban a user (0: never)",
+    ),
+    Option(
+        "report-ban-ttl",
+        "86400",
+        _seconds(0),
+        "s a ban by reports lasts (0: for good)",
+    ),
+    Option(
         "stun-urls", "", parse_stun_urls, "comma-separated stun: URLs for iceServers", shown="none"
     ),
     Option(
@@ -309,6 +327,9 @@ class Settings:
     moderation_rules: str = default("moderation-rules")
     protect_adults: bool = default("protect-adults")
     ban_ttl: float = default("ban-ttl")
+    report_retention: float = default("report-retention")
+    report_ban_reporters: int = default("report-ban-reporters")
+    report_ban_ttl: float = default("report-ban-ttl")
     stun_urls: tuple[str, ...] = default("stun-urls")
     turn_urls: tuple[str, ...] = default("turn-urls")
     turn_secret: str = field(default=default("turn-secret"), repr=False)  # out of logs, console

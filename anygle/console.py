@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
+from anygle.reports import summary
+
 if TYPE_CHECKING:
     from anygle.tap import AnygleService
 
@@ -79,6 +81,14 @@ def build_namespace(service: AnygleService) -> dict[str, Any]:
         expiry = f" for {ttl:g} s" if ttl else " (no expiry)"
         return settled(d.addCallback(lambda _: f"banned:{kind}:{value} = {reason!r}{expiry}"))
 
+    def reports(limit: int = 20) -> Any:
+        """The last reports of a partner, newest first, one short line each."""
+        return settled(engine.reports(limit).addCallback(lambda rs: [summary(r) for r in rs]))
+
+    def report(report_id: str) -> Any:
+        """One report in full (reporter, reported, reason, details, room, the messages), or None."""
+        return settled(engine.get_report(report_id))
+
     def reload_moderation() -> str:
         """Re-read the moderation rule files (as SIGHUP does)."""
         return service.reload_moderation()
@@ -99,6 +109,8 @@ def build_namespace(service: AnygleService) -> dict[str, Any]:
         ban_ip,
         unban_user,
         unban_ip,
+        reports,
+        report,
         reload_moderation,
     ]
     namespace.update({fn.__name__: fn for fn in helpers})

@@ -13,6 +13,7 @@ CODES: dict[str, str] = {
     "UNKNOWN_TYPE": "'type' is not a client message type",
     "INVALID_DATA": "'data' does not have the shape this message type needs",
     "NOT_IN_CHAT": "this message needs a partner, and you have none",
+    "ALREADY_REPORTED": "you already reported this partner in this chat",
     "TEEN_MODERATED_ONLY": "teens can only join the moderated queue",
     "BANNED": "this user or address is banned",
     "RATE_LIMITED": "too many messages; slow down",
@@ -27,12 +28,16 @@ CODES: dict[str, str] = {
 class ClientError(Exception):
     """An error the client caused or must be told about; ``code`` is a key of :data:`CODES`."""
 
-    def __init__(self, code: str, message: str | None = None) -> None:
+    def __init__(self, code: str, message: str | None = None, extra: dict | None = None) -> None:
         if code not in CODES:
             raise ValueError(f"unknown error code {code!r}")
         self.code = code
         self.message = message or CODES[code]
+        self.extra = extra  # more fields for ``data`` (e.g. the first report's ``reportId``)
         super().__init__(f"{code}: {self.message}")
 
     def frame(self) -> dict:
-        return {"type": "error", "data": {"code": self.code, "message": self.message}}
+        data = {"code": self.code, "message": self.message}
+        if self.extra:
+            data.update(self.extra)
+        return {"type": "error", "data": data}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,7 @@ from anygle.ice import IceServers
 from anygle.model import Match, Preferences, Stats
 from anygle.moderation import Verdict
 from anygle.moderation.policy import DELIVER
+from anygle.reports import BAN_REASON, REPORT_GRACE, EndedChat, Report, Transcript
 from anygle.screening import Screening
 from anygle.session import CHATTING, CLOSED, IDLE, QUEUED, Client, Session
 from anygle.wire import Broadcast
@@ -70,6 +72,7 @@ class Hub:
         self.sessions: dict[str, Session] = {}
         self.started_at = clock.seconds()
         self._message_ids: list[str] = []
+        self._ended_chats: deque[tuple[EndedChat, Session]] = deque()  # in end order
 
     def now_ms(self) -> int:
         return int(self.clock.seconds() * 1000)
@@ -146,6 +149,7 @@ class Hub:
     async def _leave_room(self, session: Session, reason: str) -> None:
         assert session.room_id is not None
         session.room_ended(session.room_id)
+        self._chat_ended(session)
         session.state, session.room_id, session.partner_id = IDLE, None, None
         await self.engine.leave_room(session.user_id, reason)
 
@@ -233,6 +237,74 @@ class Hub:
             reason = await self.screening.ban(session, verdict)
             self.on_kick(session.user_id, "BANNED", f"banned: {reason}")
 
+    # --- reports (anygle/reports.py) -----------------------------------------------------------
+    def report(self, session: Session, reason: str, details: str | None) -> Deferred[Any]:
+        """Report the partner (in turn with join/skip: a report sent after a skip reports the
+        partner just skipped)."""
+        return session.serial(lambda: self._report(session, reason, details))
+
+    async def _report(self, session: Session, reason: str, details: str | None) -> None:
+        partner, room_id, transcript = self._report_target(session)
+        report = Report(
+            report_id=uuid.uuid4().hex,
+            reporter=session.user_id,
+            reporter_ip=session.ip,
+            # The one place that says what makes reporters distinct: the client address.
+            reporter_key=session.ip,
+            reported=partner,
+            room_id=room_id,
+            reason=reason,
+            details=details,
+            created_at=self.now_ms(),
+            messages=transcript.messages() if transcript is not None else [],
+        )
+        outcome = await self.engine.report(report)
+        if outcome.duplicate:
+            raise ClientError("ALREADY_REPORTED", extra={"reportId": outcome.report_id})
+        session.client.send({"type": "report_received", "data": {"reportId": outcome.report_id}})
+        self.log.info(
+            "report {id}: {reporter} ({ip}) reported {reported} for {reason}",
+            id=outcome.report_id,
+            reporter=session.user_id,
+            ip=session.ip,
+            reported=partner,
+            reason=reason,
+        )
+        if outcome.banned:  # connected here: closed now (elsewhere: by the engine's kick)
+            self.on_kick(partner, "BANNED", f"banned: {BAN_REASON}")
+
+    def _report_target(self, session: Session) -> tuple[str, str, Transcript | None]:
+        """``(partner, room, transcript)``: the current partner, else the last one while the
+        grace period after that chat lasts."""
+        if session.state == CHATTING and session.partner_id and session.room_id:
+            return session.partner_id, session.room_id, session.transcript
+        chat = session.last_chat
+        if chat is not None and self.clock.seconds() - chat.ended_at <= REPORT_GRACE:
+            return chat.partner_id, chat.room_id, chat.transcript
+        raise ClientError(
+            "NOT_IN_CHAT", f"nobody to report: no partner now nor in the last {REPORT_GRACE:g} s"
+        )
+
+    def _chat_ended(self, session: Session) -> None:
+        """The session's chat ends: its partner stays reportable for ``REPORT_GRACE`` s."""
+        if session.partner_id is None or session.room_id is None:
+            return
+        chat = EndedChat(
+            session.partner_id, session.room_id, self.clock.seconds(), session.transcript
+        )
+        session.last_chat, session.transcript = chat, None
+        self._ended_chats.append((chat, session))
+
+    def forget_ended_chats(self) -> None:
+        """Drop the transcripts of chats whose grace period is over (periodic): they are kept
+        only for a report."""
+        limit = self.clock.seconds() - REPORT_GRACE
+        ended = self._ended_chats
+        while ended and ended[0][0].ended_at < limit:
+            chat, session = ended.popleft()
+            if session.last_chat is chat:
+                session.last_chat = None
+
     # --- engine events (EngineSink) ----------------------------------------------------------
     def on_matched(self, user_id: str, match: Match) -> None:
         session = self.sessions.get(user_id)
@@ -252,6 +324,7 @@ class Hub:
             )
         partner = match.partner_of(user_id)
         session.state, session.room_id, session.partner_id = CHATTING, match.room_id, partner
+        session.transcript = session.last_chat = None  # from now on the new partner is reported
         data: dict[str, Any] = {
             "roomId": match.room_id,
             "partnerId": partner,
@@ -271,6 +344,7 @@ class Hub:
             return
         session.room_ended(room_id)
         if session.room_id == room_id:
+            self._chat_ended(session)
             session.state, session.room_id, session.partner_id = IDLE, None, None
             session.client.send(
                 PARTNER_LEFT_FRAMES.get(reason, PARTNER_LEFT_FRAMES["disconnected"])
@@ -279,6 +353,10 @@ class Hub:
     def on_relay(self, user_id: str, room_id: str, frame: dict[str, Any]) -> None:
         session = self.sessions.get(user_id)
         if session is not None and session.room_id == room_id:
+            if frame["type"] == "message":  # kept for a report: what this user was sent
+                if session.transcript is None:
+                    session.transcript = Transcript()
+                session.transcript.add(frame["data"])
             session.client.send(frame)
 
     def on_undelivered(self, user_id: str, room_id: str, frame: dict[str, Any]) -> None:

@@ -47,6 +47,7 @@ MESSAGE_LIMITS: dict[str, tuple[float, float]] = {
     "toggle": (4.0, 10.0),  # video_toggle, audio_toggle
     "signal": (50.0, 200.0),  # offer, answer, ice_candidate: trickle ICE comes in bursts
     "queue": (0.5, 5.0),  # join, skip
+    "report": (0.2, 3.0),  # report: one per chat is all a person needs
     "ping": (2.0, 10.0),
 }
 
@@ -60,6 +61,7 @@ KIND_OF: dict[str, str] = {
     "ice_candidate": "signal",
     "join": "queue",
     "skip": "queue",
+    "report": "report",
     "ping": "ping",
 }
 

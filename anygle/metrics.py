@@ -1,6 +1,6 @@
 """``GET /metrics``: the seed's metrics (online users, queues, chats, matches, match time,
-moderation actions) in the Prometheus text format, from the engine's service-wide view; and this
-instance's reactor lag (``anygle/reactorlag.py``)."""
+moderation actions) and reports, in the Prometheus text format, from the engine's service-wide
+view; and this instance's reactor lag (``anygle/reactorlag.py``)."""
 
 from __future__ import annotations
 
@@ -58,6 +58,17 @@ class StatsCollector:
         for key, n in sorted(s.moderation.items()):
             actions.add_metric(key.split(":", 2), n)
         yield actions
+        reports = CounterMetricFamily(
+            "anygle_reports_received", "Reports of a partner, by reason", labels=["reason"]
+        )
+        for reason, n in sorted(s.reports.items()):
+            reports.add_metric([reason], n)
+        yield reports
+        yield CounterMetricFamily(
+            "anygle_report_blocks",
+            "Users banned by reports from distinct addresses",
+            value=s.report_blocks,
+        )
         local = GaugeMetricFamily(
             "anygle_instance_connections",
             "WebSocket connections on this instance",

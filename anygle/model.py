@@ -57,3 +57,5 @@ class Stats:
     queues: dict[str, int] = field(default_factory=dict)  # queue name -> waiting users
     # moderation actions: "{tier}:{category}:{outcome}" -> count (outcome: deliver|block|ban)
     moderation: dict[str, int] = field(default_factory=dict)
+    reports: dict[str, int] = field(default_factory=dict)  # reports received, by reason
+    report_blocks: int = 0  # users banned by reports

@@ -10,6 +10,7 @@ Client -> server::
                    queueType: moderated|unmoderated, interests: [str], interestsOnly?: bool}
     message       {content: str}
     skip          {reason?: str}
+    report        {reason: harassment|sexual|underage|spam|hate|other, details?: str}  (ours)
     typing        {isTyping: bool}
     video_toggle  {enabled: bool}
     audio_toggle  {enabled: bool}
@@ -26,6 +27,7 @@ Server -> client::
     partner_skipped               partner_disconnected
     offer|answer|ice_candidate    (the partner's data, unchanged)
     moderation_warning {message, severity}
+    report_received {reportId}    (ours)
     stats {totalOnline, inQueue, activeChats, avgMatchTime}
     error {code, message}         pong {timestamp}
 
@@ -259,6 +261,9 @@ class AnygleProtocol(FairTurnsMixin, WebSocketServerProtocol):
 
     def handle_message(self, session: Session, content: str) -> Deferred[Any] | None:
         return self.factory.hub.message(session, content)
+
+    def handle_report(self, session: Session, report: tuple[str, str | None]) -> Deferred[Any]:
+        return self.factory.hub.report(session, *report)
 
     def handle_typing(self, session: Session, is_typing: bool) -> None:
         self.factory.hub.relay(session, {"type": "partner_typing", "data": {"isTyping": is_typing}})

@@ -10,6 +10,7 @@ from typing import Any, Protocol
 from twisted.internet.defer import Deferred, succeed
 
 from anygle.model import Preferences
+from anygle.reports import EndedChat, Transcript
 from anygle.wire import Broadcast
 
 IDLE, QUEUED, CHATTING, CLOSED = "idle", "queued", "chatting", "closed"
@@ -40,6 +41,8 @@ class Session:
     # made on the first ended room: most connections never need it (~0.8 KB each at 20k users)
     _ended_rooms: deque[str] | None = None
     moderation_window: Any = None  # anygle.moderation.SenderWindow, made on the first message
+    transcript: Transcript | None = None  # the partner's messages in this room (for a report)
+    last_chat: EndedChat | None = None  # the chat that ended last, reportable for a while
     pending: int = 0  # operations queued by serial() and not finished
     _tail: Deferred[Any] = field(default_factory=lambda: succeed(None))
 

@@ -141,7 +141,9 @@ class AnygleService(MultiService):
 
     log = Logger()
 
-    def __init__(self, settings: Settings, reactor: Any) -> None:
+    def __init__(self, settings: Settings, reactor: Any, hub_clock: Any = None) -> None:
+        """``hub_clock``: the hub's notion of now (message times, the report grace period),
+        the reactor unless a test drives it with a ``task.Clock``."""
         super().__init__()
         self.settings = settings
         self.reactor = reactor
@@ -152,6 +154,9 @@ class AnygleService(MultiService):
                 interest_timeout=settings.interest_timeout,
                 rematch_cooldown=settings.rematch_cooldown,
                 redis_url=settings.redis,
+                report_retention=settings.report_retention,
+                report_ban_reporters=settings.report_ban_reporters,
+                report_ban_ttl=settings.report_ban_ttl or None,
             ),
             reactor,
         )
@@ -165,7 +170,7 @@ class AnygleService(MultiService):
         )
         self.hub = Hub(
             self.engine,
-            reactor,
+            hub_clock or reactor,
             HubSettings(
                 stats_interval=settings.stats_interval,
                 searching_interval=settings.searching_interval,
@@ -213,6 +218,7 @@ class AnygleService(MultiService):
             Periodic("searching", settings.searching_interval, self.hub.push_searching, reactor),
             Periodic("stats", settings.stats_interval, self.hub.push_stats, reactor),
             Periodic("bans", 1.0, self.hub.enforce_bans, reactor),
+            Periodic("ended-chats", 10.0, self.hub.forget_ended_chats, reactor),
         ]
         self.ws = Listener("ws", with_backlog(settings.ws), self.factory, reactor)
         self.http = Listener("http", settings.http, self.site, reactor)

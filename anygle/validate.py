@@ -12,6 +12,7 @@ from typing import Any
 
 from anygle.errors import ClientError
 from anygle.model import AGE_CATEGORIES, MODES, QUEUE_TYPES, Preferences
+from anygle.reports import MAX_DETAILS, REASONS
 
 MAX_INTERESTS = 10
 MAX_INTEREST_LEN = 32
@@ -96,6 +97,18 @@ def skip(data: Any) -> str | None:
     return reason
 
 
+def report(data: Any) -> tuple[str, str | None]:
+    """``{reason, details?}``: ``(reason, details)``; blank details count as none."""
+    data = _map(data)
+    reason = _choice(data, "reason", REASONS)
+    details = data.get("details")
+    if details is None:
+        return reason, None
+    if not isinstance(details, str) or len(details) > MAX_DETAILS:
+        raise _invalid(f"'details' must be a string of at most {MAX_DETAILS} characters")
+    return reason, details.strip() or None
+
+
 def typing(data: Any) -> bool:
     return _bool(_map(data), "isTyping")
 
@@ -134,6 +147,7 @@ VALIDATORS: dict[str, Callable[[Any], Any]] = {
     "join": join,
     "message": message,
     "skip": skip,
+    "report": report,
     "typing": typing,
     "video_toggle": toggle,
     "audio_toggle": toggle,

@@ -125,6 +125,11 @@ class StatsPage(StatsBackedPage):
             "totalMatches": stats.total_matches,
             "queues": stats.queues,
             "moderation": moderation_summary(stats.moderation),
+            "reports": {
+                "received": sum(stats.reports.values()),
+                "blocks": stats.report_blocks,
+                "byReason": stats.reports,
+            },
             "instance": {"id": self.instance_id, "connections": len(self.hub.sessions)},
         }
         return 200, b"application/json", json.dumps(body, separators=(",", ":")).encode()

@@ -167,15 +167,16 @@ def engine_name(request: pytest.FixtureRequest) -> str:
 
 @pytest_twisted.async_yield_fixture
 async def make_server(engine_name: str, request: pytest.FixtureRequest):
-    """``await make_server(**settings)`` starts an instance; all are stopped after the test."""
+    """``await make_server(**settings)`` starts an instance; all are stopped after the test.
+    ``hub_clock``: a ``task.Clock`` for the hub's time (the report grace period)."""
     started: list[ServerHandle] = []
 
-    async def make(**overrides: Any) -> ServerHandle:
+    async def make(hub_clock: task.Clock | None = None, **overrides: Any) -> ServerHandle:
         overrides.setdefault("engine", engine_name)
         if overrides["engine"] == "redis":
             overrides.setdefault("redis", request.getfixturevalue("redis").url)
             overrides.setdefault("instance_id", f"test-{len(started)}")
-        service = AnygleService(settings(**overrides), reactor)
+        service = AnygleService(settings(**overrides), reactor, hub_clock)
         service.startService()
         handle = ServerHandle(service)
         started.append(handle)

@@ -20,6 +20,8 @@ from anygle.model import Match, Preferences, Stats
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
+    from anygle.reports import Report, ReportOutcome
+
 
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
@@ -30,6 +32,10 @@ class EngineConfig:
     rematch_cooldown: float = 60.0  # s two users who skipped each other are kept apart
     redis_url: str = "redis://127.0.0.1:6379/0"
     match_history: int = 100  # recent match times kept per queue for averages
+    report_retention: float = 30 * 86400.0  # s a report is kept
+    report_ban_reporters: int = 3  # distinct reporter addresses that ban a user (0: never)
+    report_ban_window: float = 3600.0  # s within which those reports must come
+    report_ban_ttl: float | None = 86400.0  # s a report ban lasts (None: for good)
 
 
 class EngineSink(Protocol):
@@ -128,6 +134,19 @@ class Engine(Protocol):
 
     def record_moderation(self, tier: str, category: str, outcome: str) -> None:
         """Count one moderation action (fire and forget) for ``Stats.moderation``."""
+
+    # --- reports (anygle/reports.py) -----------------------------------------------------------
+    def report(self, report: Report) -> Deferred[ReportOutcome]:
+        """Store a report unless this reporter reported this room already (``duplicate``), count
+        it, and ban the reported user when ``report_ban_reporters`` distinct reporter keys
+        reported them within ``report_ban_window`` (and no ban stands yet); a banned user
+        connected elsewhere is kicked (``on_kick``) by their instance."""
+
+    def reports(self, limit: int) -> Deferred[list[dict]]:
+        """The last ``limit`` stored reports (records), newest first."""
+
+    def get_report(self, report_id: str) -> Deferred[dict | None]:
+        """One stored report record, or ``None`` (unknown or past its retention)."""
 
 
 class EngineUnavailable(Exception):

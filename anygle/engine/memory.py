@@ -11,8 +11,9 @@ from __future__ import annotations
 import heapq
 import itertools
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable
+from copy import deepcopy
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -23,6 +24,9 @@ from anygle.engine.base import EngineConfig, EngineSink
 from anygle.limits import gcra
 from anygle.matching import QueueEntry, is_open, pair_key, preference_key, shared_interests
 from anygle.model import Match, Preferences, Stats
+from anygle.reports import BAN_REASON, Report, ReportOutcome
+
+MAX_REPORTS = 10_000  # reports kept in memory (the oldest go first; and after their retention)
 
 
 @dataclass(slots=True)
@@ -63,6 +67,12 @@ class MemoryEngine:
         self.rates: dict[str, float] = {}  # key -> GCRA theoretical arrival time
         self.connections: dict[str, int] = {}  # ip -> open connections
         self.moderation: dict[str, int] = {}  # "{tier}:{category}:{outcome}" -> count
+        # report id -> (when, record), oldest first
+        self.stored_reports: OrderedDict[str, tuple[float, dict]] = OrderedDict()
+        self.reported_rooms: dict[tuple[str, str], str] = {}  # (room, reporter) -> report id
+        self.reporters: dict[str, dict[str, float]] = {}  # reported -> {reporter key: last at}
+        self.report_counts: dict[str, int] = {}  # reason -> reports received
+        self.report_blocks = 0
         self.total_matches = 0
         self.recent_waits: deque[float] = deque(maxlen=config.match_history)
         self._seq = itertools.count()
@@ -247,6 +257,14 @@ class MemoryEngine:
         self.counters = {k: v for k, v in self.counters.items() if v[1] > now}
         self.bans = {k: v for k, v in self.bans.items() if v[1] is None or v[1] > now}
         self.rates = {k: tat for k, tat in self.rates.items() if tat > now}
+        self._expire_reports(now)
+        since = now - self.config.report_ban_window
+        for user in list(self.reporters):
+            keys = {k: at for k, at in self.reporters[user].items() if at > since}
+            if keys:
+                self.reporters[user] = keys
+            else:
+                del self.reporters[user]
 
     def _expire_cooldowns(self, now: float) -> None:
         heap = self._cooldown_heap
@@ -307,6 +325,8 @@ class MemoryEngine:
                 total_matches=self.total_matches,
                 queues={n: len(q.entries) for n, q in self.queues.items() if q.entries},
                 moderation=dict(self.moderation),
+                reports=dict(self.report_counts),
+                report_blocks=self.report_blocks,
             )
         )
 
@@ -364,6 +384,52 @@ class MemoryEngine:
     def record_moderation(self, tier: str, category: str, outcome: str) -> None:
         key = f"{tier}:{category}:{outcome}"
         self.moderation[key] = self.moderation.get(key, 0) + 1
+
+    # --- reports ---------------------------------------------------------------------------
+    def report(self, report: Report) -> Deferred[ReportOutcome]:
+        now = self.clock.seconds()
+        self._expire_reports(now)
+        first = self.reported_rooms.get((report.room_id, report.reporter))
+        if first is not None:
+            return succeed(ReportOutcome(first, duplicate=True))
+        self.stored_reports[report.report_id] = (
+            now,
+            report.record(self.online.get(report.reported)),
+        )
+        self.reported_rooms[(report.room_id, report.reporter)] = report.report_id
+        while len(self.stored_reports) > MAX_REPORTS:
+            self._drop_oldest_report()
+        self.report_counts[report.reason] = self.report_counts.get(report.reason, 0) + 1
+        since = now - self.config.report_ban_window
+        keys = self.reporters.setdefault(report.reported, {})
+        keys[report.reporter_key] = now
+        recent = sum(1 for at in keys.values() if at > since)
+        threshold = self.config.report_ban_reporters
+        banned = False
+        if threshold and recent >= threshold and self.get_ban(report.reported, None).result is None:
+            self.ban("users", report.reported, BAN_REASON, self.config.report_ban_ttl)
+            self.report_blocks += 1
+            banned = True
+        return succeed(ReportOutcome(report.report_id, banned=banned))
+
+    def reports(self, limit: int) -> Deferred[list[dict]]:
+        self._expire_reports(self.clock.seconds())
+        newest = reversed(self.stored_reports.values())
+        return succeed([deepcopy(r) for _, r in itertools.islice(newest, max(0, limit))])
+
+    def get_report(self, report_id: str) -> Deferred[dict | None]:
+        self._expire_reports(self.clock.seconds())
+        found = self.stored_reports.get(report_id)
+        return succeed(deepcopy(found[1]) if found is not None else None)  # ours stays intact
+
+    def _expire_reports(self, now: float) -> None:
+        limit = now - self.config.report_retention
+        while self.stored_reports and next(iter(self.stored_reports.values()))[0] <= limit:
+            self._drop_oldest_report()
+
+    def _drop_oldest_report(self) -> None:
+        _, (_, record) = self.stored_reports.popitem(last=False)
+        self.reported_rooms.pop((record["roomId"], record["reporter"]), None)
 
     def release_connection(self, ip: str) -> Deferred[None]:
         count = self.connections.get(ip, 0) - 1

@@ -56,6 +56,7 @@ from anygle.engine.base import EngineConfig, EngineSink, EngineUnavailable
 from anygle.engine.redis.client import RedisAddress, RedisFactory
 from anygle.engine.redis.liveness import LOST, REAPED, Beat, Liveness
 from anygle.model import AGE_CATEGORIES, MODES, QUEUE_TYPES, Match, Preferences, Stats
+from anygle.reports import BAN_REASON, Report, ReportOutcome, record_from_hash
 
 __all__ = ["EngineUnavailable", "RedisEngine"]
 
@@ -76,6 +77,7 @@ SCRIPTS = (
     "reap",
     "register",
     "release",
+    "report",
     "stats",
     "tick",
     "touch",
@@ -84,7 +86,7 @@ SCRIPTS = (
 # Scripts whose loss in flight (connection dropped before the reply) leaves nothing to put right:
 # they read, refresh TTLs, count, or reap other instances (idempotent).
 SAFE_TO_LOSE = frozenset(
-    {"check_bans", "heartbeat", "incr", "queue_status", "rate", "stats", "touch", "ban"}
+    {"check_bans", "heartbeat", "incr", "queue_status", "rate", "stats", "touch", "ban", "report"}
 )
 
 _CONNECTION_ERRORS = (txredisapi.ConnectionError, ConnectionError, defer.CancelledError)
@@ -1098,29 +1100,89 @@ class RedisEngine:
             return stats
 
         d.addCallback(done)
-        d.addCallback(self._with_moderation_counts)
+        d.addCallback(self._with_counts)
         return d
 
-    def _with_moderation_counts(self, stats: Stats) -> defer.Deferred[Stats]:
-        """Add the ``stats:moderation`` hash (``{tier}:{category}:{outcome}`` → count)."""
-        d = self._raw("HGETALL", "stats:moderation").addErrback(self._unavailable)
+    def _with_counts(self, stats: Stats) -> defer.Deferred[Stats]:
+        """Add the ``stats:moderation`` hash (``{tier}:{category}:{outcome}`` → count) and the
+        ``stats:reports`` hash (``received:{reason}``, ``blocks``)."""
+        moderation = self._hash("stats:moderation")
+        reports = self._hash("stats:reports")
 
-        def add(reply: Any) -> Stats:
+        def add(counts: list[dict[str, str]]) -> Stats:
+            stats.moderation = {k: int(v) for k, v in counts[0].items()}
+            stats.reports = {
+                k.partition(":")[2]: int(v)
+                for k, v in counts[1].items()
+                if k.startswith("received:")
+            }
+            stats.report_blocks = int(counts[1].get("blocks", 0))
+            return stats
+
+        d = defer.gatherResults([moderation, reports], consumeErrors=True)
+        return d.addCallbacks(add, _first_error)
+
+    def _hash(self, key: str) -> defer.Deferred[dict[str, str]]:
+        """``HGETALL key`` as text."""
+        d = self._raw("HGETALL", key).addErrback(self._unavailable)
+
+        def decode(reply: Any) -> dict[str, str]:
             pairs = (
                 reply.items()
                 if isinstance(reply, dict)
                 else zip(reply[::2], reply[1::2], strict=True)
             )
-            stats.moderation = {_text(k): int(v) for k, v in pairs}
-            return stats
+            return {_text(k): _text(v) for k, v in pairs}
 
-        return d.addCallback(add)
+        return d.addCallback(decode)
 
     def record_moderation(self, tier: str, category: str, outcome: str) -> None:
         if not self._available:
             return  # a count lost in an outage is acceptable; the action itself is not
         d = self._raw("HINCRBY", "stats:moderation", f"{tier}:{category}:{outcome}", 1)
         d.addErrback(lambda f: f.trap(EngineUnavailable, *_CONNECTION_ERRORS))
+
+    # --- reports (anygle/reports.py; keys in README "Reports") -------------------------------
+    def report(self, report: Report) -> defer.Deferred[ReportOutcome]:
+        c = self.config
+        d = self._script(
+            "report",
+            report.reporter_key,
+            _ms(self.clock.seconds()),
+            max(1, _ms(c.report_retention)),
+            c.report_ban_reporters,
+            max(1, _ms(c.report_ban_window)),
+            0 if c.report_ban_ttl is None else max(1, _ms(c.report_ban_ttl)),
+            self.instance,
+            BAN_REASON,
+            *report.hash_fields(),
+        )
+
+        def done(reply: bytes) -> ReportOutcome:
+            result = msgpack.unpackb(reply, raw=False)
+            if result[0] == "dup":
+                return ReportOutcome(result[1], duplicate=True)
+            return ReportOutcome(result[1], banned=bool(result[2]))
+
+        return d.addCallback(done)
+
+    def reports(self, limit: int) -> defer.Deferred[list[dict]]:
+        if limit <= 0:
+            return defer.succeed([])
+        d = self._require().addCallback(lambda _: self._raw("ZREVRANGE", "reports", 0, limit - 1))
+        d.addErrback(self._unavailable)
+
+        def fetch(ids: list[bytes]) -> defer.Deferred[list[dict | None]]:
+            return defer.gatherResults(
+                [self.get_report(_text(i)) for i in ids or ()], consumeErrors=True
+            ).addErrback(_first_error)
+
+        d.addCallback(fetch)
+        return d.addCallback(lambda records: [r for r in records if r is not None])
+
+    def get_report(self, report_id: str) -> defer.Deferred[dict | None]:
+        d = self._require().addCallback(lambda _: self._hash(f"report:{report_id}"))
+        return d.addCallback(lambda fields: record_from_hash(fields) if fields else None)
 
     # --- counters and bans ----------------------------------------------------------------
     def incr(self, key: str, ttl: float) -> defer.Deferred[int]:
@@ -1200,9 +1262,7 @@ class RedisEngine:
             return banned
 
         def failed(f: Failure) -> dict[str, str]:
-            if f.check(defer.FirstError):
-                f = f.value.subFailure
-            f.trap(EngineUnavailable, *_CONNECTION_ERRORS)
+            _first_error(f).trap(EngineUnavailable, *_CONNECTION_ERRORS)
             return {}
 
         return defer.gatherResults(ds, consumeErrors=True).addCallbacks(found, failed)
@@ -1238,3 +1298,10 @@ class RedisEngine:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _first_error(failure: Failure) -> Failure:
+    """A gatherResults failure as the failure of its first Deferred (EngineUnavailable …)."""
+    if failure.check(defer.FirstError):
+        return failure.value.subFailure
+    return failure

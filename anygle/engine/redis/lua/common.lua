@@ -80,6 +80,17 @@ local function notify(inst, events)
         cmsgpack.pack(events))
 end
 
+-- banned:{kind}:{value} = reason (ttl ms, 0: for good); a banned user connected to another
+-- instance than the runner's is kicked through that instance's inbox.
+local function set_ban(kind, value, reason, ttl, runner)
+    local k = 'banned:' .. kind .. ':' .. value
+    if ttl > 0 then redis.call('SET', k, reason, 'PX', ttl) else redis.call('SET', k, reason) end
+    if kind == 'users' then
+        local d = get_user(value)
+        if d ~= nil and d.instance ~= runner then notify(d.instance, {{'k', value, 'BANNED', reason}}) end
+    end
+end
+
 local alive_cache = {}
 local function alive(inst)
     local a = alive_cache[inst]
