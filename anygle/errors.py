@@ -7,6 +7,8 @@ rename one.
 
 from __future__ import annotations
 
+from typing import Any
+
 CODES: dict[str, str] = {
     "BAD_FRAME": "the frame is not a msgpack (binary) or JSON (text) map with a string 'type'",
     "FRAME_TOO_LARGE": "the frame is larger than the 16 KiB limit",
@@ -34,5 +36,5 @@ class ClientError(Exception):
         self.message = message or CODES[code]
         super().__init__(f"{code}: {self.message}")
 
-    def frame(self) -> dict:
+    def frame(self) -> dict[str, Any]:
         return {"type": "error", "data": {"code": self.code, "message": self.message}}
