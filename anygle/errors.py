@@ -7,6 +7,8 @@ rename one.
 
 from __future__ import annotations
 
+from typing import Any
+
 CODES: dict[str, str] = {
     "BAD_FRAME": "the frame is not a msgpack (binary) or JSON (text) map with a string 'type'",
     "FRAME_TOO_LARGE": "the frame is larger than the 16 KiB limit",
@@ -28,7 +30,9 @@ CODES: dict[str, str] = {
 class ClientError(Exception):
     """An error the client caused or must be told about; ``code`` is a key of :data:`CODES`."""
 
-    def __init__(self, code: str, message: str | None = None, extra: dict | None = None) -> None:
+    def __init__(
+        self, code: str, message: str | None = None, extra: dict[str, Any] | None = None
+    ) -> None:
         if code not in CODES:
             raise ValueError(f"unknown error code {code!r}")
         self.code = code
@@ -36,8 +40,8 @@ class ClientError(Exception):
         self.extra = extra  # more fields for ``data`` (e.g. the first report's ``reportId``)
         super().__init__(f"{code}: {self.message}")
 
-    def frame(self) -> dict:
-        data = {"code": self.code, "message": self.message}
+    def frame(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"code": self.code, "message": self.message}
         if self.extra:
             data.update(self.extra)
         return {"type": "error", "data": data}

@@ -8,14 +8,15 @@ Bind it to loopback (``tcp:2222:interface=127.0.0.1``) and reach it through SSH 
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from twisted.conch import manhole, manhole_ssh
 from twisted.conch.checkers import IAuthorizedKeysDB, SSHPublicKeyChecker, readAuthorizedKeyFile
 from twisted.conch.insults import insults
 from twisted.conch.ssh import keys
-from twisted.cred import portal
+from twisted.cred.portal import IRealm, Portal
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -47,16 +48,35 @@ def load_or_create_host_key(path: str) -> keys.Key:
         with os.fdopen(fd, "wb") as f:
             f.write(key.toString("OPENSSH"))
         _log.info("manhole: generated host key {path}", path=path)
-    return keys.Key.fromFile(path)
+    return cast(keys.Key, keys.Key.fromFile(path))  # conch's keys module has no type hints
 
 
-def manhole_factory(namespace: dict[str, Any], authorized_keys: str, host_key_path: str) -> Any:
-    realm = manhole_ssh.TerminalRealm()
-    realm.chainedProtocolFactory = lambda: insults.ServerProtocol(manhole.ColoredManhole, namespace)
+@implementer(IRealm)
+class ManholeRealm(manhole_ssh.TerminalRealm):
+    """Twisted's TerminalRealm (an IRealm that does not declare it) whose terminals run a
+    ``ColoredManhole`` over ``namespace``."""
+
+    # Twisted leaves this unannotated, so mypy takes the type of its default (the class
+    # ServerProtocol); Twisted only ever calls it with no arguments, and its own manhole_tap
+    # assigns a plain callable, as here
+    chainedProtocolFactory: Callable[[], insults.ServerProtocol]  # type: ignore[assignment]
+
+    def __init__(self, namespace: dict[str, Any]) -> None:
+        super().__init__()
+        self.chainedProtocolFactory = lambda: insults.ServerProtocol(
+            manhole.ColoredManhole, namespace
+        )
+
+
+def manhole_factory(
+    namespace: dict[str, Any], authorized_keys: str, host_key_path: str
+) -> manhole_ssh.ConchFactory:
     checker = SSHPublicKeyChecker(AuthorizedKeysFile(authorized_keys))
-    factory = manhole_ssh.ConchFactory(portal.Portal(realm, [checker]))
+    factory = manhole_ssh.ConchFactory(Portal(ManholeRealm(namespace), [checker]))
     host_key = load_or_create_host_key(host_key_path)
-    key_type = host_key.sshType()
+    key_type: bytes = host_key.sshType()
     factory.publicKeys = {key_type: host_key.public()}
-    factory.privateKeys = {key_type: host_key}
+    # ConchFactory annotates the key maps as dict[bytes, bytes], but Twisted's SSH code uses
+    # the values as keys.Key (twisted.conch.ssh.factory calls supportedSignatureAlgorithms)
+    factory.privateKeys = {key_type: host_key}  # type: ignore[dict-item]
     return factory

@@ -7,11 +7,11 @@ is still running instead of piling them up.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, ensureDeferred, succeed
+from twisted.internet.defer import Deferred, NotACoroutineError, ensureDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -25,7 +25,7 @@ class Periodic(Service):
         self,
         name: str,
         interval: float,
-        fn: Callable[[], Awaitable[Any] | Any],
+        fn: Callable[[], object],  # a coroutine, a Deferred or a plain value
         clock: IReactorTime,
     ) -> None:
         self.setName(name)
@@ -57,7 +57,12 @@ class Periodic(Service):
         self.runs += 1
         try:
             result = self.fn()
-            d = ensureDeferred(result) if isinstance(result, Awaitable) else succeed(result)
+            if isinstance(result, Deferred | Coroutine):
+                d = ensureDeferred(result)
+            elif isinstance(result, Awaitable):  # what ensureDeferred would refuse
+                raise NotACoroutineError(f"{result!r} is not a coroutine or a Deferred")
+            else:
+                d = succeed(result)
         except Exception:
             d = Deferred()
             d.errback(Failure())

@@ -32,7 +32,8 @@ def decode(payload: bytes, is_binary: bool) -> dict[str, Any]:
 
 
 def encode_binary(frame: dict[str, Any]) -> bytes:
-    return _packer.pack(frame)
+    packed: bytes = _packer.pack(frame)  # msgpack has no type hints
+    return packed
 
 
 def encode_text(frame: dict[str, Any]) -> bytes:

@@ -252,7 +252,8 @@ def _flagged_candidates(
             for r in by_pattern.get(name, ()):
                 if r not in seen:
                     seen.add(r)
-                    if r.hs <= flagged and _gate_open(r, tokens, norm.base):
+                    # (by_pattern holds prefiltered rules only: hs is set)
+                    if r.hs is not None and r.hs <= flagged and _gate_open(r, tokens, norm.base):
                         out.append(r)
         out.sort(key=_RANK)
     return out
@@ -320,10 +321,10 @@ def _spans(
         return
     pos, end = lo, hi + 1
     while True:
-        m = pattern.search(s1, pos, end)
-        if m is None:
+        found = pattern.search(s1, pos, end)
+        if found is None:
             return
-        a, b = m.start(), m.end() - 1
+        a, b = found.start(), found.end() - 1
         yield a, b
         pos = b if b > a else a + 1
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 from .classifier import Classifier
 from .verdict import CATEGORY_ORDER, CATEGORY_SEVERITY, Verdict
@@ -19,6 +20,35 @@ class Case:
     teen: bool
     tags: tuple[str, ...]
     messages: tuple[str, ...]
+
+
+class CategoryScore(TypedDict):
+    support: int  # cases labelled with the category
+    precision: float | None  # None: never predicted
+    recall: float | None  # None: no support
+
+
+class CaseError(TypedDict):
+    """A misclassified case."""
+
+    line: int
+    label: str
+    got: str
+    evidence: str | None
+    text: str
+
+
+class Report(TypedDict):
+    """What ``evaluate`` measures (bench/moderation_eval.py prints and stores it)."""
+
+    cases: int
+    per_category: dict[str, CategoryScore]
+    tier_recall: dict[str, float]  # severity name -> share of cases given at least that
+    evasion_recall: dict[str, float]  # evasion tag -> share of its cases caught exactly
+    benign: int
+    benign_false_positives: int
+    benign_fp_rate: float | None
+    errors: list[CaseError]
 
 
 def load_corpus(path: Path) -> list[Case]:
@@ -50,7 +80,7 @@ def predict(classifier: Classifier, case: Case) -> Verdict:
     return worst
 
 
-def evaluate(classifier: Classifier, cases: list[Case]) -> dict:
+def evaluate(classifier: Classifier, cases: list[Case]) -> Report:
     tp: Counter[str] = Counter()
     fp: Counter[str] = Counter()
     fn: Counter[str] = Counter()
@@ -59,7 +89,7 @@ def evaluate(classifier: Classifier, cases: list[Case]) -> dict:
     evasion_total: Counter[str] = Counter()
     evasion_hit: Counter[str] = Counter()
     benign = benign_fp = 0
-    errors: list[dict] = []
+    errors: list[CaseError] = []
     for case in cases:
         v = predict(classifier, case)
         got = v.category or "clean"
@@ -86,7 +116,7 @@ def evaluate(classifier: Classifier, cases: list[Case]) -> dict:
             if tag.startswith("evasion:"):
                 evasion_total[tag[8:]] += 1
                 evasion_hit[tag[8:]] += got == case.label
-    per_category = {}
+    per_category: dict[str, CategoryScore] = {}
     for cat in CATEGORY_ORDER:
         support = tp[cat] + fn[cat]
         predicted = tp[cat] + fp[cat]
@@ -111,7 +141,7 @@ def evaluate(classifier: Classifier, cases: list[Case]) -> dict:
     }
 
 
-def _err(case: Case, v: Verdict) -> dict:
+def _err(case: Case, v: Verdict) -> CaseError:
     return {
         "line": case.line,
         "label": case.label,

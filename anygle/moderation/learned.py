@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from importlib import resources
 from itertools import pairwise
 from pathlib import Path
+from typing import NotRequired, TypedDict
 
 from .normalize import Normalized
 from .verdict import CLEAN, PROTECTED_CATEGORIES, UNMODERATED_CATEGORIES, Severity, Verdict
@@ -83,10 +84,22 @@ def features(tokens: Sequence[str]) -> list[str]:
     return out
 
 
+class ModelData(TypedDict):
+    """The model file as tools/train_moderation.py writes it (weights per class, in
+    ``classes`` order)."""
+
+    classes: list[str]
+    bias: list[float]
+    weights: dict[str, list[float]]  # feature -> weights
+    thresholds: dict[str, float]  # category -> probability threshold
+    vocabulary: NotRequired[list[str]]
+    meta: NotRequired[dict[str, object]]  # how it was trained: informative only
+
+
 class LearnedModel:
     """Weights and thresholds of the trained model; ``verdict`` is the per-message call."""
 
-    def __init__(self, data: dict) -> None:
+    def __init__(self, data: ModelData) -> None:
         self.classes: list[str] = data["classes"]
         self.bias: tuple[float, ...] = tuple(data["bias"])
         self.weights: dict[str, tuple[float, ...]] = {}
@@ -102,7 +115,7 @@ class LearnedModel:
         self.thresholds: dict[int, float] = {
             self.classes.index(c): t for c, t in data["thresholds"].items() if c in SEVERITY
         }
-        self.meta: dict = data.get("meta", {})
+        self.meta: dict[str, object] = data.get("meta", {})
         # words seen at least twice in training; a message mostly made of other tokens (ids,
         # hashes, another language) is not judged: character grams of noise say nothing
         self.vocabulary: frozenset[str] = frozenset(data.get("vocabulary", ()))

@@ -27,8 +27,14 @@ import unicodedata
 from collections.abc import Iterable
 from functools import lru_cache
 from operator import itemgetter
+from typing import TYPE_CHECKING
 
 import confusable_homoglyphs
+
+if TYPE_CHECKING:
+    from .scan import Prefilter, Triage
+
+Scan = tuple[frozenset[str], frozenset[str]]  # Prefilter.scan: (words present, patterns flagged)
 
 _INVISIBLE = (
     "\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180e\u200b\u200c\u200d\u200e\u200f"
@@ -39,7 +45,7 @@ _INVISIBLE = (
 STRIP_TABLE: dict[int, None] = dict.fromkeys(map(ord, _INVISIBLE))
 
 
-def _build_fold_table() -> dict[int, str]:
+def _build_fold_table() -> dict[int, str | None]:
     """Map every non-ASCII lookalike of an ASCII letter or digit to that character.
 
     Built from the Unicode confusables data shipped with ``confusable_homoglyphs``; letters
@@ -78,8 +84,7 @@ def _build_fold_table() -> dict[int, str]:
         table[start + 9] = "10"
     for dash in "\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe58\ufe63\uff0d":
         table[ord(dash)] = "-"
-    table.update(STRIP_TABLE)
-    return table
+    return {**table, **STRIP_TABLE}
 
 
 FOLD_TABLE = _build_fold_table()
@@ -153,13 +158,17 @@ class Normalized:
     )
 
     def __init__(
-        self, original: str, base: str, words: str, prefilters: tuple | None = None
+        self,
+        original: str,
+        base: str,
+        words: str,
+        prefilters: tuple[Prefilter, Prefilter] | None = None,
     ) -> None:
         self.original = original
         self.base = base
         self.words = words
         self.prefilters = prefilters
-        self._scans: list | None = None
+        self._scans: list[Scan | None] | None = None
         self._text: str | None = None
         self._word_tokens: list[str] | None = None
         self._text_tokens: list[str] | None = None
@@ -210,7 +219,7 @@ class Normalized:
             )
         return self._raw
 
-    def scanned(self, moderated: bool) -> tuple[frozenset[str], frozenset[str]]:
+    def scanned(self, moderated: bool) -> Scan:
         """(vocabulary words that are tokens of ``text``, names of the patterns that may
         match) from the queue's prefilter (see scan.py); only when ``prefilters`` is set."""
         scans = self._scans
@@ -218,6 +227,8 @@ class Normalized:
             scans = self._scans = [None, None]
         found = scans[moderated]
         if found is None:
+            if self.prefilters is None:
+                raise ValueError("scanned() needs prefilters")
             found = scans[moderated] = self.prefilters[moderated].scan(self.text)
         return found
 
@@ -238,17 +249,19 @@ class Normalizer:
         for w in dict.fromkeys(masked_words):  # in the given order of preference
             self._masked.setdefault((len(w), w[0]), []).append(w)
 
-    prefilters = None  # (unmoderated, moderated) scan.Prefilter, set by the rules builder
-    triage = None  # scan.Triage
+    # set together by the rules builder (rules.py): the (unmoderated, moderated) scans
+    prefilters: tuple[Prefilter, Prefilter] | None = None
+    triage: Triage | None = None
 
     def __call__(self, text: str) -> Normalized:
         base = text.lower() if text.isascii() else fold(text)
-        if self.prefilters is None or len(base) < PREFILTER_MIN:
+        prefilters, triage = self.prefilters, self.triage
+        if prefilters is None or triage is None or len(base) < PREFILTER_MIN:
             return Normalized(text, base, self._words(base))
         # One scan tells whether the words view can differ from base at all.
-        bits = self.triage.bits(base)
+        bits = triage.bits(base)
         words = self._words(base, bits) if bits else base
-        return Normalized(text, base, words, self.prefilters)
+        return Normalized(text, base, words, prefilters)
 
     def _words(self, base: str, triage: int | None = None) -> str:
         """The ``words`` view: leetspeak, single-letter runs and masked words resolved.

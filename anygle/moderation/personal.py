@@ -151,6 +151,7 @@ def find_phone(base: str, tokens: frozenset[str] | None = None) -> Phone | None:
 def _is_valid(intl: bool, digits: str) -> bool:
     """Valid phone number per ``phonenumbers``; only tried where a number can be valid at all
     (10+ digits, or international), because each parse costs tens of microseconds."""
+    regions: tuple[str | None, ...]
     if intl:
         number, regions = "+" + digits, (None,)
     elif len(digits) < 10:

@@ -24,17 +24,30 @@ from __future__ import annotations
 
 import json
 import re
-import re._constants as _sre
-import re._parser as _sre_parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeGuard
 
 from twisted.logger import Logger
 
-from . import personal
+from . import personal, resyntax, scan
 from .normalize import Normalizer, squeeze
-from .scan import Prefilter, Triage, Unsupported, bytes_pattern, hyperscan
+from .resyntax import (
+    Anchor,
+    Atomic,
+    Branch,
+    Class,
+    Group,
+    Lit,
+    Look,
+    Node,
+    Range,
+    Repeat,
+    Seq,
+    Unsupported,
+)
+from .scan import Prefilter, Triage, bytes_pattern
 from .verdict import CATEGORY_ORDER, CATEGORY_SEVERITY, UNMODERATED_CATEGORIES, Severity
 
 _log = Logger(namespace="anygle.moderation")
@@ -142,7 +155,7 @@ def load_rules(extra: str | None = None) -> Rules:
             )
     builder = _Builder()
     rules = builder.build(files)
-    if hyperscan is None:  # pragma: no cover - without it every rule runs as before
+    if not scan.AVAILABLE:  # pragma: no cover - without it every rule runs as before
         return rules
     try:
         _attach_prefilters(builder, rules, bool(extra))
@@ -156,9 +169,9 @@ def load_rules(extra: str | None = None) -> Rules:
 
 
 def _names(rule: Rule) -> frozenset[str]:
-    return frozenset(
-        [rule.pattern.pattern] if rule.pattern is not None else [p.pattern for p in rule.near]
-    )
+    if rule.pattern is not None:
+        return frozenset([rule.pattern.pattern])
+    return frozenset(p.pattern for p in rule.near or ())
 
 
 def _attach_prefilters(builder: _Builder, rules: Rules, extra: bool) -> None:
@@ -367,56 +380,49 @@ def _with_boundaries(src: str, shift: bool = False) -> str:
     return f"(?<![a-z0-9])(?:{src})(?![a-z0-9])"
 
 
-_ZERO_WIDTH = frozenset({_sre.ASSERT, _sre.ASSERT_NOT, _sre.AT})
-_REPEATS = frozenset({_sre.MAX_REPEAT, _sre.MIN_REPEAT, _sre.POSSESSIVE_REPEAT})
 _LETTERS = range(97, 123)
 
 
-def _class_has_letter(items: list) -> bool:
-    """Can a parsed character class (``[...]``) match a lowercase letter? Unknown -> True."""
-    negate = False
+def _class_has_letter(cls: Class) -> bool:
+    """Can a character class (``[...]``) match a lowercase letter? Unknown -> True."""
     hit = [False] * 26
-    for op, av in items:
-        if op is _sre.NEGATE:
-            negate = True
-        elif op is _sre.LITERAL:
-            if av in _LETTERS:
-                hit[av - 97] = True
-        elif op is _sre.RANGE:
-            for c in range(max(av[0], 97), min(av[1], 122) + 1):
+    for item in cls.items:
+        if isinstance(item, Lit):
+            if item.code in _LETTERS:
+                hit[item.code - 97] = True
+        elif isinstance(item, Range):
+            for c in range(max(item.lo, 97), min(item.hi, 122) + 1):
                 hit[c - 97] = True
-        elif op is _sre.CATEGORY and av in (_sre.CATEGORY_DIGIT, _sre.CATEGORY_SPACE):
+        elif item.kind in ("d", "s"):
             pass
-        elif op is _sre.CATEGORY and av in (_sre.CATEGORY_NOT_DIGIT, _sre.CATEGORY_NOT_SPACE):
+        elif item.kind in ("D", "S"):
             hit = [True] * 26
-        else:
+        else:  # \w, \W
             return True
-    return any(not h for h in hit) if negate else any(hit)
+    return any(not h for h in hit) if cls.negate else any(hit)
 
 
-def _edge(items: list, last: bool) -> tuple[bool, bool]:
+def _edge(seq: Sequence[Node], last: bool) -> tuple[bool, bool]:
     """(may the first -- or, with ``last``, the final -- character be a letter, may the
     sequence match the empty string) for a parsed regex sequence. Conservative: unknown
     constructs may be letters."""
     may_letter = False
-    for op, av in reversed(items) if last else items:
-        if op is _sre.LITERAL:
-            letter, empty = av in _LETTERS or 65 <= av <= 90, False
-        elif op is _sre.IN:
-            letter, empty = _class_has_letter(av), False
-        elif op in _ZERO_WIDTH:
+    for node in reversed(seq) if last else seq:
+        if isinstance(node, Lit):
+            letter, empty = node.code in _LETTERS or 65 <= node.code <= 90, False
+        elif isinstance(node, Class):
+            letter, empty = _class_has_letter(node), False
+        elif isinstance(node, Look | Anchor):
             letter, empty = False, True
-        elif op is _sre.SUBPATTERN:
-            letter, empty = _edge(av[-1], last)
-        elif op is _sre.ATOMIC_GROUP:
-            letter, empty = _edge(av, last)
-        elif op is _sre.BRANCH:
-            edges = [_edge(b, last) for b in av[1]]
+        elif isinstance(node, Group | Atomic):
+            letter, empty = _edge(node.body, last)
+        elif isinstance(node, Branch):
+            edges = [_edge(b, last) for b in node.alternatives]
             letter, empty = any(e[0] for e in edges), any(e[1] for e in edges)
-        elif op in _REPEATS:
-            letter, empty = _edge(av[2], last)
-            empty = empty or av[0] == 0
-        else:  # ANY, NOT_LITERAL, GROUPREF, ...: anything
+        elif isinstance(node, Repeat):
+            letter, empty = _edge(node.body, last)
+            empty = empty or node.lo == 0
+        else:  # AnyChar, NotLit, Backref: anything
             letter, empty = True, True
         may_letter = may_letter or letter
         if not empty:
@@ -424,15 +430,21 @@ def _edge(items: list, last: bool) -> tuple[bool, bool]:
     return may_letter, True
 
 
-def _flatten(items: list) -> list:
-    """Top-level sequence with unquantified groups inlined."""
-    out = []
-    for op, av in items:
-        if op is _sre.SUBPATTERN:
-            out.extend(_flatten(av[-1]))
+def _flatten(seq: Seq) -> list[Node]:
+    """Top-level sequence with capturing groups inlined. A group with inline flags stays
+    whole: under ``(?i:...)`` a literal is not the word it spells (the parser has already
+    inlined plain ``(?:...)`` groups)."""
+    out: list[Node] = []
+    for node in seq:
+        if isinstance(node, Group) and not node.flags_on and not node.flags_off:
+            out.extend(_flatten(node.body))
         else:
-            out.append((op, av))
+            out.append(node)
     return out
+
+
+def _is_letter(node: Node) -> TypeGuard[Lit]:
+    return isinstance(node, Lit) and node.code in _LETTERS
 
 
 def whole_words(compiled: str) -> frozenset[str]:
@@ -440,20 +452,22 @@ def whole_words(compiled: str) -> frozenset[str]:
     literal letters in the top-level sequence that no letter can precede or follow (the
     pattern's word boundaries count as non-letters). Used to gate rules exactly."""
     try:
-        items = _flatten(list(_sre_parse.parse(compiled).data))
-    except Exception:  # pragma: no cover - only ever given patterns that compiled
+        nodes = _flatten(resyntax.parse(compiled))
+    except Unsupported:  # not ours to read: gate on the keys alone
         return frozenset()
     found = set()
-    i, n = 0, len(items)
+    i, n = 0, len(nodes)
     while i < n:
-        if items[i][0] is not _sre.LITERAL or items[i][1] not in _LETTERS:
+        if not _is_letter(nodes[i]):
             i += 1
             continue
         j = i
-        while j < n and items[j][0] is _sre.LITERAL and items[j][1] in _LETTERS:
+        word = []
+        while j < n and _is_letter(node := nodes[j]):
+            word.append(chr(node.code))
             j += 1
-        if not _edge(items[:i], True)[0] and not _edge(items[j:], False)[0]:
-            found.add("".join(chr(av) for _, av in items[i:j]))
+        if not _edge(nodes[:i], True)[0] and not _edge(nodes[j:], False)[0]:
+            found.add("".join(word))
         i = j
     return frozenset(found)
 
@@ -488,7 +502,7 @@ class _Builder:
         self.prefilter: dict[str, str] = {}
 
     def build(self, files: list[Path]) -> Rules:
-        docs: list[tuple[Path, dict]] = []
+        docs: list[tuple[Path, dict[str, object]]] = []
         for path in files:
             if path.suffix == ".json":
                 docs.append((path, self._read_json(path)))
@@ -501,6 +515,8 @@ class _Builder:
             self.macros.update(macros)
         for path, doc in docs:
             settings = doc.get("settings", {})
+            if not isinstance(settings, dict):
+                raise ValueError(f"{path}: 'settings' must be an object")
             for key, value in settings.items():
                 if key not in self.settings or not isinstance(value, int) or value < 1:
                     raise ValueError(f"{path}: unknown or invalid setting {key!r}: {value!r}")
@@ -545,7 +561,7 @@ class _Builder:
         )
 
     @staticmethod
-    def _read_json(path: Path) -> dict:
+    def _read_json(path: Path) -> dict[str, object]:
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:

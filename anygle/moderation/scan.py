@@ -27,24 +27,33 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re._constants as _sre
-import re._parser as _sre_parse
 from collections.abc import Iterable
+from importlib import metadata
+from typing import assert_never
+
+from . import resyntax as rx
+from .resyntax import Unsupported
 
 try:  # pragma: no cover - exercised by the import itself
     import hyperscan
+
+    AVAILABLE = True
 except ImportError:  # pragma: no cover - hyperscan ships wheels; keep working without it
-    hyperscan = None
+    AVAILABLE = False
 
 _ASCII_SPACE = frozenset([9, 10, 11, 12, 13, 28, 29, 30, 31, 32])
 _ASCII_DIGIT = frozenset(range(48, 58))
 _ASCII_WORD = frozenset([*range(48, 58), *range(65, 91), *range(97, 123), 95])
 _ALL_ASCII = frozenset(range(128))
-_REPEATS = (_sre.MAX_REPEAT, _sre.MIN_REPEAT, _sre.POSSESSIVE_REPEAT)
-
-
-class Unsupported(Exception):
-    """A construct the rewrite does not know: the rule keeps running unfiltered."""
+# ASCII codes of each \\d-style category; every non-ASCII byte is allowed too (superset)
+_CATEGORY: dict[rx.CategoryKind, frozenset[int]] = {
+    "d": _ASCII_DIGIT,
+    "D": _ALL_ASCII - _ASCII_DIGIT,
+    "s": _ASCII_SPACE,
+    "S": _ALL_ASCII - _ASCII_SPACE,
+    "w": _ASCII_WORD,
+    "W": _ALL_ASCII - _ASCII_WORD,
+}
 
 
 def _byte_class(allowed: set[int], non_ascii: bool) -> str:
@@ -65,104 +74,81 @@ def _byte_class(allowed: set[int], non_ascii: bool) -> str:
     return "[" + "".join(parts) + "]"
 
 
-def _category(av: object) -> tuple[frozenset[int], bool]:
-    """ASCII codes of a ``\\d``-style category; every non-ASCII byte is allowed (superset)."""
-    table = {
-        _sre.CATEGORY_DIGIT: _ASCII_DIGIT,
-        _sre.CATEGORY_NOT_DIGIT: _ALL_ASCII - _ASCII_DIGIT,
-        _sre.CATEGORY_SPACE: _ASCII_SPACE,
-        _sre.CATEGORY_NOT_SPACE: _ALL_ASCII - _ASCII_SPACE,
-        _sre.CATEGORY_WORD: _ASCII_WORD,
-        _sre.CATEGORY_NOT_WORD: _ALL_ASCII - _ASCII_WORD,
-    }
-    if av not in table:
-        raise Unsupported(f"category {av}")
-    return table[av], True
-
-
 def _atom(allowed: set[int] | frozenset[int], non_ascii: bool) -> str:
     """One character -> a byte class; repeatable if it can be non-ASCII (several bytes)."""
     cls = _byte_class(set(allowed), non_ascii)
     return cls + "+" if non_ascii else cls
 
 
-def _in(items: list) -> str:
+def _in(cls: rx.Class) -> str:
     allowed: set[int] = set()
     non_ascii = False
-    negate = False
-    for op, av in items:
-        if op is _sre.NEGATE:
-            negate = True
-        elif op is _sre.LITERAL:
-            if av < 128:
-                allowed.add(av)
+    for item in cls.items:
+        if isinstance(item, rx.Lit):
+            if item.code < 128:
+                allowed.add(item.code)
             else:
                 non_ascii = True
-        elif op is _sre.RANGE:
-            lo, hi = av
-            allowed.update(range(lo, min(hi, 127) + 1))
-            non_ascii = non_ascii or hi >= 128
-        elif op is _sre.CATEGORY:
-            codes, na = _category(av)
-            allowed.update(codes)
-            non_ascii = non_ascii or na
+        elif isinstance(item, rx.Range):
+            allowed.update(range(item.lo, min(item.hi, 127) + 1))
+            non_ascii = non_ascii or item.hi >= 128
         else:
-            raise Unsupported(f"class item {op}")
-    if negate:
+            allowed.update(_CATEGORY[item.kind])
+            non_ascii = True
+    if cls.negate:
         # [^...] may match any non-ASCII character unless it names it; allow them all
         return _atom(_ALL_ASCII - allowed, True)
     return _atom(allowed, non_ascii)
 
 
-def _render(items: list) -> str:
+def _render(seq: rx.Seq) -> str:
     out = []
-    for op, av in items:
-        if op is _sre.LITERAL:
-            if av >= 128:
-                out.append("".join(f"\\x{b:02x}" for b in chr(av).encode("utf-8")))
+    for node in seq:
+        if isinstance(node, rx.Lit):
+            if node.code >= 128:
+                out.append("".join(f"\\x{b:02x}" for b in chr(node.code).encode("utf-8")))
             else:
-                out.append(_atom({av}, False))
-        elif op is _sre.NOT_LITERAL:
-            out.append(_atom(_ALL_ASCII - {av} if av < 128 else _ALL_ASCII, True))
-        elif op is _sre.ANY:
+                out.append(_atom({node.code}, False))
+        elif isinstance(node, rx.NotLit):
+            out.append(_atom(_ALL_ASCII - {node.code} if node.code < 128 else _ALL_ASCII, True))
+        elif isinstance(node, rx.AnyChar):
             out.append(_atom(_ALL_ASCII - {10}, True))
-        elif op is _sre.IN:
-            out.append(_in(av))
-        elif op in _REPEATS:
-            lo, hi, sub = av
-            body = _render(list(sub))
+        elif isinstance(node, rx.Class):
+            out.append(_in(node))
+        elif isinstance(node, rx.Repeat):
+            body = _render(node.body)
             if not body:
                 continue
-            if hi is _sre.MAXREPEAT or hi == _sre.MAXREPEAT:
+            lo, hi = node.lo, node.hi
+            if hi is None:
                 q = "*" if lo == 0 else "+" if lo == 1 else f"{{{lo},}}"
             elif lo == hi:
                 q = f"{{{lo}}}"
             else:
                 q = "?" if (lo, hi) == (0, 1) else f"{{{lo},{hi}}}"
             out.append(f"(?:{body}){q}")
-        elif op is _sre.SUBPATTERN:
-            _group, add_flags, del_flags, sub = av
-            if add_flags or del_flags:
+        elif isinstance(node, rx.Group):
+            if node.flags_on or node.flags_off:
                 raise Unsupported("inline flags")
-            out.append(f"(?:{_render(list(sub))})")
-        elif op is _sre.ATOMIC_GROUP:
-            out.append(f"(?:{_render(list(av))})")
-        elif op is _sre.BRANCH:
-            out.append("(?:" + "|".join(_render(list(b)) for b in av[1]) + ")")
-        elif op in (_sre.ASSERT, _sre.ASSERT_NOT, _sre.AT):
+            out.append(f"(?:{_render(node.body)})")
+        elif isinstance(node, rx.Atomic):
+            out.append(f"(?:{_render(node.body)})")
+        elif isinstance(node, rx.Branch):
+            out.append("(?:" + "|".join(_render(b) for b in node.alternatives) + ")")
+        elif isinstance(node, rx.Look | rx.Anchor):
             continue  # dropped: the rewrite may only match more, never less
-        elif op is _sre.GROUPREF:
+        elif isinstance(node, rx.Backref):
             out.append("[\\x00-\\xff]*")
         else:
-            raise Unsupported(f"op {op}")
+            assert_never(node)
     return "".join(out)
 
 
 def bytes_pattern(src: str) -> bytes:
     """Hyperscan source that matches the UTF-8 ``text`` view wherever
     ``(?<![a-z0-9])(?:src)(?![a-z0-9])`` matches it as a ``str`` (and maybe elsewhere too).
-    Raises Unsupported for constructs it cannot rewrite."""
-    body = _render(list(_sre_parse.parse(src).data))
+    Raises Unsupported for constructs it cannot rewrite (or parse: see resyntax)."""
+    body = _render(rx.parse(src))
     if not body:
         raise Unsupported("empty pattern")
     return f"(?:^|[^a-z0-9])(?:{body})(?:[^a-z0-9]|$)".encode("ascii")
@@ -178,16 +164,17 @@ class Prefilter:
     what their match ids mean. ``scan`` runs them all over one view."""
 
     def __init__(self, parts: Iterable[tuple[Iterable[str], dict[str, str]]]) -> None:
-        if hyperscan is None:  # pragma: no cover
+        if not AVAILABLE:  # pragma: no cover
             raise RuntimeError("hyperscan is not installed")
         self.skipped: dict[str, str] = {}
-        self._dbs: list[object] = []
-        kinds: list[tuple[int, object]] = []  # per id: (0 word | 1 pattern | 2 none, value)
+        self._dbs: list[hyperscan.Database] = []
+        # per id: (0, word) | (1, pattern name) | (2, "": rejected by hyperscan)
+        kinds: list[tuple[int, str]] = []
         self.vocabulary: frozenset[str] = frozenset()
         for vocabulary, patterns in parts:
             words = sorted(w for w in set(vocabulary) if w.isalpha() and w.isascii())
             exprs = [vocabulary_pattern(w) for w in words]
-            meaning: list[tuple[int, object]] = [(0, w) for w in words]
+            meaning: list[tuple[int, str]] = [(0, w) for w in words]
             for name in sorted(patterns):
                 try:
                     exprs.append(bytes_pattern(patterns[name]))
@@ -201,8 +188,8 @@ class Prefilter:
             for i in bad:
                 if meaning[i][0] != 1:
                     raise ValueError(f"prefilter: cannot compile {exprs[i]!r}")
-                self.skipped[str(meaning[i][1])] = "rejected by hyperscan"
-                meaning[i] = (2, None)
+                self.skipped[meaning[i][1]] = "rejected by hyperscan"
+                meaning[i] = (2, "")
             self._dbs.append(db)
             kinds += meaning
             self.vocabulary |= frozenset(words)
@@ -211,10 +198,10 @@ class Prefilter:
 
     def scan(self, s: str) -> tuple[frozenset[str], frozenset[str]]:
         """(vocabulary words present as tokens, pattern names that may match)."""
-        hits: list[int] = []
+        hits = _Hits()
         data = s.encode("utf-8", "surrogatepass")
         for db in self._dbs:
-            db.scan(data, match_event_handler=_on_match, context=hits)
+            db.scan(data, match_event_handler=hits.on_match)
         if not hits:
             return _NONE, _NONE
         kinds = self._kinds
@@ -246,10 +233,8 @@ class Triage:
 
     def bits(self, base: str) -> int:
         """1: leetspeak hint, 2: a pair of single letters, 4: '*' (0: words is base)."""
-        hits: list[int] = []
-        self.db.scan(
-            base.encode("utf-8", "surrogatepass"), match_event_handler=_on_match, context=hits
-        )
+        hits = _Hits()
+        self.db.scan(base.encode("utf-8", "surrogatepass"), match_event_handler=hits.on_match)
         bits = 0
         for i in hits:
             bits |= 1 << i
@@ -261,12 +246,13 @@ _FLAGS = 0
 _MEMO: dict[str, tuple[bytes, tuple[int, ...]]] = {}
 
 
-def _database(exprs: list[bytes], first_id: int) -> tuple[object, tuple[int, ...]]:
+def _database(exprs: list[bytes], first_id: int) -> tuple[hyperscan.Database, tuple[int, ...]]:
     """Compile (ids from ``first_id``), leaving out what Hyperscan rejects (returned as
     indexes). Compiling the packaged rules takes several seconds, so databases are kept per
     process and on disk (``ANYGLE_HS_CACHE``, default ``~/.cache/anygle``; best effort)."""
     flags = hyperscan.HS_FLAG_SINGLEMATCH
-    key = hashlib.sha256(repr((hyperscan.__version__, flags, first_id, exprs)).encode()).hexdigest()
+    version = metadata.version("hyperscan")  # hyperscan.__version__, which its stub lacks
+    key = hashlib.sha256(repr((version, flags, first_id, exprs)).encode()).hexdigest()
     cached = _MEMO.get(key)
     if cached is None:
         cached = _load(key)
@@ -352,5 +338,8 @@ def _prune(directory: str) -> None:
             pass
 
 
-def _on_match(id_: int, start: int, end: int, flags: int, hits: list[int]) -> None:
-    hits.append(id_)
+class _Hits(list[int]):
+    """The ids a scan matched, in the order reported."""
+
+    def on_match(self, id_: int, start: int, end: int, flags: int, context: object) -> None:
+        self.append(id_)

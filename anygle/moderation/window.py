@@ -101,8 +101,9 @@ class SenderWindow:
         clf = self.classifier
         rules = clf.rules
         norm = rules.normalizer(text)
-        flags = {"protect_personal_info": protect_personal_info, "moderated": moderated}
-        verdict, signals = clf.check_normalized(norm, rules=rules, **flags)
+        verdict, signals = clf.check_normalized(
+            norm, rules=rules, protect_personal_info=protect_personal_info, moderated=moderated
+        )
         found = {(verdict.category, verdict.evidence)} if verdict else set()
 
         if self._entries and len(text) <= FRAGMENT_CHARS and self._fragment(norm):
@@ -113,7 +114,8 @@ class SenderWindow:
                     rules=rules,
                     signals=False,
                     only=JOIN_CATEGORIES,
-                    **flags,
+                    protect_personal_info=protect_personal_info,
+                    moderated=moderated,
                 )
                 key = (jv.category, jv.evidence)
                 if jv and not any(key in e.found for e in self._entries):
