@@ -110,7 +110,7 @@ class Metrics:
     ) -> None:
         self.collector = StatsCollector(instance_id, lag, turns)
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(self.collector)  # type: ignore[arg-type]
+        self.registry.register(self.collector)
 
     def render(self, stats: Stats, connections: int) -> bytes:
         self.collector.stats, self.collector.connections = stats, connections

@@ -125,7 +125,8 @@ class Listener(StreamServerEndpointService):
 
     def stopService(self) -> Deferred[None]:
         self.port = None
-        return super().stopService()
+        stopped: Deferred[None] = super().stopService()
+        return stopped
 
 
 class ListenError(Exception):

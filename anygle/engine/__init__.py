@@ -32,4 +32,5 @@ def create_engine(name: str, config: EngineConfig, clock: IReactorTime) -> Engin
     except KeyError:
         raise ValueError(f"unknown engine {name!r} (choose from {', '.join(ENGINES)})") from None
     cls = getattr(importlib.import_module(module_name), class_name)
-    return cls(config, clock)
+    engine: Engine = cls(config, clock)
+    return engine

@@ -13,7 +13,7 @@ was caused.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from anygle.model import Match, Preferences, Stats
 
@@ -46,13 +46,13 @@ class EngineSink(Protocol):
     def on_partner_left(self, user_id: str, room_id: str, reason: str) -> None:
         """``reason`` is ``'skipped'`` or ``'disconnected'``."""
 
-    def on_relay(self, user_id: str, room_id: str, frame: dict) -> None:
+    def on_relay(self, user_id: str, room_id: str, frame: dict[str, Any]) -> None:
         """A server frame (``message``, ``partner_typing``, ``offer`` …) from the partner."""
 
     def on_kick(self, user_id: str, code: str, reason: str) -> None:
         """Close this user's connection (ban, admin kick): ``code`` is the error code to send."""
 
-    def on_undelivered(self, user_id: str, room_id: str, frame: dict) -> None:
+    def on_undelivered(self, user_id: str, room_id: str, frame: dict[str, Any]) -> None:
         """A frame ``user_id`` relayed could not be delivered to the partner (optional: the
         redis engine calls it when its outage buffer is full)."""
 
@@ -92,7 +92,7 @@ class Engine(Protocol):
         ``reason='skipped'`` also starts the pair's rematch cooldown.  Returns the partner id,
         or ``None`` when the user was in no room (e.g. the partner ended it first)."""
 
-    def relay(self, partner_id: str, room_id: str, frame: dict) -> None:
+    def relay(self, partner_id: str, room_id: str, frame: dict[str, Any]) -> None:
         """Deliver ``frame`` to ``partner_id`` (``on_relay``), in order, exactly once."""
 
     def tick(self, now: float) -> Deferred[int]:
@@ -142,10 +142,10 @@ class Engine(Protocol):
         reported them within ``report_ban_window`` (and no ban stands yet); a banned user
         connected elsewhere is kicked (``on_kick``) by their instance."""
 
-    def reports(self, limit: int) -> Deferred[list[dict]]:
+    def reports(self, limit: int) -> Deferred[list[dict[str, Any]]]:
         """The last ``limit`` stored reports (records), newest first."""
 
-    def get_report(self, report_id: str) -> Deferred[dict | None]:
+    def get_report(self, report_id: str) -> Deferred[dict[str, Any] | None]:
         """One stored report record, or ``None`` (unknown or past its retention)."""
 
 

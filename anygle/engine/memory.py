@@ -15,7 +15,7 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable
 from copy import deepcopy
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -68,7 +68,7 @@ class MemoryEngine:
         self.connections: dict[str, int] = {}  # ip -> open connections
         self.moderation: dict[str, int] = {}  # "{tier}:{category}:{outcome}" -> count
         # report id -> (when, record), oldest first
-        self.stored_reports: OrderedDict[str, tuple[float, dict]] = OrderedDict()
+        self.stored_reports: OrderedDict[str, tuple[float, dict[str, Any]]] = OrderedDict()
         self.reported_rooms: dict[tuple[str, str], str] = {}  # (room, reporter) -> report id
         self.reporters: dict[str, dict[str, float]] = {}  # reported -> {reporter key: last at}
         self.report_counts: dict[str, int] = {}  # reason -> reports received
@@ -308,7 +308,7 @@ class MemoryEngine:
         self.sink.on_partner_left(partner, room_id, reason)
         return partner
 
-    def relay(self, partner_id: str, room_id: str, frame: dict) -> None:
+    def relay(self, partner_id: str, room_id: str, frame: dict[str, Any]) -> None:
         if self.room_of.get(partner_id) == room_id:
             assert self.sink is not None
             self.sink.on_relay(partner_id, room_id, frame)
@@ -412,12 +412,12 @@ class MemoryEngine:
             banned = True
         return succeed(ReportOutcome(report.report_id, banned=banned))
 
-    def reports(self, limit: int) -> Deferred[list[dict]]:
+    def reports(self, limit: int) -> Deferred[list[dict[str, Any]]]:
         self._expire_reports(self.clock.seconds())
         newest = reversed(self.stored_reports.values())
         return succeed([deepcopy(r) for _, r in itertools.islice(newest, max(0, limit))])
 
-    def get_report(self, report_id: str) -> Deferred[dict | None]:
+    def get_report(self, report_id: str) -> Deferred[dict[str, Any] | None]:
         self._expire_reports(self.clock.seconds())
         found = self.stored_reports.get(report_id)
         return succeed(deepcopy(found[1]) if found is not None else None)  # ours stays intact
