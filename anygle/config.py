@@ -15,7 +15,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from anygle.limits import DEFAULT_SPEC, MESSAGE_LIMITS
+from anygle.clientip import DEFAULT_IPV6_PREFIX, check_ipv6_prefix
+from anygle.limits import DEFAULT_MAX_ABUSE_KEYS, DEFAULT_SPEC, MESSAGE_LIMITS
 
 DEFAULT_CONFIG = "etc/anygle.conf"
 SECTION = "anygle"
@@ -82,6 +83,10 @@ def _networks(text: str) -> str:
     return text
 
 
+def _ipv6_prefix(text: str) -> int:
+    return check_ipv6_prefix(_number(int, 0)(text))
+
+
 def _message_limits(text: str) -> dict[str, tuple[float, float]]:
     from anygle.limits import parse_message_limits
 
@@ -129,6 +134,18 @@ OPTIONS: tuple[Option, ...] = (
         "127.0.0.0/8,::1/128",
         _networks,
         "CIDRs whose X-Forwarded-For/X-Real-IP is believed",
+    ),
+    Option(
+        "ipv6-prefix",
+        str(DEFAULT_IPV6_PREFIX),
+        _ipv6_prefix,
+        "per-IP limits and bans count an IPv6 client by its network of this many bits (16-128)",
+    ),
+    Option(
+        "max-abuse-keys",
+        str(DEFAULT_MAX_ABUSE_KEYS),
+        _number(int, 0),
+        "client addresses/networks tracked at once; beyond, new ones get 503 (0: no cap)",
     ),
     Option(
         "rate-limit",
@@ -208,6 +225,8 @@ class Settings:
     ping_interval: float = 25.0
     ping_timeout: float = 10.0
     trusted_proxies: str = "127.0.0.0/8,::1/128"
+    ipv6_prefix: int = DEFAULT_IPV6_PREFIX
+    max_abuse_keys: int = DEFAULT_MAX_ABUSE_KEYS
     rate_limit: int = 100
     message_limits: dict[str, tuple[float, float]] = field(
         default_factory=lambda: dict(MESSAGE_LIMITS)

@@ -26,6 +26,7 @@ from anygle.console import build_namespace
 from anygle.engine import EngineConfig, create_engine
 from anygle.engine.base import Engine
 from anygle.hub import Hub, HubSettings
+from anygle.limits import AbuseKeyTable
 from anygle.manhole import manhole_factory
 from anygle.moderation import Classifier
 from anygle.periodic import Periodic
@@ -133,6 +134,7 @@ class AnygleService(MultiService):
             ),
             reactor,
         )
+        self.abuse_keys = AbuseKeyTable(settings.max_abuse_keys, reactor)
         self.classifier = Classifier(settings.moderation_rules or None)
         screening = Screening(
             self.classifier,
@@ -140,6 +142,7 @@ class AnygleService(MultiService):
             settings=ScreeningSettings(
                 protect_adults=settings.protect_adults, ban_ttl=settings.ban_ttl or None
             ),
+            abuse_keys=self.abuse_keys,
         )
         self.hub = Hub(
             self.engine,
@@ -150,7 +153,9 @@ class AnygleService(MultiService):
             ),
             screening,
         )
-        resolver = ClientAddressResolver(parse_networks(settings.trusted_proxies))
+        resolver = ClientAddressResolver(
+            parse_networks(settings.trusted_proxies), settings.ipv6_prefix
+        )
         self.factory = AnygleFactory(
             self.hub,
             resolver=resolver,
@@ -159,6 +164,7 @@ class AnygleService(MultiService):
             allowed_origins=settings.allowed_origins,
             rate_limit=settings.rate_limit,
             max_per_ip=settings.max_connections_per_ip,
+            abuse_keys=self.abuse_keys,
             max_queued_bytes=settings.max_queued_bytes,
             message_limits=settings.message_limits,
             reactor=reactor,
@@ -173,6 +179,7 @@ class AnygleService(MultiService):
                 settings.rate_limit,
                 lag=self.lag,
                 turns=self.factory.turns,
+                abuse_keys=self.abuse_keys,
             )
         )
         self.site.displayTracebacks = False

@@ -15,6 +15,7 @@ from anygle.clientip import ClientAddressResolver
 from anygle.engine.base import EngineUnavailable, Stats
 from anygle.fairturns import TurnScheduler
 from anygle.hub import Hub
+from anygle.limits import AbuseKeyTable
 from anygle.metrics import CONTENT_TYPE, Metrics
 from anygle.reactorlag import ReactorLag
 
@@ -111,7 +112,15 @@ class StatsBackedPage(JsonPage):
 
 
 class StatsPage(StatsBackedPage):
+    """``instance.abuseKeys``: this instance's abuse-key table (``anygle.limits``): keys
+    tracked, its cap, and new keys refused since start."""
+
+    abuse_keys: AbuseKeyTable | None = None
+
     def page(self, stats: Stats) -> tuple[int, bytes, bytes]:
+        instance: dict[str, Any] = {"id": self.instance_id, "connections": len(self.hub.sessions)}
+        if self.abuse_keys is not None:
+            instance["abuseKeys"] = self.abuse_keys.summary()
         body = {
             "totalOnline": stats.total_online,
             "inQueue": stats.in_queue,
@@ -120,7 +129,7 @@ class StatsPage(StatsBackedPage):
             "totalMatches": stats.total_matches,
             "queues": stats.queues,
             "moderation": moderation_summary(stats.moderation),
-            "instance": {"id": self.instance_id, "connections": len(self.hub.sessions)},
+            "instance": instance,
         }
         return 200, b"application/json", json.dumps(body, separators=(",", ":")).encode()
 
@@ -163,7 +172,8 @@ class NotFound(Resource):
 
 class Root(Resource):
     """Dispatches ``/health`` and ``/stats``; every request first spends one unit of its client
-    address's per-minute budget (429 past it)."""
+    address's per-minute budget, counted by abuse key (429 past it; 503 from a new key while
+    the abuse-key table is full)."""
 
     isLeaf = True
 
@@ -176,16 +186,20 @@ class Root(Resource):
         rate_limit: int = 0,
         lag: ReactorLag | None = None,
         turns: TurnScheduler | None = None,
+        abuse_keys: AbuseKeyTable | None = None,
     ) -> None:
         super().__init__()
         self.hub = hub
         self.resolver = resolver
         self.rate_limit = rate_limit
+        self.abuse_keys = AbuseKeyTable(0, hub.clock) if abuse_keys is None else abuse_keys
         health = Health(hub, engine_name, instance_id)
         health.lag = lag
+        stats = StatsPage(hub, engine_name, instance_id)
+        stats.abuse_keys = self.abuse_keys
         self.pages: dict[bytes, Resource] = {
             b"/health": health,
-            b"/stats": StatsPage(hub, engine_name, instance_id),
+            b"/stats": stats,
             b"/metrics": MetricsPage(hub, engine_name, instance_id, lag, turns),
         }
 
@@ -193,12 +207,15 @@ class Root(Resource):
         page = self.pages.get(request.path, NotFound())
         if not self.rate_limit:
             return page.render(request)
-        ip = self.resolver.resolve(
+        key = self.resolver.client(
             getattr(request.getClientAddress(), "host", "unix"),
             request.requestHeaders.getRawHeaders("x-forwarded-for", []),
             (request.requestHeaders.getRawHeaders("x-real-ip") or [None])[-1],
-        )
-        d = self.hub.engine.rate(f"http:{ip}", self.rate_limit, 60.0)
+        ).abuse_key
+        if not self.abuse_keys.admit(key):
+            request.setHeader(b"retry-after", b"60")
+            return _write_json(request, 503, {"error": "too many client networks, try later"})
+        d = self.hub.engine.rate(f"http:{key}", self.rate_limit, 60.0)
         d.addCallback(self._allowed, request, page)
         d.addErrback(self._fail_open, request, page)
         return NOT_DONE_YET
