@@ -18,8 +18,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from anygle.clientip import DEFAULT_IPV6_PREFIX, check_ipv6_prefix
 from anygle.ice import parse_stun_urls, parse_turn_urls
-from anygle.limits import DEFAULT_SPEC
+from anygle.limits import DEFAULT_MAX_ABUSE_KEYS, DEFAULT_SPEC
 
 DEFAULT_CONFIG = "/etc/anygle/anygle.conf"
 SECTION = "anygle"
@@ -107,6 +108,10 @@ def _networks(text: str) -> str:
     return text
 
 
+def _ipv6_prefix(text: str) -> int:
+    return check_ipv6_prefix(_number(int, 0)(text))
+
+
 def _message_limits(text: str) -> dict[str, tuple[float, float]]:
     from anygle.limits import parse_message_limits
 
@@ -166,6 +171,18 @@ OPTIONS: tuple[Option, ...] = (
         "127.0.0.0/8,::1/128",
         _networks,
         "CIDRs whose X-Forwarded-For/X-Real-IP is believed",
+    ),
+    Option(
+        "ipv6-prefix",
+        str(DEFAULT_IPV6_PREFIX),
+        _ipv6_prefix,
+        "per-IP limits and bans count an IPv6 client by its network of this many bits (16-128)",
+    ),
+    Option(
+        "max-abuse-keys",
+        str(DEFAULT_MAX_ABUSE_KEYS),
+        _number(int, 0),
+        "client addresses/networks tracked at once; beyond, new ones get 503 (0: no cap)",
     ),
     Option(
         "rate-limit",
@@ -317,6 +334,8 @@ class Settings:
     ping_interval: float = default("ping-interval")
     ping_timeout: float = default("ping-timeout")
     trusted_proxies: str = default("trusted-proxies")
+    ipv6_prefix: int = default("ipv6-prefix")
+    max_abuse_keys: int = default("max-abuse-keys")
     rate_limit: int = default("rate-limit")
     message_limits: dict[str, tuple[float, float]] = field(
         default_factory=lambda: default("message-limits")

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, FirstError, gatherResults
 from twisted.python.failure import Failure
 
+from anygle.clientip import ban_target
 from anygle.reports import summary
 
 if TYPE_CHECKING:
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
 
 
 def build_namespace(service: AnygleService) -> dict[str, Any]:
-    hub, engine = service.hub, service.engine
+    hub, engine, prefix = service.hub, service.engine, service.settings.ipv6_prefix
 
     def stats() -> Any:
         """Service-wide figures (all instances on the redis engine) plus this instance's."""
@@ -34,6 +35,7 @@ def build_namespace(service: AnygleService) -> dict[str, Any]:
                 "local": {
                     "instance": service.settings.instance_id,
                     "connections": len(hub.sessions),
+                    "abuseKeys": service.abuse_keys.summary(),
                 },
             }
 
@@ -64,16 +66,22 @@ def build_namespace(service: AnygleService) -> dict[str, Any]:
         return _ban("users", user_id, ttl, reason)
 
     def ban_ip(ip: str, ttl: float | None = None, reason: str = "banned") -> Any:
-        """``banned:ips:{ip}`` for ``ttl`` s (None: for good); its connected users are closed."""
-        return _ban("ips", ip, ttl, reason)
+        """``banned:ips:{key}`` for ``ttl`` s (None: for good); its connected users are closed.
+        An address bans its abuse key (IPv6: its /64); ``addr/128`` one address; an IPv6 /64,
+        /56 or /48 that network."""
+        return _ban("ips", ban_target(ip, prefix), ttl, reason)
 
     def unban_user(user_id: str) -> Any:
         """Lift a user ban; True if there was one."""
         return settled(engine.unban("users", user_id))
 
     def unban_ip(ip: str) -> Any:
-        """Lift an IP ban; True if there was one."""
-        return settled(engine.unban("ips", ip))
+        """Lift the IP ban ``ban_ip(ip)`` would set (and one of the exact address); True if
+        there was one."""
+        names = dict.fromkeys((ban_target(ip, prefix), ip.strip()))
+        d = gatherResults([engine.unban("ips", name) for name in names], consumeErrors=True)
+        d.addErrback(lambda f: f.value.subFailure if isinstance(f.value, FirstError) else f)
+        return settled(d.addCallback(any))
 
     def _ban(kind: str, value: str, ttl: float | None, reason: str) -> Any:
         d = engine.ban(kind, value, reason, ttl)
@@ -138,6 +146,7 @@ def _describe(session: Any) -> dict[str, Any]:
     return {
         "userId": session.user_id,
         "ip": session.ip,
+        "abuseKey": session.abuse_key,
         "state": session.state,
         "queue": session.prefs.queue if session.prefs else None,
         "roomId": session.room_id,

@@ -23,6 +23,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
+from anygle.clientip import ClientAddress
 from anygle.engine.base import Engine, EngineUnavailable
 from anygle.errors import ClientError
 from anygle.ice import IceServers
@@ -78,18 +79,21 @@ class Hub:
         return int(self.clock.seconds() * 1000)
 
     # --- connection lifecycle ---------------------------------------------------------------
-    async def open(self, client: Client, ip: str) -> Session:
-        """Admit a new connection: refuse banned addresses, register the user, say ``connected``."""
+    async def open(self, client: Client, address: ClientAddress) -> Session:
+        """Admit a new connection: refuse banned addresses (the exact one, or its network: see
+        ``anygle.clientip.ban_keys``), register the user, say ``connected``."""
         try:
-            reason = await self.engine.get_ban(None, ip)
+            reason = await self.engine.get_ban(None, address.ban_keys)
         except EngineUnavailable:
             reason = None  # admit during an outage: bans are polled again once it is over
         if reason is not None:
             raise ClientError("BANNED", f"banned: {reason}")
-        session = Session(str(uuid.uuid4()), ip, client)
+        session = Session(
+            str(uuid.uuid4()), address.ip, client, address.abuse_key, address.ban_keys
+        )
         self.sessions[session.user_id] = session
         try:
-            await self.engine.connect(session.user_id, ip)
+            await self.engine.connect(session.user_id, address.ip)
         except BaseException:
             del self.sessions[session.user_id]
             raise
@@ -123,7 +127,7 @@ class Hub:
     async def _join(self, session: Session, prefs: Preferences) -> None:
         if session.state == CLOSED:
             return
-        reason = await self.engine.get_ban(session.user_id, session.ip)
+        reason = await self.engine.get_ban(session.user_id, session.ban_keys)
         if session.state == CLOSED:  # the client left while we asked
             return
         if reason is not None:
@@ -250,7 +254,7 @@ class Hub:
             reporter=session.user_id,
             reporter_ip=session.ip,
             # The one place that says what makes reporters distinct: the client address.
-            reporter_key=session.ip,
+            reporter_key=session.abuse_key,  # an IPv6 /64 is one reporter
             reported=partner,
             room_id=room_id,
             reason=reason,
@@ -383,7 +387,7 @@ class Hub:
         banned:…`` included): polled every second."""
         if not self.sessions:
             return
-        banned = await self.engine.check_bans({u: s.ip for u, s in self.sessions.items()})
+        banned = await self.engine.check_bans({u: s.ban_keys for u, s in self.sessions.items()})
         for user_id, reason in banned.items():
             self.on_kick(user_id, "BANNED", f"banned: {reason}")
 

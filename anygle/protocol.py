@@ -53,12 +53,12 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from anygle import validate, wire
-from anygle.clientip import ClientAddressResolver
+from anygle.clientip import ClientAddress, ClientAddressResolver
 from anygle.engine.base import EngineUnavailable
 from anygle.errors import ClientError
 from anygle.fairturns import FRAMES_PER_TURN, TURN_SECONDS, FairTurnsMixin, TurnScheduler
 from anygle.hub import Hub
-from anygle.limits import MESSAGE_LIMITS, ConnectionLimits
+from anygle.limits import MESSAGE_LIMITS, AbuseKeyTable, ConnectionLimits
 from anygle.session import Session
 
 ERROR_BUDGET = 20
@@ -102,7 +102,7 @@ class AnygleProtocol(FairTurnsMixin, WebSocketServerProtocol):
     def __init__(self) -> None:
         super().__init__()
         self.session: Session | None = None
-        self.client_ip = ""
+        self.address = ClientAddress("", "", ())
         self.json = False
         self.limits: ConnectionLimits | None = None
         self._guard = _SlowReaderGuard()
@@ -110,6 +110,7 @@ class AnygleProtocol(FairTurnsMixin, WebSocketServerProtocol):
         self._errors = 0
         self._errors_since = 0.0
         self._holds_slot = False  # counted in the per-IP connection limit
+        self._holds_key = False  # counted in the factory's abuse-key table
         self._refusal: ClientError | None = None
         self._gone = False
 
@@ -121,7 +122,7 @@ class AnygleProtocol(FairTurnsMixin, WebSocketServerProtocol):
     def onConnect(self, request: Any) -> Deferred[None]:
         self.limits = ConnectionLimits(self.factory.message_limits)
         headers = request.headers
-        self.client_ip = self.factory.resolver.resolve(
+        self.address = self.factory.resolver.client(
             getattr(self.transport.getPeer(), "host", "unix"),
             [headers["x-forwarded-for"]] if "x-forwarded-for" in headers else [],
             headers.get("x-real-ip"),
@@ -129,22 +130,32 @@ class AnygleProtocol(FairTurnsMixin, WebSocketServerProtocol):
         self.json = "json" in request.params.get("format", ())
         return Deferred.fromCoroutine(self._admit())
 
+    @property
+    def abuse_key(self) -> str:
+        """What this connection's per-address limits count under (``anygle.clientip``)."""
+        return self.address.abuse_key
+
     async def _admit(self) -> None:
-        """Per-IP limits, shared by all instances.  Refusing the handshake gives an HTTP status;
-        the connection limit is told as an ``error`` and a close reason a browser can read."""
-        f, ip = self.factory, self.client_ip
+        """Per-address limits, by abuse key, shared by all instances.  Refusing the handshake
+        gives an HTTP status; the connection limit is told as an ``error`` and a close reason a
+        browser can read."""
+        f, key = self.factory, self.abuse_key
+        if not f.abuse_keys.admit(key):
+            raise ConnectionDeny(503, "Too many client networks right now, try again later")
+        f.abuse_keys.connected(key)
+        self._holds_key = True
         try:
-            if f.rate_limit and not await f.hub.engine.rate(f"ws:{ip}", f.rate_limit, 60.0):
+            if f.rate_limit and not await f.hub.engine.rate(f"ws:{key}", f.rate_limit, 60.0):
                 raise ConnectionDeny(429, "Too many connection attempts from your address")
             if f.max_per_ip:
-                if await f.hub.engine.acquire_connection(ip, f.max_per_ip):
+                if await f.hub.engine.acquire_connection(key, f.max_per_ip):
                     self._holds_slot = True
                     if self._gone:  # the client left while we were asking
                         self._release_slot()
                 else:
+                    per = "address" if key == self.address.ip else f"network ({key})"
                     self._refusal = ClientError(
-                        "TOO_MANY_CONNECTIONS",
-                        f"at most {f.max_per_ip} connections per address",
+                        "TOO_MANY_CONNECTIONS", f"at most {f.max_per_ip} connections per {per}"
                     )
         except EngineUnavailable:
             pass  # fail open: without shared state, joins are refused anyway
@@ -152,7 +163,7 @@ class AnygleProtocol(FairTurnsMixin, WebSocketServerProtocol):
     def _release_slot(self) -> None:
         if self._holds_slot:
             self._holds_slot = False
-            d = self.factory.hub.engine.release_connection(self.client_ip)
+            d = self.factory.hub.engine.release_connection(self.abuse_key)
             d.addErrback(lambda f: f.trap(EngineUnavailable))
             d.addErrback(self._log_failure)
 
@@ -163,7 +174,7 @@ class AnygleProtocol(FairTurnsMixin, WebSocketServerProtocol):
             self.send(self._refusal.frame())
             self.close(1008, self._refusal.message)
             return
-        d = Deferred.fromCoroutine(self.factory.hub.open(self, self.client_ip))
+        d = Deferred.fromCoroutine(self.factory.hub.open(self, self.address))
         d.addCallbacks(self._opened, self._open_failed)
 
     def _opened(self, session: Session) -> None:
@@ -193,6 +204,9 @@ class AnygleProtocol(FairTurnsMixin, WebSocketServerProtocol):
         self._gone = True
         self.factory.connections.discard(self)
         self._release_slot()
+        if self._holds_key:
+            self._holds_key = False
+            self.factory.abuse_keys.disconnected(self.abuse_key)
         if self.session is not None:
             self.factory.hub.close(self.session).addErrback(self._log_failure)
 
@@ -341,6 +355,7 @@ class AnygleFactory(WebSocketServerFactory):
         allowed_origins: tuple[str, ...] = (),
         rate_limit: int = 0,
         max_per_ip: int = 0,
+        abuse_keys: AbuseKeyTable | None = None,
         max_queued_bytes: int = 1 << 20,
         message_limits: dict[str, tuple[float, float]] | None = None,
         frames_per_turn: int = FRAMES_PER_TURN,
@@ -354,6 +369,7 @@ class AnygleFactory(WebSocketServerFactory):
         self.resolver = resolver
         self.rate_limit = rate_limit
         self.max_per_ip = max_per_ip
+        self.abuse_keys = AbuseKeyTable(0, self.reactor) if abuse_keys is None else abuse_keys
         self.max_queued_bytes = max_queued_bytes
         self.connections: set[AnygleProtocol] = set()
         origins = [_with_port(o) for o in allowed_origins] or ["*"]

@@ -68,7 +68,7 @@ class Report:
     report_id: str
     reporter: str
     reporter_ip: str
-    reporter_key: str  # counted for the distinct-reporter ban (today: the client IP)
+    reporter_key: str  # counted for the distinct-reporter ban: the reporter's abuse key
     reported: str
     room_id: str
     reason: str

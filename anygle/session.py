@@ -30,8 +30,12 @@ class Client(Protocol):
 @dataclass(eq=False)
 class Session:
     user_id: str
-    ip: str
+    ip: str  # the client address as resolved (anygle.clientip)
     client: Client
+    # What per-address rules count this user under (an IPv6 client: its /64): the connection
+    # cap, rates, strikes, bans, distinct reporters.  Defaults to ``ip``.
+    abuse_key: str = ""
+    ban_keys: tuple[str, ...] = ()  # names under banned:ips: that refuse it (ip first)
     state: str = IDLE
     prefs: Preferences | None = None  # last join; a skip requeues with it
     room_id: str | None = None
@@ -45,6 +49,10 @@ class Session:
     last_chat: EndedChat | None = None  # the chat that ended last, reportable for a while
     pending: int = 0  # operations queued by serial() and not finished
     _tail: Deferred[Any] = field(default_factory=lambda: succeed(None))
+
+    def __post_init__(self) -> None:
+        self.abuse_key = self.abuse_key or self.ip
+        self.ban_keys = self.ban_keys or (self.ip,)
 
     def room_ended(self, room_id: str) -> None:
         if self._ended_rooms is None:

@@ -32,6 +32,7 @@ from anygle.engine import EngineConfig, create_engine
 from anygle.engine.base import Engine
 from anygle.hub import Hub, HubSettings
 from anygle.ice import IceServers
+from anygle.limits import AbuseKeyTable
 from anygle.manhole import manhole_factory
 from anygle.moderation import Classifier
 from anygle.periodic import Periodic
@@ -161,6 +162,7 @@ class AnygleService(MultiService):
             ),
             reactor,
         )
+        self.abuse_keys = AbuseKeyTable(settings.max_abuse_keys, reactor)
         self.classifier = Classifier(settings.moderation_rules or None)
         screening = Screening(
             self.classifier,
@@ -168,6 +170,7 @@ class AnygleService(MultiService):
             settings=ScreeningSettings(
                 protect_adults=settings.protect_adults, ban_ttl=settings.ban_ttl or None
             ),
+            abuse_keys=self.abuse_keys,
         )
         self.hub = Hub(
             self.engine,
@@ -184,7 +187,9 @@ class AnygleService(MultiService):
                 turn_ttl=settings.turn_ttl,
             ),
         )
-        resolver = ClientAddressResolver(parse_networks(settings.trusted_proxies))
+        resolver = ClientAddressResolver(
+            parse_networks(settings.trusted_proxies), settings.ipv6_prefix
+        )
         self.factory = AnygleFactory(
             self.hub,
             resolver=resolver,
@@ -193,6 +198,7 @@ class AnygleService(MultiService):
             allowed_origins=settings.allowed_origins,
             rate_limit=settings.rate_limit,
             max_per_ip=settings.max_connections_per_ip,
+            abuse_keys=self.abuse_keys,
             max_queued_bytes=settings.max_queued_bytes,
             message_limits=settings.message_limits,
             reactor=reactor,
@@ -210,6 +216,7 @@ class AnygleService(MultiService):
                 client=WebClient(settings.web_client_ws_url, self._ws_port)
                 if settings.web_client
                 else None,
+                abuse_keys=self.abuse_keys,
             )
         )
         self.site.displayTracebacks = False

@@ -19,6 +19,7 @@ from anygle.clientip import ClientAddressResolver
 from anygle.engine.base import EngineUnavailable
 from anygle.fairturns import TurnScheduler
 from anygle.hub import Hub
+from anygle.limits import AbuseKeyTable
 from anygle.metrics import CONTENT_TYPE, Metrics
 from anygle.model import Stats
 from anygle.reactorlag import ReactorLag
@@ -116,7 +117,15 @@ class StatsBackedPage(JsonPage):
 
 
 class StatsPage(StatsBackedPage):
+    """``instance.abuseKeys``: this instance's abuse-key table (``anygle.limits``): keys
+    tracked, its cap, and new keys refused since start."""
+
+    abuse_keys: AbuseKeyTable | None = None
+
     def page(self, stats: Stats) -> tuple[int, bytes, bytes]:
+        instance: dict[str, Any] = {"id": self.instance_id, "connections": len(self.hub.sessions)}
+        if self.abuse_keys is not None:
+            instance["abuseKeys"] = self.abuse_keys.summary()
         body = {
             "totalOnline": stats.total_online,
             "inQueue": stats.in_queue,
@@ -130,7 +139,7 @@ class StatsPage(StatsBackedPage):
                 "blocks": stats.report_blocks,
                 "byReason": stats.reports,
             },
-            "instance": {"id": self.instance_id, "connections": len(self.hub.sessions)},
+            "instance": instance,
         }
         return 200, b"application/json", json.dumps(body, separators=(",", ":")).encode()
 
@@ -241,9 +250,10 @@ class WebClient(Resource):
 
 class Root(Resource):
     """Dispatches ``/health``, ``/stats``, ``/metrics`` and the web client; every request for
-    the first three spends one unit of its client address's per-minute budget (429 past it).
-    The web client's files are not counted: they are bytes in memory, and a page load (four
-    files) should not eat the budget of an address many people share."""
+    the first three spends one unit of its client address's per-minute budget, counted by abuse
+    key (429 past it; 503 from a new key while the abuse-key table is full).  The web client's
+    files are not counted: they are bytes in memory, and a page load (four files) should not eat
+    the budget of an address many people share."""
 
     isLeaf = True
 
@@ -257,17 +267,21 @@ class Root(Resource):
         lag: ReactorLag | None = None,
         turns: TurnScheduler | None = None,
         client: WebClient | None = None,
+        abuse_keys: AbuseKeyTable | None = None,
     ) -> None:
         super().__init__()
         self.hub = hub
         self.resolver = resolver
         self.rate_limit = rate_limit
         self.client = client
+        self.abuse_keys = AbuseKeyTable(0, hub.clock) if abuse_keys is None else abuse_keys
         health = Health(hub, engine_name, instance_id)
         health.lag = lag
+        stats = StatsPage(hub, engine_name, instance_id)
+        stats.abuse_keys = self.abuse_keys
         self.pages: dict[bytes, Resource] = {
             b"/health": health,
-            b"/stats": StatsPage(hub, engine_name, instance_id),
+            b"/stats": stats,
             b"/metrics": MetricsPage(hub, engine_name, instance_id, lag, turns),
         }
 
@@ -277,12 +291,15 @@ class Root(Resource):
         page = self.pages.get(request.path, NotFound())
         if not self.rate_limit:
             return page.render(request)
-        ip = self.resolver.resolve(
+        key = self.resolver.client(
             getattr(request.getClientAddress(), "host", "unix"),
             request.requestHeaders.getRawHeaders("x-forwarded-for", []),
             (request.requestHeaders.getRawHeaders("x-real-ip") or [None])[-1],
-        )
-        d = self.hub.engine.rate(f"http:{ip}", self.rate_limit, 60.0)
+        ).abuse_key
+        if not self.abuse_keys.admit(key):
+            request.setHeader(b"retry-after", b"60")
+            return _write_json(request, 503, {"error": "too many client networks, try later"})
+        d = self.hub.engine.rate(f"http:{key}", self.rate_limit, 60.0)
         d.addCallback(self._allowed, request, page)
         d.addErrback(self._fail_open, request, page)
         return NOT_DONE_YET

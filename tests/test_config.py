@@ -117,7 +117,7 @@ def test_shipped_config_file_lists_every_option_with_its_default():
 
 def test_readme_table_shows_every_option_with_its_default():
     rows = re.findall(
-        r"^\| `--([a-z-]+)[^`]*` \| ([^|]+) \|", (ROOT / "README.md").read_text(), re.M
+        r"^\| `--([a-z0-9-]+)[^`]*` \| ([^|]+) \|", (ROOT / "README.md").read_text(), re.M
     )
     table = {name: shown.strip().strip("`") for name, shown in rows}
     table.pop("config")

@@ -8,7 +8,7 @@ from typing import Any
 import msgpack
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import defer, reactor
-from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 
 # frames a test rarely asserts on; expect() skips them unless asked for
 NOISE = frozenset({"stats", "searching"})
@@ -67,7 +67,8 @@ class Client:
         bind: str | None = None,
     ) -> Client:
         client = cls()
-        url = f"ws://{host}:{port}/{query}"
+        v6 = ":" in host
+        url = f"ws://[{host}]:{port}/{query}" if v6 else f"ws://{host}:{port}/{query}"
         factory = WebSocketClientFactory(url, headers=headers or {})
         factory.setProtocolOptions(autoPingInterval=0, maxFramePayloadSize=0)
         factory.protocol = _Protocol
@@ -80,7 +81,7 @@ class Client:
             return proto
 
         factory.buildProtocol = build  # type: ignore[method-assign]
-        endpoint = TCP4ClientEndpoint(
+        endpoint = (TCP6ClientEndpoint if v6 else TCP4ClientEndpoint)(
             reactor, host, port, timeout=10, bindAddress=(bind, 0) if bind else None
         )
         await endpoint.connect(factory)

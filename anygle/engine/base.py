@@ -12,6 +12,7 @@ was caused.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -21,6 +22,16 @@ if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
     from anygle.reports import Report, ReportOutcome
+
+# The names looked up under ``banned:ips:`` for one client: one name, several, or none.
+IpNames = str | Sequence[str] | None
+
+
+def ip_names(ips: IpNames) -> tuple[str, ...]:
+    """``ips`` as a tuple (one name given as a string is one name, not its characters)."""
+    if ips is None:
+        return ()
+    return (ips,) if isinstance(ips, str) else tuple(ips)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,27 +121,29 @@ class Engine(Protocol):
 
     def get_count(self, key: str) -> Deferred[int]: ...
 
-    def get_ban(self, user_id: str | None, ip: str | None) -> Deferred[str | None]:
-        """The ban reason for this user or IP, ``None`` when neither is banned."""
+    def get_ban(self, user_id: str | None, ips: IpNames = None) -> Deferred[str | None]:
+        """The ban reason for this user or one of ``ips`` (``banned:ips:{name}``; a client's
+        names are ``anygle.clientip.ban_keys``: its address, its /64 …), ``None`` when none is
+        banned."""
 
     def ban(self, kind: str, value: str, reason: str, ttl: float | None) -> Deferred[None]:
         """``kind`` is ``'users'`` or ``'ips'``; ``ttl=None`` bans for good."""
 
     def unban(self, kind: str, value: str) -> Deferred[bool]: ...
 
-    def check_bans(self, users: dict[str, str]) -> Deferred[dict[str, str]]:
-        """``{user: reason}`` for those of ``{user: ip}`` banned by user id or by IP — polled
-        every second so that a ban set with ``redis-cli`` kicks connected users too."""
+    def check_bans(self, users: dict[str, IpNames]) -> Deferred[dict[str, str]]:
+        """``{user: reason}`` for those of ``{user: ban names}`` banned by user id or by IP —
+        polled every second so that a ban set with ``redis-cli`` kicks connected users too."""
 
     # --- abuse limits (shared by all instances) -------------------------------------------
     def rate(self, key: str, limit: int, window: float) -> Deferred[bool]:
         """GCRA: ``True`` while ``key`` is used at most ``limit`` times per ``window`` s
         (bursts up to ``limit``); each call counts."""
 
-    def acquire_connection(self, ip: str, limit: int) -> Deferred[bool]:
-        """Count one more open connection from ``ip`` unless ``limit`` are open already."""
+    def acquire_connection(self, key: str, limit: int) -> Deferred[bool]:
+        """Count one more open connection from abuse key ``key`` unless ``limit`` are open."""
 
-    def release_connection(self, ip: str) -> Deferred[None]: ...
+    def release_connection(self, key: str) -> Deferred[None]: ...
 
     def record_moderation(self, tier: str, category: str, outcome: str) -> None:
         """Count one moderation action (fire and forget) for ``Stats.moderation``."""

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
-from anygle.engine.base import EngineConfig, EngineSink
+from anygle.engine.base import EngineConfig, EngineSink, IpNames, ip_names
 from anygle.limits import gcra
 from anygle.matching import QueueEntry, is_open, pair_key, preference_key, shared_interests
 from anygle.model import Match, Preferences, Stats
@@ -65,7 +65,7 @@ class MemoryEngine:
         self.counters: dict[str, tuple[int, float]] = {}  # key -> (value, expires at)
         self.bans: dict[tuple[str, str], tuple[str, float | None]] = {}
         self.rates: dict[str, float] = {}  # key -> GCRA theoretical arrival time
-        self.connections: dict[str, int] = {}  # ip -> open connections
+        self.connections: dict[str, int] = {}  # abuse key -> open connections
         self.moderation: dict[str, int] = {}  # "{tier}:{category}:{outcome}" -> count
         # report id -> (when, record), oldest first
         self.stored_reports: OrderedDict[str, tuple[float, dict[str, Any]]] = OrderedDict()
@@ -342,10 +342,12 @@ class MemoryEngine:
         value, expires = self.counters.get(key, (0, 0.0))
         return succeed(value if expires > self.clock.seconds() else 0)
 
-    def get_ban(self, user_id: str | None, ip: str | None) -> Deferred[str | None]:
+    def get_ban(self, user_id: str | None, ips: IpNames = None) -> Deferred[str | None]:
         now = self.clock.seconds()
-        for key in (("users", user_id), ("ips", ip)):
-            if key[1] is None or key not in self.bans:
+        keys = [("users", user_id)] if user_id is not None else []
+        keys += [("ips", name) for name in ip_names(ips)]
+        for key in keys:
+            if key not in self.bans:
                 continue
             reason, until = self.bans[key]
             if until is None or until > now:
@@ -361,10 +363,10 @@ class MemoryEngine:
     def unban(self, kind: str, value: str) -> Deferred[bool]:
         return succeed(self.bans.pop((kind, value), None) is not None)
 
-    def check_bans(self, users: dict[str, str]) -> Deferred[dict[str, str]]:
+    def check_bans(self, users: dict[str, IpNames]) -> Deferred[dict[str, str]]:
         if not self.bans:
             return succeed({})
-        found = {u: self.get_ban(u, ip).result for u, ip in users.items()}
+        found = {u: self.get_ban(u, ips).result for u, ips in users.items()}
         return succeed({u: reason for u, reason in found.items() if reason is not None})
 
     # --- abuse limits ---------------------------------------------------------------------
@@ -374,11 +376,11 @@ class MemoryEngine:
         self.rates[key] = tat
         return succeed(allowed)
 
-    def acquire_connection(self, ip: str, limit: int) -> Deferred[bool]:
-        count = self.connections.get(ip, 0)
+    def acquire_connection(self, key: str, limit: int) -> Deferred[bool]:
+        count = self.connections.get(key, 0)
         if count >= limit:
             return succeed(False)
-        self.connections[ip] = count + 1
+        self.connections[key] = count + 1
         return succeed(True)
 
     def record_moderation(self, tier: str, category: str, outcome: str) -> None:
@@ -431,12 +433,12 @@ class MemoryEngine:
         _, (_, record) = self.stored_reports.popitem(last=False)
         self.reported_rooms.pop((record["roomId"], record["reporter"]), None)
 
-    def release_connection(self, ip: str) -> Deferred[None]:
-        count = self.connections.get(ip, 0) - 1
+    def release_connection(self, key: str) -> Deferred[None]:
+        count = self.connections.get(key, 0) - 1
         if count > 0:
-            self.connections[ip] = count
+            self.connections[key] = count
         else:
-            self.connections.pop(ip, None)
+            self.connections.pop(key, None)
         return succeed(None)
 
 

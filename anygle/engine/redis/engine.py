@@ -52,7 +52,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from anygle.engine.base import EngineConfig, EngineSink, EngineUnavailable
+from anygle.engine.base import EngineConfig, EngineSink, EngineUnavailable, IpNames, ip_names
 from anygle.engine.redis.client import RedisAddress, RedisFactory
 from anygle.engine.redis.liveness import LOST, REAPED, Beat, Liveness
 from anygle.model import AGE_CATEGORIES, MODES, QUEUE_TYPES, Match, Preferences, Stats
@@ -186,7 +186,7 @@ class RedisEngine:
         self._next_touch = 0.0
         self.liveness = Liveness(self, self.instance, self.address, self.reactor)
         self._total_matches = 0
-        self._conns: dict[str, int] = {}  # ip -> connections counted by this instance
+        self._conns: dict[str, int] = {}  # abuse key -> connections counted by this instance
         self._bans_checked_at = -1e9  # reactor time of the last check_bans() that answered
         self._bans_seen: set[str] = set()  # local users it found banned
         self._last_stats: Stats | None = None
@@ -1194,14 +1194,16 @@ class RedisEngine:
         d = self._raw("GET", f"count:{key}").addErrback(self._unavailable)
         return d.addCallback(lambda v: int(v) if v is not None else 0)
 
-    def get_ban(self, user_id: str | None, ip: str | None) -> defer.Deferred[str | None]:
+    def get_ban(self, user_id: str | None, ips: IpNames = None) -> defer.Deferred[str | None]:
         """Exact, except for a user connected here whose ban check (``check_bans``, polled every
         second by the hub) answered less than 2 s ago: that answer is reused, saving a round trip
-        on every join — ``join`` itself refuses a banned user atomically (``BANNED`` + kick)."""
+        on every join — ``join`` itself refuses a banned user atomically (``BANNED`` + kick).
+        ``ips``: the client's ban names (``anygle.clientip.ban_keys``, its address first)."""
+        names = ip_names(ips)
         local = self.users.get(user_id) if user_id is not None else None
         if (
             local is not None
-            and local.ip == ip
+            and names[:1] == (local.ip,)
             and user_id not in self._bans_seen
             and self.reactor.seconds() - self._bans_checked_at < 2.0
         ):
@@ -1209,8 +1211,7 @@ class RedisEngine:
         keys = []
         if user_id is not None:
             keys.append(f"banned:users:{user_id}")
-        if ip is not None:
-            keys.append(f"banned:ips:{ip}")
+        keys += [f"banned:ips:{name}" for name in names]
         if not keys:
             return defer.succeed(None)
         d = self._require()
@@ -1238,13 +1239,13 @@ class RedisEngine:
         d = self._raw("DEL", f"banned:{kind}:{value}").addErrback(self._unavailable)
         return d.addCallback(lambda n: bool(n))
 
-    def check_bans(self, users: dict[str, str]) -> defer.Deferred[dict[str, str]]:
+    def check_bans(self, users: dict[str, IpNames]) -> defer.Deferred[dict[str, str]]:
         """Polled every second by the hub: one script call per 2000 users, whose reply lists the
         banned ones only (an ``MGET`` of every key cost a 25 ms reactor stall per 4000 users).
         Nothing is found while Redis is unreachable (no log noise every second)."""
         if not users or not self._available:
             return defer.succeed({})
-        items = list(users.items())
+        items = [(u, ip_names(ips)) for u, ips in users.items()]
         ds = [
             self._script("check_bans", msgpack.packb(items[i : i + 2000]))
             for i in range(0, len(items), 2000)
@@ -1272,26 +1273,26 @@ class RedisEngine:
         d = self._script("rate", key, limit, max(1, _ms(window)), _ms(self.clock.seconds()))
         return d.addCallback(bool)
 
-    def acquire_connection(self, ip: str, limit: int) -> defer.Deferred[bool]:
-        d = self._script("acquire", ip, limit, self.instance)
+    def acquire_connection(self, key: str, limit: int) -> defer.Deferred[bool]:
+        d = self._script("acquire", key, limit, self.instance)
 
         def done(ok: int) -> bool:
             if ok:
-                self._conns[ip] = self._conns.get(ip, 0) + 1
+                self._conns[key] = self._conns.get(key, 0) + 1
             return bool(ok)
 
         return d.addCallback(done)
 
-    def release_connection(self, ip: str) -> defer.Deferred[None]:
-        count = self._conns.get(ip, 0)
+    def release_connection(self, key: str) -> defer.Deferred[None]:
+        count = self._conns.get(key, 0)
         if count <= 0:
             return defer.succeed(None)
         if count == 1:
-            del self._conns[ip]
+            del self._conns[key]
         else:
-            self._conns[ip] = count - 1
+            self._conns[key] = count - 1
         return self._online_or_not(  # offline: the counts are registered again on reconnect
-            lambda: self._script("release", ip, self.instance).addCallback(lambda _: None),
+            lambda: self._script("release", key, self.instance).addCallback(lambda _: None),
             lambda: None,
         )
 

@@ -1,5 +1,6 @@
--- acquire_connection: ARGV ip, limit, instance.  conns:{ip} counts open connections from ip over
--- all instances; instance:{id}:conns (hash ip -> n) lets the reaper give back a dead instance's.
+-- acquire_connection: ARGV key, limit, instance.  conns:{key} counts open connections from an
+-- abuse key (an IPv4 address, an IPv6 /64: anygle.clientip.abuse_key) over all instances;
+-- instance:{id}:conns (hash key -> n) lets the reaper give back a dead instance's.
 local ip, limit, inst = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local k = 'conns:' .. ip
 if tonumber(redis.call('GET', k) or '0') >= limit then return 0 end

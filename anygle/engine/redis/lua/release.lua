@@ -1,4 +1,4 @@
--- release_connection: ARGV ip, instance.
+-- release_connection: ARGV abuse key, instance.
 local ip, inst = ARGV[1], ARGV[2]
 local c = redis.call('HINCRBY', iconns(inst), ip, -1)
 if c <= 0 then redis.call('HDEL', iconns(inst), ip) end
