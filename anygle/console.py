@@ -13,37 +13,33 @@ from twisted.internet.defer import Deferred, FirstError, gatherResults
 from twisted.python.failure import Failure
 
 from anygle.clientip import ban_target
+from anygle.model import Stats
 from anygle.reports import summary
+from anygle.stats_view import overview
 
 if TYPE_CHECKING:
     from anygle.tap import AnygleService
 
 
 def build_namespace(service: AnygleService) -> dict[str, Any]:
-    hub, engine, prefix = service.hub, service.engine, service.settings.ipv6_prefix
+    hub, prefix = service.hub, service.settings.ipv6_prefix
 
     def stats() -> Any:
         """Service-wide figures (all instances on the redis engine) plus this instance's."""
 
-        def shape(s: Any) -> dict[str, Any]:
-            return {
-                "totalOnline": s.total_online,
-                "inQueue": s.in_queue,
-                "activeChats": s.active_chats,
-                "avgMatchTime": s.avg_match_time,
-                "totalMatches": s.total_matches,
-                "local": {
-                    "instance": service.settings.instance_id,
-                    "connections": len(hub.sessions),
-                    "abuseKeys": service.abuse_keys.summary(),
-                },
+        def shape(s: Stats) -> dict[str, Any]:
+            local = {
+                "instance": service.settings.instance_id,
+                "connections": len(hub.sessions),
+                "abuseKeys": hub.admission.keys.summary(),
             }
+            return {**overview(s), "local": local}
 
-        return settled(engine.stats().addCallback(shape))
+        return settled(hub.stats().addCallback(shape))
 
     def queues() -> Any:
         """Waiting users per queue (``teen:video:moderated`` …)."""
-        return settled(engine.stats().addCallback(lambda s: dict(s.queues)))
+        return settled(hub.stats().addCallback(lambda s: dict(s.queues)))
 
     def users() -> list[dict[str, Any]]:
         """Users connected to this instance."""
@@ -73,29 +69,28 @@ def build_namespace(service: AnygleService) -> dict[str, Any]:
 
     def unban_user(user_id: str) -> Any:
         """Lift a user ban; True if there was one."""
-        return settled(engine.unban("users", user_id))
+        return settled(hub.unban("users", user_id))
 
     def unban_ip(ip: str) -> Any:
         """Lift the IP ban ``ban_ip(ip)`` would set (and one of the exact address); True if
         there was one."""
         names = dict.fromkeys((ban_target(ip, prefix), ip.strip()))
-        d = gatherResults([engine.unban("ips", name) for name in names], consumeErrors=True)
+        d = gatherResults([hub.unban("ips", name) for name in names], consumeErrors=True)
         d.addErrback(lambda f: f.value.subFailure if isinstance(f.value, FirstError) else f)
         return settled(d.addCallback(any))
 
     def _ban(kind: str, value: str, ttl: float | None, reason: str) -> Any:
-        d = engine.ban(kind, value, reason, ttl)
-        d.addCallback(lambda _: Deferred.fromCoroutine(hub.enforce_bans()))
+        d = Deferred.fromCoroutine(hub.ban(kind, value, reason, ttl))
         expiry = f" for {ttl:g} s" if ttl else " (no expiry)"
         return settled(d.addCallback(lambda _: f"banned:{kind}:{value} = {reason!r}{expiry}"))
 
     def reports(limit: int = 20) -> Any:
         """The last reports of a partner, newest first, one short line each."""
-        return settled(engine.reports(limit).addCallback(lambda rs: [summary(r) for r in rs]))
+        return settled(hub.reports(limit).addCallback(lambda rs: [summary(r) for r in rs]))
 
     def report(report_id: str) -> Any:
         """One report in full (reporter, reported, reason, details, room, the messages), or None."""
-        return settled(engine.get_report(report_id))
+        return settled(hub.get_report(report_id))
 
     def reload_moderation() -> str:
         """Re-read the moderation rule files (as SIGHUP does)."""
@@ -104,7 +99,7 @@ def build_namespace(service: AnygleService) -> dict[str, Any]:
     namespace: dict[str, Any] = {
         "service": service,
         "hub": hub,
-        "engine": engine,
+        "engine": service.engine,
         "settings": service.settings,
     }
     helpers = [

@@ -2,8 +2,9 @@
 and engine events into server frames.
 
 It knows nothing of sockets (a :class:`~anygle.session.Client` is anything with ``send`` and
-``close``) and nothing of storage (everything shared goes through the :class:`Engine`), so it is
-tested with plain objects and runs unchanged on every engine.
+``close``) and nothing of storage (everything shared goes through the :class:`Engine`), so it
+runs unchanged on every engine.  The protocol, the web pages and the console talk to the hub (and
+its :class:`~anygle.admission.Admission`), never to the engine.
 
 Queue and room operations of one user run one at a time (:meth:`Session.serial`); relays do not
 wait for them, they use the room the user is in when the message arrives.
@@ -15,7 +16,6 @@ import secrets
 import uuid
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.defer import Deferred, gatherResults, succeed
@@ -23,16 +23,19 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
+from anygle.admission import Admission
 from anygle.clientip import ClientAddress
 from anygle.engine.base import Engine, EngineUnavailable
 from anygle.errors import ClientError
 from anygle.ice import IceServers
+from anygle.limits import AbuseKeyTable
 from anygle.model import Match, Preferences, Stats
 from anygle.moderation import Verdict
 from anygle.moderation.policy import DELIVER
 from anygle.reports import BAN_REASON, REPORT_GRACE, EndedChat, Report, Transcript
 from anygle.screening import Screening
 from anygle.session import CHATTING, CLOSED, IDLE, QUEUED, Client, Session
+from anygle.stats_view import pushed
 from anygle.wire import Broadcast
 
 PUSH_CHUNK = 200  # sessions served per reactor turn by the periodic pushes
@@ -41,12 +44,6 @@ PARTNER_LEFT_FRAMES = {
     "skipped": {"type": "partner_skipped"},
     "disconnected": {"type": "partner_disconnected"},
 }
-
-
-@dataclass(frozen=True, slots=True)
-class HubSettings:
-    stats_interval: float = 5.0  # s between ``stats`` pushes
-    searching_interval: float = 3.0  # s between ``searching`` updates to waiting users
 
 
 _ID_BATCH = 512
@@ -61,15 +58,15 @@ class Hub:
         self,
         engine: Engine,
         clock: IReactorTime,
-        settings: HubSettings,
+        admission: Admission | None = None,
         screening: Screening | None = None,
         ice: IceServers | None = None,
     ) -> None:
         self.engine = engine
+        self.admission = admission or Admission(engine, AbuseKeyTable(0, clock))
         self.screening = screening
         self.ice = ice
         self.clock = clock
-        self.settings = settings
         self.sessions: dict[str, Session] = {}
         self.started_at = clock.seconds()
         self._message_ids: list[str] = []
@@ -80,14 +77,7 @@ class Hub:
 
     # --- connection lifecycle ---------------------------------------------------------------
     async def open(self, client: Client, address: ClientAddress) -> Session:
-        """Admit a new connection: refuse banned addresses (the exact one, or its network: see
-        ``anygle.clientip.ban_keys``), register the user, say ``connected``."""
-        try:
-            reason = await self.engine.get_ban(None, address.ban_keys)
-        except EngineUnavailable:
-            reason = None  # admit during an outage: bans are polled again once it is over
-        if reason is not None:
-            raise ClientError("BANNED", f"banned: {reason}")
+        """Register an admitted connection (``anygle.admission``) and say ``connected``."""
         session = Session(
             str(uuid.uuid4()), address.ip, client, address.abuse_key, address.ban_keys
         )
@@ -382,6 +372,34 @@ class Hub:
             session.client.send(ClientError(code, reason).frame())
             session.client.close(1008, reason[:120])
 
+    # --- what operators and pages ask (the console, /health, /stats) ------------------------
+    def health(self) -> tuple[bool, str]:
+        return self.engine.health()
+
+    def lease(self) -> dict[str, float] | None:
+        """How the redis engine keeps this instance's liveness lease (None on other engines)."""
+        liveness = getattr(self.engine, "liveness", None)
+        return liveness.report() if liveness is not None else None
+
+    def stats(self) -> Deferred[Stats]:
+        """Service-wide figures (all instances on the redis engine)."""
+        return self.engine.stats()
+
+    async def ban(self, kind: str, value: str, reason: str, ttl: float | None) -> None:
+        """``banned:{kind}:{value}`` (``kind``: ``users`` or ``ips``); connected users it covers
+        are closed at once, here (other instances within their next poll)."""
+        await self.engine.ban(kind, value, reason, ttl)
+        await self.enforce_bans()
+
+    def unban(self, kind: str, value: str) -> Deferred[bool]:
+        return self.engine.unban(kind, value)
+
+    def reports(self, limit: int) -> Deferred[list[dict[str, Any]]]:
+        return self.engine.reports(limit)
+
+    def get_report(self, report_id: str) -> Deferred[dict[str, Any] | None]:
+        return self.engine.get_report(report_id)
+
     async def enforce_bans(self) -> None:
         """Close every local user banned by id or IP since they connected (``redis-cli SETEX
         banned:…`` included): polled every second."""
@@ -412,7 +430,7 @@ class Hub:
 
     async def push_stats(self) -> None:
         """``stats`` to every connected client: encoded once, sent a chunk per reactor turn."""
-        message = Broadcast(stats_frame(await self.engine.stats()))
+        message = Broadcast({"type": "stats", "data": pushed(await self.engine.stats())})
         for chunk in self._chunks(list(self.sessions.values())):
             for session in await chunk:
                 if session.state != CLOSED:
@@ -427,18 +445,6 @@ class Hub:
 
     def _log_failure(self, failure: Any) -> None:
         self.log.failure("hub operation failed", failure)
-
-
-def stats_frame(stats: Stats) -> dict[str, Any]:
-    return {
-        "type": "stats",
-        "data": {
-            "totalOnline": stats.total_online,
-            "inQueue": stats.in_queue,
-            "activeChats": stats.active_chats,
-            "avgMatchTime": stats.avg_match_time,
-        },
-    }
 
 
 async def _nothing() -> None:

@@ -1,8 +1,8 @@
 """The WebSocket protocol: decode, validate, dispatch to ``handle_<type>``; nothing else.
 
-Wire format (the seed's, see README "Protocol"): every frame is a map ``{type, data}`` — msgpack in
-binary frames, JSON in text frames.  A client that sends JSON text frames (or connects with
-``?format=json``) is answered in JSON; everybody else in msgpack.
+Wire format (the seed's, see README "WebSocket protocol"): every frame is a map
+``{type, data}`` — msgpack in binary frames, JSON in text frames.  A client that sends JSON text
+frames (or connects with ``?format=json``) is answered in JSON; everybody else in msgpack.
 
 Client -> server::
 
@@ -53,12 +53,13 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from anygle import validate, wire
+from anygle.admission import Refused, Ticket
 from anygle.clientip import ClientAddress, ClientAddressResolver
 from anygle.engine.base import EngineUnavailable
 from anygle.errors import ClientError
 from anygle.fairturns import FRAMES_PER_TURN, TURN_SECONDS, FairTurnsMixin, TurnScheduler
 from anygle.hub import Hub
-from anygle.limits import MESSAGE_LIMITS, AbuseKeyTable, ConnectionLimits
+from anygle.limits import MESSAGE_LIMITS, ConnectionLimits
 from anygle.session import Session
 
 ERROR_BUDGET = 20
@@ -109,10 +110,7 @@ class AnygleProtocol(FairTurnsMixin, WebSocketServerProtocol):
         self._early: list[tuple[bytes, bool]] | None = []
         self._errors = 0
         self._errors_since = 0.0
-        self._holds_slot = False  # counted in the per-IP connection limit
-        self._holds_key = False  # counted in the factory's abuse-key table
-        self._refusal: ClientError | None = None
-        self._gone = False
+        self.ticket: Ticket | None = None  # this connection's admission (``anygle.admission``)
 
     # --- Autobahn callbacks ---------------------------------------------------------------
     def connectionMade(self) -> None:
@@ -136,43 +134,21 @@ class AnygleProtocol(FairTurnsMixin, WebSocketServerProtocol):
         return self.address.abuse_key
 
     async def _admit(self) -> None:
-        """Per-address limits, by abuse key, shared by all instances.  Refusing the handshake
-        gives an HTTP status; the connection limit is told as an ``error`` and a close reason a
-        browser can read."""
-        f, key = self.factory, self.abuse_key
-        if not f.abuse_keys.admit(key):
-            raise ConnectionDeny(503, "Too many client networks right now, try again later")
-        f.abuse_keys.connected(key)
-        self._holds_key = True
+        """Per-address limits and bans (``anygle.admission``): a refusal before the handshake is
+        an HTTP status; the connection cap and bans are told once the socket is open."""
+        self.ticket = Ticket(self.address)
         try:
-            if f.rate_limit and not await f.hub.engine.rate(f"ws:{key}", f.rate_limit, 60.0):
-                raise ConnectionDeny(429, "Too many connection attempts from your address")
-            if f.max_per_ip:
-                if await f.hub.engine.acquire_connection(key, f.max_per_ip):
-                    self._holds_slot = True
-                    if self._gone:  # the client left while we were asking
-                        self._release_slot()
-                else:
-                    per = "address" if key == self.address.ip else f"network ({key})"
-                    self._refusal = ClientError(
-                        "TOO_MANY_CONNECTIONS", f"at most {f.max_per_ip} connections per {per}"
-                    )
-        except EngineUnavailable:
-            pass  # fail open: without shared state, joins are refused anyway
-
-    def _release_slot(self) -> None:
-        if self._holds_slot:
-            self._holds_slot = False
-            d = self.factory.hub.engine.release_connection(self.abuse_key)
-            d.addErrback(lambda f: f.trap(EngineUnavailable))
-            d.addErrback(self._log_failure)
+            await self.factory.hub.admission.connect(self.ticket)
+        except Refused as e:
+            raise ConnectionDeny(e.status, e.reason) from None
 
     def onOpen(self) -> None:
         self.factory.connections.add(self)
-        if self._refusal is not None:
+        refusal = self.ticket.refusal if self.ticket is not None else None
+        if refusal is not None:
             self._early = None
-            self.send(self._refusal.frame())
-            self.close(1008, self._refusal.message)
+            self.send(refusal.frame())
+            self.close(1008, refusal.message)
             return
         d = Deferred.fromCoroutine(self.factory.hub.open(self, self.address))
         d.addCallbacks(self._opened, self._open_failed)
@@ -201,12 +177,9 @@ class AnygleProtocol(FairTurnsMixin, WebSocketServerProtocol):
         self._receive(payload, isBinary)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        self._gone = True
         self.factory.connections.discard(self)
-        self._release_slot()
-        if self._holds_key:
-            self._holds_key = False
-            self.factory.abuse_keys.disconnected(self.abuse_key)
+        if self.ticket is not None:
+            self.factory.hub.admission.release(self.ticket)
         if self.session is not None:
             self.factory.hub.close(self.session).addErrback(self._log_failure)
 
@@ -353,9 +326,6 @@ class AnygleFactory(WebSocketServerFactory):
         ping_interval: float = 25.0,
         ping_timeout: float = 10.0,
         allowed_origins: tuple[str, ...] = (),
-        rate_limit: int = 0,
-        max_per_ip: int = 0,
-        abuse_keys: AbuseKeyTable | None = None,
         max_queued_bytes: int = 1 << 20,
         message_limits: dict[str, tuple[float, float]] | None = None,
         frames_per_turn: int = FRAMES_PER_TURN,
@@ -367,9 +337,6 @@ class AnygleFactory(WebSocketServerFactory):
         self.turns = TurnScheduler(self.reactor, frames_per_turn, turn_seconds)
         self.message_limits = MESSAGE_LIMITS if message_limits is None else message_limits
         self.resolver = resolver
-        self.rate_limit = rate_limit
-        self.max_per_ip = max_per_ip
-        self.abuse_keys = AbuseKeyTable(0, self.reactor) if abuse_keys is None else abuse_keys
         self.max_queued_bytes = max_queued_bytes
         self.connections: set[AnygleProtocol] = set()
         origins = [_with_port(o) for o in allowed_origins] or ["*"]

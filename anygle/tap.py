@@ -25,12 +25,13 @@ from twisted.python import usage
 from twisted.web.server import Site
 from zope.interface import implementer
 
+from anygle.admission import Admission
 from anygle.clientip import ClientAddressResolver, parse_networks
 from anygle.config import OPTIONS, ConfigError, Settings, resolve
 from anygle.console import build_namespace
 from anygle.engine import EngineConfig, create_engine
 from anygle.engine.base import Engine
-from anygle.hub import Hub, HubSettings
+from anygle.hub import Hub
 from anygle.ice import IceServers
 from anygle.limits import AbuseKeyTable
 from anygle.manhole import manhole_factory
@@ -172,13 +173,16 @@ class AnygleService(MultiService):
             ),
             abuse_keys=self.abuse_keys,
         )
+        admission = Admission(
+            self.engine,
+            self.abuse_keys,
+            rate_limit=settings.rate_limit,
+            max_per_key=settings.max_connections_per_ip,
+        )
         self.hub = Hub(
             self.engine,
             hub_clock or reactor,
-            HubSettings(
-                stats_interval=settings.stats_interval,
-                searching_interval=settings.searching_interval,
-            ),
+            admission,
             screening,
             IceServers(
                 stun_urls=settings.stun_urls,
@@ -196,9 +200,6 @@ class AnygleService(MultiService):
             ping_interval=settings.ping_interval,
             ping_timeout=settings.ping_timeout,
             allowed_origins=settings.allowed_origins,
-            rate_limit=settings.rate_limit,
-            max_per_ip=settings.max_connections_per_ip,
-            abuse_keys=self.abuse_keys,
             max_queued_bytes=settings.max_queued_bytes,
             message_limits=settings.message_limits,
             reactor=reactor,
@@ -210,13 +211,11 @@ class AnygleService(MultiService):
                 settings.engine,
                 settings.instance_id,
                 resolver,
-                settings.rate_limit,
                 lag=self.lag,
                 turns=self.factory.turns,
                 client=WebClient(settings.web_client_ws_url, self._ws_port)
                 if settings.web_client
                 else None,
-                abuse_keys=self.abuse_keys,
             )
         )
         self.site.displayTracebacks = False

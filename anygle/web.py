@@ -12,17 +12,18 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from anygle.admission import Refused
 from anygle.clientip import ClientAddressResolver
-from anygle.engine.base import EngineUnavailable
 from anygle.fairturns import TurnScheduler
 from anygle.hub import Hub
-from anygle.limits import AbuseKeyTable
 from anygle.metrics import CONTENT_TYPE, Metrics
 from anygle.model import Stats
 from anygle.reactorlag import ReactorLag
+from anygle.stats_view import overview
 
 _log = Logger(namespace="anygle.web")
 
@@ -63,7 +64,7 @@ class Health(JsonPage):
     lag: ReactorLag | None = None
 
     def render_GET(self, request: Request) -> bytes:
-        ok, reason = self.hub.engine.health()
+        ok, reason = self.hub.health()
         body = {
             "status": "ok" if ok else "unavailable",
             "instanceId": self.instance_id,
@@ -72,9 +73,8 @@ class Health(JsonPage):
         }
         if self.lag is not None:
             body["reactorLagMs"] = round(self.lag.recent_max() * 1000.0, 1)
-        liveness = getattr(self.hub.engine, "liveness", None)
-        if liveness is not None:
-            lease = liveness.report()
+        lease = self.hub.lease()
+        if lease is not None:
             body["lease"] = {
                 "ttlMs": round(lease["lease_ttl"] * 1000.0),
                 "maxRenewalGapMs": round(lease["max_renewal_gap"] * 1000.0, 1),
@@ -90,7 +90,7 @@ class StatsBackedPage(JsonPage):
 
     def render_GET(self, request: Request) -> int:
         request.notifyFinish().addErrback(lambda _: setattr(request, "anygle_gone", True))
-        d: Deferred[Stats] = self.hub.engine.stats()
+        d: Deferred[Stats] = self.hub.stats()
         d.addCallback(self.page)
         d.addErrback(self._failed)
         d.addCallback(self._finish, request)
@@ -117,30 +117,13 @@ class StatsBackedPage(JsonPage):
 
 
 class StatsPage(StatsBackedPage):
-    """``instance.abuseKeys``: this instance's abuse-key table (``anygle.limits``): keys
-    tracked, its cap, and new keys refused since start."""
-
-    abuse_keys: AbuseKeyTable | None = None
+    """``anygle.stats_view.overview`` plus ``instance``: its id, connections, and its abuse-key
+    table (``anygle.limits``): keys tracked, its cap, and new keys refused since start."""
 
     def page(self, stats: Stats) -> tuple[int, bytes, bytes]:
         instance: dict[str, Any] = {"id": self.instance_id, "connections": len(self.hub.sessions)}
-        if self.abuse_keys is not None:
-            instance["abuseKeys"] = self.abuse_keys.summary()
-        body = {
-            "totalOnline": stats.total_online,
-            "inQueue": stats.in_queue,
-            "activeChats": stats.active_chats,
-            "avgMatchTime": stats.avg_match_time,
-            "totalMatches": stats.total_matches,
-            "queues": stats.queues,
-            "moderation": moderation_summary(stats.moderation),
-            "reports": {
-                "received": sum(stats.reports.values()),
-                "blocks": stats.report_blocks,
-                "byReason": stats.reports,
-            },
-            "instance": instance,
-        }
+        instance["abuseKeys"] = self.hub.admission.keys.summary()
+        body = {**overview(stats), "instance": instance}
         return 200, b"application/json", json.dumps(body, separators=(",", ":")).encode()
 
 
@@ -160,17 +143,6 @@ class MetricsPage(StatsBackedPage):
 
     def page(self, stats: Stats) -> tuple[int, bytes, bytes]:
         return 200, CONTENT_TYPE, self.metrics.render(stats, len(self.hub.sessions))
-
-
-def moderation_summary(counts: dict[str, int]) -> dict[str, Any]:
-    """``{"tier:category:outcome": n}`` → totals by tier, by category and by outcome."""
-    summary: dict[str, Any] = {"total": 0, "byTier": {}, "byCategory": {}, "byOutcome": {}}
-    for key, n in counts.items():
-        tier, category, outcome = key.split(":", 2)
-        summary["total"] += n
-        for group, name in (("byTier", tier), ("byCategory", category), ("byOutcome", outcome)):
-            summary[group][name] = summary[group].get(name, 0) + n
-    return summary
 
 
 class NotFound(Resource):
@@ -263,25 +235,19 @@ class Root(Resource):
         engine_name: str,
         instance_id: str,
         resolver: ClientAddressResolver,
-        rate_limit: int = 0,
         lag: ReactorLag | None = None,
         turns: TurnScheduler | None = None,
         client: WebClient | None = None,
-        abuse_keys: AbuseKeyTable | None = None,
     ) -> None:
         super().__init__()
         self.hub = hub
         self.resolver = resolver
-        self.rate_limit = rate_limit
         self.client = client
-        self.abuse_keys = AbuseKeyTable(0, hub.clock) if abuse_keys is None else abuse_keys
         health = Health(hub, engine_name, instance_id)
         health.lag = lag
-        stats = StatsPage(hub, engine_name, instance_id)
-        stats.abuse_keys = self.abuse_keys
         self.pages: dict[bytes, Resource] = {
             b"/health": health,
-            b"/stats": stats,
+            b"/stats": StatsPage(hub, engine_name, instance_id),
             b"/metrics": MetricsPage(hub, engine_name, instance_id, lag, turns),
         }
 
@@ -289,31 +255,26 @@ class Root(Resource):
         if self.client is not None and request.path in self.client.files:
             return self.client.render(request)
         page = self.pages.get(request.path, NotFound())
-        if not self.rate_limit:
-            return page.render(request)
-        key = self.resolver.client(
+        address = self.resolver.client(
             getattr(request.getClientAddress(), "host", "unix"),
             request.requestHeaders.getRawHeaders("x-forwarded-for", []),
             (request.requestHeaders.getRawHeaders("x-real-ip") or [None])[-1],
-        ).abuse_key
-        if not self.abuse_keys.admit(key):
-            request.setHeader(b"retry-after", b"60")
-            return _write_json(request, 503, {"error": "too many client networks, try later"})
-        d = self.hub.engine.rate(f"http:{key}", self.rate_limit, 60.0)
-        d.addCallback(self._allowed, request, page)
-        d.addErrback(self._fail_open, request, page)
+        )
+        d = Deferred.fromCoroutine(self.hub.admission.request(address))
+        d.addCallbacks(lambda _: self._serve(request, page), self._refused, errbackArgs=(request,))
         return NOT_DONE_YET
 
-    def _allowed(self, allowed: bool, request: Request, page: Resource) -> None:
-        if allowed:
-            body = page.render(request)
-        else:
-            request.setHeader(b"retry-after", b"60")
-            body = _write_json(request, 429, {"error": "too many requests"})
+    def _serve(self, request: Request, page: Resource) -> None:
+        self._finish(request, page.render(request))
+
+    def _refused(self, failure: Failure, request: Request) -> None:
+        failure.trap(Refused)
+        refused: Refused = failure.value
+        request.setHeader(b"retry-after", b"60")
+        self._finish(request, _write_json(request, refused.status, {"error": refused.reason}))
+
+    @staticmethod
+    def _finish(request: Request, body: bytes | int) -> None:
         if body is not NOT_DONE_YET and not request.finished:
             request.write(body)
             request.finish()
-
-    def _fail_open(self, failure: Any, request: Request, page: Resource) -> None:
-        failure.trap(EngineUnavailable)  # without shared counters, serve (health must report)
-        self._allowed(True, request, page)

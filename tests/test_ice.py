@@ -15,10 +15,11 @@ import pytest_twisted
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
+from anygle.clientip import ClientAddress
 from anygle.config import resolve
 from anygle.engine.base import EngineConfig
 from anygle.engine.memory import MemoryEngine
-from anygle.hub import Hub, HubSettings
+from anygle.hub import Hub
 from anygle.ice import IceServers, turn_credential, turn_username
 from anygle.model import Preferences
 from anygle.wire import Broadcast
@@ -113,11 +114,11 @@ def test_credentials_come_from_the_reactor_clock_and_are_fresh_at_each_match():
     clock.advance(1_800_000_000)
     engine = MemoryEngine(EngineConfig(instance_id="t"), clock)
     ice = IceServers(turn_urls=("turn:t.example",), turn_secret="north", turn_ttl=600)
-    hub = Hub(engine, clock, HubSettings(), None, ice)
+    hub = Hub(engine, clock, ice=ice)
     done(engine.start(hub))
     a, b, c = Recorder(), Recorder(), Recorder()
-    sa = done(Deferred.fromCoroutine(hub.open(a, "192.0.2.1")))
-    sb = done(Deferred.fromCoroutine(hub.open(b, "192.0.2.2")))
+    sa = done(Deferred.fromCoroutine(hub.open(a, ClientAddress.of("192.0.2.1"))))
+    sb = done(Deferred.fromCoroutine(hub.open(b, ClientAddress.of("192.0.2.2"))))
 
     def turn(frame: dict[str, Any]) -> dict[str, Any]:
         (server,) = frame["data"]["iceServers"]
@@ -132,7 +133,7 @@ def test_credentials_come_from_the_reactor_clock_and_are_fresh_at_each_match():
     done(hub.join(sb, prefs))
     assert turn(a.frames[-1])["username"] == f"1800000700:{sa.user_id}"
     assert turn(b.frames[-1])["username"] == f"1800000700:{sb.user_id}"
-    sc = done(Deferred.fromCoroutine(hub.open(c, "192.0.2.3")))
+    sc = done(Deferred.fromCoroutine(hub.open(c, ClientAddress.of("192.0.2.3"))))
     clock.advance(50)
     done(hub.skip(sa))  # a searches again; c takes it: a new match, new credentials for a
     done(hub.join(sc, prefs))
