@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from anygle.moderation import Classifier, Severity
+from anygle.moderation import Classifier, Severity, load_rules
 from anygle.moderation import normalize as N
 from anygle.moderation import personal as P
 from anygle.moderation import scan as S
-from anygle.moderation.rules import SHIFTED, load_rules, whole_words
+from anygle.moderation.patterns import SHIFTED, whole_words
 from anygle.moderation.verdict import UNMODERATED_CATEGORIES
 
 _OLD_SQUEEZE = re.compile(r"([a-z])\1+")

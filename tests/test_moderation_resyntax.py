@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import pytest
 
+from anygle.moderation import Rules, load_rules
+from anygle.moderation.patterns import SHIFTED, whole_words
 from anygle.moderation.resyntax import (
     Anchor,
     AnyChar,
@@ -23,7 +25,6 @@ from anygle.moderation.resyntax import (
     Unsupported,
     parse,
 )
-from anygle.moderation.rules import SHIFTED, Rules, load_rules, whole_words
 
 A, B, C, D = Lit(97), Lit(98), Lit(99), Lit(100)
 

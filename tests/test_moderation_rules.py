@@ -9,7 +9,8 @@ import pytest
 from twisted.internet import reactor
 
 from anygle.moderation import CLEAN, Classifier, load_rules
-from anygle.moderation.rules import DATA_DIR, split_alternation, squeeze_regex
+from anygle.moderation.patterns import split_alternation, squeeze_regex
+from anygle.moderation.rulefiles import DATA_DIR
 from anygle.tap import AnygleService
 from tests.conftest import settings
 

@@ -6,7 +6,8 @@ See anygle/moderation/README.md for the rule file format and the escalation poli
 
 from .classifier import Classifier, Signal
 from .policy import Action, EscalationPolicy
-from .rules import Rules, load_rules
+from .rules import load_rules
+from .ruleset import Rules
 from .verdict import CLEAN, Severity, Verdict
 from .window import SenderWindow
 

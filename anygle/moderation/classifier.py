@@ -16,7 +16,8 @@ from operator import attrgetter
 from . import personal
 from .learned import LearnedModel
 from .normalize import Normalized, tokens
-from .rules import DIGIT_KEY, Rule, Rules, load_rules
+from .rules import load_rules
+from .ruleset import DIGIT_KEY, Rule, Rules
 from .verdict import (
     CATEGORY_ORDER,
     CLEAN,

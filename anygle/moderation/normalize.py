@@ -204,7 +204,7 @@ class Normalized:
     @property
     def text1(self) -> str:
         """``text`` with a space in front, for patterns whose left word boundary is a consumed
-        character (see rules.SHIFTED)."""
+        character (see patterns.SHIFTED)."""
         if self._text1 is None:
             self._text1 = " " + self.text
         return self._text1
@@ -249,7 +249,7 @@ class Normalizer:
         for w in dict.fromkeys(masked_words):  # in the given order of preference
             self._masked.setdefault((len(w), w[0]), []).append(w)
 
-    # set together by the rules builder (rules.py): the (unmoderated, moderated) scans
+    # set together by load_rules (rules.py): the (unmoderated, moderated) scans
     prefilters: tuple[Prefilter, Prefilter] | None = None
     triage: Triage | None = None
 

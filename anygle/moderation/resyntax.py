@@ -1,6 +1,6 @@
 """A parser for Python regular-expression syntax, into a small typed tree.
 
-Rule patterns are read for their structure twice: ``rules.whole_words`` (literal words every
+Rule patterns are read for their structure twice: ``patterns.whole_words`` (literal words every
 match must contain, to gate rules) and ``scan.bytes_pattern`` (the Hyperscan rewrite). The
 standard library's parser is the private ``re._parser`` (it was ``sre_parse`` until 3.11 and
 may change again), so this module parses the syntax itself.
@@ -32,36 +32,29 @@ class Unsupported(ValueError):
     """Malformed, or syntax this parser does not take: assume nothing about the pattern."""
 
 
+# The tree's nodes: frozen, compared by value; characters are code points.
 @dataclass(frozen=True, slots=True)
-class Lit:
-    """One character (its code point)."""
-
+class Lit:  # one character
     code: int
 
 
 @dataclass(frozen=True, slots=True)
-class NotLit:
-    """Any character but this one (``[^x]``)."""
-
+class NotLit:  # any character but this one ([^x])
     code: int
 
 
 @dataclass(frozen=True, slots=True)
-class AnyChar:
-    """``.``"""
+class AnyChar:  # .
+    pass
 
 
 @dataclass(frozen=True, slots=True)
-class Category:
-    """``\\d``, ``\\s``, ``\\w`` or their negations (``D``, ``S``, ``W``): only in a Class."""
-
+class Category:  # \d, \s, \w or their negations (D, S, W): only in a Class
     kind: CategoryKind
 
 
 @dataclass(frozen=True, slots=True)
-class Range:
-    """``lo-hi`` in a class (code points, inclusive)."""
-
+class Range:  # lo-hi in a class (inclusive)
     lo: int
     hi: int
 
@@ -70,17 +63,13 @@ ClassItem: TypeAlias = Lit | Range | Category
 
 
 @dataclass(frozen=True, slots=True)
-class Class:
-    """``[...]`` (``\\d`` and the like are a class of one Category)."""
-
+class Class:  # [...] (\d and the like are a class of one Category)
     items: tuple[ClassItem, ...]
     negate: bool
 
 
 @dataclass(frozen=True, slots=True)
-class Repeat:
-    """``body`` repeated ``lo`` to ``hi`` times (``hi`` None: no upper bound)."""
-
+class Repeat:  # body repeated lo to hi times (hi None: no upper bound)
     lo: int
     hi: int | None
     body: Seq
@@ -88,9 +77,7 @@ class Repeat:
 
 
 @dataclass(frozen=True, slots=True)
-class Group:
-    """A capturing group (``index``), or a group with inline flags (``(?i:...)``)."""
-
+class Group:  # a capturing group (index), or a group with inline flags ((?i:...))
     body: Seq
     index: int | None
     flags_on: str
@@ -98,39 +85,29 @@ class Group:
 
 
 @dataclass(frozen=True, slots=True)
-class Atomic:
-    """``(?>...)``"""
-
+class Atomic:  # (?>...)
     body: Seq
 
 
 @dataclass(frozen=True, slots=True)
-class Branch:
-    """``a|b|...``"""
-
+class Branch:  # a|b|...
     alternatives: tuple[Seq, ...]
 
 
 @dataclass(frozen=True, slots=True)
-class Look:
-    """A lookahead (``(?=...)``, ``(?!...)``) or, with ``behind``, a lookbehind."""
-
+class Look:  # a lookahead ((?=...), (?!...)) or, with behind, a lookbehind
     body: Seq
     behind: bool
     negative: bool
 
 
 @dataclass(frozen=True, slots=True)
-class Anchor:
-    """``^``, ``$``, ``\\A``, ``\\Z``, ``\\b`` or ``\\B``."""
-
+class Anchor:  # ^, $, \A, \Z, \b or \B
     kind: AnchorKind
 
 
 @dataclass(frozen=True, slots=True)
-class Backref:
-    """``\\1`` or ``(?P=name)``: the text a group matched."""
-
+class Backref:  # \1 or (?P=name): the text a group matched
     group: int
 
 
@@ -147,6 +124,7 @@ _DIGITS = frozenset("0123456789")
 _OCTAL = frozenset("01234567")
 _HEX = frozenset("0123456789abcdefABCDEF")
 _FLAGS = frozenset("imsxaLu")
+_REPEATS: dict[str, tuple[int, int | None]] = {"?": (0, 1), "*": (0, None), "+": (1, None)}
 _MAX_REPEAT = 2**32 - 1  # re's MAXREPEAT: counts from here up are an error
 _ESCAPES = {
     "a": 7, "b": 8, "f": 12, "n": 10, "r": 13, "t": 9, "v": 11, "\\": 92,
@@ -217,11 +195,7 @@ class _Parser:
         return out
 
     def digits(self) -> str:
-        out = ""
-        while self.next is not None and self.next in _DIGITS:
-            out += self.next
-            self.get()
-        return out
+        return self.getwhile(len(self.src), _DIGITS)
 
     def until(self, end: str) -> str:
         out = ""
@@ -317,12 +291,9 @@ class _Parser:
         return tuple(flat)
 
     def quantifier(self, this: str) -> tuple[int, int | None] | None:
-        if this == "?":
-            return 0, 1
-        if this == "*":
-            return 0, None
-        if this == "+":
-            return 1, None
+        """Bounds of the quantifier ``this`` starts (None: a '{' that starts none)."""
+        if this != "{":
+            return _REPEATS[this]
         if self.next == "}":
             return None
         here = self.pos
