@@ -1,8 +1,8 @@
 """Client-visible errors: one exception type, one table of stable codes.
 
 Handlers raise :class:`ClientError`; the protocol turns it into ``{type:'error', data:{code,
-message}}`` in one place.  Codes are part of the wire contract (listed in the README): never
-rename one.
+message}}`` in one place.  Codes are part of the wire contract (listed in docs/protocol.md,
+"Errors"): never rename one.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Reporting a partner (our extension of the seed protocol; README "Reports").
+"""Reporting a partner (our extension of the seed protocol; docs/protocol.md "Reports").
 
 A user reports the current partner, or the last one up to ``REPORT_GRACE`` seconds after the chat
 ended.  The report carries the reported user's last messages in that room: the messages the

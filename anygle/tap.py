@@ -347,7 +347,7 @@ def default_backlog() -> int:
 
     Twisted's default is 50: a reconnect storm (every client of a restarted instance at once)
     overflows it, the kernel drops SYNs and clients wait for SYN retransmits (1 s, 3 s, 7 s ...);
-    the bench's connect-storm scenario measures it (docs in README, "Overload")."""
+    the bench's connect-storm scenario measures it (docs/operations.md, "Overload")."""
     try:
         with open("/proc/sys/net/core/somaxconn") as f:
             return max(4096, int(f.read().strip()))

@@ -852,7 +852,7 @@ def fmt(v: Any, spec: str = "") -> str:
 
 
 def table(results: dict[str, Any]) -> str:
-    """The results as Markdown tables (also what goes into the README's Performance section)."""
+    """The results as Markdown tables (also what goes into docs/performance.md)."""
     out: list[str] = []
     rel = results.get("relay")
     if rel:

@@ -1,6 +1,7 @@
 """Reporting a partner, through the real server with real WebSocket clients, on both engines
-(README "Reports"): the stored record and its transcript, the errors, the grace period after a
-chat (driven by a task.Clock), the distinct-address ban, and a report across two instances."""
+(docs/protocol.md "Reports"): the stored record and its transcript, the errors, the grace period
+after a chat (driven by a task.Clock), the distinct-address ban, and a report across two
+instances."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 -- Shared by every script of the redis engine (anygle/engine/redis/engine.py prepends it).
 --
--- Matching mirrors anygle/matching.py and MemoryEngine exactly; see README "Run several instances" for every key.
+-- Matching mirrors anygle/matching.py and MemoryEngine exactly; see docs/operations.md "Keys" for every key.
 -- Keys are built here, not passed in KEYS: the engine targets one Redis (no cluster).
 -- Times are integer milliseconds of the engine clock, passed in by the caller (never Redis TIME),
 -- so that interest timeouts and cooldowns use the same clock as the memory engine.
