@@ -53,13 +53,14 @@ class Screening:
         if window is None:
             window = session.moderation_window = SenderWindow(self.classifier)
         teen = session.prefs.age_category == "teen"
-        return window.check(
+        verdict: Verdict = window.check(
             content,
             now,
             protect_personal_info=teen or self.settings.protect_adults,
             moderated=session.prefs.queue_type == "moderated",
             teen=teen,
         )
+        return verdict
 
     async def decide(self, session: Session, verdict: Verdict) -> Action:
         """Escalate: read the strikes, decide, count the new strike, record the action."""

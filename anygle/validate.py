@@ -36,7 +36,7 @@ def _choice(
     data: dict[str, Any], key: str, choices: tuple[str, ...], default: str | None = None
 ) -> str:
     value = data.get(key, default)
-    if value not in choices:
+    if not isinstance(value, str) or value not in choices:
         raise _invalid(f"'{key}' must be one of {', '.join(choices)}")
     return value
 
@@ -119,23 +119,25 @@ def toggle(data: Any) -> bool:
 
 def session_description(data: Any) -> dict[str, Any]:
     """RTCSessionDescriptionInit: ``{type, sdp}``."""
-    data = _map(data)
-    if not isinstance(data.get("sdp"), str) or not isinstance(data.get("type", ""), str):
+    description = _map(data)
+    if not isinstance(description.get("sdp"), str) or not isinstance(
+        description.get("type", ""), str
+    ):
         raise _invalid("an offer or answer needs a string 'sdp' (and a string 'type')")
-    return data
+    return description
 
 
 def ice_candidate(data: Any) -> dict[str, Any]:
     """RTCIceCandidateInit: ``{candidate, sdpMid?, sdpMLineIndex?}`` (candidate '' ends them)."""
-    data = _map(data)
-    if not isinstance(data.get("candidate"), str):
+    candidate = _map(data)
+    if not isinstance(candidate.get("candidate"), str):
         raise _invalid("an ICE candidate needs a string 'candidate'")
-    mid, index = data.get("sdpMid"), data.get("sdpMLineIndex")
+    mid, index = candidate.get("sdpMid"), candidate.get("sdpMLineIndex")
     if mid is not None and not isinstance(mid, str):
         raise _invalid("'sdpMid' must be a string")
     if index is not None and (not isinstance(index, int) or isinstance(index, bool)):
         raise _invalid("'sdpMLineIndex' must be an integer")
-    return data
+    return candidate
 
 
 def nothing(data: Any) -> None:

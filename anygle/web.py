@@ -45,13 +45,15 @@ class JsonPage(Resource):
         self.instance_id = instance_id
 
     def render(self, request: Request) -> bytes | int:
-        if request.method not in (b"GET", b"HEAD"):
+        if request.method == b"HEAD":
+            return self.render_GET(request)
+        if request.method != b"GET":
             request.setHeader(b"allow", b"GET, HEAD")
             return _write_json(request, 405, {"error": "method not allowed"})
-        return super().render(request)
-
-    def render_HEAD(self, request: Request) -> bytes | int:
         return self.render_GET(request)
+
+    def render_GET(self, request: Request) -> bytes | int:
+        raise NotImplementedError
 
 
 class Health(JsonPage):
@@ -65,7 +67,7 @@ class Health(JsonPage):
 
     def render_GET(self, request: Request) -> bytes:
         ok, reason = self.hub.health()
-        body = {
+        body: dict[str, Any] = {
             "status": "ok" if ok else "unavailable",
             "instanceId": self.instance_id,
             "engine": self.engine_name,
@@ -90,10 +92,8 @@ class StatsBackedPage(JsonPage):
 
     def render_GET(self, request: Request) -> int:
         request.notifyFinish().addErrback(lambda _: setattr(request, "anygle_gone", True))
-        d: Deferred[Stats] = self.hub.stats()
-        d.addCallback(self.page)
-        d.addErrback(self._failed)
-        d.addCallback(self._finish, request)
+        page: Deferred[tuple[int, bytes, bytes]] = self.hub.stats().addCallback(self.page)
+        page.addErrback(self._failed).addCallback(self._finish, request)
         return NOT_DONE_YET
 
     def page(self, stats: Stats) -> tuple[int, bytes, bytes]:
@@ -255,10 +255,11 @@ class Root(Resource):
         if self.client is not None and request.path in self.client.files:
             return self.client.render(request)
         page = self.pages.get(request.path, NotFound())
+        real_ip = request.requestHeaders.getRawHeaders("x-real-ip")
         address = self.resolver.client(
             getattr(request.getClientAddress(), "host", "unix"),
             request.requestHeaders.getRawHeaders("x-forwarded-for", []),
-            (request.requestHeaders.getRawHeaders("x-real-ip") or [None])[-1],
+            real_ip[-1] if real_ip else None,
         )
         d = Deferred.fromCoroutine(self.hub.admission.request(address))
         d.addCallbacks(lambda _: self._serve(request, page), self._refused, errbackArgs=(request,))
@@ -268,8 +269,11 @@ class Root(Resource):
         self._finish(request, page.render(request))
 
     def _refused(self, failure: Failure, request: Request) -> None:
-        failure.trap(Refused)
-        refused: Refused = failure.value
+        refused = failure.value
+        if not isinstance(refused, Refused):
+            _log.failure("admission failed", failure)
+            self._finish(request, _write_json(request, 500, {"error": "internal error"}))
+            return
         request.setHeader(b"retry-after", b"60")
         self._finish(request, _write_json(request, refused.status, {"error": refused.reason}))
 
