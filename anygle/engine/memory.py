@@ -343,6 +343,9 @@ class MemoryEngine:
         return succeed(value if expires > self.clock.seconds() else 0)
 
     def get_ban(self, user_id: str | None, ips: IpNames = None) -> Deferred[str | None]:
+        return succeed(self._ban_reason(user_id, ips))
+
+    def _ban_reason(self, user_id: str | None, ips: IpNames) -> str | None:
         now = self.clock.seconds()
         keys = [("users", user_id)] if user_id is not None else []
         keys += [("ips", name) for name in ip_names(ips)]
@@ -351,9 +354,9 @@ class MemoryEngine:
                 continue
             reason, until = self.bans[key]
             if until is None or until > now:
-                return succeed(reason)
+                return reason
             del self.bans[key]
-        return succeed(None)
+        return None
 
     def ban(self, kind: str, value: str, reason: str, ttl: float | None) -> Deferred[None]:
         until = None if ttl is None else self.clock.seconds() + ttl
@@ -366,7 +369,7 @@ class MemoryEngine:
     def check_bans(self, users: dict[str, IpNames]) -> Deferred[dict[str, str]]:
         if not self.bans:
             return succeed({})
-        found = {u: self.get_ban(u, ips).result for u, ips in users.items()}
+        found = {u: self._ban_reason(u, ips) for u, ips in users.items()}
         return succeed({u: reason for u, reason in found.items() if reason is not None})
 
     # --- abuse limits ---------------------------------------------------------------------

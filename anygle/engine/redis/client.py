@@ -10,8 +10,10 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
 import txredisapi
+from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
+from twisted.internet.interfaces import IStreamClientEndpoint
 
-__all__ = ["RedisAddress", "RedisFactory", "RedisProtocol"]
+__all__ = ["RedisAddress", "RedisFactory", "RedisProtocol", "endpoint"]
 
 
 @dataclass(slots=True)
@@ -44,7 +46,15 @@ class RedisAddress:
         return self.path or f"{self.host}:{self.port}"
 
 
-class RedisProtocol(txredisapi.RedisProtocol):
+def endpoint(reactor: Any, address: RedisAddress) -> IStreamClientEndpoint:
+    """Where a connection to ``address`` is made (a Unix socket, or TCP)."""
+    if address.path:
+        return UNIXClientEndpoint(reactor, address.path, timeout=2)
+    return HostnameEndpoint(reactor, address.host, address.port, timeout=2)
+
+
+# txredisapi has no type information: its classes are Any to mypy.
+class RedisProtocol(txredisapi.RedisProtocol):  # type: ignore[misc]
     """txredisapi's protocol (hiredis parser when installed) with a cheaper reply timeout.
 
     txredisapi's ``replyTimeout`` schedules (and cancels) a ``DelayedCall`` per command; at a few
@@ -69,7 +79,7 @@ class RedisProtocol(txredisapi.RedisProtocol):
         return bool(self.replyQueue.waiting) and time.monotonic() - self.last_activity > limit
 
 
-class RedisFactory(txredisapi.RedisFactory):
+class RedisFactory(txredisapi.RedisFactory):  # type: ignore[misc]  # (untyped, as above)
     """One reconnecting connection; tells the engine when it is usable and when it is gone."""
 
     protocol = RedisProtocol

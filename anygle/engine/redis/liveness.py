@@ -33,7 +33,7 @@ must, and makes everything else independent of the reactor's load:
   persistence) writes a new ``generation``.  An instance whose lease is refused while the
   generation differs from the one it registered under knows that nobody reaped it — Redis
   forgot everything (:data:`LOST`) — and restores its whole state, chats across instances
-  included (see :mod:`anygle.engine.redis.engine`).
+  included (see :mod:`anygle.engine.redis.registration`).
 
 Why not only a longer TTL: the numbers are the same (3.75 s survived, ~4 s to detect), but a
 suspect is visible (``instances:suspect``, :meth:`Liveness.report`), and the epoch makes "was I
@@ -200,7 +200,7 @@ class LeaseKeeper(threading.Thread):
         if self.hung:
             return None  # a hung reactor is a dead instance: let the lease lapse
         try:
-            ok = self._call("EVAL", LEASE_SCRIPT, 0, self.instance, epoch, _ms(self.ttl)) == 1
+            ok: bool = self._call("EVAL", LEASE_SCRIPT, 0, self.instance, epoch, _ms(self.ttl)) == 1
         except (OSError, ConnectionError, _RespError, ValueError):
             self._close()
             return None
