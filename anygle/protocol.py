@@ -246,6 +246,8 @@ class AnygleProtocol(FairTurnsMixin, WebSocketServerProtocol):  # type: ignore[m
         return self.factory.hub.join(session, prefs)
 
     def handle_skip(self, session: Session, reason: str | None) -> Deferred[Any]:
+        # The seed's optional reason is checked, then dropped on purpose: free text about a
+        # stranger that nobody reads is only a liability to keep.  ``report`` is what gets read.
         return self.factory.hub.skip(session)
 
     def handle_message(self, session: Session, content: str) -> Deferred[Any] | None:
