@@ -11,7 +11,7 @@ import pytest_twisted
 from twisted.internet import reactor, threads
 
 from tests.conftest import sleep
-from tests.redisutil import Cluster
+from tests.harness import Cluster
 from tests.wsclient import Client, Closed
 
 

@@ -9,7 +9,7 @@ import pytest_twisted
 from twisted.internet import threads
 
 from tests.conftest import sleep
-from tests.procutil import Instance
+from tests.harness import Instance, limits_off_flags
 from tests.wsclient import Client, Closed
 
 
@@ -24,9 +24,7 @@ async def drain_frames(c: Client) -> list[str]:
 
 @pytest_twisted.ensureDeferred
 async def test_sigterm_drains_every_client_and_exits_quickly():
-    inst = Instance(
-        "--max-connections-per-ip", "0", "--message-limits", "off", name="drain"
-    ).start()
+    inst = Instance(*limits_off_flags(), name="drain").start()
     try:
         clients = [await Client.connect(inst.ws_port) for _ in range(60)]
         for i, c in enumerate(clients):

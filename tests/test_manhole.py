@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.procutil import Instance, free_port
+from tests.harness import Instance, free_port
 
 
 def keypair(path: Path) -> Path:

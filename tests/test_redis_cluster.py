@@ -12,7 +12,7 @@ import pytest_twisted
 from twisted.internet import reactor, threads
 
 from tests.conftest import sleep
-from tests.redisutil import Cluster
+from tests.harness import Cluster
 from tests.wsclient import Client
 
 # No skip when nginx is missing: .ci/install installs it, and a missing nginx must fail loudly.

@@ -18,7 +18,7 @@ from anygle.engine.base import EngineConfig, EngineUnavailable, Preferences
 from anygle.engine.memory import MemoryEngine
 from anygle.engine.redis import QUEUES, RedisEngine
 from tests.conftest import Sink
-from tests.redisutil import RedisServer
+from tests.harness import RedisServer
 
 
 async def sleep(seconds: float) -> None:

@@ -12,7 +12,7 @@ from twisted.web.client import Agent, readBody
 
 from anygle.tap import AnygleService
 from tests.conftest import ServerHandle, settings, sleep
-from tests.redisutil import RedisServer
+from tests.harness import RedisServer
 
 
 @pytest_twisted.async_yield_fixture

@@ -13,7 +13,7 @@ import pytest_twisted
 from twisted.internet import defer, reactor, threads
 
 from tests.conftest import sleep
-from tests.redisutil import Cluster
+from tests.harness import Cluster
 from tests.wsclient import Client, Closed
 
 N_CLIENTS = 240
@@ -272,7 +272,7 @@ async def test_random_load_with_an_instance_killed_and_restarted(cluster: Cluste
     victim.kill()
     killed_at = reactor.seconds()
     await sleep(3.0)
-    victim.start()
+    victim.start(wait=False)  # under load: the reactor must not block
     snapshots = await run
     total_matches = check_players(players, cluster)
     dead = {

@@ -20,7 +20,7 @@ import pytest_twisted
 from twisted.internet import defer, reactor, task, threads
 
 from tests.conftest import sleep
-from tests.redisutil import Cluster
+from tests.harness import Cluster
 from tests.wsclient import Client
 
 ENDS = ("partner_disconnected", "partner_skipped")

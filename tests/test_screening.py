@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest_twisted
 
-from tests.procutil import Instance
+from tests.harness import Instance
 from tests.test_http import get
 from tests.wsclient import Client
 
