@@ -19,6 +19,7 @@ Usage::
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import os
 import re
@@ -78,11 +79,16 @@ async def eventually(
     predicate: Callable[[], Any], timeout: float = 5.0, step: float = 0.02, what: str = ""
 ) -> float:
     """Let the reactor run until ``predicate()`` is true; returns the seconds it took.  Fails
-    (``AssertionError``) after ``timeout``; a generous deadline costs nothing when all is well."""
+    (``AssertionError``) after ``timeout``; a generous deadline costs nothing when all is well.
+    ``predicate`` may return an awaitable (a coroutine, a Deferred): its result counts."""
     from twisted.internet import reactor
 
+    async def holds() -> Any:
+        result = predicate()
+        return (await result) if inspect.isawaitable(result) else result
+
     start = reactor.seconds()
-    while not predicate():
+    while not await holds():
         if reactor.seconds() - start > timeout:
             raise AssertionError(f"{what or 'condition'} not reached in {timeout:g} s")
         await sleep(step)

@@ -204,6 +204,7 @@ class RedisEngine:
             "restores": 0,
             "undelivered": 0,
             "duplicates_dropped": 0,
+            "held": 0,  # inbox events that came before their room's matched (held back)
         }
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -287,6 +288,12 @@ class RedisEngine:
         for factory in (self._cmd_factory, self._reader_factory):
             if factory is not None:
                 factory.stopTrying()
+        self.drop_connections()
+
+    def drop_connections(self) -> None:
+        """Cut both Redis connections as a network blip would; they reconnect by themselves
+        and the engine synchronises again.  For tests of reconnection (:meth:`halt` is a
+        crash, :meth:`stop` a clean stop)."""
         for proto in (self._cmd, self._reader):
             if proto is not None and proto.transport is not None:
                 proto.transport.abortConnection()
@@ -691,6 +698,7 @@ class RedisEngine:
     def _hold(self, room_id: str, event: tuple[Any, ...]) -> None:
         """An event for a room whose ``matched`` has not reached us yet."""
         self._early.setdefault(room_id, []).append((self.reactor.seconds(), event))
+        self.counters["held"] += 1
 
     def _deliver(self, user_id: str, room_id: str, frame: dict[str, Any], seq: int = 0) -> None:
         local = self.users.get(user_id)
