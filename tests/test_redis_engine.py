@@ -1,14 +1,12 @@
 """The redis engine driven directly (no hub, no sockets) against a real ``redis-server``.
 
-Several engines in one reactor play several instances.  A differential test replays random
-operations on the memory and the redis engine and requires the same matches.
+Several engines in one reactor play several instances.  That both engines make the same matches
+is ``tests/test_engines_differential.py``.
 """
 
 from __future__ import annotations
 
 import json
-import random
-from typing import Any
 
 import msgpack
 import pytest
@@ -306,106 +304,6 @@ async def test_queue_status_and_avg_match_time(engines):
     stats = await e.stats()
     assert stats.avg_match_time == 250.0 and stats.queues == {"adult:text:moderated": 1}
     assert (await e.queue_status(["q2"]))["q2"][1] == 250.0
-
-
-# --- the memory engine and the redis engine make the same matches -------------------------------
-
-
-class Script:
-    """Random operations on a handful of users, applied to an engine, recording the matches."""
-
-    def __init__(self, seed: int, n_ops: int = 600) -> None:
-        rnd = random.Random(seed)
-        users = [f"u{i}" for i in range(14)]
-        pool = ["a", "b", "c", "d"]
-        self.ops: list[tuple[Any, ...]] = []
-        t = 1000.0
-        for _ in range(n_ops):
-            t += rnd.choice([0.0, 0.01, 0.2, 1.0, 3.0])
-            u = rnd.choice(users)
-            r = rnd.random()
-            if r < 0.45:
-                interests = tuple(rnd.sample(pool, rnd.choice([0, 0, 1, 2])))
-                only = rnd.random() < 0.2
-                queue = rnd.choice(["moderated", "moderated", "unmoderated"])
-                self.ops.append(("join", u, prefs(interests, only, queue=queue), t))
-            elif r < 0.6:
-                self.ops.append(("leave_room", u, rnd.choice(["skipped", "disconnected"]), t))
-            elif r < 0.7:
-                self.ops.append(("leave_queue", u, None, t))
-            elif r < 0.75:
-                self.ops.append(("reconnect", u, None, t))
-            else:
-                self.ops.append(("tick", None, None, t))
-
-    async def run(self, engine: Any, sink: Sink, clock: task.Clock) -> list[tuple[Any, ...]]:
-        out: list[tuple[Any, ...]] = []
-        in_room: set[str] = set()
-        connected: set[str] = set()
-        for op, u, arg, t in self.ops:
-            clock.advance(t - clock.seconds())
-            if u is not None and u not in connected:
-                await engine.connect(u, "1.1.1.1")
-                connected.add(u)
-            before = len(sink.events)
-            step: list[tuple[Any, ...]] = []
-            if op == "join":
-                if u in in_room:
-                    continue
-                await engine.join(u, arg, t)
-            elif op == "leave_room":
-                await engine.leave_room(u, arg)
-            elif op == "leave_queue":
-                await engine.leave_queue(u)
-            elif op == "reconnect":
-                await engine.disconnect(u)
-                connected.discard(u)
-            else:
-                await engine.tick(t)
-            for ev in sink.events[before:]:
-                if ev[0] == "matched":
-                    m = ev[2]
-                    in_room.update((m.initiator, m.responder))
-                    step.append(("m", ev[1], m.initiator, m.responder, m.shared_interests))
-                elif ev[0] == "left":
-                    in_room.discard(ev[1])
-                    step.append(("l", ev[1], ev[3]))
-            out.extend(sorted(step))  # queues are ticked in another order: same set per step
-            if op in ("leave_room", "reconnect"):
-                in_room.discard(u)
-        return out
-
-
-@pytest.mark.parametrize(
-    ("seed", "interest_timeout"),
-    [(s, 2.0) for s in range(1, 7)] + [(s, 60.0) for s in range(7, 13)],
-)
-@pytest_twisted.ensureDeferred
-async def test_same_matches_as_memory_engine(redis, seed, interest_timeout):
-    """With a long interest timeout, users with interests stay picky and cooldown retries
-    (at the first cooldown's end) decide who meets whom."""
-    script = Script(seed)
-    results = []
-    for cls in (MemoryEngine, RedisEngine):
-        redis.command("FLUSHALL")
-        clock = task.Clock()
-        clock.advance(999.0)
-        cfg = EngineConfig(
-            instance_id="diff",
-            redis_url=redis.url,
-            interest_timeout=interest_timeout,
-            rematch_cooldown=5.0,
-        )
-        engine = cls(cfg, clock)
-        sink = Sink()
-        await engine.start(sink)
-        try:
-            results.append(await script.run(engine, sink, clock))
-        finally:
-            await engine.stop()
-    memory, redis_result = results
-    assert sum(1 for r in memory if r[0] == "m") > 10
-    assert redis_result == memory
 
 
 def test_queue_names_match_preferences():
