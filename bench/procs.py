@@ -21,11 +21,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import psutil
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests import harness
+from tests.harness import REPO, free_port
+
 _children: list[subprocess.Popen] = []
 server_tree = REPO  # where anygle is run from (``--rev`` points it at an exported revision)
 profile_dir: str | None = None  # ``--profile DIR``: every anygle instance runs under cProfile
@@ -102,12 +105,6 @@ def raise_nofile(wanted: int) -> tuple[int, str]:
     if soft < wanted:
         note += f"file limit is {soft}, below the {wanted} wanted: connection counts are capped"
     return soft, note
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_port(port: int, proc: subprocess.Popen, timeout: float = 20.0) -> None:
@@ -236,28 +233,10 @@ def export_tree(rev: str) -> tuple[str, str]:
     return d, commit
 
 
-# A load test is thousands of users from a handful of loopback addresses, each far busier than a
-# person: anygle's abuse limits would (rightly) refuse it.  Raise them out of reach instead of
-# turning them off, so that the cost of checking them stays on the measured path.
-BENCH_LIMITS = {
-    "rate-limit": "1000000000",
-    "max-connections-per-ip": "1000000000",
-    "message-limits": "chat=1e9/1e9,queue=1e9/1e9,ping=1e9/1e9,typing=1e9/1e9",
-}
-
-
 def limit_args(tree: str) -> list[str]:
-    """``--option value`` for each of BENCH_LIMITS that this revision of anygle knows."""
-    try:
-        with open(os.path.join(tree, "anygle", "config.py")) as f:
-            text = f.read()
-    except OSError:
-        return []
-    out = []
-    for name, value in BENCH_LIMITS.items():
-        if f'"{name}"' in text:
-            out += [f"--{name}", value]
-    return out
+    """The abuse limits out of reach (:data:`tests.harness.LIMITS_OUT_OF_REACH`), as flags for
+    the options this revision of anygle knows."""
+    return harness.option_flags(harness.LIMITS_OUT_OF_REACH, tree)
 
 
 def anygle(
@@ -270,30 +249,10 @@ def anygle(
 ) -> Server:
     """An anygle instance; ``backlog=None`` leaves the listen backlog to anygle's default."""
     port, http = free_port(), free_port()
-    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
-    argv = [
-        twistd,
-        "-n",
-        "--pidfile=",
-        *(
-            [
-                f"--profile={profile_dir}/anygle-{engine}-{instance}-{port}.prof",
-                "--profiler=cprofile",
-                "--savestats",
-            ]
-            if profile_dir
-            else []
-        ),
-        "anygle",
-        "--ws",
-        f"tcp:{port}:interface=127.0.0.1" + (f":backlog={backlog}" if backlog else ""),
-        "--http",
-        f"tcp:{http}:interface=127.0.0.1",
-        "--engine",
-        engine,
-        "--instance-id",
-        instance,
-    ]
+    profile = f"{profile_dir}/anygle-{engine}-{instance}-{port}.prof" if profile_dir else None
+    argv = harness.twistd_argv(
+        port, http, "--engine", engine, instance_id=instance, backlog=backlog, profile=profile
+    )
     if redis_url:
         argv += ["--redis", redis_url]
     argv += limit_args(server_tree) + (extra or [])
@@ -306,81 +265,30 @@ def anygle(
 
 def redis() -> Server:
     port = free_port()
-    binary = shutil.which("redis-server") or "/usr/sbin/redis-server"
-    return Server(
-        "redis",
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--loglevel",
-            "warning",
-        ],
-        port,
-    )
+    d = tmpdir("anygle-bench-redis-")
+    return Server("redis", harness.redis_server_argv(port, d), port)
 
 
-NGINX_CONF = """
-daemon off;
-master_process off;
-worker_processes 1;
-worker_rlimit_nofile {nofile};
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections {conns}; multi_accept on; }}
-http {{
-    access_log off;
-    client_body_temp_path {dir}/body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
-    upstream anygle {{
-        {balance}
-{servers}
-    }}
-    server {{
-        listen 127.0.0.1:{port} backlog=1024;
-        location / {{
-            proxy_pass http://anygle;
-            proxy_http_version 1.1;
-            proxy_set_header Upgrade $http_upgrade;
-            proxy_set_header Connection "upgrade";
-            proxy_read_timeout 300s;
-            proxy_buffering off;
-            tcp_nodelay on;
-        }}
-    }}
-}}
-"""
-
-
-def nginx(upstream_ports: list[int], *, sticky_pairs: bool, conns: int = 4096) -> Server:
-    """Our own nginx on a free port (never the system one): ``master_process off`` so that
-    killing this one process removes it all.  ``sticky_pairs`` hashes the ``p`` query argument
-    so both sockets of a pair reach the same instance (needed when instances share nothing)."""
-    binary = shutil.which("nginx") or "/usr/sbin/nginx"
+def nginx(servers: list[Server], *, sticky_pairs: bool, conns: int = 4096) -> Server:
+    """Our own nginx on a free port (never the system one) in front of ``servers``, running the
+    shipped ``etc/nginx/anygle.conf`` (of the measured tree) as the tests do, as one process so
+    that killing it removes it all.  ``sticky_pairs`` hashes the ``p`` query argument so both
+    sockets of a pair reach the same instance (needed when instances share nothing)."""
     port = free_port()
     d = tmpdir("anygle-bench-nginx-")
-    conf = os.path.join(d, "nginx.conf")
-    with open(conf, "w") as f:
-        f.write(
-            NGINX_CONF.format(
-                dir=d,
-                port=port,
-                conns=conns * 2 + 64,
-                nofile=conns * 4 + 256,
-                balance="hash $arg_p consistent;" if sticky_pairs else "",
-                servers="\n".join(f"        server 127.0.0.1:{p};" for p in upstream_ports),
-            )
-        )
-    return Server("nginx", [binary, "-c", conf, "-p", d + "/"], port)
+    shipped = os.path.join(server_tree, "etc", "nginx", "anygle.conf")
+    conf = harness.nginx_config(
+        port,
+        [(s.port, s.http_port) for s in servers],  # type: ignore[attr-defined]
+        d,
+        balance="hash $arg_p consistent" if sticky_pairs else None,
+        backlog=1024,
+        worker_connections=conns * 2 + 64,
+        worker_rlimit_nofile=conns * 4 + 256,
+        multi_accept=True,
+        shipped=Path(shipped if os.path.exists(shipped) else harness.SHIPPED_NGINX),
+    )
+    return Server("nginx", harness.write_nginx_config(d, conf), port)
 
 
 class Workers:

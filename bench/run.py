@@ -663,7 +663,7 @@ class Bench:
                     )
                 )
             ng = procs.nginx(
-                [s.port for s in servers],
+                servers,
                 sticky_pairs=engine == "memory",
                 conns=self.args.scaleout_pairs * 2 + 64,
             )

@@ -19,7 +19,7 @@ from anygle.engine.base import EngineConfig
 from anygle.engine.redis import RedisEngine
 from anygle.model import Match
 from anygle.tap import AnygleService
-from tests.redisutil import RedisServer
+from tests.harness import RedisServer, eventually, limits_off_settings, sleep
 from tests.wsclient import Client
 
 ENGINES = ["memory", "redis"]
@@ -76,26 +76,18 @@ class ServerHandle:
         for c in self.clients:
             await c.close()
         await self.service.stopService()
-        for _ in range(100):
-            if not self.service.factory.connections:
-                break
-            await task.deferLater(reactor, 0.05, lambda: None)
+        await eventually(lambda: not self.service.factory.connections, what="connections closed")
 
 
 def settings(engine: str = "memory", **overrides: Any) -> Settings:
+    """Settings for an instance in the test's reactor: loopback ports picked by the system, the
+    abuse limits and periodic pushes off (:data:`tests.harness.LIMITS_OFF`), then ``overrides``."""
     base = Settings(
         ws="tcp:0:interface=127.0.0.1",
         http="tcp:0:interface=127.0.0.1",
         engine=engine,
         instance_id="test",
-        stats_interval=3600.0,  # tests that want pushes ask for them
-        searching_interval=3600.0,
-        ping_interval=0.0,
-        # Tests open hundreds of connections from 127.0.0.1 and send bursts no person types;
-        # the limit tests switch these back on.
-        rate_limit=0,
-        max_connections_per_ip=0,
-        message_limits={},
+        **limits_off_settings(),
     )
     return dataclasses.replace(base, **overrides)
 
@@ -180,12 +172,8 @@ async def make_server(engine_name: str, request: pytest.FixtureRequest):
         service.startService()
         handle = ServerHandle(service)
         started.append(handle)
-        for _ in range(100):  # the redis engine connects asynchronously
-            if service.engine.health()[0]:
-                break
-            await task.deferLater(reactor, 0.05, lambda: None)
-        else:
-            raise RuntimeError(f"engine not ready: {service.engine.health()}")
+        # the redis engine connects asynchronously
+        await eventually(lambda: service.engine.health()[0], what="engine ready")
         return handle
 
     yield make
@@ -198,8 +186,4 @@ async def server(make_server):
     yield await make_server()
 
 
-async def sleep(seconds: float) -> None:
-    await task.deferLater(reactor, seconds, lambda: None)
-
-
-__all__ = ["ServerHandle", "defer", "settings", "sleep"]
+__all__ = ["ServerHandle", "defer", "eventually", "settings", "sleep"]

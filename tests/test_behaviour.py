@@ -7,8 +7,8 @@ import json
 import msgpack
 import pytest_twisted
 
-from tests.conftest import sleep
-from tests.wsclient import Client
+from tests.harness import eventually, sleep
+from tests.wsclient import Client, Closed
 
 
 @pytest_twisted.ensureDeferred
@@ -133,9 +133,12 @@ async def test_simultaneous_skips_leave_no_ghosts(make_server):
     # never with each other (cooldown), never twice
     for c in (a, b):
         await c.expect("searching", "partner_skipped")
-    await sleep(0.3)
-    stats = await server.engine.stats()
-    assert stats.in_queue == 2 and stats.active_chats == 0
+
+    async def both_queued() -> bool:
+        stats = await server.engine.stats()
+        return stats.in_queue == 2 and stats.active_chats == 0
+
+    await eventually(both_queued, what="both queued, no room")
     assert (await server.engine.queue_status([a.user_id, b.user_id])).keys() == {
         a.user_id,
         b.user_id,
@@ -151,9 +154,12 @@ async def test_disconnect_tells_partner_and_clears_queue(server):
     c.join()
     await c.expect("searching")
     await c.close()
-    await sleep(0.1)
-    stats = await server.engine.stats()
-    assert stats.in_queue == 0 and stats.active_chats == 0 and stats.total_online == 1
+
+    async def only_b_left() -> bool:
+        stats = await server.engine.stats()
+        return (stats.in_queue, stats.active_chats, stats.total_online) == (0, 0, 1)
+
+    await eventually(only_b_left, what="queue and rooms empty, one user online")
 
 
 @pytest_twisted.ensureDeferred
@@ -397,7 +403,7 @@ async def test_estimated_time_comes_from_recent_matches(make_server):
     a, b = await server.client(), await server.client()
     a.join(interests=["x"])
     await a.expect("searching")
-    await sleep(0.3)
+    await sleep(0.3)  # a waits ~300 ms: the wait the estimate averages
     b.join(interests=["x"])
     await a.expect("matched")
     c = await server.client()
@@ -490,7 +496,7 @@ async def test_too_many_bad_frames_closes_the_connection(server):
         while True:
             frame = await c.next(3)
             codes.append(frame["data"]["code"])
-    except Exception:  # Closed ends the stream
+    except Closed:  # the server closed the connection: the end of the stream
         pass
     assert codes[-1] == "TOO_MANY_ERRORS"
     assert c.close_code == 1008
@@ -511,7 +517,8 @@ async def test_half_open_peer_is_dropped_by_server_pings(make_server):
     # Autobahn schedules ping timeouts on a timer batched to whole seconds: keep them >= 1 s
     server = await make_server(ping_interval=1.0, ping_timeout=2.0)
     a, b = await server.pair()
-    await sleep(2.5)  # a live client answers the pings (Autobahn does it for us)
+    # a live client answers the pings (Autobahn does it for us) and stays
+    await eventually(lambda: a.pings >= 2, timeout=10, what="two pings answered")
     a.send("message", {"content": "alive"})
     assert (await b.expect("message"))["data"]["content"] == "alive"
     a.proto.transport.pauseProducing()  # a stops reading: no pongs any more

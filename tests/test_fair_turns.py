@@ -11,7 +11,7 @@ from twisted.internet import reactor, task
 
 from anygle.reactorlag import BUCKETS, ReactorLag
 from anygle.tap import default_backlog, with_backlog
-from tests.conftest import sleep
+from tests.harness import eventually
 from tests.test_http import get
 
 N = 8  # frames per connection per turn in these tests
@@ -80,10 +80,7 @@ async def test_flooder_does_not_hold_up_another_connection(server, monkeypatch):
     flood = 3000  # ~51 KB of pings: one read of the server
     for _ in range(flood):
         flooder.send("ping")
-    for _ in range(1000):  # wait until the server has started on the flood
-        if counts:
-            break
-        await sleep(0)
+    await eventually(lambda: counts, step=0, what="the server started on the flood")
     other.send("ping")
     await other.expect("pong", timeout=20)
     assert when_other and when_other[0] < flood // 2, when_other
@@ -108,7 +105,7 @@ async def test_flood_of_bad_frames_then_close_keeps_order(server):
 
 @pytest_twisted.ensureDeferred
 async def test_health_and_metrics_report_reactor_lag(server):
-    await sleep(0.35)  # a few 100 ms ticks
+    await eventually(lambda: server.service.lag.count >= 1, what="a lag sample")
     code, _, body = await get(server.http_port, "/health")
     data = json.loads(body)
     assert code == 200 and data["status"] == "ok"

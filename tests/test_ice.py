@@ -24,7 +24,7 @@ from anygle.ice import IceServers, turn_credential, turn_username
 from anygle.model import Preferences
 from anygle.wire import Broadcast
 from tests import turnclient
-from tests.procutil import free_port
+from tests.harness import free_port
 
 SECRET = "anygle-test-secret"
 REALM = "anygle.test"

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import select
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.procutil import Instance, free_port
+from tests.harness import Instance, free_port
 
 
 def keypair(path: Path) -> Path:
@@ -17,8 +18,12 @@ def keypair(path: Path) -> Path:
     return path
 
 
+PROMPT = b">>> "  # drawn again on every keystroke; a new one starts a line
+
+
 def ssh(port: int, key: Path, commands: list[str], wait: float = 8.0) -> tuple[int, str]:
-    """Type ``commands`` into an interactive SSH session; return exit code and the screen."""
+    """Type ``commands`` into an interactive SSH session, each once the console prompts for it;
+    return the exit code and the screen."""
     proc = subprocess.Popen(
         [
             "ssh",
@@ -43,26 +48,37 @@ def ssh(port: int, key: Path, commands: list[str], wait: float = 8.0) -> tuple[i
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
-    assert proc.stdin is not None
-    time.sleep(1.5)  # key exchange and the prompt
-    for command in commands:
+    assert proc.stdin is not None and proc.stdout is not None
+    screen = bytearray()
+
+    def prompted(since: int, new_line: bool) -> bool:
+        """Read until the console prompts after ``since``; False when the session ended."""
+        deadline = time.monotonic() + wait
+        wanted = b"\n" + PROMPT if new_line else PROMPT
+        while screen.find(wanted, since) < 0:
+            ready, _, _ = select.select([proc.stdout], [], [], max(0, deadline - time.monotonic()))
+            chunk = os.read(proc.stdout.fileno(), 65536) if ready else b""
+            if not chunk:
+                return False
+            screen.extend(chunk)
+        return True
+
+    since = 0
+    for n, command in enumerate([*commands, "\x04"]):  # ^D leaves the manhole
+        if not prompted(since, new_line=n > 0):
+            break
+        since = len(screen)
         try:
-            proc.stdin.write(command.encode() + b"\r")
+            proc.stdin.write(command.encode() + (b"" if command == "\x04" else b"\r"))
             proc.stdin.flush()
         except BrokenPipeError:
             break
-        time.sleep(0.7)
-    try:
-        proc.stdin.write(b"\x04")  # ^D leaves the manhole
-        proc.stdin.flush()
-    except BrokenPipeError:
-        pass
     try:
         out, _ = proc.communicate(timeout=wait)
     except subprocess.TimeoutExpired:
         proc.kill()
         out, _ = proc.communicate()
-    return proc.returncode, out.decode(errors="replace")
+    return proc.returncode, (bytes(screen) + out).decode(errors="replace")
 
 
 @pytest.fixture

@@ -15,8 +15,7 @@ import os
 import subprocess
 import sys
 
-from tests.procutil import ROOT, Instance
-from tests.redisutil import limits_off_flags
+from tests.harness import ROOT, Instance, limits_off_flags
 
 
 def run_overload_client(job: dict, timeout: float) -> dict:

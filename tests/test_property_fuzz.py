@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from anygle.errors import CODES
 from anygle.validate import VALIDATORS
-from tests.procutil import Instance
+from tests.harness import Instance, limits_off_flags
 
 scalars = (
     st.none()
@@ -59,15 +59,7 @@ frames = st.one_of(
 
 @pytest.fixture(scope="module")
 def server():
-    inst = Instance(
-        "--message-limits",
-        "off",
-        "--max-connections-per-ip",
-        "0",
-        "--rate-limit",
-        "0",
-        name="hypothesis",
-    ).start()
+    inst = Instance(*limits_off_flags(), name="hypothesis").start()
     yield inst
     assert inst.stop() is not None
     assert "Unhandled" not in inst.output() and "Traceback" not in inst.output()

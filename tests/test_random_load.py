@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 import pytest_twisted
 from twisted.internet import defer
 
-from tests.conftest import ServerHandle, sleep
+from tests.conftest import ServerHandle
+from tests.harness import eventually, sleep
 from tests.wsclient import Client, Closed
 
 MODES = ("text", "voice", "video")
@@ -95,6 +96,21 @@ class World:
             if data["code"] != "NOT_IN_CHAT":
                 m.violations.append(f"error {data}")
 
+    async def settled(self) -> bool:
+        """Nothing in flight: no request unanswered, both sides of every chat agree and have
+        every message, no vanished user still counted online."""
+        live = [m for m in self.models.values() if m.state != "closed"]
+        for m in live:
+            if m.state == "pending":
+                return False
+            if m.state == "chatting":
+                p = self.models[m.partner] if m.partner else None
+                if p is None or p.state != "chatting" or p.room != m.room:
+                    return False
+                if p.received.get(p.room or "", 0) != m.sent.get(p.room or "", 0):
+                    return False
+        return (await self.server.engine.stats()).total_online == len(live)
+
     def act(self, m: Model) -> None:
         r = self.rng.random()
         c = m.client
@@ -136,10 +152,10 @@ async def test_random_joins_chats_skips_and_leaves(make_server):
             newcomer = await world.add()
             newcomer.client.join(mode=newcomer.mode)
             newcomer.state = "pending"
-        await sleep(0.02)
+        await sleep(0.02)  # a step of the random walk
 
-    # quiesce: let everything in flight land, then check
-    await sleep(1.0)
+    # quiesce: everything in flight has landed, then check
+    await eventually(world.settled, timeout=15, what="every request answered, every chat agreed")
     live = [m for m in world.models.values() if m.state != "closed"]
     problems = [f"{m.uid[:8]}: {v}" for m in world.models.values() for v in m.violations]
     assert not problems, problems[:20]

@@ -11,8 +11,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor, threads
 
-from tests.conftest import sleep
-from tests.redisutil import Cluster
+from tests.harness import Cluster, eventually, http_status, sleep
 from tests.wsclient import Client
 
 # No skip when nginx is missing: .ci/install installs it, and a missing nginx must fail loudly.
@@ -55,6 +54,10 @@ async def chat(a: Client, b: Client, n: int = 30) -> None:
     assert [(await a.expect("message"))["data"]["content"] for _ in range(n)] == [
         f"b{i}" for i in range(n)
     ]
+
+
+async def health_is(port: int, code: int) -> bool:
+    return await threads.deferToThread(http_status, port) == code
 
 
 def http_get(port: int, path: str) -> tuple[int, dict]:
@@ -113,17 +116,21 @@ async def test_redis_killed_and_restarted(cluster: Cluster):
     await match(n1[0], n1[1], interests=["same"], interestsOnly=True)  # same instance
     cross = (n2[0], groups["node3"][0])
     await match(*cross, interests=["x"], interestsOnly=True)
-    await sleep(1.1)  # heartbeats tell every instance totalMatches (2)
+    for inst in cluster.instances:  # each instance reads (and keeps) totalMatches (2)
+        code, stats = await threads.deferToThread(http_get, inst.http_port, "/stats")
+        assert (code, stats["totalMatches"]) == (200, 2)
     await threads.deferToThread(cluster.redis.kill)
-    await sleep(0.5)
     for inst in cluster.instances:
+        await eventually(
+            lambda i=inst: health_is(i.http_port, 503), what=f"{inst.name} reports the outage"
+        )
         code, body = await threads.deferToThread(http_get, inst.http_port, "/health")
         assert code == 503 and body["reason"].startswith("redis unavailable"), body
     # the same-instance chat goes on through the outage
     await chat(n1[0], n1[1], 10)
     n2[1].join()
     await n2[1].error("SERVICE_UNAVAILABLE")
-    await sleep(1.0)
+    await sleep(1.0)  # the outage lasts
     await chat(n1[0], n1[1], 10)
 
     await threads.deferToThread(cluster.redis.start)
@@ -139,7 +146,7 @@ async def test_redis_killed_and_restarted(cluster: Cluster):
                 return
             assert frame["data"]["code"] == "SERVICE_UNAVAILABLE", frame
             assert reactor.seconds() - start < 5, frame
-            await sleep(0.1)
+            await sleep(0.1)  # and ask again
 
     await join_accepted(a)
     await join_accepted(b)
@@ -152,9 +159,8 @@ async def test_redis_killed_and_restarted(cluster: Cluster):
     # the chat across instances survives Redis losing its data too: both instances restored it
     await chat(*cross, 5)
     for inst in cluster.instances:  # every instance is back within 5 s (backoff tops at 2 s)
-        while (await threads.deferToThread(http_get, inst.http_port, "/health"))[0] != 200:
-            assert reactor.seconds() - start < 5
-            await sleep(0.1)
+        left = 5 - (reactor.seconds() - start)
+        await eventually(lambda i=inst: health_is(i.http_port, 200), timeout=left)
     # the global figures were rebuilt: 6 online, the local chat and the new one
     code, stats = await threads.deferToThread(http_get, cluster.port, "/stats")
     assert (stats["totalOnline"], stats["activeChats"]) == (6, 3)

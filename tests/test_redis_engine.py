@@ -1,13 +1,12 @@
 """The redis engine driven directly (no hub, no sockets) against a real ``redis-server``.
 
-Several engines in one reactor play several instances.  A differential test replays random
-operations on the memory and the redis engine and requires the same matches.
+Several engines in one reactor play several instances.  That both engines make the same matches
+is ``tests/test_engines_differential.py``.
 """
 
 from __future__ import annotations
 
-import random
-from typing import Any
+import json
 
 import msgpack
 import pytest
@@ -19,21 +18,7 @@ from anygle.engine.memory import MemoryEngine
 from anygle.engine.redis import QUEUES, RedisEngine
 from anygle.model import Preferences
 from tests.conftest import Sink
-from tests.redisutil import RedisServer
-
-
-async def sleep(seconds: float) -> None:
-    await task.deferLater(reactor, seconds, lambda: None)
-
-
-async def eventually(pred, timeout: float = 5.0, step: float = 0.02) -> float:
-    """Wait until ``pred()`` is true; returns the seconds it took."""
-    start = reactor.seconds()
-    while not pred():
-        if reactor.seconds() - start > timeout:
-            raise AssertionError("condition not reached in time")
-        await sleep(step)
-    return reactor.seconds() - start
+from tests.harness import RedisServer, eventually, sleep
 
 
 def prefs(interests: tuple[str, ...] = (), only: bool = False, **kw: str) -> Preferences:
@@ -43,6 +28,16 @@ def prefs(interests: tuple[str, ...] = (), only: bool = False, **kw: str) -> Pre
 
 def now() -> float:
     return reactor.seconds()
+
+
+async def inbox_read(redis: RedisServer, engine: RedisEngine, sink: Sink, user: str) -> None:
+    """Everything already in ``engine``'s inbox has been handled: a marker appended after it (a
+    kick for the local ``user``, in the documented ``inbox:{id}`` format) has come through, and
+    the stream is read in order.  How a test asserts that nothing *more* arrives."""
+    marker = f"read-{len(sink.events)}"
+    event = ["k", user, "MARK", marker]
+    redis.command("XADD", engine.inbox, "*", "b", msgpack.packb([event]))
+    await eventually(lambda: ("kick", user, "MARK", marker) in sink.events, what="inbox read")
 
 
 @pytest_twisted.ensureDeferred
@@ -114,12 +109,13 @@ async def test_cross_instance_match_relay_in_order_and_partner_left(engines, red
     assert kinds[-2:] == ["relay", "left"] and sb.events[-2][3]["data"]["n"] == "last"
     assert sb.of("left") == [("left", "ub", m.room_id, "skipped")]
     assert await b.leave_room("ub", "skipped") is None
-    await sleep(0.2)
+    await inbox_read(redis, a, sa, "ua")
+    await inbox_read(redis, b, sb, "ub")
     assert len(sb.of("left")) == 1 and not sa.of("left")
 
 
 @pytest_twisted.ensureDeferred
-async def test_both_skip_at_once_room_ends_once(engines):
+async def test_both_skip_at_once_room_ends_once(engines, redis):
     a, sa = await engines("a")
     b, sb = await engines("b")
     for _ in range(20):
@@ -128,11 +124,12 @@ async def test_both_skip_at_once_room_ends_once(engines):
         await a.join("x", prefs(), now())
         m = await b.join("y", prefs(), now())
         room_id = m.room_id
-        await eventually(lambda: "x" in a.users and a.users["x"].room == room_id)  # noqa: B023
+        await eventually(lambda: [e for e in sa.of("matched", "x") if e[2].room_id == room_id])  # noqa: B023
         r1, r2 = a.leave_room("x", "disconnected"), b.leave_room("y", "disconnected")
         results = [await r1, await r2]
         assert sorted(r is None for r in results) == [False, True]
-        await sleep(0.05)
+        await inbox_read(redis, a, sa, "x")
+        await inbox_read(redis, b, sb, "y")
         lefts = [ev for ev in sa.of("left") + sb.of("left") if ev[2] == m.room_id]
         assert len(lefts) <= 1  # the loser already left by itself: nobody told twice
         await a.disconnect("x")
@@ -190,8 +187,7 @@ async def test_instance_death_partners_told_and_queue_cleaned(engines, redis):
     await b.join("waiter", prefs(("rare",), only=True), now())
     # b "dies": no more heartbeats, connections gone, nothing cleaned up
     b.halt()
-    took = await eventually(lambda: sa.of("left"), timeout=6)
-    assert took < 5
+    await eventually(lambda: sa.of("left"), timeout=5, what="partner told within 5 s")
     assert sa.of("left") == [("left", "alive", m.room_id, "disconnected")]
     assert redis.command("HLEN", "waiting") == 0
     assert redis.command("SISMEMBER", "instances", "b") == 0
@@ -211,8 +207,7 @@ async def test_clean_stop_removes_users_at_once(engines, redis):
     m = await b.join("ub", prefs(), now())
     await b.join("uw", prefs(("z",), only=True), now())
     await b.stop()
-    took = await eventually(lambda: sa.of("left"), timeout=2)
-    assert took < 1
+    await eventually(lambda: sa.of("left"), timeout=1, what="partner told at once")
     assert sa.of("left")[0][2] == m.room_id
     assert redis.command("HLEN", "waiting") == 0
     assert (await a.stats()).total_online == 1
@@ -238,10 +233,9 @@ async def test_redis_outage_local_chat_goes_on_and_matching_resumes(engines, red
     a.relay("l2", local.room_id, {"type": "message", "data": {"x": 1}})
     assert sa.of("relay", "l2")
     assert await a.tick(now()) == 0
-    await sleep(1.0)
+    await sleep(1.0)  # the outage lasts: reconnects fail a few times
     redis.start()
-    took = await eventually(lambda: a.health()[0] and b.health()[0], timeout=6)
-    assert took < 5
+    await eventually(lambda: a.health()[0] and b.health()[0], timeout=5, what="both back")
     a.relay("l1", local.room_id, {"type": "message", "data": {"x": 2}})
     assert sa.of("relay", "l1")
     # state was rebuilt: the local room, the waiting user, online counts
@@ -262,7 +256,7 @@ async def test_disconnect_during_outage_is_put_right_on_reconnect(engines, redis
     await a.join("ua", prefs(), now())
     m = await b.join("ub", prefs(), now())
     # only a loses Redis (its connections are cut and come back)
-    a._cmd.transport.abortConnection()
+    a.drop_connections()
     await eventually(lambda: not a.health()[0])
     await a.disconnect("ua")
     await eventually(lambda: a.health()[0], timeout=6)
@@ -313,106 +307,6 @@ async def test_queue_status_and_avg_match_time(engines):
     assert (await e.queue_status(["q2"]))["q2"][1] == 250.0
 
 
-# --- the memory engine and the redis engine make the same matches -------------------------------
-
-
-class Script:
-    """Random operations on a handful of users, applied to an engine, recording the matches."""
-
-    def __init__(self, seed: int, n_ops: int = 600) -> None:
-        rnd = random.Random(seed)
-        users = [f"u{i}" for i in range(14)]
-        pool = ["a", "b", "c", "d"]
-        self.ops: list[tuple[Any, ...]] = []
-        t = 1000.0
-        for _ in range(n_ops):
-            t += rnd.choice([0.0, 0.01, 0.2, 1.0, 3.0])
-            u = rnd.choice(users)
-            r = rnd.random()
-            if r < 0.45:
-                interests = tuple(rnd.sample(pool, rnd.choice([0, 0, 1, 2])))
-                only = rnd.random() < 0.2
-                queue = rnd.choice(["moderated", "moderated", "unmoderated"])
-                self.ops.append(("join", u, prefs(interests, only, queue=queue), t))
-            elif r < 0.6:
-                self.ops.append(("leave_room", u, rnd.choice(["skipped", "disconnected"]), t))
-            elif r < 0.7:
-                self.ops.append(("leave_queue", u, None, t))
-            elif r < 0.75:
-                self.ops.append(("reconnect", u, None, t))
-            else:
-                self.ops.append(("tick", None, None, t))
-
-    async def run(self, engine: Any, sink: Sink, clock: task.Clock) -> list[tuple[Any, ...]]:
-        out: list[tuple[Any, ...]] = []
-        in_room: set[str] = set()
-        connected: set[str] = set()
-        for op, u, arg, t in self.ops:
-            clock.advance(t - clock.seconds())
-            if u is not None and u not in connected:
-                await engine.connect(u, "1.1.1.1")
-                connected.add(u)
-            before = len(sink.events)
-            step: list[tuple[Any, ...]] = []
-            if op == "join":
-                if u in in_room:
-                    continue
-                await engine.join(u, arg, t)
-            elif op == "leave_room":
-                await engine.leave_room(u, arg)
-            elif op == "leave_queue":
-                await engine.leave_queue(u)
-            elif op == "reconnect":
-                await engine.disconnect(u)
-                connected.discard(u)
-            else:
-                await engine.tick(t)
-            for ev in sink.events[before:]:
-                if ev[0] == "matched":
-                    m = ev[2]
-                    in_room.update((m.initiator, m.responder))
-                    step.append(("m", ev[1], m.initiator, m.responder, m.shared_interests))
-                elif ev[0] == "left":
-                    in_room.discard(ev[1])
-                    step.append(("l", ev[1], ev[3]))
-            out.extend(sorted(step))  # queues are ticked in another order: same set per step
-            if op in ("leave_room", "reconnect"):
-                in_room.discard(u)
-        return out
-
-
-@pytest.mark.parametrize(
-    ("seed", "interest_timeout"),
-    [(s, 2.0) for s in range(1, 7)] + [(s, 60.0) for s in range(7, 13)],
-)
-@pytest_twisted.ensureDeferred
-async def test_same_matches_as_memory_engine(redis, seed, interest_timeout):
-    """With a long interest timeout, users with interests stay picky and cooldown retries
-    (at the first cooldown's end) decide who meets whom."""
-    script = Script(seed)
-    results = []
-    for cls in (MemoryEngine, RedisEngine):
-        redis.command("FLUSHALL")
-        clock = task.Clock()
-        clock.advance(999.0)
-        cfg = EngineConfig(
-            instance_id="diff",
-            redis_url=redis.url,
-            interest_timeout=interest_timeout,
-            rematch_cooldown=5.0,
-        )
-        engine = cls(cfg, clock)
-        sink = Sink()
-        await engine.start(sink)
-        try:
-            results.append(await script.run(engine, sink, clock))
-        finally:
-            await engine.stop()
-    memory, redis_result = results
-    assert sum(1 for r in memory if r[0] == "m") > 10
-    assert redis_result == memory
-
-
 def test_queue_names_match_preferences():
     assert prefs().queue in QUEUES and len(QUEUES) == 12
     assert msgpack.unpackb(msgpack.packb(("r", "u", "room", {"type": "x"}))) == [
@@ -456,29 +350,33 @@ async def test_ttls_are_refreshed_while_connected_and_active(engines, redis):
     await e.connect("t2", "1.1.1.1")
     await e.join("t1", prefs(), now())
     m = await e.join("t2", prefs(), now())
-    sid = e.users["t1"].socket_id
+    sid = json.loads(redis.command("GET", "user:t1"))["socketId"]
     for key in ("user:t1", f"socket:{sid}", f"room:{m.room_id}"):
         redis.command("EXPIRE", key, 100)
-    await sleep(1.2)
-    assert redis.command("TTL", "user:t1") > 3000
+    await eventually(lambda: redis.command("TTL", "user:t1") > 3000, what="session touched")
     assert redis.command("TTL", f"socket:{sid}") > 3000
-    assert redis.command("TTL", f"room:{m.room_id}") <= 100  # no activity yet
+    assert redis.command("TTL", f"room:{m.room_id}") <= 100  # touched, but no activity yet
     e.relay("t2", m.room_id, {"type": "message"})
-    await sleep(1.2)
-    assert redis.command("TTL", f"room:{m.room_id}") > 1700
+    await eventually(lambda: redis.command("TTL", f"room:{m.room_id}") > 1700, what="room touched")
     assert b'"lastActivity"' in redis.command("GET", f"room:{m.room_id}")
 
 
 @pytest_twisted.ensureDeferred
 async def test_late_relay_does_not_recreate_a_reaped_inbox(engines, redis):
-    a, _sa = await engines("a")
+    a, sa = await engines("a")
     b, _sb = await engines("b")
+    await a.connect("ua", "1.1.1.1")
+    await b.connect("ub", "2.2.2.2")
+    await a.join("ua", prefs(), now())
+    m = await b.join("ub", prefs(), now())
+    await eventually(lambda: sa.of("matched"))  # a learns of the room through its inbox
     assert redis.command("EXISTS", "inbox:a") == 1 and redis.command("EXISTS", "inbox:b") == 1
-    await b.stop()
-    assert redis.command("EXISTS", "inbox:b") == 0
-    a._outbox = {"b": [("r", "ub", "room", {"type": "message"})]}
-    a._flush_outbox()
-    await sleep(0.1)
+    # b dies and is reaped (the reaper deletes its inbox) while a still holds the room
+    b.halt()
+    redis.command("DEL", "inbox:b")
+    a.relay("ub", m.room_id, {"type": "message"})
+    assert a.counters["relayed_remote"] == 1
+    await a.incr("probe", 10)  # a script: flushes the outbox first, answered after the XADD
     assert redis.command("EXISTS", "inbox:b") == 0
 
 
@@ -506,8 +404,7 @@ async def test_a_stalled_redis_is_noticed_and_survived(engines, redis):
     redis.command("CLIENT", "PAUSE", 6000, "ALL")
     d = e.stats()
     d.addErrback(lambda f: f.trap(EngineUnavailable))
-    took = await eventually(lambda: not e.health()[0], timeout=7)
-    assert took < 5.5
+    await eventually(lambda: not e.health()[0], timeout=5.5, what="stall noticed")
     await d
     await eventually(lambda: e.health()[0], timeout=10)
     assert (await e.stats()).total_online == 1
@@ -529,8 +426,7 @@ async def test_a_big_dead_instance_is_reaped_in_batches(engines, redis):
         await b.join(f"b{i}", prefs((f"x{i}",), only=True), now())
     assert (await a.stats()).total_online == 43
     b.halt()
-    took = await eventually(lambda: len(sa.of("left")) == 3, timeout=6)
-    assert took < 5
+    await eventually(lambda: len(sa.of("left")) == 3, timeout=5, what="partners told in 5 s")
     await eventually(lambda: redis.command("SISMEMBER", "instances", "b") == 0, timeout=3)
     stats = await a.stats()
     assert (stats.total_online, stats.active_chats, stats.in_queue) == (3, 0, 0)
@@ -570,8 +466,7 @@ async def test_a_connection_blip_without_local_changes_keeps_cross_instance_chat
     m = await b.join("ub", prefs(), now())
     await eventually(lambda: sa.of("matched"))
     a.stats()  # in flight when the connection drops: harmless (read only)
-    a._cmd.transport.abortConnection()
-    a._reader.transport.abortConnection()
+    a.drop_connections()
     await eventually(lambda: not a.health()[0])
     await eventually(lambda: a.health()[0], timeout=6)
     assert a.counters["resyncs"] == 1  # the start only
@@ -582,20 +477,27 @@ async def test_a_connection_blip_without_local_changes_keeps_cross_instance_chat
 
 
 @pytest_twisted.ensureDeferred
-async def test_events_overtaking_their_matched_are_held_back(engines):
+async def test_events_overtaking_their_matched_are_held_back(engines, redis):
     a, sa = await engines("a")
     await a.connect("ua", "1.1.1.1")
+
+    def inbox(*event: object) -> None:
+        redis.command("XADD", "inbox:a", "*", "b", msgpack.packb([list(event)]))
+
     # the partner's message and its disconnect reach us (inbox) before our join's reply
-    a._dispatch(["r", "ua", "R1", {"type": "message", "data": "early"}])
-    a._dispatch(["l", "ua", "R1", "disconnected"])
+    inbox("r", "ua", "R1", {"type": "message", "data": "early"})
+    inbox("l", "ua", "R1", "disconnected")
+    await eventually(lambda: a.counters["held"] == 2, what="both held")
     assert sa.events == []
     m = ["R1", "text", "ub", "ua", {"ub": [], "ua": []}, [], 1000, {"ub": "b", "ua": "a"}]
-    a._apply_match(m, None)
+    inbox("m", m)
+    await eventually(lambda: len(sa.events) == 3)
     assert [e[0] for e in sa.events] == ["matched", "relay", "left"]
-    assert a.users["ua"].room is None and "R1" not in a.rooms
     # late events of a room that ended here are dropped, not held
-    a._dispatch(["r", "ua", "R1", {"type": "message", "data": "late"}])
-    assert len(sa.events) == 3 and "R1" not in a._early
+    inbox("r", "ua", "R1", {"type": "message", "data": "late"})
+    await inbox_read(redis, a, sa, "ua")
+    assert [e[0] for e in sa.events] == ["matched", "relay", "left", "kick"]
+    assert a.counters["held"] == 2
 
 
 @pytest.mark.parametrize("cls", [MemoryEngine, RedisEngine])

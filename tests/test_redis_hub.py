@@ -11,8 +11,8 @@ from twisted.internet import reactor
 from twisted.web.client import Agent, readBody
 
 from anygle.tap import AnygleService
-from tests.conftest import ServerHandle, settings, sleep
-from tests.redisutil import RedisServer
+from tests.conftest import ServerHandle, settings
+from tests.harness import RedisServer, eventually
 
 
 @pytest_twisted.async_yield_fixture
@@ -102,10 +102,7 @@ async def test_outage_health_503_service_unavailable_and_recovery(instances, red
     code, body = await get_json(one.http_port, "/health")
     assert code == 200 and body["status"] == "ok"
     redis.kill()
-    for _ in range(100):
-        if not one.engine.health()[0]:
-            break
-        await sleep(0.05)
+    await eventually(lambda: not one.engine.health()[0], what="outage noticed")
     code, body = await get_json(one.http_port, "/health")
     assert code == 503 and body["reason"].startswith("redis unavailable")
     c.join()
@@ -114,10 +111,7 @@ async def test_outage_health_503_service_unavailable_and_recovery(instances, red
     a.send("message", {"content": "still here"})
     assert (await b.expect("message"))["data"]["content"] == "still here"
     redis.start()
-    start = reactor.seconds()
-    while not one.engine.health()[0]:
-        assert reactor.seconds() - start < 5
-        await sleep(0.05)
+    await eventually(lambda: one.engine.health()[0], timeout=5, what="back within 5 s")
     c.join()
     await c.expect("searching")
     d = await one.client()

@@ -5,15 +5,16 @@ the same room, and once everybody is gone no queue entry, room, session or onlin
 
 from __future__ import annotations
 
+import contextlib
 import random
 from typing import Any
 
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor, threads
+from twisted.internet.error import ConnectError
 
-from tests.conftest import sleep
-from tests.redisutil import Cluster
+from tests.harness import Cluster, eventually, sleep
 from tests.wsclient import Client, Closed
 
 N_CLIENTS = 240
@@ -102,7 +103,7 @@ class Player:
             port = self.ports[(self.k + i) % n]
             try:
                 self.client = await Client.connect(port)
-            except Exception:
+            except (ConnectError, Closed):  # that instance is down (killed, not back yet)
                 await sleep(0.05)
                 continue
             self.ids_on[self.client.user_id] = (port, reactor.seconds())
@@ -178,7 +179,7 @@ async def play(cluster: Cluster, players: list[Player], deadline: float) -> list
     runs = [defer.ensureDeferred(p.run()) for p in players]
     snapshots: list[Any] = []
     while reactor.seconds() < deadline - 1:
-        await sleep(2.0)
+        await sleep(2.0)  # the players play on
         snapshots.append(await threads.deferToThread(check, cluster))
     results = await defer.DeferredList(runs, consumeErrors=True)
     failures = [r for ok, r in results if not ok]
@@ -215,11 +216,14 @@ def check_players(players: list[Player], cluster: Cluster) -> int:
 
 async def check_empty(cluster: Cluster, total_matches: int) -> None:
     """Everybody left: nothing remains."""
-    for _ in range(50):
-        bad, online, queued, rooms = await threads.deferToThread(check, cluster)
-        if online == queued == rooms == 0:
-            break
-        await sleep(0.1)
+
+    async def emptied() -> bool:
+        _bad, online, queued, rooms = await threads.deferToThread(check, cluster)
+        return online == queued == rooms == 0
+
+    with contextlib.suppress(AssertionError):  # the assertion below says what is left
+        await eventually(emptied, timeout=5)
+    bad, online, queued, rooms = await threads.deferToThread(check, cluster)
     assert (bad, online, queued, rooms) == ([], 0, 0, 0)
     r = cluster.redis.command
     stats = dict(zip(*[iter(r("HGETALL", "stats:global"))] * 2, strict=True))
@@ -267,12 +271,12 @@ async def test_random_load_with_an_instance_killed_and_restarted(cluster: Cluste
     deadline = reactor.seconds() + DURATION
     players = [Player(k, ports, deadline) for k in range(N_CLIENTS // 2)]
     run = defer.ensureDeferred(play(cluster, players, deadline))
-    await sleep(3.0)
+    await sleep(3.0)  # under load
     victim = cluster.instances[2]
     victim.kill()
     killed_at = reactor.seconds()
-    await sleep(3.0)
-    victim.start()
+    await sleep(3.0)  # dead for a while (reaped meanwhile)
+    victim.start(wait=False)  # under load: the reactor must not block
     snapshots = await run
     total_matches = check_players(players, cluster)
     dead = {

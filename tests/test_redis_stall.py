@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -19,8 +20,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor, task, threads
 
-from tests.conftest import sleep
-from tests.redisutil import Cluster
+from tests.harness import Cluster, eventually, sleep
 from tests.wsclient import Client
 
 ENDS = ("partner_disconnected", "partner_skipped")
@@ -91,17 +91,18 @@ def errors(c: Client, code: str | None = None) -> list[dict[str, Any]]:
 
 
 async def settle(chats: list[tuple[Client, Client]], traffic: Traffic, timeout: float) -> None:
-    """Wait until every receiver has every message, or its sender errors account for it."""
-    deadline = reactor.seconds() + timeout
-    while reactor.seconds() < deadline:
-        done = all(
+    """Wait until every receiver has every message, or its sender errors account for it (on
+    time out, :func:`check_delivery` says what is missing)."""
+
+    def done() -> bool:
+        return all(
             len(received_numbers(b)) + len(errors(a, "NOT_DELIVERED")) >= traffic.sent[id(a)]
             and len(received_numbers(a)) + len(errors(b, "NOT_DELIVERED")) >= traffic.sent[id(b)]
             for a, b in chats
         )
-        if done:
-            return
-        await sleep(0.1)
+
+    with contextlib.suppress(AssertionError):
+        await eventually(done, timeout, step=0.1)
 
 
 def check_delivery(chats: list[tuple[Client, Client]], traffic: Traffic) -> dict[str, int]:
@@ -148,17 +149,17 @@ async def test_an_instance_stopped_3_s_keeps_every_chat(two: Cluster):
     assert epoch
     traffic = Traffic(chats)
     traffic.start()
-    await sleep(1.0)
+    await sleep(1.0)  # chatting
     assert n1.proc is not None
     os.kill(n1.proc.pid, signal.SIGSTOP)
     stopped = reactor.seconds()
     try:
-        await sleep(3.0)
+        await sleep(3.0)  # frozen 3 s
         suspected = two.redis.command("HEXISTS", "instances:suspect", "node1")
     finally:
         os.kill(n1.proc.pid, signal.SIGCONT)
     frozen = reactor.seconds() - stopped
-    await sleep(1.5)
+    await sleep(1.5)  # chatting on after the thaw
     traffic.stop()
     await settle(chats, traffic, 15.0)
     for a, b in chats:
@@ -199,18 +200,20 @@ async def test_redis_restarted_empty_under_traffic_ends_no_chat(two: Cluster):
     chats = await pairs(two, [(0, 1)] * 10 + [(0, 0)] * 4 + [(1, 1)] * 4)
     traffic = Traffic(chats)
     traffic.start()
-    await sleep(1.0)
+    await sleep(1.0)  # chatting
     await threads.deferToThread(two.redis.kill)
     down = reactor.seconds()
-    await sleep(1.0)
+    await sleep(1.0)  # the outage lasts, under traffic
     await threads.deferToThread(two.redis.start)
     back = reactor.seconds()
-    for inst in (n1, n2):
-        while (await threads.deferToThread(health, inst.http_port))[0] != 200:
-            assert reactor.seconds() - back < 6, "not healthy again within 6 s"
-            await sleep(0.1)
+
+    async def both_healthy() -> bool:
+        codes = [(await threads.deferToThread(health, i.http_port))[0] for i in (n1, n2)]
+        return codes == [200, 200]
+
+    await eventually(both_healthy, timeout=6, step=0.1, what="both healthy again within 6 s")
     recovered = reactor.seconds() - back
-    await sleep(2.0)
+    await sleep(2.0)  # chatting on after the restart
     traffic.stop()
     await settle(chats, traffic, 15.0)
     for a, b in chats:

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest_twisted
 
-from tests.procutil import Instance
+from tests.harness import Instance, wait_for
 from tests.test_http import get
 from tests.wsclient import Client
 
@@ -153,10 +152,7 @@ def test_sighup_reloads_operator_rules(tmp_path: Path):
         assert "moderation_warning" not in result
         (rules / "profanity.txt").write_text("flibbertigibbet\n")
         inst.signal(signal.SIGHUP)
-        deadline = time.monotonic() + 10
-        while "moderation rules reloaded" not in inst.output():
-            assert time.monotonic() < deadline, inst.output()[-2000:]
-            time.sleep(0.1)
+        wait_for(lambda: "moderation rules reloaded" in inst.output(), 10, "rules reloaded")
         result = _chat(inst, "you are a flibbertigibbet")
         assert "moderation_warning" in result
     finally:

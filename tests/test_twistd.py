@@ -6,7 +6,7 @@ import signal
 import subprocess
 import sys
 
-from tests.procutil import ROOT, Instance
+from tests.harness import ROOT, Instance
 
 
 def test_twistd_serves_the_example_client_and_stops_cleanly():

@@ -26,8 +26,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.procutil import Instance, free_port
-from tests.redisutil import start_nginx, stop_process
+from tests.harness import Instance, free_port, start_nginx, stop_process
 
 # No skip when Chromium is missing: .ci/install installs it, and a missing browser must fail.
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -244,7 +243,7 @@ def test_through_nginx_own_origin_and_reconnect_after_a_drop(pages, anygle):
     prefix = tempfile.mkdtemp(prefix="anygle-webclient-nginx-")
     port = free_port()
     upstreams = [(anygle.ws_port, anygle.http_port)]
-    nginx = start_nginx(port, upstreams, prefix, time.monotonic() + WAIT)
+    nginx = start_nginx(port, upstreams, prefix, WAIT)
     try:
         page = pages(f"http://127.0.0.1:{port}/")
         config = json.loads(page.attr('meta[name="anygle-config"]', "content") or "")
@@ -261,7 +260,7 @@ def test_through_nginx_own_origin_and_reconnect_after_a_drop(pages, anygle):
             "the drop noticed, a reconnect planned",
         )
         assert page.attr("body", "data-state") == "searching"
-        nginx = start_nginx(port, upstreams, prefix, time.monotonic() + WAIT)
+        nginx = start_nginx(port, upstreams, prefix, WAIT)
         page.wait(lambda: page.attr("body", "data-conn") == "open", "reconnected")
         # the old connection is gone and the new one is in the queue with the same choices
         page.wait(

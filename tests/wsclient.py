@@ -30,6 +30,10 @@ class _Protocol(WebSocketClientProtocol):
         self.client.binary.append(isBinary)
         self.client._frames.put(frame)
 
+    def onPing(self, payload: bytes) -> None:
+        self.client.pings += 1
+        super().onPing(payload)  # answers with a pong
+
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.client.close_code = code
         self.client.close_reason = reason
@@ -48,6 +52,7 @@ class Client:
         self._frames: defer.DeferredQueue[dict[str, Any] | None] = defer.DeferredQueue()
         self.received: list[dict[str, Any]] = []
         self.binary: list[bool] = []  # frame kind of each received frame
+        self.pings = 0  # WebSocket pings from the server (each answered)
         self.closed: defer.Deferred[int | None] = defer.Deferred()
         self.close_code: int | None = None
         self.close_reason: str | None = None

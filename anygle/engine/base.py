@@ -95,9 +95,6 @@ class Engine(Protocol):
         """Queue the user (replacing an earlier entry) and try to match at once.  The user must
         not be in a room.  On a match ``on_matched`` reaches both users before this fires."""
 
-    def leave_queue(self, user_id: str) -> Deferred[bool]:
-        """Remove the user's queue entry; ``True`` if there was one."""
-
     def leave_room(self, user_id: str, reason: str) -> Deferred[str | None]:
         """End the user's room.  The partner gets ``on_partner_left(partner, room, reason)``;
         ``reason='skipped'`` also starts the pair's rematch cooldown.  Returns the partner id,

@@ -23,10 +23,17 @@ from twisted.internet.interfaces import IReactorTime
 from anygle.engine.base import EngineConfig, EngineSink, IpNames, ip_names
 from anygle.limits import gcra
 from anygle.matching import QueueEntry, is_open, pair_key, preference_key, shared_interests
-from anygle.model import Match, Preferences, Stats
+from anygle.model import AGE_CATEGORIES, MODES, QUEUE_TYPES, Match, Preferences, Stats
 from anygle.reports import BAN_REASON, Report, ReportOutcome
 
 MAX_REPORTS = 10_000  # reports kept in memory (the oldest go first; and after their retention)
+
+# The order a tick works through the queues, the redis engine's too (its QUEUES): matches of one
+# tick add their waits to the recent waits (avgMatchTime, estimates) in the same order.
+_TICK_ORDER = {
+    f"{c}:{m}:{t}": k
+    for k, (c, m, t) in enumerate(itertools.product(AGE_CATEGORIES, MODES, QUEUE_TYPES))
+}
 
 
 @dataclass(slots=True)
@@ -104,7 +111,6 @@ class MemoryEngine:
         self._dequeue(user_id)
         self._end_room(user_id, "disconnected")
         self.online.pop(user_id, None)
-        self._retry.pop(user_id, None)
 
     # --- queues ---------------------------------------------------------------------------
     def join(self, user_id: str, prefs: Preferences, now: float) -> Deferred[Match | None]:
@@ -119,9 +125,6 @@ class MemoryEngine:
         self._enqueue(queue, entry, now)
         return succeed(None)
 
-    def leave_queue(self, user_id: str) -> Deferred[bool]:
-        return succeed(self._dequeue(user_id))
-
     def _enqueue(self, queue: _Queue, entry: QueueEntry, now: float) -> None:
         uid = entry.user_id
         queue.entries[uid] = entry
@@ -134,6 +137,7 @@ class MemoryEngine:
             queue.pending.append(entry)
 
     def _dequeue(self, user_id: str) -> bool:
+        self._retry.pop(user_id, None)  # a cooldown retry belongs to the entry it was noted for
         entry = self.waiting.pop(user_id, None)
         if entry is None:
             return False
@@ -190,8 +194,6 @@ class MemoryEngine:
         """Create the room; the user who waited longer is the initiator."""
         self._dequeue(waiter.user_id)
         self._dequeue(seeker.user_id)
-        for e in (waiter, seeker):
-            self._retry.pop(e.user_id, None)
         match = Match(
             room_id=uuid.uuid4().hex,
             mode=seeker.prefs.mode,
@@ -226,7 +228,8 @@ class MemoryEngine:
         self._expire_cooldowns(now)
         if now >= self._next_purge:
             self._purge(now)
-        for queue in self.queues.values():
+        for name in sorted(self.queues, key=lambda n: _TICK_ORDER.get(n, len(_TICK_ORDER))):
+            queue = self.queues[name]
             while (
                 queue.pending and now - queue.pending[0].joined_at >= self.config.interest_timeout
             ):

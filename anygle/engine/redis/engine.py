@@ -28,7 +28,7 @@ from twisted.python.failure import Failure
 
 from anygle.engine.base import EngineConfig, EngineSink, EngineUnavailable, IpNames
 from anygle.engine.redis.client import RedisAddress, RedisFactory, endpoint
-from anygle.engine.redis.delivery import Event, Inbox, Outbox
+from anygle.engine.redis.delivery import Inbox, Outbox
 from anygle.engine.redis.liveness import Beat, Liveness
 from anygle.engine.redis.local import Local, LocalRoom, LocalUser
 from anygle.engine.redis.records import Records
@@ -70,6 +70,7 @@ class RedisEngine:
             "restores": 0,
             "undelivered": 0,
             "duplicates_dropped": 0,
+            "held": 0,  # inbox events that came before their room's matched (held back)
         }
         self.status = Status()
         self.commands = Commands(self.status, before_script=lambda: self.outbox.flush())
@@ -135,6 +136,12 @@ class RedisEngine:
         for factory in (self._cmd_factory, self._reader_factory):
             if factory is not None:
                 factory.stopTrying()
+        self.drop_connections()
+
+    def drop_connections(self) -> None:
+        """Cut both Redis connections as a network blip would; they reconnect by themselves
+        and the engine synchronises again.  For tests of reconnection (:meth:`halt` is a
+        crash, :meth:`stop` a clean stop)."""
         for proto in (self.commands.proto, self.inbox.proto):
             if proto is not None and proto.transport is not None:
                 proto.transport.abortConnection()
@@ -350,16 +357,6 @@ class RedisEngine:
             raise EngineUnavailable("this instance was reaped: resynchronising")
         return None  # 'queued', or 'inroom': matched meanwhile, matched event on its way
 
-    def leave_queue(self, user_id: str) -> defer.Deferred[bool]:
-        local = self.users.get(user_id)
-        was_waiting = local is not None and local.prefs is not None
-        if local is not None:
-            local.prefs = None
-        return self.registration.online_or_not(
-            lambda: self.commands.script("leave_queue", user_id).addCallback(bool),
-            lambda: was_waiting,
-        )
-
     def tick(self, now: float) -> defer.Deferred[int]:
         if not self.status.available:
             return defer.succeed(0)
@@ -462,7 +459,7 @@ class RedisEngine:
     def release_connection(self, key: str) -> defer.Deferred[None]:
         return self.records.release_connection(key)
 
-    # --- the local state; the parts' state under the names the tests use ------------------
+    # --- the local state (tests and the console read it) -----------------------------------
     @property
     def sink(self) -> EngineSink | None:
         return self.local.sink
@@ -474,33 +471,3 @@ class RedisEngine:
     @property
     def rooms(self) -> dict[str, LocalRoom]:
         return self.local.rooms
-
-    @property
-    def _cmd(self) -> Any:
-        return self.commands.proto
-
-    @property
-    def _reader(self) -> Any:
-        return self.inbox.proto
-
-    @property
-    def _outbox(self) -> dict[str, list[Event]]:
-        return self.outbox.pending
-
-    @_outbox.setter
-    def _outbox(self, pending: dict[str, list[Event]]) -> None:
-        self.outbox.pending = pending
-        self.outbox.count = sum(len(events) for events in pending.values())
-
-    @property
-    def _early(self) -> dict[str, list[tuple[float, Event]]]:
-        return self.local.early
-
-    def _flush_outbox(self) -> None:
-        self.outbox.flush()
-
-    def _dispatch(self, event: list[Any]) -> None:
-        self.local.dispatch(event)
-
-    def _apply_match(self, m: list[Any], matched_at: float | None) -> Match:
-        return self.local.apply_match(m, matched_at)

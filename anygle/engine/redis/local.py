@@ -84,6 +84,7 @@ class Local:
     def _hold(self, room_id: str, event: tuple[Any, ...]) -> None:
         """An event for a room whose ``matched`` has not reached us yet."""
         self.early.setdefault(room_id, []).append((self.reactor.seconds(), event))
+        self.counters["held"] += 1
 
     def deliver(self, user_id: str, room_id: str, frame: dict[str, Any], seq: int = 0) -> None:
         local = self.users.get(user_id)

@@ -43,7 +43,6 @@ SCRIPTS = (
     "heartbeat",
     "incr",
     "join",
-    "leave_queue",
     "leave_room",
     "queue_status",
     "rate",

@@ -16,11 +16,26 @@ local function estimate(q)
     end
     return e
 end
+-- Position: place in the queue, in arrival order (the memory engine's).  The sorted set orders
+-- users who joined in the same millisecond by name, so such ties are put in arrival order (seq).
+local function position(u, e)
+    local key = qkey(e.q)
+    local score = redis.call('ZSCORE', key, u)
+    if not score then return nil end
+    local ties = redis.call('ZRANGEBYSCORE', key, score, score)
+    if #ties == 1 then return redis.call('ZRANK', key, u) + 1 end
+    local before = redis.call('ZCOUNT', key, '-inf', '(' .. score)
+    for _, v in ipairs(ties) do
+        local ve = get_entry(v)
+        if v ~= u and ve ~= nil and ve.s < e.s then before = before + 1 end
+    end
+    return before + 1
+end
 for _, u in ipairs(ARGV) do
     local e = get_entry(u)
     if e ~= nil then
-        local rank = redis.call('ZRANK', qkey(e.q), u)
-        if rank then out[#out + 1] = {u, rank + 1, estimate(e.q)} end
+        local pos = position(u, e)
+        if pos then out[#out + 1] = {u, pos, estimate(e.q)} end
     end
 end
 return cmsgpack.pack(out)
