@@ -36,7 +36,7 @@ async def inbox_read(redis: RedisServer, engine: RedisEngine, sink: Sink, user: 
     the stream is read in order.  How a test asserts that nothing *more* arrives."""
     marker = f"read-{len(sink.events)}"
     event = ["k", user, "MARK", marker]
-    redis.command("XADD", engine.inbox, "*", "b", msgpack.packb([event]))
+    redis.command("XADD", engine.inbox.stream, "*", "b", msgpack.packb([event]))
     await eventually(lambda: ("kick", user, "MARK", marker) in sink.events, what="inbox read")
 
 
