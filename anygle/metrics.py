@@ -5,6 +5,7 @@ view; and this instance's reactor lag (``anygle/reactorlag.py``)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -19,20 +20,24 @@ from anygle.model import Stats
 from anygle.reactorlag import ReactorLag
 
 
-class StatsCollector:
-    """A custom collector over one :class:`Stats` snapshot; our own registry, no globals."""
+@dataclass(eq=False)
+class Metrics:
+    """A custom collector over one :class:`Stats` snapshot (the one :meth:`render` is given),
+    in a registry of its own: no globals."""
 
-    def __init__(
-        self,
-        instance_id: str,
-        lag: ReactorLag | None = None,
-        turns: TurnScheduler | None = None,
-    ) -> None:
-        self.instance_id = instance_id
-        self.lag = lag
-        self.turns = turns
-        self.stats = Stats()
-        self.connections = 0
+    instance_id: str
+    lag: ReactorLag | None = None
+    turns: TurnScheduler | None = None
+    stats: Stats = field(default_factory=Stats, init=False)
+    connections: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
+
+    def render(self, stats: Stats, connections: int) -> bytes:
+        self.stats, self.connections = stats, connections
+        return generate_latest(self.registry)
 
     def collect(self) -> Iterator[Metric]:
         s = self.stats
@@ -99,22 +104,6 @@ class StatsCollector:
             "Worst reactor lag over the last 10 s (this instance)",
             value=lag.recent_max(),
         )
-
-
-class Metrics:
-    def __init__(
-        self,
-        instance_id: str,
-        lag: ReactorLag | None = None,
-        turns: TurnScheduler | None = None,
-    ) -> None:
-        self.collector = StatsCollector(instance_id, lag, turns)
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(self.collector)
-
-    def render(self, stats: Stats, connections: int) -> bytes:
-        self.collector.stats, self.collector.connections = stats, connections
-        return generate_latest(self.registry)
 
 
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"

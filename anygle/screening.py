@@ -10,7 +10,7 @@ last strike (decay).  A moderation ban bans the user and the key.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from twisted.logger import Logger
@@ -31,20 +31,13 @@ class ScreeningSettings:
     ban_ttl: float | None = None  # zero tolerance / repeated blocks: None = for good
 
 
+@dataclass(eq=False)
 class Screening:
-    def __init__(
-        self,
-        classifier: Classifier,
-        engine: Engine,
-        policy: EscalationPolicy | None = None,
-        settings: ScreeningSettings | None = None,
-        abuse_keys: AbuseKeyTable | None = None,
-    ) -> None:
-        self.classifier = classifier
-        self.engine = engine
-        self.policy = policy or EscalationPolicy()
-        self.settings = settings or ScreeningSettings()
-        self.abuse_keys = abuse_keys  # holds a key while its strikes live
+    classifier: Classifier
+    engine: Engine
+    policy: EscalationPolicy = field(default_factory=EscalationPolicy)
+    settings: ScreeningSettings = field(default_factory=ScreeningSettings)
+    abuse_keys: AbuseKeyTable | None = None  # holds a key while its strikes live
 
     def verdict(self, session: Session, content: str, now: float) -> Verdict:
         """Classify one message in the context of its sender's recent ones (cheap, synchronous)."""

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import msgpack
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor, task
@@ -17,10 +19,10 @@ from twisted.internet import defer, reactor, task
 from anygle.config import Settings
 from anygle.engine.base import EngineConfig
 from anygle.engine.redis import RedisEngine
-from anygle.model import Match
+from anygle.model import Match, Preferences
 from anygle.tap import AnygleService
 from tests.harness import RedisServer, eventually, limits_off_settings, sleep
-from tests.wsclient import Client
+from tests.wsclient import Client, match
 
 ENGINES = ["memory", "redis"]
 
@@ -65,11 +67,7 @@ class ServerHandle:
     async def pair(self, **join: Any) -> tuple[Client, Client]:
         """Two clients matched with each other (``a`` waited first and is the initiator)."""
         a, b = await self.client(), await self.client()
-        a.join(**join)
-        await a.expect("searching")
-        b.join(**join)
-        ma, mb = await a.expect("matched"), await b.expect("matched")
-        assert ma["data"]["roomId"] == mb["data"]["roomId"]
+        await match(a, b, **join)
         return a, b
 
     async def stop(self) -> None:
@@ -129,6 +127,48 @@ class Sink:
 
     def of(self, kind: str, user: str | None = None) -> list[tuple[Any, ...]]:
         return [e for e in self.events if e[0] == kind and (user is None or e[1] == user)]
+
+
+MakeEngine = Callable[..., Awaitable[tuple[RedisEngine, Sink]]]
+
+
+def prefs(interests: tuple[str, ...] = (), only: bool = False, **kw: str) -> Preferences:
+    age, mode, queue = kw.get("age", "adult"), kw.get("mode", "text"), kw.get("queue", "moderated")
+    return Preferences(age, mode, queue, interests, only)
+
+
+def now() -> float:
+    return reactor.seconds()
+
+
+async def inbox_read(redis: RedisServer, engine: RedisEngine, sink: Sink, user: str) -> None:
+    """Everything already in ``engine``'s inbox has been handled: a marker appended after it (a
+    kick for the local ``user``, in the documented ``inbox:{id}`` format) has come through, and
+    the stream is read in order.  How a test asserts that nothing *more* arrives."""
+    marker = f"read-{len(sink.events)}"
+    event = ["k", user, "MARK", marker]
+    redis.command("XADD", engine.inbox.stream, "*", "b", msgpack.packb([event]))
+    await eventually(lambda: ("kick", user, "MARK", marker) in sink.events, what="inbox read")
+
+
+async def matched_across(
+    engines: MakeEngine,
+    ua: str = "ua",
+    ub: str = "ub",
+    interests: tuple[tuple[str, ...], tuple[str, ...]] = ((), ()),
+) -> tuple[RedisEngine, Sink, RedisEngine, Sink, Match]:
+    """Instances ``a`` and ``b`` (from the :func:`engines` fixture), ``ua`` on ``a`` waiting and
+    ``ub`` on ``b`` matched with it (their ``interests``): ``(a, a's sink, b, b's sink, the
+    match)``, once ``a`` has learnt of the room through its inbox."""
+    a, sa = await engines("a")
+    b, sb = await engines("b")
+    await a.connect(ua, "1.1.1.1")
+    await b.connect(ub, "2.2.2.2")
+    assert await a.join(ua, prefs(interests[0]), now()) is None
+    m = await b.join(ub, prefs(interests[1]), now())
+    assert m is not None
+    await eventually(lambda: sa.of("matched", ua), what=f"{ua} told of the match")
+    return a, sa, b, sb, m
 
 
 @pytest_twisted.async_yield_fixture

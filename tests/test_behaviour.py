@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 
 import msgpack
+import pytest
 import pytest_twisted
 
 from tests.harness import eventually, sleep
-from tests.wsclient import Client, Closed
+from tests.wsclient import Client, Closed, match
 
 
 @pytest_twisted.ensureDeferred
@@ -274,30 +275,20 @@ async def test_oldest_waiter_first_among_equals(server):
     assert (await late.expect("matched"))["data"]["partnerId"] == first.user_id
 
 
+@pytest.mark.parametrize("other", [["surfing"], []], ids=["other-interests", "no-interests"])
 @pytest_twisted.ensureDeferred
-async def test_interest_fallback_after_timeout(make_server):
+async def test_interest_fallback_after_timeout(make_server, other):
+    """Someone with interests meets someone with other interests, or none, after the timeout."""
     server = await make_server(interest_timeout=0.4, match_interval=0.02)
     a, b = await server.client(), await server.client()
     a.join(interests=["knitting"])
     await a.expect("searching")
-    b.join(interests=["surfing"])
+    b.join(interests=other)
     await b.expect("searching")
     await a.quiet(0.2)  # still within the timeout: no match
     ma = await a.expect("matched", timeout=3)
     assert ma["data"]["partnerInfo"]["sharedInterests"] == []
     await b.expect("matched")
-
-
-@pytest_twisted.ensureDeferred
-async def test_no_interests_meets_someone_with_interests_after_their_timeout(make_server):
-    server = await make_server(interest_timeout=0.3, match_interval=0.02)
-    a, b = await server.client(), await server.client()
-    a.join(interests=["knitting"])
-    await a.expect("searching")
-    b.join()
-    await b.expect("searching")
-    await b.expect("matched", timeout=3)
-    await a.expect("matched")
 
 
 @pytest_twisted.ensureDeferred
@@ -365,11 +356,7 @@ async def test_json_client_chats_with_msgpack_client(server):
     a = await server.client(query="?format=json")
     a.json = True
     b = await server.client()
-    a.join()
-    await a.expect("searching")
-    b.join()
-    await a.expect("matched")
-    await b.expect("matched")
+    await match(a, b)
     a.send("message", {"content": "héllo ✓"})
     assert (await b.expect("message"))["data"]["content"] == "héllo ✓"
     b.send("message", {"content": "ok"})

@@ -15,6 +15,7 @@ from twisted.web.client import Agent, readBody
 from twisted.web.http_headers import Headers
 
 from anygle.web import CLIENT_FILES
+from tests.conftest import ServerHandle
 
 
 async def get(
@@ -32,6 +33,14 @@ async def get(
     return response.code, got, body
 
 
+async def one_chat_and_one_waiting(server: ServerHandle) -> None:
+    """Three users online: a chat, and one user waiting in the adult voice queue."""
+    await server.pair()
+    waiting = await server.client()
+    waiting.join(mode="voice")
+    await waiting.expect("searching")
+
+
 @pytest_twisted.ensureDeferred
 async def test_health(server):
     code, headers, body = await get(server.http_port, "/health")
@@ -45,10 +54,7 @@ async def test_health(server):
 
 @pytest_twisted.ensureDeferred
 async def test_stats_counts_users_queue_and_chats(server):
-    await server.pair()
-    waiting = await server.client()
-    waiting.join(mode="voice")
-    await waiting.expect("searching")
+    await one_chat_and_one_waiting(server)
     code, _, body = await get(server.http_port, "/stats")
     assert code == 200
     data = json.loads(body)
@@ -72,10 +78,7 @@ async def test_other_paths_are_json_404_and_methods_405(server):
 
 @pytest_twisted.ensureDeferred
 async def test_metrics_in_prometheus_format(server):
-    await server.pair()
-    waiting = await server.client()
-    waiting.join(mode="voice")
-    await waiting.expect("searching")
+    await one_chat_and_one_waiting(server)
     code, headers, body = await get(server.http_port, "/metrics")
     assert code == 200 and headers["content-type"].startswith(b"text/plain; version=0.0.4")
     text = body.decode()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -40,36 +42,42 @@ def test_samples(text: str, expected: str) -> None:
     assert category(text) == expected
 
 
-@settings(max_examples=40, deadline=None)
-@given(st.sampled_from(SAMPLES), st.data())
-def test_invisible_characters_do_not_matter(sample: tuple[str, str], data: st.DataObject) -> None:
-    text, expected = sample
-    out = []
-    for ch in text:
-        out.append(ch)
-        if ch.isalpha() and data.draw(st.booleans()):
-            out.append(data.draw(st.sampled_from(INVISIBLE)))
-    assert category("".join(out)) == expected
+def invisible(ch: str, data: st.DataObject) -> str:
+    """Some letters followed by a zero-width character (or a soft hyphen)."""
+    if ch.isalpha() and data.draw(st.booleans()):
+        return ch + data.draw(st.sampled_from(INVISIBLE))
+    return ch
 
 
-@settings(max_examples=40, deadline=None)
-@given(st.sampled_from(SAMPLES), st.data())
-def test_lookalikes_and_case_do_not_matter(sample: tuple[str, str], data: st.DataObject) -> None:
-    text, expected = sample
-    out = []
-    for ch in text:
-        if ch in LOOKALIKES and data.draw(st.booleans()):
-            ch = LOOKALIKES[ch]
-        out.append(ch.upper() if data.draw(st.booleans()) else ch)
-    assert category("".join(out)) == expected
+def lookalikes_and_case(ch: str, data: st.DataObject) -> str:
+    """Some letters swapped for their Cyrillic lookalikes, some upper-cased."""
+    if ch in LOOKALIKES and data.draw(st.booleans()):
+        ch = LOOKALIKES[ch]
+    return ch.upper() if data.draw(st.booleans()) else ch
 
 
-@settings(max_examples=40, deadline=None)
-@given(st.sampled_from(SAMPLES), st.data())
-def test_repeated_letters_do_not_matter(sample: tuple[str, str], data: st.DataObject) -> None:
-    text, expected = sample
-    out = [ch * data.draw(st.integers(1, 4)) if ch.isalpha() else ch for ch in text]
-    assert category("".join(out)) == expected
+def repeated_letters(ch: str, data: st.DataObject) -> str:
+    """Every letter written one to four times."""
+    return ch * data.draw(st.integers(1, 4)) if ch.isalpha() else ch
+
+
+def holds_under(disguise: Callable[[str, st.DataObject], str]) -> Callable[..., None]:
+    """A property test: every sample, each character ``disguise``d, keeps its category.  One
+    function per disguise, not ``parametrize``: pytest-twisted wraps a Hypothesis test's inner
+    function in place, and the items of a parametrized test share it."""
+
+    @settings(max_examples=40, deadline=None)
+    @given(st.sampled_from(SAMPLES), st.data())
+    def test(sample: tuple[str, str], data: st.DataObject) -> None:
+        text, expected = sample
+        assert category("".join(disguise(ch, data) for ch in text)) == expected
+
+    return test
+
+
+test_invisible_characters_do_not_matter = holds_under(invisible)
+test_lookalikes_and_case_do_not_matter = holds_under(lookalikes_and_case)
+test_repeated_letters_do_not_matter = holds_under(repeated_letters)
 
 
 @settings(max_examples=60, deadline=None)

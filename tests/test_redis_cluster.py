@@ -12,7 +12,7 @@ import pytest_twisted
 from twisted.internet import reactor, threads
 
 from tests.harness import Cluster, eventually, http_status, sleep
-from tests.wsclient import Client
+from tests.wsclient import Client, match
 
 # No skip when nginx is missing: .ci/install installs it, and a missing nginx must fail loudly.
 
@@ -32,16 +32,6 @@ async def connect_spread(cluster: Cluster, n: int) -> dict[str, list[Client]]:
         inst = await threads.deferToThread(cluster.instance_of, c.user_id)
         by_instance.setdefault(inst, []).append(c)
     return by_instance
-
-
-async def match(a: Client, b: Client, **join) -> str:
-    a.join(**join)
-    await a.expect("searching")
-    b.join(**join)
-    ma, mb = await a.expect("matched"), await b.expect("matched")
-    assert ma["data"]["roomId"] == mb["data"]["roomId"]
-    assert ma["data"]["partnerId"] == b.user_id and mb["data"]["partnerId"] == a.user_id
-    return ma["data"]["roomId"]
 
 
 async def chat(a: Client, b: Client, n: int = 30) -> None:

@@ -16,28 +16,8 @@ from twisted.internet import reactor, task
 from anygle.engine.base import EngineConfig, EngineUnavailable
 from anygle.engine.memory import MemoryEngine
 from anygle.engine.redis import QUEUES, RedisEngine
-from anygle.model import Preferences
-from tests.conftest import Sink
+from tests.conftest import Sink, inbox_read, matched_across, now, prefs
 from tests.harness import RedisServer, eventually, sleep
-
-
-def prefs(interests: tuple[str, ...] = (), only: bool = False, **kw: str) -> Preferences:
-    age, mode, queue = kw.get("age", "adult"), kw.get("mode", "text"), kw.get("queue", "moderated")
-    return Preferences(age, mode, queue, interests, only)
-
-
-def now() -> float:
-    return reactor.seconds()
-
-
-async def inbox_read(redis: RedisServer, engine: RedisEngine, sink: Sink, user: str) -> None:
-    """Everything already in ``engine``'s inbox has been handled: a marker appended after it (a
-    kick for the local ``user``, in the documented ``inbox:{id}`` format) has come through, and
-    the stream is read in order.  How a test asserts that nothing *more* arrives."""
-    marker = f"read-{len(sink.events)}"
-    event = ["k", user, "MARK", marker]
-    redis.command("XADD", engine.inbox.stream, "*", "b", msgpack.packb([event]))
-    await eventually(lambda: ("kick", user, "MARK", marker) in sink.events, what="inbox read")
 
 
 @pytest_twisted.ensureDeferred
@@ -85,14 +65,8 @@ async def test_same_instance_match_relay_and_leave(engines, redis: RedisServer):
 
 @pytest_twisted.ensureDeferred
 async def test_cross_instance_match_relay_in_order_and_partner_left(engines, redis):
-    a, sa = await engines("a")
-    b, sb = await engines("b")
-    await a.connect("ua", "1.1.1.1")
-    await b.connect("ub", "2.2.2.2")
-    assert await a.join("ua", prefs(("music",)), now()) is None
-    m = await b.join("ub", prefs(("music", "art")), now())
-    assert m is not None and m.initiator == "ua" and m.shared_interests == ("music",)
-    await eventually(lambda: sa.of("matched"))
+    a, sa, b, sb, m = await matched_across(engines, interests=(("music",), ("music", "art")))
+    assert m.initiator == "ua" and m.shared_interests == ("music",)
     ma, mb = sa.of("matched")[0][2], sb.of("matched")[0][2]
     assert (ma.room_id, ma.initiator, ma.interests) == (mb.room_id, mb.initiator, mb.interests)
     for i in range(200):
@@ -198,13 +172,8 @@ async def test_instance_death_partners_told_and_queue_cleaned(engines, redis):
 
 @pytest_twisted.ensureDeferred
 async def test_clean_stop_removes_users_at_once(engines, redis):
-    a, sa = await engines("a")
-    b, _sb = await engines("b")
-    await a.connect("ua", "1.1.1.1")
-    await b.connect("ub", "2.2.2.2")
+    a, sa, b, _sb, m = await matched_across(engines)
     await b.connect("uw", "2.2.2.3")
-    await a.join("ua", prefs(), now())
-    m = await b.join("ub", prefs(), now())
     await b.join("uw", prefs(("z",), only=True), now())
     await b.stop()
     await eventually(lambda: sa.of("left"), timeout=1, what="partner told at once")
@@ -248,13 +217,8 @@ async def test_redis_outage_local_chat_goes_on_and_matching_resumes(engines, red
 
 @pytest_twisted.ensureDeferred
 async def test_disconnect_during_outage_is_put_right_on_reconnect(engines, redis):
-    a, _sa = await engines("a")
-    b, sb = await engines("b")
-    await a.connect("ua", "1.1.1.1")
+    a, _sa, b, sb, m = await matched_across(engines)
     await a.connect("ua2", "1.1.1.1")
-    await b.connect("ub", "2.2.2.2")
-    await a.join("ua", prefs(), now())
-    m = await b.join("ub", prefs(), now())
     # only a loses Redis (its connections are cut and come back)
     a.drop_connections()
     await eventually(lambda: not a.health()[0])
@@ -363,13 +327,7 @@ async def test_ttls_are_refreshed_while_connected_and_active(engines, redis):
 
 @pytest_twisted.ensureDeferred
 async def test_late_relay_does_not_recreate_a_reaped_inbox(engines, redis):
-    a, sa = await engines("a")
-    b, _sb = await engines("b")
-    await a.connect("ua", "1.1.1.1")
-    await b.connect("ub", "2.2.2.2")
-    await a.join("ua", prefs(), now())
-    m = await b.join("ub", prefs(), now())
-    await eventually(lambda: sa.of("matched"))  # a learns of the room through its inbox
+    a, _sa, b, _sb, m = await matched_across(engines)  # a learns of the room through its inbox
     assert redis.command("EXISTS", "inbox:a") == 1 and redis.command("EXISTS", "inbox:b") == 1
     # b dies and is reaped (the reaper deletes its inbox) while a still holds the room
     b.halt()
@@ -458,13 +416,7 @@ async def test_changes_made_while_starting_reach_redis(redis):
 
 @pytest_twisted.ensureDeferred
 async def test_a_connection_blip_without_local_changes_keeps_cross_instance_chats(engines):
-    a, sa = await engines("a")
-    b, sb = await engines("b")
-    await a.connect("ua", "1.1.1.1")
-    await b.connect("ub", "2.2.2.2")
-    await a.join("ua", prefs(), now())
-    m = await b.join("ub", prefs(), now())
-    await eventually(lambda: sa.of("matched"))
+    a, sa, b, sb, m = await matched_across(engines)
     a.stats()  # in flight when the connection drops: harmless (read only)
     a.drop_connections()
     await eventually(lambda: not a.health()[0])

@@ -13,6 +13,7 @@ from twisted.web.client import Agent, readBody
 from anygle.tap import AnygleService
 from tests.conftest import ServerHandle, settings
 from tests.harness import RedisServer, eventually
+from tests.wsclient import match
 
 
 @pytest_twisted.async_yield_fixture
@@ -76,11 +77,7 @@ async def test_disconnect_on_other_instance_and_global_stats(instances):
     a = await one.client()
     b = await two.client()
     c = await three.client()
-    a.join()
-    await a.expect("searching")
-    b.join()
-    await a.expect("matched")
-    await b.expect("matched")
+    await match(a, b)
     c.join(interests=["x"], interestsOnly=True)
     await c.expect("searching")
     for h in (one, two, three):

@@ -14,8 +14,8 @@ import pytest_twisted
 
 from anygle.engine.redis import RedisEngine
 from anygle.engine.redis.liveness import ALIVE, LOST, REAPED, Liveness
+from tests.conftest import inbox_read, matched_across, now, prefs
 from tests.harness import eventually
-from tests.test_redis_engine import inbox_read, now, prefs
 
 
 def chat_of(sink, user: str) -> list:
@@ -43,13 +43,7 @@ async def test_lease_renewed_by_a_thread_while_the_reactor_is_busy(engines, redi
 
 @pytest_twisted.ensureDeferred
 async def test_a_suspect_that_comes_back_in_time_keeps_everything(engines, redis):
-    a, sa = await engines("a")
-    b, sb = await engines("b")
-    await a.connect("ua", "1.1.1.1")
-    await b.connect("ub", "2.2.2.2")
-    await a.join("ua", prefs(), now())
-    m = await b.join("ub", prefs(), now())
-    await eventually(lambda: sa.of("matched"))
+    a, sa, b, sb, m = await matched_across(engines)
     b.liveness.stop()  # as frozen: no renewal
     await eventually(lambda: redis.command("HEXISTS", "instances:suspect", "b") == 1, timeout=4)
     assert a.liveness.counters["suspected"] >= 1
@@ -147,13 +141,7 @@ async def test_redis_restarted_empty_ends_no_chat_and_loses_no_relay(engines, re
 
 @pytest_twisted.ensureDeferred
 async def test_relays_redis_acknowledged_but_lost_with_its_data_are_sent_again(engines, redis):
-    a, sa = await engines("a")
-    b, sb = await engines("b")
-    await a.connect("a1", "1.1.1.1")
-    await b.connect("b1", "2.2.2.2")
-    await a.join("a1", prefs(), now())
-    cross = await b.join("b1", prefs(), now())
-    await eventually(lambda: sa.of("matched"))
+    a, sa, b, sb, cross = await matched_across(engines, "a1", "b1")
     a.relay("b1", cross.room_id, {"type": "message", "data": 0})
     await eventually(lambda: chat_of(sb, "b1") == [0])
     # b's inbox reader is cut off (it reconnects ~0.1 s later); meanwhile a's relay is written
@@ -182,13 +170,7 @@ async def test_relays_redis_acknowledged_but_lost_with_its_data_are_sent_again(e
 
 @pytest_twisted.ensureDeferred
 async def test_a_partner_instance_that_never_comes_back_is_reaped_after_a_restore(engines, redis):
-    a, sa = await engines("a")
-    b, _sb = await engines("b")
-    await a.connect("a1", "1.1.1.1")
-    await b.connect("b1", "2.2.2.2")
-    await a.join("a1", prefs(), now())
-    cross = await b.join("b1", prefs(), now())
-    await eventually(lambda: sa.of("matched"))
+    a, sa, b, _sb, cross = await matched_across(engines, "a1", "b1")
     b.halt()  # b dies during the outage
     redis.kill()
     await eventually(lambda: not a.health()[0])

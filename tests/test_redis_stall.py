@@ -21,7 +21,7 @@ import pytest_twisted
 from twisted.internet import defer, reactor, task, threads
 
 from tests.harness import Cluster, eventually, sleep
-from tests.wsclient import Client
+from tests.wsclient import Client, match
 
 ENDS = ("partner_disconnected", "partner_skipped")
 
@@ -33,22 +33,13 @@ def two():
     c.stop()
 
 
-async def pair(a: Client, b: Client, tag: str) -> str:
-    a.join(interests=[tag], interestsOnly=True)
-    await a.expect("searching")
-    b.join(interests=[tag], interestsOnly=True)
-    ma, mb = await a.expect("matched"), await b.expect("matched")
-    assert ma["data"]["roomId"] == mb["data"]["roomId"]
-    return ma["data"]["roomId"]
-
-
 async def pairs(cluster: Cluster, spec: list[tuple[int, int]]) -> list[tuple[Client, Client]]:
     """One matched pair per ``(instance of a, instance of b)`` in ``spec``."""
     out = []
     for k, (i, j) in enumerate(spec):
         a = await Client.connect(cluster.instances[i].ws_port)
         b = await Client.connect(cluster.instances[j].ws_port)
-        await pair(a, b, f"pair{k}")
+        await match(a, b, interests=[f"pair{k}"], interestsOnly=True)
         out.append((a, b))
     return out
 
@@ -127,6 +118,19 @@ def check_delivery(chats: list[tuple[Client, Client]], traffic: Traffic) -> dict
     return totals
 
 
+async def wind_down(
+    chats: list[tuple[Client, Client]], traffic: Traffic, chatting_on: float
+) -> dict[str, int]:
+    """Chat on for ``chatting_on`` s, stop the traffic and let it arrive: no chat has ended, and
+    :func:`check_delivery` holds (its totals returned)."""
+    await sleep(chatting_on)
+    traffic.stop()
+    await settle(chats, traffic, 15.0)
+    for a, b in chats:
+        assert not ended(a) and not ended(b), (ended(a), ended(b))
+    return check_delivery(chats, traffic)
+
+
 def health(port: int) -> tuple[int, dict]:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
@@ -159,13 +163,9 @@ async def test_an_instance_stopped_3_s_keeps_every_chat(two: Cluster):
     finally:
         os.kill(n1.proc.pid, signal.SIGCONT)
     frozen = reactor.seconds() - stopped
-    await sleep(1.5)  # chatting on after the thaw
-    traffic.stop()
-    await settle(chats, traffic, 15.0)
+    totals = await wind_down(chats, traffic, chatting_on=1.5)  # after the thaw
     for a, b in chats:
-        assert not ended(a) and not ended(b), (ended(a), ended(b))
         assert not errors(a) and not errors(b), (errors(a), errors(b))
-    totals = check_delivery(chats, traffic)
     assert totals["not_delivered"] == 0
     # the same registration all along: never reaped, never registered again
     assert two.redis.command("HGET", "instances:epoch", "node1") == epoch
@@ -213,12 +213,7 @@ async def test_redis_restarted_empty_under_traffic_ends_no_chat(two: Cluster):
 
     await eventually(both_healthy, timeout=6, step=0.1, what="both healthy again within 6 s")
     recovered = reactor.seconds() - back
-    await sleep(2.0)  # chatting on after the restart
-    traffic.stop()
-    await settle(chats, traffic, 15.0)
-    for a, b in chats:
-        assert not ended(a) and not ended(b), (ended(a), ended(b))
-    totals = check_delivery(chats, traffic)
+    totals = await wind_down(chats, traffic, chatting_on=2.0)  # after the restart
     s = await threads.deferToThread(stats, n1.http_port)
     assert (s["totalOnline"], s["activeChats"]) == (36, 18)
     print(

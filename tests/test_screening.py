@@ -21,16 +21,20 @@ async def warning(c: Client, severity: str) -> dict:
     return frame
 
 
+async def delivered(a: Client, b: Client, text: str) -> None:
+    """``a`` says ``text`` and ``b`` gets it as it was written."""
+    a.send("message", {"content": text})
+    assert (await b.expect("message"))["data"]["content"] == text
+
+
 @pytest_twisted.ensureDeferred
 async def test_teen_phone_number_split_over_three_messages_is_blocked(server):
     a, b = await server.pair(age="teen")
     for part in ("415", "892"):
-        a.send("message", {"content": part})
-        assert (await b.expect("message"))["data"]["content"] == part
+        await delivered(a, b, part)
     a.send("message", {"content": "3371"})
     await warning(a, "high")
-    a.send("message", {"content": "what music do you like?"})
-    assert (await b.expect("message"))["data"]["content"] == "what music do you like?"
+    await delivered(a, b, "what music do you like?")
     assert not [f for f in b.received if f["type"] == "message" and "3371" in str(f)]
 
 
@@ -50,9 +54,8 @@ async def test_adults_may_share_a_number_unless_configured(make_server):
 @pytest_twisted.ensureDeferred
 async def test_profanity_is_delivered_with_a_low_warning(server):
     a, b = await server.pair()
-    a.send("message", {"content": "what the fuck"})
+    await delivered(a, b, "what the fuck")
     await warning(a, "low")
-    assert (await b.expect("message"))["data"]["content"] == "what the fuck"
 
 
 @pytest_twisted.ensureDeferred
@@ -60,13 +63,11 @@ async def test_three_medium_warnings_then_a_block(server):
     a, b = await server.pair()
     insults = ["you're a worthless piece of shit", "shut up you ugly whore", "kill yourself"]
     for text in insults[:2]:  # warnings 1 and 2: delivered with a warning
-        a.send("message", {"content": text})
+        await delivered(a, b, text)
         await warning(a, "medium")
-        assert (await b.expect("message"))["data"]["content"] == text
     a.send("message", {"content": insults[2]})  # warning 3: blocked
     await warning(a, "medium")
-    a.send("message", {"content": "sorry"})
-    assert (await b.expect("message"))["data"]["content"] == "sorry"  # the block never arrived
+    await delivered(a, b, "sorry")  # the block never arrived
     # the strikes stick to the address: a reconnect does not wipe them
     await a.close()
     await b.expect("partner_disconnected")
@@ -77,15 +78,13 @@ async def test_three_medium_warnings_then_a_block(server):
     await b.expect("matched")
     a2.send("message", {"content": "go hang yourself"})
     await warning(a2, "medium")
-    a2.send("message", {"content": "hi"})
-    assert (await b.expect("message"))["data"]["content"] == "hi"
+    await delivered(a2, b, "hi")
 
 
 @pytest_twisted.ensureDeferred
 async def test_unmoderated_queue_only_applies_zero_tolerance_and_doxing(server):
     a, b = await server.pair(queue="unmoderated")
-    a.send("message", {"content": "shut up you ugly whore"})
-    assert (await b.expect("message"))["data"]["content"] == "shut up you ugly whore"
+    await delivered(a, b, "shut up you ugly whore")
     await a.quiet(0.2)
 
 

@@ -177,3 +177,15 @@ class Client:
         """Vanish without a close handshake."""
         assert self.proto is not None
         self.proto.transport.abortConnection()
+
+
+async def match(a: Client, b: Client, **join: Any) -> str:
+    """``a`` joins and waits (so it is the initiator), then ``b`` joins: both are told they were
+    matched with each other, in one room, whose id is returned."""
+    a.join(**join)
+    await a.expect("searching")
+    b.join(**join)
+    ma, mb = await a.expect("matched"), await b.expect("matched")
+    assert ma["data"]["roomId"] == mb["data"]["roomId"]
+    assert ma["data"]["partnerId"] == b.user_id and mb["data"]["partnerId"] == a.user_id
+    return ma["data"]["roomId"]
