@@ -1,7 +1,8 @@
 """One load-generating process: ``python -m bench.loadclient`` (started by ``bench.run``).
 
 It speaks WebSocket by hand on a plain Twisted ``Protocol`` — no Autobahn on the client side —
-so that the client costs much less per message than the server it measures:
+so that the client costs much less per message than the server it measures (the pieces it shares
+with ``bench/overloadclient.py`` are in ``bench/wsclient.py``):
 
 * frames we send are pre-built bytes (client frames must be masked; a zero masking key is legal
   and leaves the payload as is), so a send is one ``transport.write`` of a constant;
@@ -18,69 +19,21 @@ Control: the first line on stdin is the job (JSON); later lines are commands (``
 
 from __future__ import annotations
 
-import base64
 import json
 import os
-import resource
 import struct
-import sys
 import time
 from typing import Any
 
 import msgpack
-from twisted.internet import epollreactor
 
-epollreactor.install()
+from bench import wsclient  # installs the epoll reactor
+from bench.wsclient import MSG_PREFIX, client_frame
 
-from twisted.internet import protocol, reactor, stdio  # noqa: E402
-from twisted.protocols.basic import LineReceiver  # noqa: E402
+# isort: split
+from twisted.internet import reactor
 
-# a msgpack map {"type": "message", ...}: what both anygle and the bare relay deliver for chat
-MSG_PREFIX = b"\x82\xa4type\xa7message"
-WS_KEY = base64.b64encode(b"anygle-bench-key").decode()  # 16 bytes; the server only checks shape
-
-
-def client_frame(payload: bytes, opcode: int = 2) -> bytes:
-    """A masked client frame with a zero masking key (RFC 6455 5.3: any 32-bit key is valid)."""
-    n = len(payload)
-    if n < 126:
-        head = struct.pack("!BB", 0x80 | opcode, 0x80 | n)
-    elif n < 65536:
-        head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
-    else:
-        head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
-    return head + b"\0\0\0\0" + payload
-
-
-def packed(type_: str, data: Any = None) -> bytes:
-    frame: dict[str, Any] = {"type": type_}
-    if data is not None:
-        frame["data"] = data
-    return client_frame(msgpack.packb(frame))
-
-
-def raise_nofile(wanted: int) -> dict[str, Any]:
-    """Raise RLIMIT_NOFILE as far as allowed; report what we got and whether it is enough."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = max(wanted, soft)
-    note = ""
-    if target > hard:
-        try:
-            with open("/proc/sys/fs/nr_open") as f:
-                cap = int(f.read())
-        except OSError:
-            cap = target
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (min(target, cap), min(target, cap)))
-        except (ValueError, OSError) as e:
-            note = f"cannot raise the hard file limit {hard} to {target}: {e}"
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    elif target > soft:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < wanted and not note:
-        note = f"file limit {soft} is below the {wanted} descriptors wanted"
-    return {"nofile": soft, "nofile_wanted": wanted, "nofile_note": note}
+COUNTS = ("connected", "failed", "closed", "matched", "searching", "mispaired", "delivered")
 
 
 class Stats:
@@ -110,19 +63,11 @@ class Stats:
         self.latencies: list[tuple[float, bool]] = []  # (ms, isInitiator)
 
     def snapshot(self) -> dict[str, Any]:
-        return {
-            "connected": self.connected,
-            "failed": self.failed,
-            "closed": self.closed,
-            "matched": self.matched,
-            "searching": self.searching,
-            "mispaired": self.mispaired,
-            "delivered": self.delivered,
-            "errors": dict(self.errors),
-        }
+        """The counts for the harness (``bench.procs.Workers.totals`` adds them up)."""
+        return {**{k: getattr(self, k) for k in COUNTS}, "errors": dict(self.errors)}
 
 
-class Conn(protocol.Protocol):
+class Conn(wsclient.RawWebSocket):
     """One raw WebSocket connection."""
 
     def __init__(self, worker: Worker, index: int, path: str, host: str) -> None:
@@ -141,15 +86,9 @@ class Conn(protocol.Protocol):
         self.join_sent_at = 0.0
 
     # --- connection ----------------------------------------------------------------------
-    def connectionMade(self) -> None:
-        self.transport.setTcpNoDelay(True)
-        self.transport.write(
-            (
-                f"GET {self.path} HTTP/1.1\r\nHost: {self.host}\r\nUpgrade: websocket\r\n"
-                f"Connection: Upgrade\r\nSec-WebSocket-Key: {WS_KEY}\r\n"
-                "Sec-WebSocket-Version: 13\r\n\r\n"
-            ).encode()
-        )
+    def connect_failed(self, reason: str) -> None:
+        self.worker.count_error("connect: " + reason[:60])
+        self.connectionLost(None)
 
     def connectionLost(self, reason: Any = None) -> None:
         w = self.worker
@@ -165,20 +104,10 @@ class Conn(protocol.Protocol):
         self.transport.write(frame)
 
     # --- receiving ---------------------------------------------------------------------------
-    def dataReceived(self, data: bytes) -> None:
-        buf = self.buf + data if self.buf else data
-        if not self.open:
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                self.buf = buf
-                return
-            if not buf.startswith(b"HTTP/1.1 101"):
-                line = buf.split(b"\r\n", 1)[0].decode("latin-1")
-                self.worker.count_error("handshake: " + line[:60])
-                self.transport.abortConnection()
-                return
-            self.open = True
-            buf = buf[end + 4 :]
+    def refused(self, status: str) -> None:
+        self.worker.count_error("handshake: " + status[:60])
+
+    def framesReceived(self, buf: bytes) -> None:
         pos, n = 0, len(buf)
         worker = self.worker
         while n - pos >= 2:
@@ -262,18 +191,6 @@ class Conn(protocol.Protocol):
         self.worker.progressed()
 
 
-class ConnFactory(protocol.ClientFactory):
-    def __init__(self, conn: Conn) -> None:
-        self.conn = conn
-
-    def buildProtocol(self, addr: Any) -> Conn:
-        return self.conn
-
-    def clientConnectionFailed(self, connector: Any, reason: Any) -> None:
-        self.conn.worker.count_error("connect: " + reason.getErrorMessage()[:60])
-        self.conn.connectionLost(reason)
-
-
 class Worker:
     """Opens the job's connections with a bounded number of handshakes in flight, then obeys."""
 
@@ -291,8 +208,8 @@ class Worker:
         self.ready_sent = False
         self.phase = "open"
         content = job.get("content", "x" * 60)
-        self.msg_frame = packed("message", {"content": content})
-        self.limits = raise_nofile(self.n + 64)
+        self.msg_frame = wsclient.packed("message", {"content": content})
+        self.limits = wsclient.limits(self.n + 64)
         self._progress_at = 0.0
         self._probe: dict[str, Any] | None = None
 
@@ -346,10 +263,7 @@ class Worker:
             host, port = self.target(i)
             conn = Conn(self, i, self.path(i), f"{host}:{port}")
             self.conns[i] = conn
-            src = self.source(i)
-            reactor.connectTCP(
-                host, port, ConnFactory(conn), timeout=30, bindAddress=(src, 0) if src else None
-            )
+            wsclient.connect(conn, (host, port), self.source(i), timeout=30)
 
     def opened_one(self) -> None:
         self.in_flight -= 1
@@ -372,16 +286,7 @@ class Worker:
             if a is None or b is None or a.state != "connected" or b.state != "connected":
                 continue
             a.partner, b.partner = b, a
-            frame = packed(
-                "join",
-                {
-                    "ageCategory": "adult",
-                    "mode": "text",
-                    "queueType": queue,
-                    "interests": [f"{tag}-{k}"[-32:]],
-                    "interestsOnly": True,
-                },
-            )
+            frame = wsclient.join_frame(queue, [f"{tag}-{k}"[-32:]])
             for c in (a, b):
                 c.state = "joining"
                 c.send(frame)
@@ -497,9 +402,7 @@ class Worker:
         self.phase = "latency"
         rate = float(cmd["rate"])
         queue = self.job.get("queue", "unmoderated")
-        frame = packed(
-            "join", {"ageCategory": "adult", "mode": "text", "queueType": queue, "interests": []}
-        )
+        frame = wsclient.join_frame(queue, [], only=False)
         conns = [c for c in self.conns if c is not None and c.state == "connected"]
         t0 = time.perf_counter() + float(cmd.get("offset", 0.0))
         state = {"i": 0}
@@ -538,18 +441,7 @@ class Worker:
         for c in self.conns:
             if c is not None and c.state == "connected":
                 c.state = "joining"
-                c.send(
-                    packed(
-                        "join",
-                        {
-                            "ageCategory": "adult",
-                            "mode": "text",
-                            "queueType": queue,
-                            "interests": [f"q{tag}-{c.index}"[-32:]],
-                            "interestsOnly": True,
-                        },
-                    )
-                )
+                c.send(wsclient.join_frame(queue, [f"q{tag}-{c.index}"[-32:]]))
         self.ready_sent = False
         self.check_ready()
 
@@ -563,40 +455,5 @@ class Worker:
         reactor.callLater(0.2, reactor.stop)
 
 
-class Control(LineReceiver):
-    delimiter = b"\n"
-    MAX_LENGTH = 10_000_000
-
-    def __init__(self) -> None:
-        self.worker: Worker | None = None
-
-    def lineReceived(self, line: bytes) -> None:
-        if not line.strip():
-            return
-        msg = json.loads(line)
-        try:
-            if self.worker is None:
-                self.worker = Worker(msg, self.transport)
-                self.worker.start()
-            else:
-                self.worker.command(msg)
-        except Exception as e:
-            self.transport.write(json.dumps({"ev": "fatal", "error": repr(e)}).encode() + b"\n")
-            raise
-
-    def connectionLost(self, reason: Any = None) -> None:
-        # the harness went away: stop at once
-        if reactor.running:
-            reactor.stop()
-
-
-def main() -> None:
-    stdio.StandardIO(Control())
-    # Stop by ourselves whatever happens to the harness (the bench must be bounded in time).
-    reactor.callLater(float(os.environ.get("BENCH_WORKER_MAX_SECONDS", "900")), reactor.stop)
-    reactor.run()
-    sys.stdout.flush()
-
-
 if __name__ == "__main__":
-    main()
+    wsclient.run(wsclient.Control(Worker))

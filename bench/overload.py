@@ -26,6 +26,7 @@ the bare relay (``backlog=4096``) and against anygle with its default listener (
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import socket
@@ -35,9 +36,39 @@ import urllib.request
 from typing import Any
 
 from bench import procs
+from bench.measure import servers_cpu
+from bench.relay import relay_row
+from bench.suite import Bench, Row
 
+OPTIONS = (  # flag, type, default, help (after "overload: ")
+    ("--overload-pairs", int, 100, "chatting pairs"),
+    ("--overload-seconds", float, 60.0, "seconds"),
+    ("--overload-factor", float, 2.0, "x the measured capacity"),
+    ("--overload-inflight", int, 500, "unanswered messages per direction at most"),
+    ("--overload-drain", float, 30.0, "s to wait for the rest"),
+    ("--overload-flooders", int, 10, "malformed-frame flooders"),
+    (
+        "--overload-capacity-seconds",
+        float,
+        5.0,
+        "seconds of the capacity measurement before each engine",
+    ),
+    ("--storm-connections", int, 5000, "simultaneous connects of the connect storm (0: no storm)"),
+)
 HEARTBEAT_TTL_MS = 2500  # anygle/engine/redis/liveness.py: Liveness.lease_ttl
 HEARTBEAT_INTERVAL_MS = 250  # Liveness.renew_interval (the lease thread's renewals)
+
+
+def add_options(p: argparse.ArgumentParser) -> None:
+    """This scenario's options (``--overload-*``, ``--storm-connections``)."""
+    p.add_argument(
+        "--overload-engines",
+        default=["memory", "redis"],
+        type=lambda v: [x for x in v.split(",") if x],
+        help="overload: engines to run (memory,redis)",
+    )
+    for flag, kind, default, what in OPTIONS:
+        p.add_argument(flag, type=kind, default=default, help=f"overload: {what}")
 
 
 class Watch(threading.Thread):
@@ -125,32 +156,25 @@ def _pttl(sock: socket.socket, key: str) -> int:
     return int(data[1:-2])
 
 
-def overload_row(bench: Any, engine: str) -> dict[str, Any]:
+def overload_row(bench: Bench, engine: str) -> Row:
     a = bench.args
     label = f"overload {engine}"
-    servers: list[procs.Server] = []
-    redis: procs.Server | None = None
-    try:
-        if engine == "redis":
-            redis = procs.redis()
-            for name in ("a", "b"):
-                servers.append(
-                    procs.anygle(
-                        "redis",
-                        redis_url=f"redis://127.0.0.1:{redis.port}/0",
-                        instance=f"overload-{name}",
-                        extra=a.server_arg,
-                    )
-                )
-        else:
-            servers.append(procs.anygle("memory", instance="overload-m", extra=a.server_arg))
+    with procs.group() as measured:
+        servers: list[procs.Server] = []  # the anygle instances
+        redis = procs.redis() if engine == "redis" else None
+        measured += [redis] if redis else []
+        url = f"redis://127.0.0.1:{redis.port}/0" if redis else None
+        for name in ("a", "b") if redis else ("m",):
+            servers.append(
+                procs.anygle(engine, redis_url=url, instance=f"overload-{name}", extra=a.server_arg)
+            )
+            measured.append(servers[-1])
         targets = [("127.0.0.1", s.port) for s in servers]
-        measured = [*servers, *([redis] if redis else [])]
         # 1. capacity of these very instances
         saved = a.duration, a.warmup
         a.duration, a.warmup = a.overload_capacity_seconds, min(a.warmup, 1.0)
         try:
-            cap = bench.relay_row(f"capacity {engine}", measured, targets, "anygle")
+            cap = relay_row(bench, f"capacity {engine}", measured, targets, "anygle")
         finally:
             a.duration, a.warmup = saved
         capacity = float(cap.get("rate") or 0.0)
@@ -179,11 +203,11 @@ def overload_row(bench: Any, engine: str) -> dict[str, Any]:
         )
         names = {s.name.split("-", 2)[-1]: s for s in servers}
         watch = Watch(
-            {n: s.http_port for n, s in names.items()},  # type: ignore[attr-defined]
+            {n: s.http_port or 0 for n, s in names.items()},
             redis.port if redis else None,
         )
         workers = procs.Workers([job], bench.progress, module="bench.overloadclient")
-        cpu0 = bench.servers_cpu(measured)
+        cpu0 = servers_cpu(measured)
         t0 = time.monotonic()
         try:
             workers.wait("started", 20, label)
@@ -217,7 +241,7 @@ def overload_row(bench: Any, engine: str) -> dict[str, Any]:
             watch.stop()
             workers.close()
         secs = time.monotonic() - t0
-        cpu1 = bench.servers_cpu(measured)
+        cpu1 = servers_cpu(measured)
         ttl_min = [v for v in watch.ttl_min_ms.values() if v is not None]
         row = {
             "row": f"{engine} x{len(servers)}",
@@ -258,23 +282,16 @@ def overload_row(bench: Any, engine: str) -> dict[str, Any]:
             "server_cpu_pct": round(100 * (sum(cpu1.values()) - sum(cpu0.values())) / secs, 1),
             "capacity_row": cap,
         }
-        for s in servers:
-            if not s.alive():
-                row["error"] = f"{s.name} died: {procs.tail(s.log, 5)}"
+        row.update(procs.died(servers))
         bench.progress.say(
             f"{label}: delivered {row['delivered']:,}/{row['sent']:,}, lost {row['lost']}, "
             f"dup {row['duplicated']}, reordered {row['reordered']}, ended {row['chats_ended']}, "
             f"max lag {row['max_reactor_lag_ms']} ms"
         )
         return row
-    finally:
-        for s in servers:
-            s.stop()
-        if redis is not None:
-            redis.stop()
 
 
-def storm_row(bench: Any, server: str) -> dict[str, Any]:
+def storm_row(bench: Bench, server: str) -> Row:
     a = bench.args
     n = a.storm_connections
     label = f"storm {server}"
@@ -312,7 +329,7 @@ def storm_row(bench: Any, server: str) -> dict[str, Any]:
         s.stop()
 
 
-def scenario_overload(bench: Any) -> dict[str, Any]:
+def scenario(bench: Bench) -> dict[str, Any]:
     a = bench.args
     rows = []
     engines = [
@@ -345,45 +362,3 @@ def scenario_overload(bench: Any) -> dict[str, Any]:
         "flooders": a.overload_flooders,
         "storm_connections": a.storm_connections,
     }
-
-
-def table(ov: dict[str, Any], fmt: Any, note: Any) -> list[str]:
-    out = [
-        f"**Overload** ({ov['pairs']} pairs at {ov['factor']:g}x the relay capacity measured "
-        f"in the same run, {ov['seconds']:g} s, {ov['flooders']} connections flooding "
-        "malformed frames; Redis: pairs across 2 instances)",
-        "",
-        "| engine | capacity msgs/s | offered | sent msgs/s | delivered | lost | duplicated "
-        "| reordered | chats ended | max reactor lag ms | max /health ms | max heartbeat lag ms "
-        "| max reactor heartbeat lateness ms "
-        "| flood frames | notes |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
-    ]
-    for r in ov.get("rows", []):
-        out.append(
-            f"| {r['row']} | {fmt(r.get('capacity_rate'), ',.0f')} | "
-            f"{fmt(r.get('offered_rate'), ',.0f')} | {fmt(r.get('sent_rate'), ',.0f')} | "
-            f"{fmt(r.get('delivered'))} | {fmt(r.get('lost'))} | {fmt(r.get('duplicated'))} | "
-            f"{fmt(r.get('reordered'))} | {fmt(r.get('chats_ended'))} | "
-            f"{fmt(r.get('max_reactor_lag_ms'))} | {fmt(r.get('max_health_ms'))} | "
-            f"{fmt(r.get('max_heartbeat_lag_ms'))} | "
-            f"{fmt(r.get('max_reactor_heartbeat_lateness_ms'))} | "
-            f"{fmt(r.get('flood_frames'))} | {note(r)} |"
-        )
-    out.append("")
-    if ov.get("storm"):
-        out += [
-            f"**Connect storm** ({ov['storm_connections']:,} connections at once; anygle with its "
-            "default listener, the bare relay with backlog=4096)",
-            "",
-            "| server | all open, s | x bare relay | median, s | p99, s | failed | notes |",
-            "|---|---:|---:|---:|---:|---:|---|",
-        ]
-        for r in ov["storm"]:
-            out.append(
-                f"| {r['row']} | {fmt(r.get('seconds'))} | {fmt(r.get('x_baseline'), '.2f')} | "
-                f"{fmt(r.get('open_p50_s'))} | {fmt(r.get('open_p99_s'))} | "
-                f"{fmt(r.get('failed'))} | {note(r)} |"
-            )
-        out.append("")
-    return out

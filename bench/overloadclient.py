@@ -1,7 +1,8 @@
 """The overload and connect-storm client: ``python -m bench.overloadclient`` (started by
 ``bench.overload`` and by ``tests/test_overload.py``).
 
-Same wire technique as ``bench/loadclient.py`` (plain Twisted protocols, pre-built masked frames),
+Same wire technique as ``bench/loadclient.py`` (``bench/wsclient.py``: plain Twisted protocols,
+pre-built masked frames),
 but every chat message carries a sequence number so that loss, duplication and reordering can be
 counted per direction (this process holds both sockets of each pair).
 
@@ -24,19 +25,18 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from typing import Any
 
 import msgpack
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
-from twisted.protocols.basic import LineReceiver
 from zope.interface import implementer
 
-from bench.loadclient import WS_KEY, client_frame, packed, raise_nofile  # installs epoll
+from bench import wsclient  # installs the epoll reactor
+from bench.wsclient import MSG_PREFIX, client_frame
 
 # isort: split
-from twisted.internet import protocol, reactor, stdio
+from twisted.internet import reactor
 
 SEQ_DIGITS = 10
 FILLER = " hey there! how is your day going? i am bored"  # + 10 digits + space: 56 bytes
@@ -47,20 +47,12 @@ PARTNER_LEFT = ("partner_skipped", "partner_disconnected")
 def message_template() -> tuple[bytes, bytes]:
     """A masked ``message`` frame split around its 10-digit sequence number."""
     marker = "9" * SEQ_DIGITS
-    frame = packed("message", {"content": marker + FILLER})
+    frame = wsclient.packed("message", {"content": marker + FILLER})
     i = frame.index(marker.encode())
     return frame[:i], frame[i + SEQ_DIGITS :]
 
 
 HEAD, TAIL = message_template()
-
-
-def handshake(path: str, host: str) -> bytes:
-    return (
-        f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
-        f"Connection: Upgrade\r\nSec-WebSocket-Key: {WS_KEY}\r\n"
-        "Sec-WebSocket-Version: 13\r\n\r\n"
-    ).encode()
 
 
 def frames(buf: bytes) -> tuple[list[tuple[int, bytes]], bytes]:
@@ -130,7 +122,7 @@ class Direction:
 
 
 @implementer(IPushProducer)
-class Conn(protocol.Protocol):
+class Conn(wsclient.RawWebSocket):
     """One raw WebSocket connection; also the producer its transport pauses when full."""
 
     def __init__(self, client: Client, role: str, path: str = "/") -> None:
@@ -162,29 +154,25 @@ class Conn(protocol.Protocol):
         self.paused = True
 
     def connectionMade(self) -> None:
-        self.transport.setTcpNoDelay(True)
         self.transport.registerProducer(self, True)
-        self.transport.write(handshake(self.path, "127.0.0.1"))
+        super().connectionMade()
 
     def connectionLost(self, reason: Any = None) -> None:
         self.gone = True
         self.client.lost(self)
 
-    def dataReceived(self, data: bytes) -> None:
-        buf = self.buf + data if self.buf else data
-        if not self.open:
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                self.buf = buf
-                return
-            if not buf.startswith(b"HTTP/1.1 101"):
-                self.client.error("handshake " + buf[:40].decode("latin-1").split("\r")[0])
-                self.transport.abortConnection()
-                return
-            self.open = True
-            self.opened_at = time.perf_counter()
-            self.client.opened(self)
-            buf = buf[end + 4 :]
+    def connect_failed(self, reason: str) -> None:
+        self.client.error("connect " + reason[:50])
+        self.connectionLost(None)
+
+    def refused(self, status: str) -> None:
+        self.client.error("handshake " + status[:40])
+
+    def upgraded(self) -> None:
+        self.opened_at = time.perf_counter()
+        self.client.opened(self)
+
+    def framesReceived(self, buf: bytes) -> None:
         got, self.buf = frames(buf)
         for opcode, payload in got:
             if opcode == 2:
@@ -199,7 +187,7 @@ class Conn(protocol.Protocol):
                 self.frame(json.loads(payload))
 
     def binary(self, payload: bytes) -> None:
-        if payload.startswith(b"\x82\xa4type\xa7message") and self.inbound is not None:
+        if payload.startswith(MSG_PREFIX) and self.inbound is not None:
             seq = content_seq(payload)
             if seq is None:
                 self.client.error("unreadable message")
@@ -234,19 +222,6 @@ class Conn(protocol.Protocol):
         out.sent = seq + count
 
 
-class Factory(protocol.ClientFactory):
-    def __init__(self, conn: Conn) -> None:
-        self.conn = conn
-
-    def buildProtocol(self, addr: Any) -> Conn:
-        return self.conn
-
-    def clientConnectionFailed(self, connector: Any, reason: Any) -> None:
-        self.conn.client.error("connect " + reason.getErrorMessage()[:50])
-        self.conn.gone = True
-        self.conn.client.lost(self.conn)
-
-
 class Client:
     def __init__(self, job: dict[str, Any], out: Any) -> None:
         self.job = job
@@ -267,7 +242,7 @@ class Client:
         self.flood_sent = 0
         self.flood_connections = 0
         self.phase = "connecting"
-        self.limits = raise_nofile(int(job.get("n", 0)) + 2 * int(job.get("pairs", 0)) + 256)
+        self.limits = wsclient.limits(int(job.get("n", 0)) + 2 * int(job.get("pairs", 0)) + 256)
 
     # --- events -------------------------------------------------------------------------------
     def emit(self, ev: str, **fields: Any) -> None:
@@ -296,12 +271,8 @@ class Client:
         reactor.callLater(0.5, self.progress)
 
     # --- connections --------------------------------------------------------------------------
-    def connect(self, conn: Conn, target: tuple[str, int], source: str | None) -> Conn:
-        host, port = target
-        reactor.connectTCP(
-            host, port, Factory(conn), timeout=60, bindAddress=(source, 0) if source else None
-        )
-        return conn
+    def connect(self, conn: Conn, target: Any, source: str | None) -> None:
+        wsclient.connect(conn, target, source, timeout=60)
 
     def opened(self, conn: Conn) -> None:
         self.n_open += 1
@@ -314,18 +285,7 @@ class Client:
             self.storm_check()
         elif conn.role in ("a", "b"):
             tag = f"{self.job['tag']}-{conn.pair}"  # type: ignore[attr-defined]
-            conn.transport.write(
-                packed(
-                    "join",
-                    {
-                        "ageCategory": "adult",
-                        "mode": "text",
-                        "queueType": self.job.get("queue", "unmoderated"),
-                        "interests": [tag],
-                        "interestsOnly": True,
-                    },
-                )
-            )
+            conn.transport.write(wsclient.join_frame(self.job.get("queue", "unmoderated"), [tag]))
 
     def lost(self, conn: Conn) -> None:
         if conn.role == "flood":
@@ -363,8 +323,8 @@ class Client:
             b.out = a.inbound = Direction()
             self.conns += [a, b]
             src = sources[p % len(sources)]
-            self.connect(a, targets[0], src)  # type: ignore[arg-type]
-            self.connect(b, targets[-1], src)  # type: ignore[arg-type]
+            self.connect(a, targets[0], src)
+            self.connect(b, targets[-1], src)
         reactor.callLater(float(job.get("setup_timeout", 60)), self.setup_timeout)
 
     def setup_timeout(self) -> None:
@@ -401,7 +361,7 @@ class Client:
                 reactor.callLater(0.05, burst)
 
         targets = [tuple(t) for t in self.job["targets"]]
-        self.connect(conn, targets[0], None)  # type: ignore[arg-type]
+        self.connect(conn, targets[0], None)
         reactor.callLater(0.05, burst)
 
     def tick(self) -> None:
@@ -474,7 +434,7 @@ class Client:
         for i in range(int(job["n"])):
             conn = Conn(self, "storm")
             self.conns.append(conn)
-            self.connect(conn, target, sources[(i // per) % len(sources)])  # type: ignore[arg-type]
+            self.connect(conn, target, sources[(i // per) % len(sources)])
         self.storm_connect_calls = time.perf_counter() - self.storm_t0
         reactor.callLater(float(job.get("timeout", 120)), self.storm_done)
 
@@ -521,6 +481,10 @@ class Client:
                 c.transport.abortConnection()
         reactor.callLater(0.3, reactor.stop)
 
+    def command(self, msg: dict[str, Any]) -> None:
+        if msg.get("cmd") == "close":  # the harness gives up early
+            self.close_all()
+
     def start(self) -> None:
         self.emit("started", pid=os.getpid(), limits=self.limits)
         self.progress()
@@ -534,48 +498,17 @@ class Client:
 
 
 @implementer(IHalfCloseableProtocol)
-class Control(LineReceiver):
-    """Reads the job; stdin may be closed after it (the job runs to its bounded end)."""
-
-    delimiter = b"\n"
-    MAX_LENGTH = 10_000_000
-
-    def __init__(self) -> None:
-        self.client: Client | None = None
-
-    def lineReceived(self, line: bytes) -> None:
-        if not line.strip():
-            return
-        if self.client is not None:  # the harness gives up early: ``{"cmd": "close"}``
-            if json.loads(line).get("cmd") == "close":
-                self.client.close_all()
-            return
-        try:
-            self.client = Client(json.loads(line), self.transport)
-            self.client.start()
-        except Exception as e:
-            self.transport.write(json.dumps({"ev": "fatal", "error": repr(e)}).encode() + b"\n")
-            raise
+class HalfClosedControl(wsclient.Control):
+    """Stdin may be closed after the job: the job runs to its bounded end."""
 
     def readConnectionLost(self) -> None:
-        if self.client is None and reactor.running:  # no job: nothing to do
+        if self.job is None and reactor.running:  # no job: nothing to do
             reactor.stop()
 
     def writeConnectionLost(self) -> None:
         if reactor.running:  # nobody reads our results any more
             reactor.stop()
 
-    def connectionLost(self, reason: Any = None) -> None:
-        if reactor.running:
-            reactor.stop()
-
-
-def main() -> None:
-    stdio.StandardIO(Control())
-    reactor.callLater(float(os.environ.get("BENCH_WORKER_MAX_SECONDS", "900")), reactor.stop)
-    reactor.run()
-    sys.stdout.flush()
-
 
 if __name__ == "__main__":
-    main()
+    wsclient.run(HalfClosedControl(Client))

@@ -11,7 +11,6 @@ import contextlib
 import ctypes
 import json
 import os
-import resource
 import selectors
 import shutil
 import signal
@@ -20,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -83,30 +82,6 @@ def tmpdir(prefix: str) -> str:
     return d
 
 
-def raise_nofile(wanted: int) -> tuple[int, str]:
-    """Raise our file limit (children inherit it); say when it cannot reach ``wanted``."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    note = ""
-    if wanted > hard:
-        try:
-            with open("/proc/sys/fs/nr_open") as f:
-                cap = int(f.read())
-        except OSError:
-            cap = wanted
-        new = min(wanted, cap)
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (new, new))
-        except (ValueError, OSError) as e:
-            note = f"cannot raise the hard file limit {hard} to {wanted} ({e}); "
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    elif wanted > soft:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < wanted:
-        note += f"file limit is {soft}, below the {wanted} wanted: connection counts are capped"
-    return soft, note
-
-
 def wait_port(port: int, proc: subprocess.Popen, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -164,11 +139,11 @@ class Server:
         argv: list[str],
         port: int,
         *,
+        http_port: int | None = None,
         env: dict | None = None,
         cwd: str | None = None,
     ) -> None:
-        self.name = name
-        self.port = port
+        self.name, self.port, self.http_port = name, port, http_port  # http: anygle's /health
         self.dir = tmpdir(f"anygle-bench-{name}-")
         self.log = os.path.join(self.dir, "log")
         self.proc = spawn(argv, log=self.log, env=env, cwd=cwd or self.dir)
@@ -195,6 +170,28 @@ class Server:
 
     def stop(self) -> None:
         stop(self.proc)
+
+
+def died(servers: list[Server]) -> dict[str, str]:
+    """For a row's results: an error when one of its servers is gone (which, and the end of its
+    log); nothing while they all run."""
+    dead = next((s for s in servers if not s.alive()), None)
+    return {"error": f"{dead.name} died: {tail(dead.log, 5)}"} if dead else {}
+
+
+@contextlib.contextmanager
+def group() -> Iterator[list[Server]]:
+    """The servers of one row, appended as they start: all stopped at the end (the last started
+    first), and an exception on the way carries the end of each one's log."""
+    servers: list[Server] = []
+    try:
+        yield servers
+    except Exception as e:
+        logs = "\n".join(f"--- {s.name}\n{tail(s.log, 8)}" for s in servers)
+        raise RuntimeError(f"{e}\n{logs}") from None
+    finally:
+        for s in reversed(servers):
+            s.stop()
 
 
 def baseline(port: int | None = None, backlog: int = 1024) -> Server:
@@ -258,9 +255,7 @@ def anygle(
     argv += limit_args(server_tree) + (extra or [])
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANYGLE_")}
     env["PYTHONPATH"] = server_tree
-    s = Server(f"anygle-{engine}-{instance}", argv, port, env=env)
-    s.http_port = http  # type: ignore[attr-defined]
-    return s
+    return Server(f"anygle-{engine}-{instance}", argv, port, http_port=http, env=env)
 
 
 def redis() -> Server:
@@ -279,7 +274,7 @@ def nginx(servers: list[Server], *, sticky_pairs: bool, conns: int = 4096) -> Se
     shipped = os.path.join(server_tree, "etc", "nginx", "anygle.conf")
     conf = harness.nginx_config(
         port,
-        [(s.port, s.http_port) for s in servers],  # type: ignore[attr-defined]
+        [(s.port, s.http_port) for s in servers],
         d,
         balance="hash $arg_p consistent" if sticky_pairs else None,
         backlog=1024,
