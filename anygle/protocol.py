@@ -54,7 +54,7 @@ from zope.interface import implementer
 
 from anygle import validate, wire
 from anygle.admission import Refused, Ticket
-from anygle.clientip import ClientAddress, ClientAddressResolver
+from anygle.clientip import ClientAddressResolver
 from anygle.engine.base import EngineUnavailable
 from anygle.errors import ClientError
 from anygle.fairturns import FRAMES_PER_TURN, TURN_SECONDS, FairTurnsMixin, TurnScheduler
@@ -104,7 +104,6 @@ class AnygleProtocol(FairTurnsMixin, WebSocketServerProtocol):  # type: ignore[m
     def __init__(self) -> None:
         super().__init__()
         self.session: Session | None = None
-        self.address = ClientAddress("", "", ())
         self.json = False
         self.limits: ConnectionLimits | None = None
         self._guard = _SlowReaderGuard()
@@ -122,37 +121,32 @@ class AnygleProtocol(FairTurnsMixin, WebSocketServerProtocol):  # type: ignore[m
     def onConnect(self, request: Any) -> Deferred[None]:  # type: ignore[override]
         self.limits = ConnectionLimits(self.factory.message_limits)
         headers = request.headers
-        self.address = self.factory.resolver.client(
+        address = self.factory.resolver.client(
             getattr(self.transport.getPeer(), "host", "unix"),
             [headers["x-forwarded-for"]] if "x-forwarded-for" in headers else [],
             headers.get("x-real-ip"),
         )
         self.json = "json" in request.params.get("format", ())
-        return Deferred.fromCoroutine(self._admit())
+        self.ticket = Ticket(address)
+        return Deferred.fromCoroutine(self._admit(self.ticket))
 
-    @property
-    def abuse_key(self) -> str:
-        """What this connection's per-address limits count under (``anygle.clientip``)."""
-        return self.address.abuse_key
-
-    async def _admit(self) -> None:
+    async def _admit(self, ticket: Ticket) -> None:
         """Per-address limits and bans (``anygle.admission``): a refusal before the handshake is
         an HTTP status; the connection cap and bans are told once the socket is open."""
-        self.ticket = Ticket(self.address)
         try:
-            await self.factory.hub.admission.connect(self.ticket)
+            await self.factory.hub.admission.connect(ticket)
         except Refused as e:
             raise ConnectionDeny(e.status, e.reason) from None
 
     def onOpen(self) -> None:
         self.factory.connections.add(self)
-        refusal = self.ticket.refusal if self.ticket is not None else None
-        if refusal is not None:
+        assert self.ticket is not None  # onConnect came first
+        if self.ticket.refusal is not None:
             self._early = None
-            self.send(refusal.frame())
-            self.close(1008, refusal.message)
+            self.send(self.ticket.refusal.frame())
+            self.close(1008, self.ticket.refusal.message)
             return
-        d = Deferred.fromCoroutine(self.factory.hub.open(self, self.address))
+        d = Deferred.fromCoroutine(self.factory.hub.open(self, self.ticket.address))
         d.addCallbacks(self._opened, self._open_failed)
 
     def _opened(self, session: Session) -> None:

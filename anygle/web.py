@@ -35,6 +35,15 @@ def _write_json(request: Request, status: int, body: dict[str, Any]) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
 
 
+def _not_get(request: Request) -> bytes | None:
+    """The 405 answer for a method other than GET and HEAD (HEAD is answered as GET, Twisted
+    drops the body); ``None`` for those two."""
+    if request.method in (b"GET", b"HEAD"):
+        return None
+    request.setHeader(b"allow", b"GET, HEAD")
+    return _write_json(request, 405, {"error": "method not allowed"})
+
+
 class JsonPage(Resource):
     isLeaf = True
 
@@ -45,12 +54,7 @@ class JsonPage(Resource):
         self.instance_id = instance_id
 
     def render(self, request: Request) -> bytes | int:
-        if request.method == b"HEAD":
-            return self.render_GET(request)
-        if request.method != b"GET":
-            request.setHeader(b"allow", b"GET, HEAD")
-            return _write_json(request, 405, {"error": "method not allowed"})
-        return self.render_GET(request)
+        return _not_get(request) or self.render_GET(request)
 
     def render_GET(self, request: Request) -> bytes | int:
         raise NotImplementedError
@@ -192,6 +196,9 @@ class WebClient(Resource):
             path: ((folder / name).read_bytes(), ctype)
             for path, (name, ctype) in CLIENT_FILES.items()
         }
+        # The files don't change while we run: their ETags are computed once (the page's
+        # depends on its per-request config and is computed per request).
+        self.etags = {path: _etag(body) for path, (body, _) in self.files.items()}
 
     def config(self, request: Request) -> dict[str, Any]:
         if self.ws_url:
@@ -202,22 +209,28 @@ class WebClient(Resource):
         return {"wsPort": port} if port else {}
 
     def render(self, request: Request) -> bytes:
-        if request.method not in (b"GET", b"HEAD"):
-            request.setHeader(b"allow", b"GET, HEAD")
-            return _write_json(request, 405, {"error": "method not allowed"})
+        refused = _not_get(request)
+        if refused is not None:
+            return refused
         body, ctype = self.files[request.path]
+        etag = self.etags[request.path]
         if request.path == b"/":
             slot = html.escape(json.dumps(self.config(request), separators=(",", ":")))
             body = body.replace(CONFIG_SLOT, slot.encode())
+            etag = _etag(body)
             request.setHeader(b"content-security-policy", PAGE_POLICY)
             request.setHeader(b"referrer-policy", b"no-referrer")
             request.setHeader(b"permissions-policy", b"camera=(self), microphone=(self)")
         request.setHeader(b"content-type", ctype)
         request.setHeader(b"cache-control", b"no-cache")  # revalidated with the ETag
         request.setHeader(b"x-content-type-options", b"nosniff")
-        if request.setETag(b'"%s"' % hashlib.sha256(body).hexdigest()[:20].encode()):
+        if request.setETag(etag):
             return b""  # 304: the browser has it
         return body
+
+
+def _etag(body: bytes) -> bytes:
+    return b'"%s"' % hashlib.sha256(body).hexdigest()[:20].encode()
 
 
 class Root(Resource):
