@@ -92,27 +92,14 @@ class Report:
         }
 
     def hash_fields(self) -> list[str]:
-        """``report:{id}`` hash fields for Redis (``reportedIp`` is added by the script)."""
-        return [
-            "reportId",
-            self.report_id,
-            "reporter",
-            self.reporter,
-            "reporterIp",
-            self.reporter_ip,
-            "reported",
-            self.reported,
-            "reason",
-            self.reason,
-            "details",
-            self.details or "",
-            "roomId",
-            self.room_id,
-            "createdAt",
-            str(self.created_at),
-            "messages",
-            json.dumps(self.messages, separators=(",", ":"), ensure_ascii=False),
-        ]
+        """``report:{id}`` hash fields for Redis: :meth:`record` as strings (``reportedIp`` is
+        added by the script)."""
+        record = self.record(None)
+        del record["reportedIp"]
+        record["details"] = self.details or ""
+        record["createdAt"] = str(self.created_at)
+        record["messages"] = json.dumps(self.messages, separators=(",", ":"), ensure_ascii=False)
+        return [item for pair in record.items() for item in pair]
 
 
 def record_from_hash(fields: dict[str, str]) -> dict[str, Any]:
