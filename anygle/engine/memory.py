@@ -414,7 +414,7 @@ class MemoryEngine:
         recent = sum(1 for at in keys.values() if at > since)
         threshold = self.config.report_ban_reporters
         banned = False
-        if threshold and recent >= threshold and self.get_ban(report.reported, None).result is None:
+        if threshold and recent >= threshold and self._ban_reason(report.reported, None) is None:
             self.ban("users", report.reported, BAN_REASON, self.config.report_ban_ttl)
             self.report_blocks += 1
             banned = True
