@@ -236,6 +236,18 @@ OPTIONS: tuple[Option, ...] = (
         "s a moderation ban (zero tolerance, repeated blocks) lasts (0: for good)",
     ),
     Option(
+        "ip-ban-ttl",
+        "86400",
+        _seconds(0, strict=True),
+        "s an automatic address ban (zero-tolerance rule evidence only) lasts",
+    ),
+    Option(
+        "shared-key-connections",
+        "5",
+        _number(int, 1),
+        "connections within an hour that mark an address shared (no moderation address ban)",
+    ),
+    Option(
         "report-retention",
         "2592000",
         _seconds(0, strict=True),
@@ -346,6 +358,8 @@ class Settings:
     moderation_rules: str = default("moderation-rules")
     protect_adults: bool = default("protect-adults")
     ban_ttl: float = default("ban-ttl")
+    ip_ban_ttl: float = default("ip-ban-ttl")
+    shared_key_connections: int = default("shared-key-connections")
     report_retention: float = default("report-retention")
     report_ban_reporters: int = default("report-ban-reporters")
     report_ban_ttl: float = default("report-ban-ttl")

@@ -14,7 +14,7 @@ from twisted.python.failure import Failure
 
 from anygle.clientip import ban_target
 from anygle.model import Stats
-from anygle.reports import summary
+from anygle.reports import export_header, export_lines, summary
 from anygle.stats_view import overview
 
 if TYPE_CHECKING:
@@ -92,6 +92,48 @@ def build_namespace(service: AnygleService) -> dict[str, Any]:
         """One report in full (reporter, reported, reason, details, room, the messages), or None."""
         return settled(hub.get_report(report_id))
 
+    def autobans(limit: int = 20) -> list[dict[str, Any]]:
+        """This instance's last automatic moderation bans, newest first (``n`` for ``lift``):
+        user, address, abuse key, reason, evidence, basis, whether the address was banned too
+        and whether its key was shared."""
+        screening = hub.screening
+        if screening is None:
+            return []
+        bans = list(reversed(screening.autobans))[:limit]
+        return [{"n": n, **ban.describe()} for n, ban in enumerate(bans)]
+
+    def lift(n: int) -> Any:
+        """Lift automatic ban ``n`` of ``autobans()``: the user's ban and, if it set one, the
+        address's; True if either was still in force."""
+        screening = hub.screening
+        bans = list(reversed(screening.autobans)) if screening is not None else []
+        if not 0 <= n < len(bans):
+            raise IndexError(f"no automatic ban {n}: autobans() lists {len(bans)}")
+        ban = bans[n]
+        lifts = [hub.unban("users", ban.user_id)]
+        if ban.ip_banned:
+            lifts.append(hub.unban("ips", ban.abuse_key))
+        d = gatherResults(lifts, consumeErrors=True)
+        d.addErrback(lambda f: f.value.subFailure if isinstance(f.value, FirstError) else f)
+        return settled(d.addCallback(any))
+
+    def export_reports(path: str, limit: int = 200) -> Any:
+        """Write the last ``limit`` reports' transcripts to ``path`` for labelling, one reported
+        message a line in the training format (``label<TAB>who<TAB>tags<TAB>text``, label ``?``:
+        replace it; ``tools/train_moderation.py --extra PATH`` trains on the labelled lines)."""
+
+        def write(records: list[dict[str, Any]]) -> str:
+            lines = [export_header()]
+            for r in records:
+                lines.extend(export_lines(r))
+            with open(path, "w", encoding="utf-8") as f:
+                f.write("\n".join(lines) + "\n")
+            return f"{len(lines) - 1} messages of {len(records)} reports written to {path}"
+
+        ids = hub.reports(limit).addCallback(lambda rs: [r["reportId"] for r in rs])
+        full = ids.addCallback(lambda rids: gatherResults([hub.get_report(i) for i in rids]))
+        return settled(full.addCallback(lambda rs: write([r for r in rs if r])))
+
     def reload_moderation() -> str:
         """Re-read the moderation rule files (as SIGHUP does)."""
         return service.reload_moderation()
@@ -114,6 +156,9 @@ def build_namespace(service: AnygleService) -> dict[str, Any]:
         unban_ip,
         reports,
         report,
+        export_reports,
+        autobans,
+        lift,
         reload_moderation,
     ]
     namespace.update({fn.__name__: fn for fn in helpers})

@@ -33,7 +33,7 @@ from anygle.model import Match, Preferences, Stats
 from anygle.moderation import Verdict
 from anygle.moderation.policy import DELIVER
 from anygle.reports import BAN_REASON, REPORT_GRACE, EndedChat, Report, Transcript
-from anygle.screening import Screening
+from anygle.screening import Screening, notice
 from anygle.session import CHATTING, CLOSED, IDLE, QUEUED, Client, Session
 from anygle.stats_view import pushed
 from anygle.wire import Broadcast
@@ -44,6 +44,9 @@ PARTNER_LEFT_FRAMES = {
     "skipped": {"type": "partner_skipped"},
     "disconnected": {"type": "partner_disconnected"},
 }
+# The room's end reason when moderation stopped the conversation: the partner (a teen) gets a
+# ``safety_notice {kind: 'chat_ended'}`` before ``partner_disconnected``.
+MODERATION_ENDED = "moderation"
 
 
 _ID_BATCH = 512
@@ -87,6 +90,8 @@ class Hub:
         except BaseException:
             del self.sessions[session.user_id]
             raise
+        if self.screening is not None:
+            self.screening.connected(session)
         data: dict[str, Any] = {"userId": session.user_id}
         self._add_ice_servers(data, session.user_id)
         client.send({"type": "connected", "data": data})
@@ -210,8 +215,18 @@ class Hub:
         verdict = self.screening.verdict(session, content, self.clock.seconds())
         if not verdict and not session.pending:
             self.engine.relay(partner, room, frame)
+            if verdict.notice is not None:
+                self._safety_notice(partner, room, verdict)
             return None
         return session.serial(lambda: self._moderated(session, verdict, frame, room))
+
+    def _safety_notice(self, partner: str, room: str, verdict: Verdict) -> None:
+        """Tell the recipient (a teen), not the sender, that this chat entered the grey zone:
+        after the message, through the same path, so it arrives right after it."""
+        assert self.screening is not None
+        frame = self.screening.notice_frame(verdict)
+        if frame is not None:
+            self.engine.relay(partner, room, frame)
 
     async def _moderated(
         self, session: Session, verdict: Verdict, frame: dict[str, Any], room: str
@@ -220,6 +235,8 @@ class Hub:
         action = await self.screening.decide(session, verdict) if verdict else DELIVER
         if action.deliver and session.room_id == room and session.partner_id is not None:
             self.engine.relay(session.partner_id, room, frame)
+            if verdict.notice is not None:
+                self._safety_notice(session.partner_id, room, verdict)
         if action.warning:
             session.client.send(
                 {
@@ -227,8 +244,13 @@ class Hub:
                     "data": {"message": action.message, "severity": action.warning},
                 }
             )
+        if action.end_chat and session.room_id == room:
+            # the conversation is stopped: both leave the room; the partner is told why (in
+            # on_partner_left, wherever it is connected: the reason travels with the event)
+            await self._leave_room(session, MODERATION_ENDED)
+            session.client.send(PARTNER_LEFT_FRAMES["disconnected"])
         if action.ban:
-            reason = await self.screening.ban(session, verdict)
+            reason = await self.screening.ban(session, verdict, self.clock.seconds())
             self.on_kick(session.user_id, "BANNED", f"banned: {reason}")
 
     # --- reports (anygle/reports.py) -----------------------------------------------------------
@@ -340,6 +362,8 @@ class Hub:
         if session.room_id == room_id:
             self._chat_ended(session)
             session.state, session.room_id, session.partner_id = IDLE, None, None
+            if reason == MODERATION_ENDED:
+                session.client.send(notice("chat_ended"))
             session.client.send(
                 PARTNER_LEFT_FRAMES.get(reason, PARTNER_LEFT_FRAMES["disconnected"])
             )
@@ -357,8 +381,8 @@ class Hub:
         """A frame this user sent could not be delivered (the redis engine's outage buffer was
         full): ``error NOT_DELIVERED`` with the frame's ``type`` (and the message ``id``)."""
         session = self.sessions.get(user_id)
-        if session is None or session.room_id != room_id:
-            return
+        if session is None or session.room_id != room_id or frame.get("type") == "safety_notice":
+            return  # a lost safety notice is not the sender's business: it was never theirs
         out = ClientError("NOT_DELIVERED").frame()
         out["data"]["frameType"] = frame.get("type")
         data = frame.get("data")

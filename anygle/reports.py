@@ -142,3 +142,27 @@ def summary(record: dict[str, Any]) -> dict[str, Any]:
         "messages": len(record["messages"]),
         "details": details if len(details) <= 60 else details[:59] + "…",
     }
+
+
+UNLABELLED = "?"  # the label of an exported line until an operator sets one
+
+
+def export_header() -> str:
+    """First line of a labelling file (the training corpora's comment syntax)."""
+    return (
+        "# reported transcripts for labelling: replace '?' with clean or a category "
+        "(anygle/moderation/README.md); tools/train_moderation.py --extra FILE trains on them"
+    )
+
+
+def export_lines(record: dict[str, Any]) -> list[str]:
+    """The reported user's messages of one report as training-format lines
+    (``label<TAB>who<TAB>tags<TAB>text``), labelled ``?``; ``who`` is ``teen``: the queue is
+    not stored with a report, and the teen policy is what operators teach."""
+    tags = f"report:{record['reportId']},reason:{record['reason']}"
+    out = []
+    for m in record["messages"]:
+        text = " ".join(str(m.get("content", "")).split())  # no tabs or newlines in a field
+        if text:
+            out.append(f"{UNLABELLED}\tteen\t{tags}\t{text}")
+    return out

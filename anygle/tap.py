@@ -169,7 +169,10 @@ class AnygleService(MultiService):
             self.classifier,
             self.engine,
             settings=ScreeningSettings(
-                protect_adults=settings.protect_adults, ban_ttl=settings.ban_ttl or None
+                protect_adults=settings.protect_adults,
+                ban_ttl=settings.ban_ttl or None,
+                ip_ban_ttl=settings.ip_ban_ttl,
+                shared_key_connections=settings.shared_key_connections,
             ),
             abuse_keys=self.abuse_keys,
         )

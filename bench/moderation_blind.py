@@ -13,6 +13,12 @@ HIGH (blocked), except ``zero_tier``, which asks for ZERO (blocked and banned). 
 personal-info recall leave out lines tagged ``innocent-probe`` (a teen's innocent question that
 the teen-queue policy blocks on purpose); ``probe_blocked`` is the share of those that were
 blocked, the policy's cost. ``benign_fp`` is the share of clean lines with any verdict.
+Added for issue 17 (the conversation policy): ``grooming_flagged`` counts a grooming line as
+caught when it is blocked *or* earns the teen a ``safety_notice`` (a grey move passes with a
+notice; the next move is blocked); ``teen_benign_blocked`` is the share of the teen's clean
+lines that were blocked (the 1 % target), ``near_miss_blocked`` that share among the clean lines
+tagged ``near-miss``; ``conv_stopped_2nd`` counts grooming conversations stopped by the
+stranger's second move, ``innocent_ok`` innocent conversations (``ok-…``) with no line blocked.
 
 Run: .venv/bin/python -m bench.moderation_blind SET.tsv --name set-a [--conversations CONV.tsv]
 """
@@ -26,9 +32,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from anygle.moderation import Classifier
-from anygle.moderation.evaluation import Case, load_corpus, predict
-from anygle.moderation.verdict import CATEGORY_SEVERITY, Severity
+from anygle.moderation import Classifier, SenderWindow
+from anygle.moderation.evaluation import Case, load_corpus
+from anygle.moderation.verdict import CATEGORY_SEVERITY, CLEAN, Severity, Verdict
 from bench import procs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,8 +42,10 @@ LOG = ROOT / "bench" / "results" / "moderation-blind.tsv"
 COLUMNS = (
     "date", "set", "kind", "commit", "lines", "zero_tier", "zero_blocked", "high_blocked",
     "grooming", "personal_info", "benign_fp", "probe_blocked", "conv_reached_max",
-    "conv_within_target",
+    "conv_within_target", "grooming_flagged", "teen_benign_blocked", "near_miss_blocked",
+    "conv_stopped_2nd", "innocent_ok",
 )  # fmt: skip
+LINE_COLUMNS = (*COLUMNS[5:12], *COLUMNS[14:17])
 ZERO = frozenset(c for c, s in CATEGORY_SEVERITY.items() if s is Severity.ZERO)
 HIGH = frozenset(c for c, s in CATEGORY_SEVERITY.items() if s is Severity.HIGH)
 
@@ -46,16 +54,35 @@ def _share(hits: int, total: int) -> str:
     return f"{hits / total:.3f} ({hits}/{total})" if total else "-"
 
 
+def predict_with_notice(classifier: Classifier, case: Case) -> tuple[Verdict, bool]:
+    """The case's most severe verdict (one fresh window, as ``predict``), and whether any of its
+    messages earned the recipient a safety notice."""
+    window = SenderWindow(classifier)
+    worst, notice = CLEAN, False
+    for i, msg in enumerate(case.messages):
+        v = window.check(
+            msg, float(i), protect_personal_info=case.teen, moderated=True, teen=case.teen
+        )
+        notice = notice or v.notice is not None
+        if v.severity > worst.severity:
+            worst = v
+    return worst, notice
+
+
 def score_lines(classifier: Classifier, cases: list[Case]) -> tuple[dict[str, str], list[str]]:
-    counts: dict[str, list[int]] = {k: [0, 0] for k in COLUMNS[5:12]}
+    counts: dict[str, list[int]] = {k: [0, 0] for k in LINE_COLUMNS}
     misses = []
     for case in cases:
-        v = predict(classifier, case)
+        v, notice = predict_with_notice(classifier, case)
         blocked = v.severity >= Severity.HIGH
         probe = "innocent-probe" in case.tags
         row = []
         if case.label == "clean":
             row.append(("benign_fp", bool(v)))
+            if case.teen:
+                row.append(("teen_benign_blocked", blocked))
+                if "near-miss" in case.tags:
+                    row.append(("near_miss_blocked", blocked))
         elif probe:
             row.append(("probe_blocked", blocked))
         else:
@@ -65,11 +92,23 @@ def score_lines(classifier: Classifier, cases: list[Case]) -> tuple[dict[str, st
                 row.append(("high_blocked", blocked))
             if case.label in ("grooming", "personal_info"):
                 row.append((case.label, blocked))
+            if case.label == "grooming":
+                row.append(("grooming_flagged", blocked or notice))
         for key, hit in row:
             counts[key][0] += hit
             counts[key][1] += 1
-            wanted = key not in ("benign_fp", "probe_blocked")
-            if hit != wanted and key not in ("zero_blocked", "high_blocked"):
+            wanted = key not in (
+                "benign_fp",
+                "probe_blocked",
+                "teen_benign_blocked",
+                "near_miss_blocked",
+            )
+            if hit != wanted and key not in (
+                "zero_blocked",
+                "high_blocked",
+                "grooming_flagged",
+                "near_miss_blocked",
+            ):
                 got = f"{v.severity.name}/{v.category}" if v else "clean"
                 misses.append(f"{key}: {case.label} -> {got}: {' || '.join(case.messages)}")
     return {k: _share(*v) for k, v in counts.items()}, misses
@@ -99,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cases = load_corpus(args.set)
     row, misses = score_lines(Classifier(), cases)
-    row.update(conv_reached_max="-", conv_within_target="-")
+    row.update(conv_reached_max="-", conv_within_target="-", conv_stopped_2nd="-", innocent_ok="-")
     if args.conversations:
         from bench.moderation_conversations import run, table
 
@@ -113,8 +152,13 @@ def main(argv: list[str] | None = None) -> int:
         conv = report[args.conversations.name]
         row["conv_reached_max"] = str(conv["max_delivered_per_conversation"])
         row["conv_within_target"] = f"{conv['conversations_within_target']}/{conv['conversations']}"
+        row["conv_stopped_2nd"] = f"{conv['stopped_by_second_move']}/{conv['conversations']}"
+        row["innocent_ok"] = f"{conv['innocent_unblocked']}/{conv['innocent_conversations']}"
         if args.misses:
             print(json.dumps(conv["per_conversation"], indent=1, ensure_ascii=False))
+        # per conversation: the move at which it was stopped (bench/moderation_eval.py shows it)
+        out = LOG.parent / f"moderation-conversations-{args.name}.json"
+        out.write_text(json.dumps(conv, indent=1, ensure_ascii=False) + "\n")
     first = not _logged(args.name)
     row.update(
         date=dt.datetime.now(dt.UTC).isoformat(timespec="minutes"),
@@ -128,9 +172,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.misses:
         print("\n".join(misses))
     if first or args.rescore:
+        header = "\t".join(COLUMNS)
         if not LOG.exists():
             LOG.parent.mkdir(parents=True, exist_ok=True)
-            LOG.write_text("\t".join(COLUMNS) + "\n")
+            LOG.write_text(header + "\n")
+        else:  # columns are only ever added at the end: older rows keep theirs
+            lines = LOG.read_text().splitlines()
+            if lines[0] != header:
+                LOG.write_text("\n".join([header, *lines[1:]]) + "\n")
         with LOG.open("a") as f:
             f.write("\t".join(row[k] for k in COLUMNS) + "\n")
         print(f"logged as {row['kind']} in {LOG.relative_to(ROOT)}")

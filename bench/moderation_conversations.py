@@ -13,9 +13,11 @@ nothing more (its remaining harmful lines count as stopped) and the teen's later
 nobody to receive them, are not counted.
 
 Per conversation it counts the stranger's harmful lines (label ``grooming`` or
-``personal_info``) that reached the teen, the weak-signal lines that reached the teen, and
-teen lines that were stopped (false positives). The target (issue 9): at most one harmful line
-per conversation reaches the teen.
+``personal_info``: the groomer's moves) that reached the teen, the move at which the chat was
+stopped (the first harmful line that did not reach the teen), the weak-signal lines that reached
+the teen, the ``safety_notice`` frames the teen got, and lines of either side that were stopped
+(false positives). Targets (issue 17): every grooming conversation stopped by the stranger's
+second move; innocent conversations (ids ``ok-…``: every line clean) pass with no line blocked.
 
 Run: .venv/bin/python -m bench.moderation_conversations FILE [FILE ...] [--json OUT]
 """
@@ -59,6 +61,9 @@ class Outcome:
     teen_blocked: list[str] = field(default_factory=list)
     stranger_clean: int = 0
     stranger_clean_blocked: int = 0
+    stopped_at_move: int | None = None  # the first harmful line (1-based) that did not arrive
+    notices: int = 0  # safety_notice frames the teen got
+    chat_ended: bool = False  # moderation ended the chat (the teen got partner_disconnected)
     banned_after: int | None = None  # stranger line number after which the stranger was closed
 
 
@@ -144,13 +149,17 @@ def run_conversation(port: int, lines: list[Line]) -> Outcome:
             if not sender.closed:
                 sender.send("message", {"content": line.text})
                 sender.sync()
+            got = receiver.sync()
             delivered = any(
-                f["type"] == "message" and f["data"]["content"] == line.text
-                for f in receiver.sync()
+                f["type"] == "message" and f["data"]["content"] == line.text for f in got
             )
+            if receiver is teen:
+                out.notices += sum(f["type"] == "safety_notice" for f in got)
+            if any(f["type"] in ("partner_disconnected", "partner_skipped") for f in teen.frames):
+                out.chat_ended = True  # moderation ended the chat: nothing more is delivered
             if line.role == "teen":
-                if stranger.closed:
-                    continue  # the stranger was banned: nobody left to deliver to
+                if stranger.closed or out.chat_ended:
+                    continue  # the stranger was banned or the chat ended: nobody to deliver to
                 out.teen_lines += 1
                 if not delivered:
                     out.teen_blocked.append(line.text)
@@ -158,6 +167,8 @@ def run_conversation(port: int, lines: list[Line]) -> Outcome:
                 out.harmful += 1
                 if delivered:
                     out.harmful_delivered.append(line.text)
+                elif out.stopped_at_move is None:
+                    out.stopped_at_move = out.harmful
             elif line.label == "weak":
                 out.weak += 1
                 out.weak_delivered += delivered
@@ -189,35 +200,64 @@ def run(files: list[Path], server: procs.Server) -> dict[str, Any]:
                 "stranger_clean_blocked": o.stranger_clean_blocked,
                 "teen_lines": o.teen_lines,
                 "teen_blocked": o.teen_blocked,
+                "stopped_at_move": o.stopped_at_move,
+                "safety_notices": o.notices,
+                "chat_ended": o.chat_ended,
                 "stranger_closed_after_line": o.banned_after,
             }
             print(
                 f"  {path.name} {cid}: {len(o.harmful_delivered)}/{o.harmful} harmful lines "
-                f"reached the teen; teen lines stopped {len(o.teen_blocked)}/{o.teen_lines}",
+                f"reached the teen (stopped at move {o.stopped_at_move}); notices {o.notices}; "
+                f"lines stopped: teen {len(o.teen_blocked)}/{o.teen_lines}, stranger clean "
+                f"{o.stranger_clean_blocked}/{o.stranger_clean}",
                 file=sys.stderr,
             )
-        harmful = sum(r["harmful"] for r in rows.values())
-        delivered = sum(r["harmful_delivered"] for r in rows.values())
-        report[path.name] = {
-            "conversations": len(rows),
-            "harmful_lines": harmful,
-            "harmful_delivered": delivered,
-            "max_delivered_per_conversation": max(r["harmful_delivered"] for r in rows.values()),
-            "conversations_within_target": sum(r["harmful_delivered"] <= 1 for r in rows.values()),
-            "teen_lines": sum(r["teen_lines"] for r in rows.values()),
-            "teen_blocked": sum(len(r["teen_blocked"]) for r in rows.values()),
-            "per_conversation": rows,
-        }
+        report[path.name] = summarize(rows)
     return report
 
 
+def summarize(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Totals of one conversation file: grooming conversations (with harmful lines) and innocent
+    ones (ids ``ok-…``: every line clean) apart."""
+    grooming = {c: r for c, r in rows.items() if r["harmful"]}
+    innocent = {c: r for c, r in rows.items() if c.startswith("ok-")}
+    return {
+        "conversations": len(grooming),
+        "harmful_lines": sum(r["harmful"] for r in grooming.values()),
+        "harmful_delivered": sum(r["harmful_delivered"] for r in grooming.values()),
+        "max_delivered_per_conversation": max(
+            (r["harmful_delivered"] for r in grooming.values()), default=0
+        ),
+        "conversations_within_target": sum(r["harmful_delivered"] <= 1 for r in grooming.values()),
+        # stopped by the second move: no harmful line reached the teen after the first
+        "stopped_by_second_move": sum(
+            r["harmful_delivered"] <= 1
+            and r["stopped_at_move"] is not None
+            and r["stopped_at_move"] <= 2
+            for r in grooming.values()
+        ),
+        "innocent_conversations": len(innocent),
+        "innocent_passed": sum(
+            not r["teen_blocked"] and not r["stranger_clean_blocked"] and not r["safety_notices"]
+            for r in innocent.values()
+        ),
+        "innocent_unblocked": sum(
+            not r["teen_blocked"] and not r["stranger_clean_blocked"] for r in innocent.values()
+        ),
+        "teen_lines": sum(r["teen_lines"] for r in rows.values()),
+        "teen_blocked": sum(len(r["teen_blocked"]) for r in rows.values()),
+        "per_conversation": rows,
+    }
+
+
 def table(report: dict[str, Any]) -> str:
-    head = f"{'set':<22}{'convs':>6}{'harmful':>9}{'reached':>9}{'max/conv':>10}{'<=1':>6}"
-    lines = [head + f"{'teen FP':>9}"]
+    head = f"{'set':<28}{'convs':>6}{'harmful':>9}{'reached':>9}{'max/conv':>10}{'<=2nd':>7}"
+    lines = [head + f"{'innocent ok':>13}{'teen FP':>9}"]
     for name, r in report.items():
         lines.append(
-            f"{name:<22}{r['conversations']:>6}{r['harmful_lines']:>9}{r['harmful_delivered']:>9}"
-            f"{r['max_delivered_per_conversation']:>10}{r['conversations_within_target']:>6}"
+            f"{name:<28}{r['conversations']:>6}{r['harmful_lines']:>9}{r['harmful_delivered']:>9}"
+            f"{r['max_delivered_per_conversation']:>10}{r['stopped_by_second_move']:>7}"
+            f"{r['innocent_unblocked']:>9}/{r['innocent_conversations']:<3}"
             f"{r['teen_blocked']:>5}/{r['teen_lines']}"
         )
     return "\n".join(lines)

@@ -91,17 +91,36 @@ def _two_hundred(rng: random.Random, messages: list[tuple[str, bool]]) -> tuple[
 
 
 def first_scores() -> list[str]:
-    """The blind log's first scores as aligned rows (the newest set last)."""
+    """The blind log's first scores as aligned rows (the newest set last), and for the sets whose
+    conversations were run, the move at which each grooming conversation was stopped."""
     log = RESULTS / "moderation-blind.tsv"
     if not log.exists():
         return []
     rows = [line.split("\t") for line in log.read_text().splitlines()]
     head, rows = rows[0], [r for r in rows[1:] if r[2] == "first"]
-    keep = [head.index(k) for k in ("set", "commit", "zero_blocked", "high_blocked", "grooming",
-                                     "personal_info", "benign_fp", "conv_reached_max")]  # fmt: skip
-    table = [[r[i].split(" ")[0] for i in keep] for r in [head, *rows]]
+    want = ("set", "commit", "zero_blocked", "high_blocked", "grooming", "grooming_flagged",
+            "personal_info", "benign_fp", "teen_benign_blocked", "near_miss_blocked",
+            "conv_reached_max", "conv_stopped_2nd", "innocent_ok")  # fmt: skip
+    keep = [head.index(k) for k in want if k in head]
+
+    def cell(r: list[str], i: int) -> str:
+        return r[i].split(" (")[0] if i < len(r) else "-"
+
+    table = [[cell(r, i) for i in keep] for r in [head, *rows]]
     width = [max(len(r[i]) for r in table) for i in range(len(keep))]
-    return ["  " + "  ".join(c.rjust(w) for c, w in zip(r, width, strict=True)) for r in table]
+    lines = ["  " + "  ".join(c.rjust(w) for c, w in zip(r, width, strict=True)) for r in table]
+    for path in sorted(RESULTS.glob("moderation-conversations-*.json")):
+        conv = json.loads(path.read_text())
+        stops = {
+            cid: r.get("stopped_at_move")
+            for cid, r in conv["per_conversation"].items()
+            if r["harmful"]
+        }
+        lines.append(
+            f"  {path.stem.removeprefix('moderation-conversations-')}: grooming conversations "
+            "stopped at move " + ", ".join(f"{c}={m}" for c, m in stops.items())
+        )
+    return lines
 
 
 def report(result: dict, cost: dict | None) -> str:

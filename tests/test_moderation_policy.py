@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from anygle.moderation import CLEAN, Action, EscalationPolicy, Severity, Verdict
+from anygle.moderation.verdict import CONVERSATION, MODEL, SIGNAL
 
 LOW = Verdict(Severity.LOW, "profanity", "fuck")
 MEDIUM = Verdict(Severity.MEDIUM, "harassment", "kys")
@@ -83,3 +86,19 @@ def test_custom_thresholds() -> None:
     actions = run(EscalationPolicy(block_after_warnings=1), [MEDIUM])
     assert not actions[0].deliver
     assert EscalationPolicy().strike_ttl == 3600.0
+
+
+@pytest.mark.parametrize("basis", [MODEL, SIGNAL])
+def test_model_and_single_move_blocks_are_never_strikes(basis: str) -> None:
+    """No run of blocks the model alone (or one grooming move) decided ever bans: they block,
+    and are not counted."""
+    v = Verdict(Severity.HIGH, "grooming", "learned p=0.91", basis)
+    action = EscalationPolicy().decide(v, warnings=50, blocks=50)
+    assert not action.deliver and action.warning == "high"
+    assert not action.ban and not action.count_block and not action.count_warning
+
+
+def test_a_conversation_decision_is_a_strike() -> None:
+    v = Verdict(Severity.HIGH, "grooming", "score 4 (2 moves)", CONVERSATION)
+    assert EscalationPolicy().decide(v, warnings=0, blocks=0).count_block
+    assert EscalationPolicy().decide(v, warnings=0, blocks=4).ban

@@ -15,10 +15,15 @@ def clf() -> Classifier:
 
 
 def feed(
-    window: SenderWindow, messages: list[str], *, teen: bool = True, step: float = 1.0
+    window: SenderWindow,
+    messages: list[str],
+    *,
+    teen: bool = True,
+    step: float = 1.0,
+    start: float = 0.0,
 ) -> list[Verdict]:
     return [
-        window.check(m, i * step, protect_personal_info=teen, moderated=True)
+        window.check(m, start + i * step, protect_personal_info=teen, moderated=True)
         for i, m in enumerate(messages)
     ]
 
@@ -56,12 +61,35 @@ def test_split_parts_expire(clf: Classifier) -> None:
     assert w.check("3371", 250.0, protect_personal_info=True, moderated=True) == CLEAN
 
 
-def test_two_weak_signals_are_grooming_with_a_teen(clf: Classifier) -> None:
+def test_flattery_then_a_probe_is_stopped_at_the_second_move(clf: Classifier) -> None:
+    """A grey move passes (its recipient gets a safety notice); the next move is blocked on the
+    conversation's evidence, which counts as a strike."""
     w = SenderWindow(clf)
     verdicts = feed(w, ["how old are you?", "cool", "you're so mature for your age"])
     assert verdicts[:2] == [CLEAN, CLEAN]
-    assert (verdicts[2].category, verdicts[2].severity) == ("grooming", Severity.HIGH)
-    assert "age_probe" in (verdicts[2].evidence or "") and w.score() == 4
+    assert not verdicts[2] and verdicts[2].notice == "grooming"
+    (v,) = feed(w, ["is anyone else home with you?"], start=3.0)
+    assert (v.category, v.severity, v.basis) == ("grooming", Severity.HIGH, "conversation")
+
+
+def test_mild_signals_alone_never_block(clf: Classifier) -> None:
+    w = SenderWindow(clf)
+    verdicts = feed(w, ["how old are you?", "do u have a bf", "lol same"])
+    assert not any(verdicts)
+
+
+def test_a_new_chat_starts_from_nothing(clf: Classifier) -> None:
+    w = SenderWindow(clf)
+    assert w.check("ur so mature for ur age", 0.0, protect_personal_info=True, moderated=True,
+                   chat="r1").notice == "grooming"  # fmt: skip
+    assert w.conversation_score(0.0) >= 2
+    v = w.check("hey", 1.0, protect_personal_info=True, moderated=True, chat="r2")
+    assert v == CLEAN and w.conversation_score(1.0) == 0
+
+
+def test_one_clear_move_blocks_without_a_strike(clf: Classifier) -> None:
+    (v,) = feed(SenderWindow(clf), ["don't tell your parents about this"])
+    assert (v.category, v.severity, v.basis) == ("grooming", Severity.HIGH, "signal")
 
 
 @pytest.mark.parametrize(
@@ -144,7 +172,8 @@ def test_teen_flag_can_differ_from_personal_info_protection(clf: Classifier) -> 
 def test_signals_age_out(clf: Classifier) -> None:
     w = SenderWindow(clf, max_age=120.0)
     assert feed(w, ["how old are you"]) == [CLEAN]
-    assert w.check("you're so pretty", 500.0, protect_personal_info=True, moderated=True) == CLEAN
+    assert w.conversation_score(1.0) == 1
+    assert w.conversation_score(1.0 + w.policy.max_age + 1) == 0
 
 
 def test_long_messages_are_not_kept_for_joins(clf: Classifier) -> None:

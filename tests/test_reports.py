@@ -261,3 +261,30 @@ def test_memory_engine_keeps_reports_bounded_and_for_their_retention():
         file(n)
     assert len(engine.stored_reports) == MAX_REPORTS == len(engine.reported_rooms)
     assert engine.get_report("r1").result is None  # the oldest went first
+
+
+@pytest_twisted.ensureDeferred
+async def test_reports_export_for_labelling_and_train_extra_reads_it(server, tmp_path):
+    """``export_reports`` writes the reported transcripts in the training format, labelled '?';
+    the trainer's loader skips the '?' lines and reads the ones an operator labelled."""
+    from anygle.moderation.evaluation import load_corpus
+    from anygle.reports import UNLABELLED
+
+    a, b = await server.pair()
+    await say(a, b, "hello", "what time do ur parents get home")
+    await report(b, "sexual")
+    path = tmp_path / "reports.tsv"
+    answer = await console(server, "export_reports", str(path))
+    assert answer.startswith("2 messages of 1 reports")
+    lines = path.read_text().splitlines()
+    assert lines[0].startswith("#") and len(lines) == 3
+    assert [ln.split("\t")[0] for ln in lines[1:]] == [UNLABELLED, UNLABELLED]
+    assert lines[2].endswith("\twhat time do ur parents get home")
+    assert load_corpus(path, skip=frozenset({UNLABELLED})) == []
+    path.write_text("\n".join([lines[0], lines[1].replace("?", "clean", 1),
+                               lines[2].replace("?", "grooming", 1)]) + "\n")  # fmt: skip
+    cases = load_corpus(path, skip=frozenset({UNLABELLED}))
+    assert [(c.label, c.messages) for c in cases] == [
+        ("clean", ("hello",)),
+        ("grooming", ("what time do ur parents get home",)),
+    ]

@@ -13,10 +13,18 @@ messages of multi-message grooming cases, which build up from weak signals; the 
 counts a ``weak`` message as one weak signal. Other multi-message abusive cases are left out:
 their parts are innocent alone (a phone number in three pieces), the window's job.
 
+Conversations (``tests/data/moderation_conv_train.*.tsv``, the format of
+bench/moderation_conversations.py) add every line as a sample: the stranger's by its label, the
+teen's as clean. ``--extra FILE`` adds an operator's own labelled lines (e.g. reported
+transcripts exported with the console's ``export_reports``; lines still labelled ``?`` are
+skipped).
+
 Method: scikit-learn's multinomial LogisticRegression over counts of learned.features(); 5-fold
 cross-validated probabilities choose each acting category's threshold: the lowest one (at least
 ``--min-threshold``) at which that category claims at most ``--fp-budget`` of the clean samples
-out of fold (half that for the zero-tolerance categories). The final model is fitted on
+out of fold (half that for the zero-tolerance categories); for ``grooming`` also a lower
+``grooming_grey`` threshold with ``--grey-fp-budget`` (a grey reading alone only earns the teen a
+safety notice; a second move blocks: see window.py). The final model is fitted on
 everything, pruned of negligible weights and written to
 ``anygle/moderation/model/weights.json.gz`` with the thresholds and the out-of-fold recall.
 
@@ -46,6 +54,7 @@ from anygle.moderation import Classifier  # noqa: E402
 from anygle.moderation.evaluation import load_corpus  # noqa: E402
 from anygle.moderation.learned import SEVERITY, features  # noqa: E402
 from anygle.moderation.verdict import CATEGORY_SEVERITY, Severity  # noqa: E402
+from anygle.reports import UNLABELLED  # noqa: E402
 
 DATA = ROOT / "tests" / "data"
 OUT = ROOT / "anygle" / "moderation" / "model" / "weights.json.gz"
@@ -56,11 +65,37 @@ def corpora() -> list[Path]:
     return sorted(DATA.glob("moderation_corpus*.tsv")) + sorted(DATA.glob("moderation_train.*.tsv"))
 
 
+def conversations() -> list[Path]:
+    return sorted(DATA.glob("moderation_conv_train.*.tsv"))
+
+
+CONV_LABELS = {
+    "clean": "clean",
+    "weak": "weak",
+    "grooming": "grooming",
+    "personal_info": "personal_info",
+}
+
+
+def conversation_samples(paths: list[Path], docs: list, labels: list, per_file: Counter) -> None:
+    norm = Classifier(learned=False).rules.normalizer
+    for path in paths:
+        for n, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not raw.strip() or raw.startswith("#"):
+                continue
+            _, role, label, text = raw.split("\t")
+            if label not in CONV_LABELS:
+                raise ValueError(f"{path}:{n}: unknown label {label!r}")
+            docs.append(list(norm(text).text_tokens))
+            labels.append(CONV_LABELS[label] if role == "stranger" else "clean")
+            per_file[path.name] += 1
+
+
 def samples(paths: list[Path]) -> tuple[list[list[str]], list[str], Counter]:
     norm = Classifier(learned=False).rules.normalizer
     docs, labels, per_file = [], [], Counter()
     for path in paths:
-        for case in load_corpus(path):
+        for case in load_corpus(path, skip=frozenset({UNLABELLED})):
             label = "other" if case.label in OTHER else case.label
             if label == "clean" and "weak" in case.tags:
                 label = "weak"
@@ -79,8 +114,11 @@ def _vectorizer() -> CountVectorizer:
     return CountVectorizer(analyzer=features, lowercase=False, min_df=1)
 
 
+CLASS_WEIGHT: str | None = None  # --class-weight
+
+
 def _model(c: float) -> LogisticRegression:
-    return LogisticRegression(C=c, max_iter=3000, class_weight="balanced")
+    return LogisticRegression(C=c, max_iter=3000, class_weight=CLASS_WEIGHT)
 
 
 def _scale(vec: CountVectorizer, char_scale: float) -> sparse.dia_matrix:
@@ -112,9 +150,25 @@ def out_of_fold(
     return proba
 
 
+def lowest_threshold(
+    proba: np.ndarray, y: np.ndarray, k: int, clean_k: int, allowed: float, floor: float
+) -> float:
+    """The lowest probability (from ``floor``) at which class ``k`` claims at most ``allowed``
+    of the clean samples out of fold."""
+    pred = proba.argmax(1)
+    top = proba.max(1)
+    clean = y == clean_k
+    mine = pred == k
+    for t in np.arange(floor, 1.0, 0.01):
+        if ((mine & (top >= t)) & clean).sum() <= allowed * clean.sum():
+            return float(round(t, 2))
+    return 1.0
+
+
 def thresholds(
-    proba: np.ndarray, y: np.ndarray, classes: list[str], budget: float, floor: float
-) -> tuple[dict[str, float], dict[str, dict]]:
+    proba: np.ndarray, y: np.ndarray, classes: list[str], budget: float, floor: float,
+    grey_budget: float = 0.0, grooming_budget: float | None = None,
+) -> tuple[dict[str, float], dict[str, dict]]:  # fmt: skip
     pred = proba.argmax(1)
     top = proba.max(1)
     clean = y == classes.index("clean")
@@ -125,12 +179,12 @@ def thresholds(
         # a false zero-tolerance finding costs more (a block and a strike on an innocent
         # sender's record): half the budget
         allowed = budget * (0.5 if CATEGORY_SEVERITY[name] is Severity.ZERO else 1.0)
+        if name == "grooming" and grooming_budget is not None:
+            # one grooming reading at this threshold blocks alone; below it, down to the grey
+            # threshold, it is one move of the conversation (window.py)
+            allowed = grooming_budget
         mine = pred == k
-        best = 1.0
-        for t in np.arange(floor, 1.0, 0.01):
-            if ((mine & (top >= t)) & clean).sum() <= allowed * clean.sum():
-                best = float(round(t, 2))
-                break
+        best = lowest_threshold(proba, y, k, classes.index("clean"), allowed, floor)
         fires = mine & (top >= best)
         support = (y == k).sum()
         chosen[name] = best
@@ -140,6 +194,16 @@ def thresholds(
             "oof_recall": round(float((fires & (y == k)).sum() / support), 3),
             "oof_clean_claimed": int((fires & clean).sum()),
         }
+        if name == "grooming" and grey_budget > allowed:
+            grey = lowest_threshold(proba, y, k, classes.index("clean"), grey_budget, 0.3)
+            grey = min(grey, best)
+            chosen["grooming_grey"] = grey
+            fires = mine & (top >= grey)
+            report["grooming_grey"] = {
+                "threshold": grey,
+                "oof_recall": round(float((fires & (y == k)).sum() / support), 3),
+                "oof_clean_claimed": int((fires & clean).sum()),
+            }
     return chosen, report
 
 
@@ -148,20 +212,36 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--c", type=float, default=2.0, help="inverse regularisation strength")
     ap.add_argument("--fp-budget", type=float, default=0.0075,
                     help="share of clean samples one category may claim out of fold")  # fmt: skip
+    ap.add_argument("--grey-fp-budget", type=float, default=0.015,
+                    help="share of clean samples the grey grooming reading may claim")  # fmt: skip
     ap.add_argument("--min-threshold", type=float, default=0.6)
+    ap.add_argument("--extra", type=Path, action="append", default=[],
+                    help="an operator's labelled file ('?' lines skipped)")  # fmt: skip
     ap.add_argument("--prune", type=float, default=0.02, help="drop features below this |w|")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--char-scale", type=float, default=0.5, help="see _scale()")
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--class-weight", choices=("balanced", "none"), default="none",
+                    help="balanced: every class weighs as much as clean")  # fmt: skip
+    ap.add_argument("--grooming-fp-budget", type=float, default=0.004,
+                    help="clean share a grooming reading that blocks alone may claim")  # fmt: skip
     args = ap.parse_args(argv)
+    global CLASS_WEIGHT
+    CLASS_WEIGHT = None if args.class_weight == "none" else args.class_weight
 
-    paths = corpora()
+    paths = corpora() + args.extra
     docs, labels, per_file = samples(paths)
+    convs = conversations()
+    conversation_samples(convs, docs, labels, per_file)
+    paths += convs
     classes = sorted(set(labels))
     y = np.array([classes.index(lab) for lab in labels])
     print(f"{len(docs)} samples from {len(paths)} corpora: {dict(Counter(labels))}")
     proba = out_of_fold(docs, y, args.c, args.seed, args.char_scale)
-    chosen, report = thresholds(proba, y, classes, args.fp_budget, args.min_threshold)
+    chosen, report = thresholds(
+        proba, y, classes, args.fp_budget, args.min_threshold, args.grey_fp_budget,
+        args.grooming_fp_budget,
+    )  # fmt: skip
     for name, row in report.items():
         print(f"  {name:<18} {row}")
 
@@ -188,6 +268,9 @@ def main(argv: list[str] | None = None) -> int:
             "c": args.c,
             "char_scale": args.char_scale,
             "fp_budget": args.fp_budget,
+            "grey_fp_budget": args.grey_fp_budget,
+            "grooming_fp_budget": args.grooming_fp_budget,
+            "class_weight": args.class_weight,
             "out_of_fold": report,
         },
     }

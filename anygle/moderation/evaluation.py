@@ -51,12 +51,16 @@ class Report(TypedDict):
     errors: list[CaseError]
 
 
-def load_corpus(path: Path) -> list[Case]:
+def load_corpus(path: Path, *, skip: frozenset[str] = frozenset()) -> list[Case]:
+    """The cases of a corpus file; lines labelled with one of ``skip`` (e.g. ``?``, an
+    exported report line nobody has labelled yet) are left out."""
     cases = []
     for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip() or line.startswith("#"):
             continue
         label, who, tags, text = line.split("\t")
+        if label in skip:
+            continue
         if label != "clean" and label not in CATEGORY_SEVERITY:
             raise ValueError(f"{path}:{lineno}: unknown label {label!r}")
         if who not in ("teen", "adult"):

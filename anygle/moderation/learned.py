@@ -22,13 +22,21 @@ import gzip
 import json
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib import resources
 from itertools import pairwise
 from pathlib import Path
 from typing import NotRequired, TypedDict
 
 from .normalize import Normalized
-from .verdict import CLEAN, PROTECTED_CATEGORIES, UNMODERATED_CATEGORIES, Severity, Verdict
+from .verdict import (
+    CLEAN,
+    MODEL,
+    PROTECTED_CATEGORIES,
+    UNMODERATED_CATEGORIES,
+    Severity,
+    Verdict,
+)
 
 CHAR_GRAMS = (3, 4)
 MAX_TOKEN = 24  # longer tokens contribute their word feature only
@@ -36,7 +44,8 @@ MEMO_CHARS = 64  # messages up to this long have their answer remembered (see ju
 MEMO_SIZE = 20_000  # remembered answers at most (about 300 bytes each)
 CACHE_SIZE = 50_000  # tokens whose summed weights are kept, per cache (about 200 bytes each)
 # What a learned finding does. Zero-tolerance categories block with a 'high' warning but never
-# ban: a ban needs a rule that explains it (see README, "Learned layer").
+# ban: a ban needs a rule that explains it (see README, "Learned layer"). ``grooming`` is not
+# a verdict of its own: its probability is one move in the sender's conversation (window.py).
 SEVERITY = {
     "csam_solicitation": Severity.HIGH,
     "minor_sexual": Severity.HIGH,
@@ -84,6 +93,19 @@ def features(tokens: Sequence[str]) -> list[str]:
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """What the model says of one message: a verdict of a category that acts alone (or
+    CLEAN), and the grooming reading the sender window scores as a conversation move."""
+
+    verdict: Verdict
+    weak: float | None = None  # probability of ``weak`` when it is the most probable class
+    grooming: float | None = None  # probability of ``grooming`` when it is the most probable
+
+
+NOTHING = Finding(CLEAN)
+
+
 class ModelData(TypedDict):
     """The model file as tools/train_moderation.py writes it (weights per class, in
     ``classes`` order)."""
@@ -115,6 +137,11 @@ class LearnedModel:
         self.thresholds: dict[int, float] = {
             self.classes.index(c): t for c, t in data["thresholds"].items() if c in SEVERITY
         }
+        self._grooming = self.classes.index("grooming") if "grooming" in self.classes else None
+        # grooming probabilities: at ``grooming`` a move that blocks alone, at ``grooming_grey``
+        # a move the evidence does not settle (a safety notice; a second move blocks)
+        self.grooming_clear: float = data["thresholds"].get("grooming", 1.0)
+        self.grooming_grey: float = data["thresholds"].get("grooming_grey", self.grooming_clear)
         self.meta: dict[str, object] = data.get("meta", {})
         # words seen at least twice in training; a message mostly made of other tokens (ids,
         # hashes, another language) is not judged: character grams of noise say nothing
@@ -122,7 +149,7 @@ class LearnedModel:
         self._weak = self.classes.index("weak") if "weak" in self.classes else None
         self._tokens: dict[str, _Entry] = {}
         self._addressed: dict[str, _Entry] = {}
-        self._memo: dict[tuple[str, bool, bool], tuple[Verdict, float | None]] = {}
+        self._memo: dict[tuple[str, bool, bool], Finding] = {}
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> LearnedModel:
@@ -182,14 +209,14 @@ class LearnedModel:
     def verdict(
         self, tokens: Sequence[str], *, protect_personal_info: bool, moderated: bool
     ) -> Verdict:
-        """The most probable acting category over its threshold, as a Verdict (or CLEAN)."""
-        return self.assess(
-            tokens, protect_personal_info=protect_personal_info, moderated=moderated
-        )[0]
+        """The most probable acting category over its threshold, as a Verdict (or CLEAN); a
+        grooming reading at the blocking threshold as a ``grooming`` verdict."""
+        f = self.assess(tokens, protect_personal_info=protect_personal_info, moderated=moderated)
+        if f.grooming is not None and f.grooming >= self.grooming_clear:
+            return Verdict(Severity.HIGH, "grooming", f"learned p={f.grooming:.2f}", MODEL)
+        return f.verdict
 
-    def judge(
-        self, norm: Normalized, *, protect_personal_info: bool, moderated: bool
-    ) -> tuple[Verdict, float | None]:
+    def judge(self, norm: Normalized, *, protect_personal_info: bool, moderated: bool) -> Finding:
         """``assess`` for one normalised message, remembered for short texts: chat repeats
         its short lines ("hi", "m or f?", "lol same") all the time, and a remembered answer
         spares building the tokens too."""
@@ -210,26 +237,32 @@ class LearnedModel:
 
     def assess(
         self, tokens: Sequence[str], *, protect_personal_info: bool, moderated: bool
-    ) -> tuple[Verdict, float | None]:
-        """``(verdict, weak)``: the verdict as in ``verdict``, and, when the message's most
-        probable class is ``weak`` (flattery, gifts, age or relationship talk: a grooming signal
-        that does not act alone), its probability, for the sender window to count."""
+    ) -> Finding:
+        """The verdict as in ``verdict``; with a teen, when the message's most probable class is
+        ``weak`` (flattery, gifts, age or relationship talk: a mild signal) or ``grooming``, its
+        probability, for the sender window to score as a move of the conversation."""
         if not tokens:
-            return CLEAN, None
+            return NOTHING
         s, judged = self._scan(tokens)
         if not judged:
-            return CLEAN, None
+            return NOTHING
         top = max(s)
         best = max(range(len(s)), key=s.__getitem__)
         p = 1.0 / sum(math.exp(x - top) for x in s)
         if best == self._weak:
-            return CLEAN, (p if p >= WEAK_THRESHOLD and protect_personal_info else None)
+            return (
+                Finding(CLEAN, weak=p) if p >= WEAK_THRESHOLD and protect_personal_info else NOTHING
+            )
+        if best == self._grooming:
+            if protect_personal_info and moderated and p >= self.grooming_grey:
+                return Finding(CLEAN, grooming=p)
+            return NOTHING
         threshold = self.thresholds.get(best)
         if threshold is None or p < threshold:
-            return CLEAN, None
+            return NOTHING
         category = self.classes[best]
         if category in TEEN_ONLY and not protect_personal_info:
-            return CLEAN, None
+            return NOTHING
         if not moderated and category not in UNMODERATED_CATEGORIES:
-            return CLEAN, None
-        return Verdict(SEVERITY[category], category, f"learned p={p:.2f}"), None
+            return NOTHING
+        return Finding(Verdict(SEVERITY[category], category, f"learned p={p:.2f}", MODEL))

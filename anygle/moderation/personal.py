@@ -64,7 +64,10 @@ _EMAIL_SPELLED = re.compile(
 )
 # Starts with a plain digit class (not a lookbehind) so the regex engine scans for digits fast.
 _ADDRESS = re.compile(
-    r"\d(?<![\w.,:/-]\d)\d{0,4}[a-z]?,?\s+((?:(?:[a-z][a-z'.-]*|\d{1,3}(?:st|nd|rd|th))\s+){1,3})"
+    r"\d(?<![\w.,:/-]\d)\d{0,4}[a-z]?,?\s+"
+    # "a 6 hour drive", "20 min walk" are distances, not house numbers
+    r"(?!(?:hour|hr|minute|min|second|sec|day|mile|km|kilometre|kilometer)s?\s)"
+    r"((?:(?:[a-z][a-z'.-]*|\d{1,3}(?:st|nd|rd|th))\s+){1,3})"
     r"(?:street|st|avenue|ave|road|rd|"
     r"lane|ln|drive|dr|boulevard|blvd|court|ct|way|place|pl|terrace|crescent|close|parkway|pkwy|"
     r"highway|hwy|square|sq)(?![a-z])"

@@ -13,6 +13,11 @@ The seed's flow is ``Warning 1 -> Warning 2 -> Warning 3 -> Block -> Ban``. Poli
 * ZERO (sexual content involving minors, CSAM solicitation): blocked, user and IP banned,
   connection closed.
 * Any block that brings the user's block count to ``ban_after_blocks`` bans.
+* A conversation-level grooming decision (``conversation``) also ends the chat (``end_chat``).
+* What a verdict rests on limits what it leads to (``Verdict.basis``): a block on the learned
+  model alone (``model``) or on one grooming move (``signal``) is not counted as a strike, so
+  no run of such blocks -- of ordinary lines the model misreads -- ever bans. Strikes come from
+  rules (``rule``) and from conversation-level grooming decisions (``conversation``).
 
 Strikes decay: the server stores both counters with a TTL of ``strike_ttl`` seconds, refreshed
 on every new strike, so a user who behaves for an hour starts from zero again.
@@ -22,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .verdict import Severity, Verdict
+from .verdict import CONVERSATION, MODEL, SIGNAL, Severity, Verdict
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +38,9 @@ class Action:
     ban: bool
     count_warning: bool
     count_block: bool
+    # the chat is ended (both sides get ``partner_disconnected``, the recipient a safety notice
+    # first): a conversation-level grooming decision stops the conversation, not just the line
+    end_chat: bool = False
 
 
 DELIVER = Action(True, None, None, False, False, False)
@@ -47,6 +55,10 @@ _TEXT = {
     "social media handles is not allowed here.",
     "link": "Message not sent: for your safety, links are not allowed here.",
     "grooming": "Message not sent: this conversation looks unsafe and has been flagged.",
+    "grooming_move": "Message not sent: questions like this are not allowed here, for the safety "
+    "of the teens on Anygle.",
+    "grooming_ended": "Message not sent, and this chat has been ended: it looked unsafe for a "
+    "teen. Repeated violations lead to a ban.",
     "ban": "You have been banned for violating the chat rules.",
 }
 
@@ -74,4 +86,12 @@ class EscalationPolicy:
                 False, "medium", _TEXT["ban" if ban else "medium_blocked"], ban, True, True
             )
         text = _TEXT.get(verdict.category or "", _TEXT["high"])
+        if verdict.basis in (MODEL, SIGNAL):
+            # not evidence a person would ban on: blocked, and not a strike
+            if verdict.category == "grooming":
+                text = _TEXT["grooming_move"]
+            return Action(False, "high", text, False, False, False)
+        if verdict.basis == CONVERSATION:
+            text = _TEXT["ban" if ban else "grooming_ended"]
+            return Action(False, "high", text, ban, False, True, end_chat=True)
         return Action(False, "high", _TEXT["ban"] if ban else text, ban, False, True)

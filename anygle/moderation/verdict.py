@@ -32,11 +32,22 @@ _WIRE = {
 }
 
 
+# What a verdict rests on, which decides what it may lead to (policy.py): ``rule`` (a rule
+# matched: explainable, counts towards a ban), ``model`` (the learned layer alone: blocks, never
+# counts towards a ban), ``signal`` (one grooming move in a conversation: blocks, not a strike),
+# ``conversation`` (two or more grooming moves of one sender in one chat: a strike).
+RULE, MODEL, SIGNAL, CONVERSATION = "rule", "model", "signal", "conversation"
+
+
 @dataclass(frozen=True, slots=True)
 class Verdict:
     severity: Severity
     category: str | None
     evidence: str | None
+    basis: str = RULE
+    # Set on a delivered message whose sender's conversation has reached the grey zone: the
+    # recipient (a teen) gets a ``safety_notice`` of this kind after the message.
+    notice: str | None = None
 
     def __bool__(self) -> bool:
         return self.severity is not Severity.CLEAN

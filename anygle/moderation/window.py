@@ -6,13 +6,17 @@
   ``JOIN_CHARS`` characters) and checked again for personal info, links and doxing. A finding
   counts only if it is new, i.e. not already found in an earlier message or an earlier join,
   so an old, already-handled finding never blocks an innocent reply.
-* Grooming: each message's grooming signals (see data/grooming.json) are kept for the window.
-  Each signal type counts once, with its highest weight. A message that carries a signal and
-  brings the window's score to ``grooming_threshold`` (default 5: two different signals of
-  which one is strong) is flagged 'grooming', MEDIUM. With ``protect_personal_info`` (a teen is
-  involved) it is HIGH, one strong signal (``STRONG_SIGNALS``) is enough and two different weak
-  ones reach ``teen_grooming_threshold`` (default 4); asking a teen for sexual images is
-  ``csam_solicitation`` (ZERO). Not applied in the unmoderated queue.
+* Grooming with a teen is decided on the conversation (``Conversation``): every message of the
+  sender in this chat is a move worth points -- a mild signal (age question, plain compliment),
+  a grey move (the evidence does not settle it), a clear move (blocks alone) -- and a move that
+  brings the chat's score to ``ConversationPolicy.block_at`` is blocked, so a grooming chat is
+  stopped by its second move at the latest while one ambiguous line passes (and its recipient
+  gets a safety notice). Asking a teen for sexual images is ``csam_solicitation`` (ZERO).
+* Grooming between adults: each message's grooming signals (see data/grooming.json) are kept for
+  the window; each signal type counts once, with its highest weight. A message that carries a
+  signal and brings the window's score to ``grooming_threshold`` (default 5: two different
+  signals of which one is strong) is flagged 'grooming', MEDIUM. Not applied in the unmoderated
+  queue.
 * The learned layer (learned.py) scores each message the rules found less than HIGH for; its
   verdict replaces the rules' only when it is more severe.
 
@@ -28,8 +32,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .classifier import Classifier, Signal
+from .learned import Finding
 from .normalize import Normalized, squeeze
-from .verdict import CLEAN, Severity, Verdict
+from .verdict import CLEAN, CONVERSATION, SIGNAL, Severity, Verdict
 
 FRAGMENT_CHARS = 40
 # What a joined window is checked for: contact details (and doxing) split over messages.
@@ -43,10 +48,32 @@ CONTACT_WORDS = frozenset(
     "street st road rd avenue ave lane drive address".split()
 )
 JOIN_CHARS = 200
-# With a teen in the chat, one of these is enough to block (the policy in the README): secrecy,
+# With a teen in the chat, one of these is a clear move (the policy in the README): secrecy,
 # probing for supervision, location or school, leaving for another app, meeting, photos/camera.
-# The weak ones (age, flattery, gifts, relationship talk) still need a second signal.
+# Flattery of the teen's maturity and gift offers are grey moves; age questions and relationship
+# talk, which teens ask each other all the time, are mild.
 STRONG_SIGNALS = frozenset({"secrecy", "alone", "meet", "off_platform", "photo"})
+GREY_SIGNALS = frozenset({"flattery", "gifts"})
+# Findings of the message itself that are also grooming moves: contact details asked or given.
+CONTACT_MOVES = frozenset({"personal_info", "link"})
+SAFETY_NOTICE = "grooming"  # the notice kind a grey conversation earns its recipient
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationPolicy:
+    """How a teen chat's grooming moves add up (README, "Teen policy"). The defaults stop a
+    chat at a clear move, at the second grey move, or at a grey move after a mild signal, and
+    let one grey move through with a safety notice to the teen."""
+
+    mild: int = 1  # a rule's weak signal or the model's ``weak`` class
+    grey: int = 2  # the model's grooming reading between its grey and clear thresholds
+    clear: int = 4  # a strong rule signal, or the model's grooming reading at its threshold
+    block_at: int = 4  # a move that brings the chat's score here is blocked
+    notice_at: int = 2  # a delivered move at this score earns the recipient a safety notice
+    max_age: float = 1800.0  # moves older than this (seconds) no longer count
+    max_moves: int = 24  # moves remembered per chat
+
+
 # The learned layer's weak signal (learned.WEAK_THRESHOLD): weighs like a rule's weak one.
 LEARNED_WEAK = "learned_weak"
 # Words that turn a request down when they stand just before it, or just after it.
@@ -70,17 +97,61 @@ class _Entry:
     found: frozenset[tuple[str | None, str | None]]
 
 
+@dataclass(slots=True)
+class _Move:
+    time: float
+    points: int
+    kind: str | None  # a mild or grey rule signal's name (counted once per chat), else None
+
+
+class Conversation:
+    """One sender's grooming moves in one chat (a new chat starts from nothing: the next
+    partner is another teen)."""
+
+    __slots__ = ("key", "moves", "noticed")
+
+    def __init__(self, key: object) -> None:
+        self.key = key
+        self.moves: deque[_Move] = deque()
+        self.noticed = False  # the recipient has had its safety notice
+
+    def score(self, now: float, policy: ConversationPolicy) -> int:
+        moves = self.moves
+        while moves and now - moves[0].time > policy.max_age:
+            moves.popleft()
+        best: dict[str, int] = {}
+        total = 0
+        for m in moves:
+            if m.kind is None:
+                total += m.points
+            elif m.points > best.get(m.kind, 0):
+                best[m.kind] = m.points
+        return total + sum(best.values())
+
+    def add(self, move: _Move, policy: ConversationPolicy) -> None:
+        self.moves.append(move)
+        if len(self.moves) > policy.max_moves:
+            self.moves.popleft()
+
+
 class SenderWindow:
     """Per-sender sliding window (one per connection), catches contact details split over several
     messages and grooming scored over recent messages."""
 
     def __init__(
-        self, classifier: Classifier, *, max_messages: int = 8, max_age: float = 120.0
+        self,
+        classifier: Classifier,
+        *,
+        max_messages: int = 8,
+        max_age: float = 120.0,
+        policy: ConversationPolicy | None = None,
     ) -> None:
         self.classifier = classifier
         self.max_messages = max_messages
         self.max_age = max_age
+        self.policy = policy or ConversationPolicy()
         self._entries: deque[_Entry] = deque()
+        self._conversation: Conversation | None = None
 
     def check(
         self,
@@ -90,14 +161,19 @@ class SenderWindow:
         protect_personal_info: bool,
         moderated: bool,
         teen: bool | None = None,
+        chat: object = None,
     ) -> Verdict:
         """The verdict on ``text`` in the context of this sender's recent messages.
 
         ``teen`` (default: ``protect_personal_info``): the chat is in the teen queue, where
-        asking for sexual images is solicitation of a minor (zero tolerance)."""
+        asking for sexual images is solicitation of a minor (zero tolerance) and grooming is
+        decided on the conversation. ``chat`` names the chat (the room): grooming moves count
+        within one chat only."""
         if teen is None:
             teen = protect_personal_info
         self._expire(now)
+        if self._conversation is not None and self._conversation.key != chat:
+            self._conversation = None  # a new chat: the next partner is another teen
         clf = self.classifier
         rules = clf.rules
         norm = rules.normalizer(text)
@@ -133,30 +209,30 @@ class SenderWindow:
         signals = [s for s in signals if not refused(norm.text, s.evidence)]
 
         learned = clf.learned
+        finding = None
         if learned is not None and verdict.severity < Severity.HIGH:
-            lv, weak = learned.judge(
+            finding = learned.judge(
                 norm, protect_personal_info=protect_personal_info, moderated=moderated
             )
-            if lv.severity > verdict.severity:
-                verdict = lv
-            if weak is not None and moderated and not signals:
+            if finding.verdict.severity > verdict.severity:
+                verdict = finding.verdict
+        if teen and moderated:
+            verdict = self._converse(verdict, signals, finding, now, chat)
+        else:
+            if finding is not None and not signals and moderated:
                 # only where the rules saw no signal: one message is one weak signal
-                signals.append(Signal(LEARNED_WEAK, 2, f"learned p={weak:.2f}"))
-        if signals:
-            threshold = (
-                rules.teen_grooming_threshold if protect_personal_info else rules.grooming_threshold
-            )
-            gv = self._grooming(tuple(signals), threshold, protect_personal_info, teen)
-            # With a teen involved, grooming built over several signals also names the verdict
-            # on a tie (e.g. with a personal_info block): it explains more than the single
-            # message does. One strong signal alone does not rename the message's own finding.
-            tie = (
-                protect_personal_info
-                and gv.severity == verdict.severity < Severity.ZERO
-                and len(self._signal_types(signals)) > 1
-            )
-            if gv and (gv.severity > verdict.severity or tie):
-                verdict = gv
+                p = finding.weak if finding.weak is not None else finding.grooming
+                if p is not None:
+                    signals.append(Signal(LEARNED_WEAK, 2, f"learned p={p:.2f}"))
+            if signals:
+                threshold = (
+                    rules.teen_grooming_threshold
+                    if protect_personal_info
+                    else rules.grooming_threshold
+                )
+                gv = self._grooming(tuple(signals), threshold, protect_personal_info)
+                if gv.severity > verdict.severity:
+                    verdict = gv
 
         # Long messages are never joined (see _joined): don't keep up to 16 KB per entry.
         kept = text if len(text) < JOIN_CHARS else None
@@ -171,6 +247,12 @@ class SenderWindow:
 
     def clear(self) -> None:
         self._entries.clear()
+        self._conversation = None
+
+    def conversation_score(self, now: float) -> int:
+        """The current chat's grooming score (for logs and tests)."""
+        conv = self._conversation
+        return 0 if conv is None else conv.score(now, self.policy)
 
     def _expire(self, now: float) -> None:
         entries = self._entries
@@ -201,16 +283,8 @@ class SenderWindow:
             return None
         return " ".join(reversed(parts))
 
-    def _signal_types(self, new: Iterable[Signal]) -> set[str]:
-        return {s.name for e in self._entries for s in e.signals} | {s.name for s in new}
-
-    def _grooming(
-        self, new: tuple[Signal, ...], threshold: int, protected: bool, teen: bool
-    ) -> Verdict:
-        if teen:
-            for s in new:
-                if s.name == SEXUAL_IMAGE:
-                    return Verdict(Severity.ZERO, "csam_solicitation", f"to a teen: {s.evidence}")
+    def _grooming(self, new: tuple[Signal, ...], threshold: int, protected: bool) -> Verdict:
+        """Grooming outside the teen queue: signal weights over the window."""
         weights = _best_weights([*(e.signals for e in self._entries), new])
         total = sum(weights.values())
         strong = protected and any(s.name in STRONG_SIGNALS for s in new)
@@ -220,6 +294,71 @@ class SenderWindow:
         evidence = "; ".join(f"{s.name}: {s.evidence}" for s in new)
         evidence = f"score {total} ({', '.join(names)}) {evidence}"
         return Verdict(Severity.HIGH if protected else Severity.MEDIUM, "grooming", evidence)
+
+    def _converse(
+        self,
+        verdict: Verdict,
+        signals: list[Signal],
+        finding: Finding | None,
+        now: float,
+        chat: object,
+    ) -> Verdict:
+        """Grooming in a teen chat: score this message as a move of the sender's conversation
+        (see ``ConversationPolicy``) and decide on the whole of it."""
+        for s in signals:
+            if s.name == SEXUAL_IMAGE:
+                return Verdict(Severity.ZERO, "csam_solicitation", f"to a teen: {s.evidence}")
+        policy = self.policy
+        points, kind, evidence = 0, None, ""
+        if verdict.category in CONTACT_MOVES and verdict.severity == Severity.HIGH:
+            # asking for or giving contact details is a move too (blocked already)
+            points, evidence = policy.clear, f"{verdict.category}: {verdict.evidence}"
+        for s in signals:
+            if s.name in STRONG_SIGNALS:
+                p, k = policy.clear, None  # every clear move counts
+            else:  # a mild or grey signal type counts once per chat
+                p, k = (policy.grey if s.name in GREY_SIGNALS else policy.mild), s.name
+            if p > points:
+                points, kind, evidence = p, k, f"{s.name}: {s.evidence}"
+        if finding is not None:
+            learned = self.classifier.learned
+            assert learned is not None
+            if finding.grooming is not None:
+                p = policy.clear if finding.grooming >= learned.grooming_clear else policy.grey
+                evidence_ = f"learned p={finding.grooming:.2f}"
+            elif finding.weak is not None and not signals:
+                p, evidence_ = policy.mild, f"learned weak p={finding.weak:.2f}"
+            else:
+                p = 0
+            if p > points:
+                points, kind, evidence = p, None, evidence_
+        if not points:
+            return verdict
+        conv = self._conversation
+        if conv is None or conv.key != chat:
+            conv = self._conversation = Conversation(chat)
+        before = conv.score(now, policy)
+        conv.add(_Move(now, points, kind), policy)
+        score = conv.score(now, policy)
+        if score >= policy.block_at and verdict.severity <= Severity.HIGH:
+            # two moves or more: the conversation's decision (a strike, the chat ends); one
+            # clear move: a block (no strike for a grooming move; a rule's own finding stays)
+            basis = CONVERSATION if before > 0 else SIGNAL
+            if verdict.severity == Severity.HIGH and basis != CONVERSATION:
+                return verdict  # the message's own finding explains more than one move does
+            own = verdict.category if verdict.severity == Severity.HIGH else None
+            return Verdict(
+                Severity.HIGH,
+                own or "grooming",
+                f"score {score} ({len(conv.moves)} moves) {evidence}",
+                basis,
+            )
+        if score >= policy.notice_at and not conv.noticed and not verdict:
+            conv.noticed = True
+            return Verdict(
+                Severity.CLEAN, "grooming", f"score {score} {evidence}", SIGNAL, SAFETY_NOTICE
+            )
+        return verdict
 
 
 def refused(text: str, evidence: str) -> bool:

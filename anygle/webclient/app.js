@@ -206,6 +206,10 @@
       case "moderation_warning":
         addSystem(data.message || "Please keep it friendly.", "warning " + (data.severity || "low"));
         break;
+      case "safety_notice":
+        // our extension: the server's word to this user (a teen) about the stranger's messages
+        addSystem(data.message || "Be careful with this stranger.", "warning notice");
+        break;
       case "stats":
         showOnline(data.totalOnline);
         break;
