@@ -114,7 +114,7 @@ def _vectorizer() -> CountVectorizer:
     return CountVectorizer(analyzer=features, lowercase=False, min_df=1)
 
 
-CLASS_WEIGHT: str | None = None  # --class-weight
+CLASS_WEIGHT: str | dict[int, float] | None = None  # --class-weight, --zero-weight
 
 
 def _model(c: float) -> LogisticRegression:
@@ -225,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="balanced: every class weighs as much as clean")  # fmt: skip
     ap.add_argument("--grooming-fp-budget", type=float, default=0.004,
                     help="clean share a grooming reading that blocks alone may claim")  # fmt: skip
+    ap.add_argument("--zero-weight", type=float, default=3.0,
+                    help="weight of the zero-tolerance classes (class weight none)")  # fmt: skip
     args = ap.parse_args(argv)
     global CLASS_WEIGHT
     CLASS_WEIGHT = None if args.class_weight == "none" else args.class_weight
@@ -236,6 +238,12 @@ def main(argv: list[str] | None = None) -> int:
     paths += convs
     classes = sorted(set(labels))
     y = np.array([classes.index(lab) for lab in labels])
+    if CLASS_WEIGHT is None and args.zero_weight != 1.0:
+        # the zero-tolerance classes are small (a few hundred lines): weigh them up alone
+        CLASS_WEIGHT = {
+            k: args.zero_weight if CATEGORY_SEVERITY.get(c) is Severity.ZERO else 1.0
+            for k, c in enumerate(classes)
+        }
     print(f"{len(docs)} samples from {len(paths)} corpora: {dict(Counter(labels))}")
     proba = out_of_fold(docs, y, args.c, args.seed, args.char_scale)
     chosen, report = thresholds(
@@ -271,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
             "grey_fp_budget": args.grey_fp_budget,
             "grooming_fp_budget": args.grooming_fp_budget,
             "class_weight": args.class_weight,
+            "zero_weight": args.zero_weight,
             "out_of_fold": report,
         },
     }

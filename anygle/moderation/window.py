@@ -61,9 +61,9 @@ SAFETY_NOTICE = "grooming"  # the notice kind a grey conversation earns its reci
 
 @dataclass(frozen=True, slots=True)
 class ConversationPolicy:
-    """How a teen chat's grooming moves add up (README, "Teen policy"). The defaults stop a
-    chat at a clear move, at the second grey move, or at a grey move after a mild signal, and
-    let one grey move through with a safety notice to the teen."""
+    """How a teen chat's grooming moves add up (README, "Teen policy"). The defaults block a
+    clear move, the second grey move, or a grey move after two mild signals, and let one grey
+    move through with a safety notice to the teen."""
 
     mild: int = 1  # a rule's weak signal or the model's ``weak`` class
     grey: int = 2  # the model's grooming reading between its grey and clear thresholds
