@@ -108,8 +108,9 @@ class Page:
     def wait_state(self, state: str) -> None:
         self.wait(lambda: self.attr("body", "data-state") == state, f"state {state}")
 
-    def start(self, mode: str = "text", interests: str = "") -> None:
+    def start(self, mode: str = "text", interests: str = "", age: str = "adult") -> None:
         self.wait(lambda: self.attr("body", "data-conn") == "open", "connected")
+        self.find(f"input[name=age][value={age}]").click()
         self.find(f"input[name=mode][value={mode}]").click()
         field = self.find("#interests")
         field.clear()
@@ -146,15 +147,17 @@ def pages(browser: webdriver.Chrome, anygle: Instance) -> Iterator[Callable[...,
         time.sleep(0.1)
 
 
-def matched_pair(pages: Callable[..., Page], mode: str, interest: str) -> tuple[Page, Page]:
+def matched_pair(
+    pages: Callable[..., Page], mode: str, interest: str, age: str = "adult"
+) -> tuple[Page, Page]:
     a = pages()
     # a's count comes from GET /stats when it connects; b's arrival reaches a only by `stats`
     a.wait(lambda: a.text("#online") == "1", "online count 1")
     b = pages()
-    a.start(mode, interest)
+    a.start(mode, interest, age)
     a.wait_state("searching")
     a.wait(lambda: "#1 in line" in a.text("#status"), "queue position shown")
-    b.start(mode, interest)
+    b.start(mode, interest, age)
     for page in (a, b):
         page.wait_state("chatting")
         page.wait(lambda p=page: f"You both like {interest}" in p.text("#log"), "shared interest")
@@ -186,6 +189,21 @@ def test_text_chat_typing_skip_and_next(pages, anygle):
     # they skipped each other: the rematch cooldown keeps them apart, both wait in line
     b.wait(lambda: "in line" in b.text("#status"), "b's queue position")
     assert stats(anygle.http_port)["inQueue"] == 2
+
+
+def test_a_teen_sees_the_safety_notices(pages):
+    """The grey move reaches the teen with a notice the page shows; the next move ends the
+    chat, and the page says why."""
+    stranger, teen = matched_pair(pages, "text", "anime", age="teen")
+    stranger.find("#message").send_keys("ur so mature for ur age honestly", Keys.ENTER)
+    teen.wait(lambda: teen.lines("them") == ["ur so mature for ur age honestly"], "the message")
+    teen.wait(lambda: "Heads up" in teen.text("#log .notice"), "the grooming notice shown")
+    assert not stranger.focus().find_elements(By.CSS_SELECTOR, "#log .notice")
+    stranger.find("#message").send_keys("is anyone else home with u rn?", Keys.ENTER)
+    teen.wait(lambda: "We ended this chat" in teen.text("#log"), "the chat_ended notice shown")
+    teen.wait_state("ended")
+    stranger.wait_state("ended")
+    assert teen.lines("them") == ["ur so mature for ur age honestly"]
 
 
 def test_video_call_connects_with_fake_camera(pages):
