@@ -114,11 +114,11 @@ def _vectorizer() -> CountVectorizer:
     return CountVectorizer(analyzer=features, lowercase=False, min_df=1)
 
 
-CLASS_WEIGHT: str | dict[int, float] | None = None  # --class-weight, --zero-weight
+Weights = str | dict[int, float] | None  # LogisticRegression's class_weight
 
 
-def _model(c: float) -> LogisticRegression:
-    return LogisticRegression(C=c, max_iter=3000, class_weight=CLASS_WEIGHT)
+def _model(c: float, weights: Weights) -> LogisticRegression:
+    return LogisticRegression(C=c, max_iter=3000, class_weight=weights)
 
 
 def _scale(vec: CountVectorizer, char_scale: float) -> sparse.dia_matrix:
@@ -131,21 +131,21 @@ def _scale(vec: CountVectorizer, char_scale: float) -> sparse.dia_matrix:
     return sparse.diags(factors)
 
 
-def _fit(docs: list[list[str]], y: np.ndarray, c: float, char_scale: float):
+def _fit(docs: list[list[str]], y: np.ndarray, c: float, char_scale: float, weights: Weights):
     vec = _vectorizer()
     x = vec.fit_transform(docs)
     scale = _scale(vec, char_scale)
-    model = _model(c).fit(x @ scale, y)
+    model = _model(c, weights).fit(x @ scale, y)
     return vec, scale, model
 
 
 def out_of_fold(
-    docs: list[list[str]], y: np.ndarray, c: float, seed: int, char_scale: float
+    docs: list[list[str]], y: np.ndarray, c: float, seed: int, char_scale: float, weights: Weights
 ) -> np.ndarray:
     proba = np.zeros((len(docs), len(np.unique(y))))
     folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=seed)
     for train, test in folds.split(np.zeros(len(y)), y):
-        vec, scale, model = _fit([docs[i] for i in train], y[train], c, char_scale)
+        vec, scale, model = _fit([docs[i] for i in train], y[train], c, char_scale, weights)
         proba[test] = model.predict_proba(vec.transform([docs[i] for i in test]) @ scale)
     return proba
 
@@ -228,8 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--zero-weight", type=float, default=3.0,
                     help="weight of the zero-tolerance classes (class weight none)")  # fmt: skip
     args = ap.parse_args(argv)
-    global CLASS_WEIGHT
-    CLASS_WEIGHT = None if args.class_weight == "none" else args.class_weight
+    weights: Weights = None if args.class_weight == "none" else args.class_weight
 
     paths = corpora() + args.extra
     docs, labels, per_file = samples(paths)
@@ -238,14 +237,14 @@ def main(argv: list[str] | None = None) -> int:
     paths += convs
     classes = sorted(set(labels))
     y = np.array([classes.index(lab) for lab in labels])
-    if CLASS_WEIGHT is None and args.zero_weight != 1.0:
+    if weights is None and args.zero_weight != 1.0:
         # the zero-tolerance classes are small (a few hundred lines): weigh them up alone
-        CLASS_WEIGHT = {
+        weights = {
             k: args.zero_weight if CATEGORY_SEVERITY.get(c) is Severity.ZERO else 1.0
             for k, c in enumerate(classes)
         }
     print(f"{len(docs)} samples from {len(paths)} corpora: {dict(Counter(labels))}")
-    proba = out_of_fold(docs, y, args.c, args.seed, args.char_scale)
+    proba = out_of_fold(docs, y, args.c, args.seed, args.char_scale, weights)
     chosen, report = thresholds(
         proba, y, classes, args.fp_budget, args.min_threshold, args.grey_fp_budget,
         args.grooming_fp_budget,
@@ -253,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, row in report.items():
         print(f"  {name:<18} {row}")
 
-    vec, scale, model = _fit(docs, y, args.c, args.char_scale)
+    vec, scale, model = _fit(docs, y, args.c, args.char_scale, weights)
     names = vec.get_feature_names_out()
     coef = model.coef_ * scale.diagonal()  # (classes, features), back to unscaled counts
     keep = np.abs(coef).max(0) >= args.prune
