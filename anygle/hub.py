@@ -3,8 +3,9 @@ and engine events into server frames.
 
 It knows nothing of sockets (a :class:`~anygle.session.Client` is anything with ``send`` and
 ``close``) and nothing of storage (everything shared goes through the :class:`Engine`), so it
-runs unchanged on every engine.  The protocol, the web pages and the console talk to the hub (and
-its :class:`~anygle.admission.Admission`), never to the engine.
+runs unchanged on every engine.  The protocol and the web pages talk to the hub (and its
+:class:`~anygle.admission.Admission`), never to the engine; the admin console's helpers do too,
+though its namespace also hands an operator the live ``engine`` for inspection.
 
 Queue and room operations of one user run one at a time (:meth:`Session.serial`); relays do not
 wait for them, they use the room the user is in when the message arrives.
@@ -107,7 +108,7 @@ class Hub:
     def close(self, session: Session) -> Deferred[Any]:
         """The connection is gone: stop delivering to it, then leave queue and room."""
         if session.state == CLOSED:
-            return Deferred.fromCoroutine(_nothing())
+            return succeed(None)
         session.state = CLOSED
         self.sessions.pop(session.user_id, None)
         return session.serial(lambda: self._disconnect(session))
@@ -469,7 +470,3 @@ class Hub:
 
     def _log_failure(self, failure: Any) -> None:
         self.log.failure("hub operation failed", failure)
-
-
-async def _nothing() -> None:
-    return None

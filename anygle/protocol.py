@@ -1,4 +1,6 @@
-"""The WebSocket protocol: decode, validate, dispatch to ``handle_<type>``; nothing else.
+"""The WebSocket protocol: decode, validate, dispatch to ``handle_<type>`` -- and the connection's
+own housekeeping: admission at the handshake, frames buffered until ``connected``, a budget of
+bad frames, and dropping a client that stops reading.
 
 Wire format (the seed's, see README "WebSocket protocol"): every frame is a map
 ``{type, data}`` — msgpack in binary frames, JSON in text frames.  A client that sends JSON text
@@ -28,6 +30,7 @@ Server -> client::
     offer|answer|ice_candidate    (the partner's data, unchanged)
     moderation_warning {message, severity}
     report_received {reportId}    (ours)
+    safety_notice {kind, message} (ours: to a teen, never to the sender)
     stats {totalOnline, inQueue, activeChats, avgMatchTime}
     error {code, message}         pong {timestamp}
 

@@ -64,8 +64,8 @@ class EngineSink(Protocol):
         """Close this user's connection (ban, admin kick): ``code`` is the error code to send."""
 
     def on_undelivered(self, user_id: str, room_id: str, frame: dict[str, Any]) -> None:
-        """A frame ``user_id`` relayed could not be delivered to the partner (optional: the
-        redis engine calls it when its outage buffer is full)."""
+        """A frame ``user_id`` relayed could not be delivered to the partner (every sink has it;
+        the redis engine calls it when its outage buffer is full, the memory engine never)."""
 
 
 class Engine(Protocol):

@@ -196,17 +196,6 @@ class Classifier:
                 return Verdict(tier, best[1], best[2]), found
         return CLEAN, found
 
-    def grooming_signals(self, norm: Normalized, rules: Rules | None = None) -> list[Signal]:
-        rules = rules or self._rules
-        found = []
-        for rule in _candidates(rules, norm.token_set, norm.base):
-            if rule.signal is None:
-                continue
-            evidence = _match(rule, norm)
-            if evidence is not None:
-                found.append(Signal(rule.signal, rule.weight, evidence))
-        return found
-
 
 def _candidates(rules: Rules, tokens: frozenset[str], base: str = "") -> list[Rule]:
     """Rules to run: one of their keys and all of their required words are in the message;

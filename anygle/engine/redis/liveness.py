@@ -9,7 +9,7 @@ must, and makes everything else independent of the reactor's load:
 * **Lease, renewed by a thread.**  ``instance:{id}`` (value: the instance's *epoch*) lives
   ``lease_ttl`` (2.5 s) and is renewed every ``renew_interval`` (0.25 s) by :class:`LeaseKeeper`,
   a daemon thread with its own blocking Redis socket (txredisapi is reactor-bound, so the thread
-  speaks RESP itself: one ``EVAL`` of ``lease.lua`` per renewal).  A reactor turn that lasts
+  speaks RESP itself: one ``EVAL`` of ``LEASE_SCRIPT`` per renewal).  A reactor turn that lasts
   seconds therefore does not delay the lease: a busy instance stays alive.  The reactor's own
   heartbeat (every ``interval``, 0.25 s) renews it too, so a dead thread is no outage.
 * **Hung is dead.**  The thread renews only while the reactor shows progress (its heartbeat ran in
