@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from twisted.logger import Logger
 
 from anygle.clientip import ClientAddress
-from anygle.engine.base import Engine, EngineUnavailable
+from anygle.engine.base import AdmissionStore, EngineUnavailable
 from anygle.errors import ClientError
 from anygle.limits import AbuseKeyTable
 
@@ -49,7 +49,11 @@ class Ticket:
 
 class Admission:
     def __init__(
-        self, engine: Engine, keys: AbuseKeyTable, rate_limit: int = 0, max_per_key: int = 0
+        self,
+        engine: AdmissionStore,
+        keys: AbuseKeyTable,
+        rate_limit: int = 0,
+        max_per_key: int = 0,
     ) -> None:
         self.engine = engine
         self.keys = keys

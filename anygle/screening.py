@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 
-from anygle.engine.base import Engine
+from anygle.engine.base import ModerationStore
 from anygle.limits import AbuseKeyTable
 from anygle.moderation import Action, Classifier, EscalationPolicy, SenderWindow, Verdict
 from anygle.moderation.verdict import RULE, Severity
@@ -90,7 +90,7 @@ class AutoBan:
 @dataclass(eq=False)
 class Screening:
     classifier: Classifier
-    engine: Engine
+    engine: ModerationStore  # strikes, keyseen counts and bans: all this needs of the engine
     policy: EscalationPolicy = field(default_factory=EscalationPolicy)
     settings: ScreeningSettings = field(default_factory=ScreeningSettings)
     abuse_keys: AbuseKeyTable | None = None  # holds a key while its strikes live

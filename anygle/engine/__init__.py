@@ -6,10 +6,19 @@ Implementations are imported lazily, so the memory engine never imports txredisa
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
 from twisted.internet.interfaces import IReactorTime
 
 from anygle.engine.base import Engine, EngineConfig, EngineSink
+
+if TYPE_CHECKING:  # mypy checks each implementation against every part of the seam
+    from anygle.engine.memory import MemoryEngine
+    from anygle.engine.redis import RedisEngine
+
+    def _conforms(memory: MemoryEngine, redis: RedisEngine) -> tuple[Engine, Engine]:
+        return memory, redis
+
 
 ENGINES: dict[str, str] = {
     "memory": "anygle.engine.memory:MemoryEngine",

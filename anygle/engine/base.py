@@ -55,7 +55,8 @@ class EngineSink(Protocol):
     def on_matched(self, user_id: str, match: Match) -> None: ...
 
     def on_partner_left(self, user_id: str, room_id: str, reason: str) -> None:
-        """``reason`` is ``'skipped'`` or ``'disconnected'``."""
+        """``reason`` is ``'skipped'``, ``'disconnected'`` or ``'moderation'`` (moderation ended
+        the chat; the hub's ``MODERATION_ENDED``)."""
 
     def on_relay(self, user_id: str, room_id: str, frame: dict[str, Any]) -> None:
         """A server frame (``message``, ``partner_typing``, ``offer`` …) from the partner."""
@@ -68,9 +69,8 @@ class EngineSink(Protocol):
         the redis engine calls it when its outage buffer is full, the memory engine never)."""
 
 
-class Engine(Protocol):
-    """Storage and cross-user coordination.  Implementations: ``anygle.engine.memory``,
-    ``anygle.engine.redis``; see :func:`anygle.engine.create_engine`."""
+class Lifecycle(Protocol):
+    """Starting, stopping and the health an engine reports."""
 
     name: ClassVar[str]
 
@@ -81,6 +81,10 @@ class Engine(Protocol):
 
     def health(self) -> tuple[bool, str]:
         """``(ok, reason)`` — the truth for ``/health``."""
+
+
+class Rooms(Protocol):
+    """Who is online, the queues, matching, the rooms and what is relayed in them."""
 
     # --- sessions -------------------------------------------------------------------------
     def connect(self, user_id: str, ip: str) -> Deferred[None]:
@@ -112,11 +116,21 @@ class Engine(Protocol):
 
     def stats(self) -> Deferred[Stats]: ...
 
-    # --- shared counters and bans ---------------------------------------------------------
+
+class Counters(Protocol):
+    """Shared counters that expire (moderation strikes, ``keyseen``) and the moderation tally."""
+
     def incr(self, key: str, ttl: float) -> Deferred[int]:
         """Increment a counter that expires ``ttl`` s after its last increment."""
 
     def get_count(self, key: str) -> Deferred[int]: ...
+
+    def record_moderation(self, tier: str, category: str, outcome: str) -> None:
+        """Count one moderation action (fire and forget) for ``Stats.moderation``."""
+
+
+class Bans(Protocol):
+    """``banned:users:{id}`` and ``banned:ips:{name}``."""
 
     def get_ban(self, user_id: str | None, ips: IpNames = None) -> Deferred[str | None]:
         """The ban reason for this user or one of ``ips`` (``banned:ips:{name}``; a client's
@@ -132,7 +146,10 @@ class Engine(Protocol):
         """``{user: reason}`` for those of ``{user: ban names}`` banned by user id or by IP —
         polled every second so that a ban set with ``redis-cli`` kicks connected users too."""
 
-    # --- abuse limits (shared by all instances) -------------------------------------------
+
+class Limits(Protocol):
+    """Abuse limits shared by all instances: handshake and request rates, connection caps."""
+
     def rate(self, key: str, limit: int, window: float) -> Deferred[bool]:
         """GCRA: ``True`` while ``key`` is used at most ``limit`` times per ``window`` s
         (bursts up to ``limit``); each call counts."""
@@ -142,10 +159,10 @@ class Engine(Protocol):
 
     def release_connection(self, key: str) -> Deferred[None]: ...
 
-    def record_moderation(self, tier: str, category: str, outcome: str) -> None:
-        """Count one moderation action (fire and forget) for ``Stats.moderation``."""
 
-    # --- reports (anygle/reports.py) -----------------------------------------------------------
+class ReportStore(Protocol):
+    """Reports of a partner (anygle/reports.py)."""
+
     def report(self, report: Report) -> Deferred[ReportOutcome]:
         """Store a report unless this reporter reported this room already (``duplicate``), count
         it, and ban the reported user when ``report_ban_reporters`` distinct reporter keys
@@ -157,6 +174,21 @@ class Engine(Protocol):
 
     def get_report(self, report_id: str) -> Deferred[dict[str, Any] | None]:
         """One stored report record, or ``None`` (unknown or past its retention)."""
+
+
+class ModerationStore(Counters, Bans, Protocol):
+    """What moderation's escalation needs (anygle/screening.py): strikes and bans."""
+
+
+class AdmissionStore(Limits, Bans, Protocol):
+    """What admitting a connection or a request needs (anygle/admission.py)."""
+
+
+class Engine(Lifecycle, Rooms, Counters, Bans, Limits, ReportStore, Protocol):
+    """Storage and cross-user coordination: all of the parts above, so that an implementation
+    is checked against each.  Implementations: ``anygle.engine.memory``, ``anygle.engine.redis``;
+    see :func:`anygle.engine.create_engine`.  A consumer that needs only a part names that part
+    (``ModerationStore``, ``AdmissionStore``), so the seam it depends on stays narrow."""
 
 
 class EngineUnavailable(Exception):
