@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from .classifier import Classifier, Signal
 from .learned import Finding
 from .normalize import Normalized, squeeze
-from .verdict import CLEAN, CONVERSATION, SIGNAL, Severity, Verdict
+from .verdict import CLEAN, CONVERSATION, MODEL, SIGNAL, Severity, Verdict
 
 FRAGMENT_CHARS = 40
 # What a joined window is checked for: contact details (and doxing) split over messages.
@@ -219,6 +219,10 @@ class SenderWindow:
         if teen and moderated:
             verdict = self._converse(verdict, signals, finding, now, chat)
         else:
+            g = None if finding is None else finding.grooming
+            if g is not None and learned is not None and g >= learned.grooming_clear:
+                # protected adults: the model's grooming reading acts alone, as it always has
+                verdict = Verdict(Severity.HIGH, "grooming", f"learned p={g:.2f}", MODEL)
             if finding is not None and not signals and moderated:
                 # only where the rules saw no signal: one message is one weak signal
                 p = finding.weak if finding.weak is not None else finding.grooming
