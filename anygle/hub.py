@@ -216,18 +216,15 @@ class Hub:
         verdict = self.screening.verdict(session, content, self.clock.seconds())
         if not verdict and not session.pending:
             self.engine.relay(partner, room, frame)
-            if verdict.notice is not None:
-                self._safety_notice(partner, room, verdict)
+            self._safety_notice(partner, room, verdict)
             return None
         return session.serial(lambda: self._moderated(session, verdict, frame, room))
 
     def _safety_notice(self, partner: str, room: str, verdict: Verdict) -> None:
         """Tell the recipient (a teen), not the sender, that this chat entered the grey zone:
         after the message, through the same path, so it arrives right after it."""
-        assert self.screening is not None
-        frame = self.screening.notice_frame(verdict)
-        if frame is not None:
-            self.engine.relay(partner, room, frame)
+        if verdict.notice is not None:
+            self.engine.relay(partner, room, notice(verdict.notice))
 
     async def _moderated(
         self, session: Session, verdict: Verdict, frame: dict[str, Any], room: str
@@ -236,8 +233,7 @@ class Hub:
         action = await self.screening.decide(session, verdict) if verdict else DELIVER
         if action.deliver and session.room_id == room and session.partner_id is not None:
             self.engine.relay(session.partner_id, room, frame)
-            if verdict.notice is not None:
-                self._safety_notice(session.partner_id, room, verdict)
+            self._safety_notice(session.partner_id, room, verdict)
         if action.warning:
             session.client.send(
                 {

@@ -113,10 +113,6 @@ class Screening:
         )
         return verdict
 
-    def notice_frame(self, verdict: Verdict) -> dict[str, Any] | None:
-        """The ``safety_notice`` for the recipient of a delivered message, if it earns one."""
-        return None if verdict.notice is None else notice(verdict.notice)
-
     def connected(self, session: Session) -> None:
         """Count a connection from the session's key (``keyseen``: is the key shared?)."""
         d = self.engine.incr(f"keyseen:{session.abuse_key}", SEEN_TTL)

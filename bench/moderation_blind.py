@@ -32,9 +32,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from anygle.moderation import Classifier, SenderWindow
-from anygle.moderation.evaluation import Case, load_corpus
-from anygle.moderation.verdict import CATEGORY_SEVERITY, CLEAN, Severity, Verdict
+from anygle.moderation import Classifier
+from anygle.moderation.evaluation import Case, load_corpus, predict_with_notice
+from anygle.moderation.verdict import CATEGORY_SEVERITY, Severity
 from bench import procs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,21 +52,6 @@ HIGH = frozenset(c for c, s in CATEGORY_SEVERITY.items() if s is Severity.HIGH)
 
 def _share(hits: int, total: int) -> str:
     return f"{hits / total:.3f} ({hits}/{total})" if total else "-"
-
-
-def predict_with_notice(classifier: Classifier, case: Case) -> tuple[Verdict, bool]:
-    """The case's most severe verdict (one fresh window, as ``predict``), and whether any of its
-    messages earned the recipient a safety notice."""
-    window = SenderWindow(classifier)
-    worst, notice = CLEAN, False
-    for i, msg in enumerate(case.messages):
-        v = window.check(
-            msg, float(i), protect_personal_info=case.teen, moderated=True, teen=case.teen
-        )
-        notice = notice or v.notice is not None
-        if v.severity > worst.severity:
-            worst = v
-    return worst, notice
 
 
 def score_lines(classifier: Classifier, cases: list[Case]) -> tuple[dict[str, str], list[str]]:

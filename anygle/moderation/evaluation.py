@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TypedDict
 
 from .classifier import Classifier
-from .verdict import CATEGORY_ORDER, CATEGORY_SEVERITY, Verdict
+from .verdict import CATEGORY_ORDER, CATEGORY_SEVERITY, CLEAN, Verdict
 from .window import SenderWindow
 
 
@@ -72,16 +72,22 @@ def load_corpus(path: Path, *, skip: frozenset[str] = frozenset()) -> list[Case]
 
 def predict(classifier: Classifier, case: Case) -> Verdict:
     """Feed the case's messages through one fresh window; the most severe verdict wins."""
+    return predict_with_notice(classifier, case)[0]
+
+
+def predict_with_notice(classifier: Classifier, case: Case) -> tuple[Verdict, bool]:
+    """``predict``'s verdict (CLEAN when no message got one), and whether any of the case's
+    messages earned its recipient a safety notice (a delivered grey grooming move)."""
     window = SenderWindow(classifier)
-    worst = None
+    worst, notice = CLEAN, False
     for i, msg in enumerate(case.messages):
         v = window.check(
             msg, float(i), protect_personal_info=case.teen, moderated=True, teen=case.teen
         )
-        if worst is None or v.severity > worst.severity:
+        notice = notice or v.notice is not None
+        if v.severity > worst.severity:
             worst = v
-    assert worst is not None
-    return worst
+    return worst, notice
 
 
 def evaluate(classifier: Classifier, cases: list[Case]) -> Report:

@@ -338,8 +338,8 @@ class SenderWindow:
                 points, kind, evidence = p, None, evidence_
         if not points:
             return verdict
-        conv = self._conversation
-        if conv is None or conv.key != chat:
+        conv = self._conversation  # check() dropped it if it was another chat's
+        if conv is None:
             conv = self._conversation = Conversation(chat)
         before = conv.score(now, policy)
         conv.add(_Move(now, points, kind), policy)
