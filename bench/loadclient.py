@@ -27,25 +27,41 @@ from typing import Any
 
 import msgpack
 
-from bench import wsclient  # installs the epoll reactor
+from bench import chatlines, wsclient  # wsclient installs the epoll reactor
 from bench.wsclient import MSG_PREFIX, client_frame
 
 # isort: split
 from twisted.internet import reactor
 
-COUNTS = ("connected", "failed", "closed", "matched", "searching", "mispaired", "delivered")
+COUNTS = (
+    "connected",
+    "failed",
+    "closed",
+    "matched",
+    "searching",
+    "mispaired",
+    "delivered",
+    "blocked",
+    "notices",
+    "chats",
+    "ended",
+)
 
 
 class Stats:
     __slots__ = (
+        "blocked",
+        "chats",
         "closed",
         "connected",
         "delivered",
+        "ended",
         "errors",
         "failed",
         "latencies",
         "matched",
         "mispaired",
+        "notices",
         "opening",
         "searching",
     )
@@ -59,6 +75,10 @@ class Stats:
         self.searching = 0
         self.mispaired = 0
         self.delivered = 0
+        self.blocked = 0  # moderation held a message back (the sender was warned)
+        self.notices = 0  # safety notices received
+        self.chats = 0  # chats begun after the first (each pair skips every chat_messages)
+        self.ended = 0  # chats moderation ended (counted by both sockets of the pair)
         self.errors: dict[str, int] = {}
         self.latencies: list[tuple[float, bool]] = []  # (ms, isInitiator)
 
@@ -84,6 +104,7 @@ class Conn(wsclient.RawWebSocket):
         self.initiator = False
         self.state = "connecting"
         self.join_sent_at = 0.0
+        self.in_chat = 0  # messages the initiator received in this chat
 
     # --- connection ----------------------------------------------------------------------
     def connect_failed(self, reason: str) -> None:
@@ -135,7 +156,12 @@ class Conn(wsclient.RawWebSocket):
                     # the hot path: count, answer, nothing else
                     worker.stats.delivered += 1
                     if worker.echo:
-                        self.transport.write(worker.msg_frame)
+                        if self.initiator and worker.chat_half:
+                            self.in_chat += 1
+                            if self.in_chat >= worker.chat_half:
+                                self.next_chat()  # the chat had its length: the next one
+                                continue
+                        self.transport.write(worker.next_frame())
                 else:
                     self.frame(msgpack.unpackb(buf[start:end], raw=False))
             elif opcode == 9:  # ping -> pong with the same payload
@@ -166,11 +192,36 @@ class Conn(wsclient.RawWebSocket):
                 self.state = "searching"
                 self.stats.searching += 1
                 self.worker.progressed()
+        elif kind == "moderation_warning":
+            # a line moderation held back was not delivered: send the next one so the pair
+            # keeps its window (how many is part of the row)
+            self.stats.blocked += 1
+            if self.worker.echo:
+                self.transport.write(self.worker.next_frame())
+        elif kind == "safety_notice":
+            self.stats.notices += 1
+        elif kind in ("partner_skipped", "partner_disconnected") and self.worker.chat_half:
+            # the partner went on to the next chat (or moderation ended this one): so do we
+            if kind == "partner_disconnected":
+                self.stats.ended += 1
+            self.next_chat()
         elif kind == "error":
+            if data.get("code") == "NOT_IN_CHAT" and self.state != "matched":
+                return  # sent before the chat ended, answered after: part of skipping
             self.worker.count_error(str(data.get("code")))
         elif kind not in ("stats", "pong"):
             # moderation_warning, partner_disconnected, ...: not expected in a benchmark run
             self.worker.count_error(f"frame {kind}")
+
+    def next_chat(self) -> None:
+        """Join the queue again (a ``join`` during a chat skips it), this time to meet any
+        stranger (the server does not match a pair that just skipped each other again)."""
+        if self.state != "matched":
+            return
+        self.state, self.in_chat = "joining", 0
+        self.join_sent_at = 0.0
+        self.partner = None
+        self.transport.write(self.worker.rejoin_frame)
 
     def matched(self, data: dict[str, Any]) -> None:
         now = time.perf_counter()
@@ -188,7 +239,12 @@ class Conn(wsclient.RawWebSocket):
         p = self.partner
         if p is not None and p.user_id and self.partner_id and self.partner_id != p.user_id:
             self.stats.mispaired += 1
-        self.worker.progressed()
+        w = self.worker
+        if w.echo and w.phase == "relay":  # a chat after the first
+            self.stats.chats += 1
+            if self.initiator:
+                self.transport.write(b"".join(w.next_frame() for _ in range(w.window)))
+        w.progressed()
 
 
 class Worker:
@@ -207,13 +263,30 @@ class Worker:
         self.closing = False
         self.ready_sent = False
         self.phase = "open"
-        content = job.get("content", "x" * 60)
-        self.msg_frame = wsclient.packed("message", {"content": content})
+        # the chat messages to send, in turn: varied lines (bench/chatlines.py) or one line
+        texts = job.get("texts")
+        if texts:
+            lines = chatlines.stream(texts, int(job.get("variants", 50000)), job["tag"])
+        else:
+            lines = [job.get("content", "x" * 60)]
+        self.frames = [wsclient.packed("message", {"content": t}) for t in lines]
+        self.next_index_frame = 0
+        # messages per chat (0: one chat for the whole run); the initiator counts half of them
+        self.chat_half = max(1, int(job["chat_messages"]) // 2) if job.get("chat_messages") else 0
+        self.window = 0
+        age = job.get("age", "adult")
+        self.rejoin_frame = wsclient.join_frame(job.get("queue", "unmoderated"), [], False, age)
         self.limits = wsclient.limits(self.n + 64)
         self._progress_at = 0.0
         self._probe: dict[str, Any] | None = None
 
     # --- events to the harness --------------------------------------------------------------
+    def next_frame(self) -> bytes:
+        """The next chat message to send (the worker's messages go round in turn)."""
+        i = self.next_index_frame
+        self.next_index_frame = i + 1 if i + 1 < len(self.frames) else 0
+        return self.frames[i]
+
     def emit(self, ev: str, **fields: Any) -> None:
         fields["ev"] = ev
         fields["worker"] = self.job.get("worker", 0)
@@ -286,7 +359,9 @@ class Worker:
             if a is None or b is None or a.state != "connected" or b.state != "connected":
                 continue
             a.partner, b.partner = b, a
-            frame = wsclient.join_frame(queue, [f"{tag}-{k}"[-32:]])
+            frame = wsclient.join_frame(
+                queue, [f"{tag}-{k}"[-32:]], age=self.job.get("age", "adult")
+            )
             for c in (a, b):
                 c.state = "joining"
                 c.send(frame)
@@ -367,31 +442,36 @@ class Worker:
 
     def go_relay(self, cmd: dict[str, Any]) -> None:
         self.phase = "relay"
-        window = int(cmd.get("window", 10))
+        window = self.window = int(cmd.get("window", 10))
         self.echo = True
-        frame = self.msg_frame * window
         for c in self.conns:
             if c is not None and c.state == "matched" and c.initiator:
-                c.send(frame)
+                c.send(b"".join(self.next_frame() for _ in range(window)))
         warmup, duration = float(cmd["warmup"]), float(cmd["duration"])
         marks: dict[str, Any] = {}
+
+        measured = ("blocked", "notices", "chats", "ended")  # counted over the window too
 
         def start() -> None:
             marks["t0"], marks["c0"] = time.perf_counter(), self.stats.delivered
             marks["cpu0"] = os.times()
+            marks["counts"] = {k: getattr(self.stats, k) for k in measured}
 
         def stop() -> None:
             t1, c1, cpu1 = time.perf_counter(), self.stats.delivered, os.times()
             self.echo = False
             secs = t1 - marks["t0"]
             cpu = (cpu1.user + cpu1.system) - (marks["cpu0"].user + marks["cpu0"].system)
+            counts = {k: getattr(self.stats, k) - marks["counts"][k] for k in measured}
+            snapshot = self.stats.snapshot()
             self.emit(
                 "result",
+                **{k: v for k, v in snapshot.items() if k not in counts and k != "delivered"},
+                **counts,
                 delivered=c1 - marks["c0"],
                 seconds=secs,
                 rate=(c1 - marks["c0"]) / secs if secs > 0 else 0.0,
                 cpu_seconds=cpu,
-                **{k: v for k, v in self.stats.snapshot().items() if k != "delivered"},
             )
 
         reactor.callLater(warmup, start)

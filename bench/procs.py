@@ -404,6 +404,10 @@ class Workers:
                 "searching",
                 "mispaired",
                 "delivered",
+                "blocked",
+                "notices",
+                "chats",
+                "ended",
             ):
                 out[k] = out.get(k, 0) + int(st.get(k, 0) or 0)
             for code, n in (st.get("errors") or {}).items():

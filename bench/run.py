@@ -32,7 +32,7 @@ from typing import Any
 if __package__ in (None, ""):  # ``python bench/run.py``: make ``bench`` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench import latency, memory, overload, procs, record, relay, scaleout
+from bench import chatlines, latency, memory, overload, procs, record, relay, scaleout
 from bench.compare import compare
 from bench.filelimit import raise_nofile
 from bench.plot import plot
@@ -130,8 +130,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--rows",
         default=None,
         type=lambda v: [x for x in v.split(",") if x],
-        help="relay rows to run (default all): baseline,memory-off,memory-on,redis-same,"
-        "redis-cross",
+        help="relay rows to run (default all): baseline,memory-off,memory-on,baseline-teen,"
+        "teen,baseline-adult,adult-off,adult-on,redis-same,redis-cross",
+    )
+    p.add_argument(
+        "--chat-messages",
+        type=int,
+        default=50,
+        help="varied rows: messages per chat, then the pair skips to a new chat (0: never)",
+    )
+    p.add_argument(
+        "--lines",
+        default=str(chatlines.LINES),
+        help="the varied chat lines of the teen/adult relay rows (queue<TAB>text)",
     )
     overload.add_options(p)
     p.add_argument("--no-redis", action="store_true")

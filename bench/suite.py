@@ -94,8 +94,12 @@ class Bench:
         queue: str = "unmoderated",
         pairs: bool = False,
         workers: int | None = None,
+        texts: list[str] | None = None,
+        age: str = "adult",
+        chat_messages: int = 0,
     ) -> list[dict[str, Any]]:
-        """Split ``total`` connections over the workers (whole pairs when ``pairs``)."""
+        """Split ``total`` connections over the workers (whole pairs when ``pairs``);
+        ``texts``: varied chat lines to send (``bench/chatlines.py``) instead of one line."""
         w = max(1, min(workers or self.args.workers, total // 2 or 1))
         unit = 2 if pairs else 1
         units = total // unit
@@ -113,6 +117,9 @@ class Bench:
                     "tag": f"{tag}{self.run_id}w{i}",
                     "queue": queue,
                     "content": CONTENT,
+                    "texts": texts,
+                    "age": age,
+                    "chat_messages": chat_messages,
                     "sources": self.sources(n),
                     "per_source": self.args.per_source,
                     "concurrency": self.args.concurrency,

@@ -78,6 +78,7 @@ COLUMNS = {
     "x_same_instance": ("x same-instance", ".2f"),
     "server_us_per_msg": ("server µs/msg", ""),
     "x_baseline_per_cpu": ("x baseline per CPU", ".2f"),
+    "blocked_pct": ("blocked %", ""),
     "server_cpu_pct": ("server CPU %", ""),
     "client_cpu_pct": ("client CPU %", ""),
     "other_cpu_pct": ("other CPU %", ""),
@@ -157,7 +158,7 @@ def table(results: dict[str, Any]) -> str:
             f"messages, {rel['duration_s']:g} s measured{rounds})"
         )
         fields = "rate x_baseline x_same_instance server_us_per_msg x_baseline_per_cpu"
-        fields += " server_cpu_pct client_cpu_pct other_cpu_pct spread note"
+        fields += " blocked_pct server_cpu_pct client_cpu_pct other_cpu_pct spread note"
         out += grid(heading, "row", fields, rel["rows"])
     lat = results.get("latency")
     if lat:

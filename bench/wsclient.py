@@ -50,11 +50,11 @@ def packed(type_: str, data: Any = None) -> bytes:
     return client_frame(msgpack.packb(frame))
 
 
-def join_frame(queue: str, interests: list[str], only: bool = True) -> bytes:
-    """An adult text ``join``; with ``only`` and an interest nobody else has, the user is
-    matched with exactly the one that shares it (or stays queued)."""
+def join_frame(queue: str, interests: list[str], only: bool = True, age: str = "adult") -> bytes:
+    """A text ``join`` (``age``: ``adult`` or ``teen``); with ``only`` and an interest nobody
+    else has, the user is matched with exactly the one that shares it (or stays queued)."""
     data: dict[str, Any] = {
-        "ageCategory": "adult",
+        "ageCategory": age,
         "mode": "text",
         "queueType": queue,
         "interests": interests,

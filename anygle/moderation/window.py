@@ -1,8 +1,9 @@
 """Per-sender sliding window: catches what only shows across several messages.
 
 * Split contact details: when the new message is a short fragment that could be part of
-  contact details (at most ``FRAGMENT_CHARS`` characters with a digit, '@', a single letter, a
-  number word, an app name, ...), it is joined with the recent messages (at most
+  contact details (at most ``FRAGMENT_CHARS`` characters with '@', '#' or a '.' before a letter
+  or digit, a spelled-out letter, an app or contact word, or digits that with the recent
+  messages' make a phone number's worth), it is joined with the recent messages (at most
   ``JOIN_CHARS`` characters) and checked again for personal info, links and doxing. A finding
   counts only if it is new, i.e. not already found in an earlier message or an earlier join,
   so an old, already-handled finding never blocks an innocent reply.
@@ -39,14 +40,26 @@ from .verdict import CLEAN, CONVERSATION, MODEL, SIGNAL, Severity, Verdict
 FRAGMENT_CHARS = 40
 # What a joined window is checked for: contact details (and doxing) split over messages.
 JOIN_CATEGORIES = frozenset({"personal_info", "link", "doxing"})
-_FRAGMENT_CHARS = re.compile(r"[0-9@#.]")
+# What makes a short message a possible piece of contact details. Ordinary chat is full of
+# digits (ages: "15 u?"), one-letter tokens ("u", "i", "r", the tails of "it's", "i'm") and
+# words like "me", "at" and "one"; each of those alone once sent 38 % of ordinary lines to a
+# second check of the joined window, the largest cost of a teen chat message.
+_FRAGMENT_CHARS = re.compile(r"[@#]|\.[a-z0-9]")
+_DIGIT = re.compile(r"[0-9]")
+# Letters that are whole words of chat ("r u ok", "y not", "k", "rock n roll", "b right back")
+# or the tails of contractions: a spelled-out handle has others among its letters.
+CHAT_LETTERS = frozenset("iaurykncb")
+CONTRACTION_TAILS = frozenset("smtd")
 CONTACT_WORDS = frozenset(
     squeeze(w)
-    for w in "at dot gmail hotmail yahoo outlook icloud com net org gg me snap snapchat sc insta "
-    "instagram ig kik discord telegram tg whatsapp whats app wa tiktok tik tok facebook fb skype "
-    "number num phone cell call text zero one two three four five six seven eight nine ten "
-    "street st road rd avenue ave lane drive address".split()
+    for w in "dot gmail hotmail yahoo outlook icloud com net org gg snap snapchat sc insta "
+    "instagram ig kik discord telegram tg whatsapp wa tiktok tik tok facebook fb skype "
+    "number num phone cell street st road rd avenue ave lane drive address".split()
 )
+NUMBER_WORDS = frozenset(
+    squeeze(w) for w in "zero one two three four five six seven eight nine ten".split()
+)
+PHONE_DIGITS = 7  # digits (or number words) in the joined messages that could be a phone number
 JOIN_CHARS = 200
 # With a teen in the chat, one of these is a clear move (the policy in the README): secrecy,
 # probing for supervision, location or school, leaving for another app, meeting, photos/camera.
@@ -95,6 +108,7 @@ class _Entry:
     text: str | None  # None for messages too long to be part of a join
     signals: tuple[Signal, ...]
     found: frozenset[tuple[str | None, str | None]]
+    digits: int = 0  # digits and number words (see _fragment)
 
 
 @dataclass(slots=True)
@@ -182,7 +196,8 @@ class SenderWindow:
         )
         found = {(verdict.category, verdict.evidence)} if verdict else set()
 
-        if self._entries and len(text) <= FRAGMENT_CHARS and self._fragment(norm):
+        digits = _digits(norm) if len(text) < JOIN_CHARS else 0
+        if self._entries and len(text) <= FRAGMENT_CHARS and self._fragment(norm, digits):
             joined = self._joined(text)
             if joined is not None:
                 jv, _ = clf.check_normalized(
@@ -240,7 +255,7 @@ class SenderWindow:
 
         # Long messages are never joined (see _joined): don't keep up to 16 KB per entry.
         kept = text if len(text) < JOIN_CHARS else None
-        self._entries.append(_Entry(now, kept, tuple(signals), frozenset(found)))
+        self._entries.append(_Entry(now, kept, tuple(signals), frozenset(found), digits))
         if len(self._entries) > self.max_messages:
             self._entries.popleft()
         return verdict
@@ -263,15 +278,29 @@ class SenderWindow:
         while entries and (now - entries[0].time > self.max_age):
             entries.popleft()
 
-    @staticmethod
-    def _fragment(norm: Normalized) -> bool:
-        """Could this short message be part of split contact details? Only with a digit,
-        '@', '#' or '.', a single letter, a number word or a contact word (app names, 'at',
-        'dot', ...); most short replies ('lol', 'ok cool') cannot, and skipping them saves
-        re-classifying the joined text."""
-        if _FRAGMENT_CHARS.search(norm.base) or any(len(t) == 1 for t in norm.text_tokens):
+    def _fragment(self, norm: Normalized, digits: int) -> bool:
+        """Could this short message be part of split contact details? With '@', '#' or a
+        '.' before a letter or digit ("gmail" ".com"), a spelled-out letter that is not a
+        word of chat, a contact word (app names, 'dot', 'number', ...), or digits that with
+        those of the joinable recent messages reach a phone number's worth. Most short
+        replies ('lol', '15 u?', "it's ok") cannot, and skipping them saves re-classifying
+        the joined text."""
+        tokens = norm.token_set
+        if _FRAGMENT_CHARS.search(norm.base) or not tokens.isdisjoint(CONTACT_WORDS):
             return True
-        return not norm.token_set.isdisjoint(CONTACT_WORDS)
+        if digits:
+            total = digits
+            for entry in reversed(self._entries):
+                if entry.text is None:
+                    break
+                total += entry.digits
+            if total >= PHONE_DIGITS:
+                return True
+        for t in tokens:
+            if len(t) == 1 and t not in CHAT_LETTERS:
+                if t not in CONTRACTION_TAILS or "'" not in norm.base:
+                    return True
+        return False
 
     def _joined(self, text: str) -> str | None:
         parts = [text]
@@ -363,6 +392,14 @@ class SenderWindow:
                 Severity.CLEAN, "grooming", f"score {score} {evidence}", SIGNAL, SAFETY_NOTICE
             )
         return verdict
+
+
+def _digits(norm: Normalized) -> int:
+    """Digits and number words in a message (a phone number split over messages)."""
+    n = len(_DIGIT.findall(norm.base)) if _DIGIT.search(norm.base) else 0
+    if not norm.token_set.isdisjoint(NUMBER_WORDS):
+        n += sum(1 for t in norm.text_tokens if t in NUMBER_WORDS)
+    return n
 
 
 def refused(text: str, evidence: str) -> bool:
