@@ -74,7 +74,9 @@ class Hub:
         self.sessions: dict[str, Session] = {}
         self.started_at = clock.seconds()
         self._message_ids: list[str] = []
-        self._ended_chats: deque[tuple[EndedChat, Session]] = deque()  # in end order
+        # (ended at, user id) in end order: the session holds its last chat, so that a
+        # closed connection's session, protocol and transcript are freed at once
+        self._ended_chats: deque[tuple[float, str]] = deque()
 
     def now_ms(self) -> int:
         return int(self.clock.seconds() * 1000)
@@ -111,6 +113,7 @@ class Hub:
             return succeed(None)
         session.state = CLOSED
         self.sessions.pop(session.user_id, None)
+        session.last_chat = None  # nobody is left to report it
         return session.serial(lambda: self._disconnect(session))
 
     async def _disconnect(self, session: Session) -> None:
@@ -306,17 +309,19 @@ class Hub:
             session.partner_id, session.room_id, self.clock.seconds(), session.transcript
         )
         session.last_chat, session.transcript = chat, None
-        self._ended_chats.append((chat, session))
+        self._ended_chats.append((chat.ended_at, session.user_id))
 
     def forget_ended_chats(self) -> None:
         """Drop the transcripts of chats whose grace period is over (periodic): they are kept
         only for a report."""
         limit = self.clock.seconds() - REPORT_GRACE
         ended = self._ended_chats
-        while ended and ended[0][0].ended_at < limit:
-            chat, session = ended.popleft()
-            if session.last_chat is chat:
-                session.last_chat = None
+        while ended and ended[0][0] < limit:
+            _, user_id = ended.popleft()
+            session = self.sessions.get(user_id)
+            if session is not None and session.last_chat is not None:
+                if session.last_chat.ended_at < limit:
+                    session.last_chat = None
 
     # --- engine events (EngineSink) ----------------------------------------------------------
     def on_matched(self, user_id: str, match: Match) -> None:

@@ -51,6 +51,7 @@ from autobahn.util import encode_truncate
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -181,6 +182,17 @@ class AnygleProtocol(FairTurnsMixin, WebSocketServerProtocol):  # type: ignore[m
             self.factory.hub.admission.release(self.ticket)
         if self.session is not None:
             self.factory.hub.close(self.session).addErrback(self._log_failure)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        super().connectionLost(reason)
+        # Break the two reference cycles a closed connection is part of (protocol <-> session,
+        # and Autobahn's ``is_closed`` Deferred, whose result is the protocol), so that
+        # reference counting frees it, its session and buffers at once. Left to the garbage
+        # collector, which runs rarely on purpose (``tap.tune_gc``), 1,000 closed connections
+        # held about 18 MB for half a minute under churn.
+        self.session = None
+        if getattr(self, "is_closed", None) is not None and self.is_closed.called:
+            self.is_closed = None
 
     # --- dispatch ---------------------------------------------------------------------------
     def _receive(self, payload: bytes, is_binary: bool) -> None:

@@ -27,7 +27,7 @@ class Client(Protocol):
     def close(self, code: int, reason: str) -> None: ...
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True, weakref_slot=True)
 class Session:
     user_id: str
     ip: str  # the client address as resolved (anygle.clientip)

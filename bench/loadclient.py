@@ -33,6 +33,7 @@ from bench.wsclient import MSG_PREFIX, client_frame
 # isort: split
 from twisted.internet import reactor
 
+SKIP = wsclient.packed("skip")
 COUNTS = (
     "connected",
     "failed",
@@ -156,11 +157,8 @@ class Conn(wsclient.RawWebSocket):
                     # the hot path: count, answer, nothing else
                     worker.stats.delivered += 1
                     if worker.echo:
-                        if self.initiator and worker.chat_half:
-                            self.in_chat += 1
-                            if self.in_chat >= worker.chat_half:
-                                self.next_chat()  # the chat had its length: the next one
-                                continue
+                        if self.initiator and worker.chat_half and self.chat_over():
+                            continue
                         self.transport.write(worker.next_frame())
                 else:
                     self.frame(msgpack.unpackb(buf[start:end], raw=False))
@@ -197,6 +195,8 @@ class Conn(wsclient.RawWebSocket):
             # keeps its window (how many is part of the row)
             self.stats.blocked += 1
             if self.worker.echo:
+                if self.initiator and self.worker.chat_half and self.chat_over():
+                    return
                 self.transport.write(self.worker.next_frame())
         elif kind == "safety_notice":
             self.stats.notices += 1
@@ -213,10 +213,27 @@ class Conn(wsclient.RawWebSocket):
             # moderation_warning, partner_disconnected, ...: not expected in a benchmark run
             self.worker.count_error(f"frame {kind}")
 
+    def chat_over(self) -> bool:
+        """The initiator got an answer: True once the chat had its length (then it answers no
+        more, and skips once the messages still in flight have all arrived, so that no
+        message is lost to the skip)."""
+        self.in_chat += 1
+        w = self.worker
+        if self.in_chat < w.chat_half:
+            return False
+        if self.in_chat >= w.chat_half + w.window - 1:
+            self.next_chat()
+        return True
+
     def next_chat(self) -> None:
         """Join the queue again (a ``join`` during a chat skips it), this time to meet any
         stranger (the server does not match a pair that just skipped each other again)."""
         if self.state != "matched":
+            return
+        if self.worker.job.get("one_chat"):  # the churn scenario: one chat, then a skip
+            self.state = "done"
+            if self.initiator:
+                self.transport.write(SKIP)
             return
         self.state, self.in_chat = "joining", 0
         self.join_sent_at = 0.0

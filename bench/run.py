@@ -32,7 +32,7 @@ from typing import Any
 if __package__ in (None, ""):  # ``python bench/run.py``: make ``bench`` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench import chatlines, latency, memory, overload, procs, record, relay, scaleout
+from bench import chatlines, churn, latency, memory, overload, procs, record, relay, scaleout
 from bench.compare import compare
 from bench.filelimit import raise_nofile
 from bench.plot import plot
@@ -46,8 +46,9 @@ RUNS: dict[str, Callable[[Bench], dict[str, Any]]] = {  # in the order they run
     "memory": memory.scenario,
     "scaleout": scaleout.scenario,
     "overload": overload.scenario,
+    "churn": churn.scenario,
 }
-EXTRA_SCENARIOS = ("overload",)  # run only when named
+EXTRA_SCENARIOS = ("overload", "churn")  # run only when named
 SCENARIOS = tuple(name for name in RUNS if name not in EXTRA_SCENARIOS)
 
 TARGETS = {
@@ -145,6 +146,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="the varied chat lines of the teen/adult relay rows (queue<TAB>text)",
     )
     overload.add_options(p)
+    churn.add_options(p)
     p.add_argument("--no-redis", action="store_true")
     p.add_argument("--no-nginx", action="store_true")
     p.add_argument("--redis", action="store_true", help="with --quick: run the Redis rows too")
@@ -193,7 +195,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         a.repeat = 1
     if a.scaleout_pairs is None:
         a.scaleout_pairs = a.pairs
-    default_name = "overload" if a.scenarios == ["overload"] else "full"
+    default_name = a.scenarios[0] if a.scenarios in (["overload"], ["churn"]) else "full"
     a.name = a.name or (
         f"{default_name}-quick"
         if a.quick and default_name != "full"

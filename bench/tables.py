@@ -186,6 +186,14 @@ def table(results: dict[str, Any]) -> str:
     ov = results.get("overload")
     if ov:
         out += overload_tables(ov)
+    ch = results.get("churn")
+    if ch:
+        heading = (
+            f"**Connection churn** (rounds of connect, join, match, "
+            f"{ch['messages_per_chat']} messages, skip, close; server RSS)"
+        )
+        fields = "rounds connections_per_round start_mb first_round_mb last_round_mb growth_mb"
+        out += grid(heading, "server", fields + " growth_kb_per_connection note", ch["rows"])
     notes = list(results.get("notes") or [])
     if (results.get("limits") or {}).get("note"):
         notes.insert(0, results["limits"]["note"])

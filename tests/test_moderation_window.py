@@ -49,6 +49,32 @@ def test_split_doxing_applies_to_adults_and_unmoderated(clf: Classifier) -> None
     assert got[-1].category == "doxing"
 
 
+def test_phone_split_in_pairs_of_digits_and_in_words(clf: Classifier) -> None:
+    pairs = feed(SenderWindow(clf), ["call me", "41", "58", "92", "33", "71"])
+    assert "personal_info" in {v.category for v in pairs[1:]}
+    words = feed(SenderWindow(clf), ["my number is", "four one five", "eight nine two", "3371"])
+    assert words[-1].category == "personal_info"
+
+
+def test_ordinary_short_lines_are_not_joined(clf: Classifier, monkeypatch) -> None:
+    """Ages, "u", "i", "r" and the tails of contractions are chat, not pieces of contact
+    details: such lines are not joined with the earlier ones and checked again (that second
+    check was the largest cost of a teen chat message)."""
+    joins: list[str] = []
+    original = SenderWindow._joined
+
+    def counting(self: SenderWindow, text: str) -> str | None:
+        joins.append(text)
+        return original(self, text)
+
+    monkeypatch.setattr(SenderWindow, "_joined", counting)
+    lines = ["hey", "15 u?", "it's ok", "i'm bored", "r u there", "16 f", "don't know", "k"]
+    assert feed(SenderWindow(clf), lines) == [CLEAN] * len(lines)
+    assert joins == []
+    feed(SenderWindow(clf), ["hey", "my snap is"])
+    assert joins == ["my snap is"]
+
+
 def test_old_finding_does_not_block_later_innocent_messages(clf: Classifier) -> None:
     verdicts = feed(SenderWindow(clf), ["my number is 415 892 3371", "ok", "lol", "cool"])
     assert verdicts[0].category == "personal_info"
