@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, succeed
@@ -48,7 +48,7 @@ class Session:
     transcript: Transcript | None = None  # the partner's messages in this room (for a report)
     last_chat: EndedChat | None = None  # the chat that ended last, reportable for a while
     pending: int = 0  # operations queued by serial() and not finished
-    _tail: Deferred[Any] = field(default_factory=lambda: succeed(None))
+    _tail: Deferred[Any] | None = None  # the last serial() operation (made by the first)
 
     def __post_init__(self) -> None:
         self.abuse_key = self.abuse_key or self.ip
@@ -78,6 +78,8 @@ class Session:
             d.chainDeferred(result)  # afterwards ``d`` holds None: the chain goes on
             return d
 
+        if self._tail is None:
+            self._tail = succeed(None)
         self._tail.addCallback(run)
         return result
 

@@ -32,22 +32,30 @@ def load(queue: str, path: Path | str = LINES) -> list[str]:
 
 
 def vary(rng: random.Random, text: str) -> str:
-    """``text`` as somebody might type it this time (a third of the time unchanged)."""
+    """``text`` as somebody might type it this time: unchanged one time in seven, else with
+    one or two of the changes people make (so that most long lines are new and short ones
+    repeat, as in real chat)."""
     r = rng.random()
-    if r < 0.33 or not text:
+    if r < 0.15 or not text:
         return text
-    if r < 0.50:
+    text = _change(rng, text)
+    return _change(rng, text) if rng.random() < 0.4 else text
+
+
+def _change(rng: random.Random, text: str) -> str:
+    r = rng.random()
+    if r < 0.25:
         return text + rng.choice(_TAILS)
-    if r < 0.58:
+    if r < 0.35:
         return rng.choice(_HEADS) + text
     i = rng.randrange(len(text))
-    if r < 0.72:  # a repeated letter ("heyyy")
+    if r < 0.60:  # a repeated letter ("heyyy")
         return text[: i + 1] + text[i] * rng.randint(1, 3) + text[i + 1 :]
-    if r < 0.82 and len(text) > 3:  # a dropped letter
+    if r < 0.75 and len(text) > 3:  # a dropped letter
         return text[:i] + text[i + 1 :]
     if r < 0.90 and i + 1 < len(text):  # two letters swapped
         return text[:i] + text[i + 1] + text[i] + text[i + 2 :]
-    return text.upper() if len(text) < 30 and r < 0.93 else text.capitalize()
+    return text.upper() if len(text) < 30 and r < 0.94 else text.capitalize()
 
 
 def stream(texts: list[str], n: int, seed: int | str) -> list[str]:

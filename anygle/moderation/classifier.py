@@ -119,7 +119,7 @@ class Classifier:
             candidates = _flagged_candidates(rules, norm, tokens, flagged)
         else:
             tokens = norm.token_set
-            candidates = _candidates(rules, tokens, norm.base)
+            candidates = _candidates(rules, tokens, norm.base, moderated)
             if scan is not None:
                 flagged = scan[1]
                 candidates = [r for r in candidates if r.hs is None or r.hs <= flagged]
@@ -197,13 +197,22 @@ class Classifier:
         return CLEAN, found
 
 
-def _candidates(rules: Rules, tokens: frozenset[str], base: str = "") -> list[Rule]:
+def _candidates(
+    rules: Rules, tokens: frozenset[str], base: str = "", moderated: bool = True
+) -> list[Rule]:
     """Rules to run: one of their keys and all of their required words are in the message;
-    sorted by rank (severity, category order)."""
-    gates = rules.gates
-    free: set[Rule] = set(rules.always)  # gated by the key alone
+    sorted by rank (severity, category order). Unmoderated: only the rules that queue runs."""
+    if moderated:
+        gates, keys, always = rules.gates, rules.gate_keys, rules.always
+    else:
+        gates, keys = rules.unmoderated_gates, rules.unmoderated_gate_keys
+        always = rules.unmoderated_always
+    present = tokens & keys  # C-level set intersection
+    if not present and not always:
+        return []
+    free: set[Rule] = set(always)  # gated by the key alone
     check: set[Rule] = set()  # required words or also_keys still to check
-    for token in tokens & rules.gate_keys:  # C-level set intersection
+    for token in present:
         plain, conditional, cond = gates[token]
         free.update(plain)
         if conditional:

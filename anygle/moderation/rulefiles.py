@@ -39,7 +39,7 @@ from .patterns import (
     whole_words,
     with_boundaries,
 )
-from .ruleset import DIGIT_KEY, Rule, Rules, WordEntry, gate_index
+from .ruleset import DIGIT_KEY, Rule, Rules, WordEntry, gate_index, unmoderated
 from .verdict import CATEGORY_ORDER, CATEGORY_SEVERITY
 
 DATA_DIR = Path(__file__).parent / "data"
@@ -122,6 +122,9 @@ class RuleBuilder:
             for key in rule.keys:
                 by_key.setdefault(key, []).append(rule)
         self.known.update(self.words)
+        by_key_unmoderated = {
+            k: kept for k, v in by_key.items() if (kept := [r for r in v if unmoderated(r)])
+        }
         return Rules(
             words={k: tuple(v) for k, v in self.words.items()},
             by_key={k: tuple(sorted(v, key=_rank)) for k, v in by_key.items()},
@@ -137,6 +140,9 @@ class RuleBuilder:
             gates=gate_index(by_key),
             gate_keys=frozenset(by_key),
             word_keys=frozenset(self.words),
+            unmoderated_gates=gate_index(by_key_unmoderated),
+            unmoderated_gate_keys=frozenset(by_key_unmoderated),
+            unmoderated_always=tuple(r for r in sorted(always, key=_rank) if unmoderated(r)),
         )
 
     @staticmethod

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from .normalize import Normalizer
 from .scan import Prefilter
-from .verdict import Severity
+from .verdict import UNMODERATED_CATEGORIES, Severity
 
 DIGIT_KEY = "#digit"
 
@@ -82,6 +82,20 @@ class Rules:
     fast_gate: tuple[bool, bool] = (False, False)
     by_pattern: dict[str, tuple[Rule, ...]] = field(default_factory=dict)  # prefiltered rules
     unfiltered: tuple[Rule, ...] = ()  # rules the prefilter cannot rule out
+    # the same index over the rules the unmoderated queue runs (zero tolerance and doxing, no
+    # signals): most of its messages then have no candidate rule at all
+    unmoderated_gates: dict[str, Gate] = field(default_factory=dict)
+    unmoderated_gate_keys: frozenset[str] = field(default=frozenset())
+    unmoderated_always: tuple[Rule, ...] = ()
+
+
+def unmoderated(rule: Rule) -> bool:
+    """Does the unmoderated queue run this rule (see classifier.check_normalized)?"""
+    return (
+        rule.signal is None
+        and rule.category in UNMODERATED_CATEGORIES
+        and rule.severity >= Severity.HIGH
+    )
 
 
 def gate_index(by_key: dict[str, list[Rule]]) -> dict[str, Gate]:

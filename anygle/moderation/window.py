@@ -107,7 +107,6 @@ class _Entry:
     text: str | None  # None for messages too long to be part of a join
     signals: tuple[Signal, ...]
     found: frozenset[tuple[str | None, str | None]]
-    digits: int = 0  # digits and number words (see _fragment)
 
 
 @dataclass(slots=True)
@@ -195,8 +194,7 @@ class SenderWindow:
         )
         found = {(verdict.category, verdict.evidence)} if verdict else set()
 
-        digits = _digits(norm) if len(text) < JOIN_CHARS else 0
-        if self._entries and len(text) <= FRAGMENT_CHARS and self._fragment(norm, digits):
+        if self._entries and len(text) <= FRAGMENT_CHARS and self._fragment(norm):
             joined = self._joined(text)
             if joined is not None:
                 jv, _ = clf.check_normalized(
@@ -257,7 +255,7 @@ class SenderWindow:
 
         # Long messages are never joined (see _joined): don't keep up to 16 KB per entry.
         kept = text if len(text) < JOIN_CHARS else None
-        self._entries.append(_Entry(now, kept, tuple(signals), frozenset(found), digits))
+        self._entries.append(_Entry(now, kept, tuple(signals), frozenset(found)))
         if len(self._entries) > self.max_messages:
             self._entries.popleft()
         return verdict
@@ -280,7 +278,7 @@ class SenderWindow:
         while entries and (now - entries[0].time > self.max_age):
             entries.popleft()
 
-    def _fragment(self, norm: Normalized, digits: int) -> bool:
+    def _fragment(self, norm: Normalized) -> bool:
         """Could this short message be part of split contact details? With '@', '#' or a
         '.' before a letter or digit ("gmail" ".com"), a spelled-out letter that is not a
         word of chat, a contact word (app names, 'dot', 'number', ...), or digits that with
@@ -290,13 +288,13 @@ class SenderWindow:
         tokens = norm.token_set
         if _FRAGMENT_CHARS.search(norm.base) or not tokens.isdisjoint(CONTACT_WORDS):
             return True
+        digits = _digits(norm.base)
         if digits:
-            total = digits
             for entry in reversed(self._entries):
-                if entry.text is None:
+                if entry.text is None or digits >= PHONE_DIGITS:
                     break
-                total += entry.digits
-            if total >= PHONE_DIGITS:
+                digits += _digits(entry.text.lower())
+            if digits >= PHONE_DIGITS:
                 return True
         for t in tokens:
             if len(t) == 1 and t not in CHAT_LETTERS:
@@ -396,9 +394,9 @@ class SenderWindow:
         return verdict
 
 
-def _digits(norm: Normalized) -> int:
-    """Digits and number words in a message (a phone number split over messages)."""
-    return len(_DIGITS.findall(norm.base))
+def _digits(text: str) -> int:
+    """Digits and number words in a (lower-case) message: a phone number split over messages."""
+    return len(_DIGITS.findall(text))
 
 
 def refused(text: str, evidence: str) -> bool:
