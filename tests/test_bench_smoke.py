@@ -34,6 +34,8 @@ def test_bench_quick_writes_table_and_json(tmp_path):
             "0.3",
             "--duration",
             "1",
+            "--rows",
+            "baseline,memory-off,memory-on,baseline-teen,teen",
             "relay",
             "latency",
             "memory",
@@ -62,6 +64,13 @@ def test_bench_quick_writes_table_and_json(tmp_path):
         assert rows[name]["matched_pairs"] == rows[name]["pairs"]
         assert isinstance(rows[name]["x_baseline"], float)
     assert rows["redis-same"]["error"].startswith("not run")
+    # what users send: varied teen lines, in chats that end and begin again, beside the bare
+    # relay fed the same lines
+    teen = rows["teen"]
+    assert "error" not in teen and teen["rate"] > 0 and teen["lines"] == "teen", teen
+    assert teen["chats"] > 0 and 0 <= teen["blocked_pct"] < 50
+    assert isinstance(teen["x_baseline"], float)
+    assert rows["baseline-teen"]["lines"] == "teen" and rows["baseline-teen"]["x_baseline"] == 1.0
 
     (memory, *_) = results["latency"]["rows"]
     assert memory["row"] == "memory" and "error" not in memory, memory
@@ -85,3 +94,24 @@ def test_bench_quick_writes_table_and_json(tmp_path):
     )
     assert cmp.returncode == 0, cmp.stderr
     assert "| relay | memory-on | x_baseline |" in cmp.stdout
+
+
+def test_bench_churn_frees_closed_connections(tmp_path):
+    """``python -m bench churn`` on tiny numbers: rounds run, RSS is read after each."""
+    env = dict(os.environ, PYTHONPATH=REPO)
+    env.pop("ANYGLE_CONFIG", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "churn", "--churn-rounds", "3", "--churn-connections"]
+        + ["40", "--no-plot", "--name", "churn-smoke", "--out", str(tmp_path)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert "| server | rounds |" in proc.stdout
+    results = json.loads((tmp_path / "churn-smoke.json").read_text())
+    rounds = results["churn"]["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2, 3]
+    assert all(r["matched"] == 40 and r["delivered"] > 0 for r in rounds), rounds
