@@ -251,3 +251,22 @@ def test_unmoderated_gates_give_the_same_verdicts(rules, clf: Classifier) -> Non
                 diffs.append((text, got, want))
     assert not diffs, diffs[:5]
     assert flagged > 100  # the texts exercise the zero-tolerance rules
+
+
+def test_remembered_checks_are_the_checks(tmp_path) -> None:
+    """``check_text`` remembers short lines: the second answer is the first, both are what
+    ``check_normalized`` says, and a reload of the rules forgets them."""
+    clf = Classifier(learned=False)
+    texts = [t for t in _texts(1500) if len(t) <= 32] + ["hi", "16 u?", "ur so mature"]
+    for protect, moderated in ((True, True), (False, True), (False, False)):
+        args = {"protect_personal_info": protect, "moderated": moderated}
+        for text in texts:
+            want = clf.check_normalized(clf.normalize(text), **args)
+            first = clf.check_text(text, **args)
+            second = clf.check_text(text, **args)
+            assert (first[1], first[2]) == want == (second[1], second[2]), text
+            second[2].append("changed by a caller")  # a caller's list is its own
+            assert clf.check_text(text, **args)[2] == want[1]
+    assert clf._memo
+    clf.reload()
+    assert not clf._memo

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from operator import attrgetter
 
 from . import personal
-from .learned import LearnedModel
+from .learned import LearnedModel, make_room
 from .normalize import Normalized, tokens
 from .rules import load_rules
 from .ruleset import DIGIT_KEY, Rule, Rules
@@ -32,6 +32,8 @@ _ORDER = {c: i for i, c in enumerate(CATEGORY_ORDER)}
 _NEAR_SPAN = 40  # longest expected match of a 'near' part, in characters
 _RANK = attrgetter("order")
 _ANY_DIGIT = re.compile(r"\d")
+MEMO_CHARS = 32  # lines up to this long have their check remembered (see check_text)
+MEMO_SIZE = 4096  # remembered lines at most (about 1 KB each, with the normalised views)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +43,10 @@ class Signal:
     name: str
     weight: int
     evidence: str
+
+
+# a remembered check: the normalised message, its verdict and grooming signals
+_Checked = tuple[Normalized, Verdict, tuple[Signal, ...]]
 
 
 class Classifier:
@@ -54,6 +60,7 @@ class Classifier:
         self._rules = load_rules(rules_path)
         # The learned layer (learned.py), used by SenderWindow beside the rules.
         self.learned: LearnedModel | None = LearnedModel.load() if learned else None
+        self._memo: dict[tuple[str, bool, bool], _Checked] = {}  # see check_text
 
     @property
     def rules(self) -> Rules:
@@ -63,7 +70,35 @@ class Classifier:
         """Re-read all rule files and swap them in atomically.
 
         On a broken file raise ValueError (naming file and rule/line) and keep the old rules."""
-        self._rules = load_rules(self.rules_path)
+        rules = load_rules(self.rules_path)
+        self._rules, self._memo = rules, {}  # what the old rules said is forgotten with them
+
+    def check_text(
+        self, text: str, *, protect_personal_info: bool, moderated: bool
+    ) -> tuple[Normalized, Verdict, list[Signal]]:
+        """Normalise ``text`` and check it (``check_normalized`` with signals), remembered
+        for short lines: chat repeats "hi", "m or f?", "16 u?", "lol same" all the time, and
+        what one message says alone depends on nothing else (the sender window adds the
+        context)."""
+        rules = self._rules
+        if len(text) > MEMO_CHARS:
+            norm = rules.normalizer(text)
+            verdict, signals = self.check_normalized(
+                norm, protect_personal_info=protect_personal_info, moderated=moderated, rules=rules
+            )
+            return norm, verdict, signals
+        key = (text, protect_personal_info, moderated)
+        memo = self._memo
+        hit = memo.get(key)
+        if hit is None:
+            norm = rules.normalizer(text)
+            verdict, found = self.check_normalized(
+                norm, protect_personal_info=protect_personal_info, moderated=moderated, rules=rules
+            )
+            if len(memo) >= MEMO_SIZE:
+                make_room(memo)
+            hit = memo[key] = (norm, verdict, tuple(found))
+        return hit[0], hit[1], list(hit[2])
 
     def normalize(self, text: str) -> Normalized:
         return self._rules.normalizer(text)

@@ -188,9 +188,8 @@ class SenderWindow:
             self._conversation = None  # a new chat: the next partner is another teen
         clf = self.classifier
         rules = clf.rules
-        norm = rules.normalizer(text)
-        verdict, signals = clf.check_normalized(
-            norm, rules=rules, protect_personal_info=protect_personal_info, moderated=moderated
+        norm, verdict, signals = clf.check_text(
+            text, protect_personal_info=protect_personal_info, moderated=moderated
         )
         found = {(verdict.category, verdict.evidence)} if verdict else set()
 
