@@ -113,7 +113,7 @@ def rematched(
 CHAT = 50  # messages per chat, as in the relay scenario's varied rows
 
 
-def measure(queue: str, age: str, texts: list[str], repeat: int = 3) -> dict[str, float]:
+def measure(queue: str, age: str, texts: list[str], repeat: int = 5) -> dict[str, float]:
     """CPU µs per message: decode+validate, + limits, + Hub.message; and Screening.verdict.
     The two users take turns, and start a new chat every ``CHAT`` messages (or when
     moderation ended theirs), as people do; each stage is run ``repeat`` times, each time on

@@ -101,8 +101,11 @@ def test_bench_churn_frees_closed_connections(tmp_path):
     env = dict(os.environ, PYTHONPATH=REPO)
     env.pop("ANYGLE_CONFIG", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "churn", "--churn-rounds", "3", "--churn-connections"]
-        + ["40", "--no-plot", "--name", "churn-smoke", "--out", str(tmp_path)],
+        [
+            *(sys.executable, "-m", "bench", "churn", "--churn-rounds", "3"),
+            *("--churn-connections", "40", "--no-plot", "--name", "churn-smoke"),
+            *("--out", str(tmp_path)),
+        ],
         cwd=REPO,
         env=env,
         capture_output=True,
