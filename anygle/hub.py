@@ -113,7 +113,6 @@ class Hub:
             return succeed(None)
         session.state = CLOSED
         self.sessions.pop(session.user_id, None)
-        session.last_chat = None  # nobody is left to report it
         return session.serial(lambda: self._disconnect(session))
 
     async def _disconnect(self, session: Session) -> None:

@@ -11,7 +11,10 @@ with ``bench/overloadclient.py`` are in ``bench/wsclient.py``):
 
 Relay traffic is self-clocking: the initiator of each pair sends ``window`` messages, and every
 message received is answered with one, so each pair keeps ``window`` messages in flight whatever
-process or instance the partner is on.
+process or instance the partner is on.  The messages are one repeated line, or varied chat lines
+(``bench/chatlines.py``) in chats of ``chat_messages``: then the initiator stops answering once
+its chat had its length, skips when the messages in flight have arrived, and both sockets join
+again to meet the next stranger; a line moderation held back is replaced by the next.
 
 Control: the first line on stdin is the job (JSON); later lines are commands (``go``, ``join``,
 ``close``).  Events go to stdout as JSON lines (``progress``, ``ready``, ``result``, ``fatal``).
@@ -210,7 +213,8 @@ class Conn(wsclient.RawWebSocket):
                 return  # sent before the chat ended, answered after: part of skipping
             self.worker.count_error(str(data.get("code")))
         elif kind not in ("stats", "pong"):
-            # moderation_warning, partner_disconnected, ...: not expected in a benchmark run
+            # anything else (partner_disconnected in a row without chat lengths, ...) is not
+            # expected in a benchmark run
             self.worker.count_error(f"frame {kind}")
 
     def chat_over(self) -> bool:

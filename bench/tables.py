@@ -155,7 +155,8 @@ def table(results: dict[str, Any]) -> str:
         )
         heading = (
             f"**Relay throughput** ({rel['pairs']} pairs, window {rel['window']}, 60-byte "
-            f"messages, {rel['duration_s']:g} s measured{rounds})"
+            f"messages or varied chat lines, {rel['duration_s']:g} s measured{rounds}; "
+            "teen/adult rows against the bare relay fed the same lines)"
         )
         fields = "rate x_baseline x_same_instance server_us_per_msg x_baseline_per_cpu"
         fields += " blocked_pct server_cpu_pct client_cpu_pct other_cpu_pct spread note"

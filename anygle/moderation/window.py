@@ -43,8 +43,8 @@ FRAGMENT_CHARS = 40
 JOIN_CATEGORIES = frozenset({"personal_info", "link", "doxing"})
 # What makes a short message a possible piece of contact details. Ordinary chat is full of
 # digits (ages: "15 u?"), one-letter tokens ("u", "i", "r", the tails of "it's", "i'm") and
-# words like "me", "at" and "one"; each of those alone once sent 38 % of ordinary lines to a
-# second check of the joined window, the largest cost of a teen chat message.
+# words like "me", "at" and "one"; each of those alone once sent a quarter or more of ordinary
+# lines to a second check of the joined window, the largest cost of a teen chat message.
 _FRAGMENT_CHARS = re.compile(r"[@#]|\.[a-z0-9]")
 _DIGITS = re.compile(r"[0-9]|\b(?:zero|one|two|three|four|five|six|seven|eight|nine|ten)\b")
 # Letters that are whole words of chat ("r u ok", "y not", "k", "rock n roll", "b right back",
