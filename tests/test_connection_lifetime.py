@@ -56,3 +56,26 @@ async def test_a_connected_users_last_chat_stays_reportable(server):
     a.send("report", {"reason": "harassment"})
     got = await a.expect("report_received")
     assert got["data"]["reportId"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_report_sent_just_before_leaving_is_kept(server):
+    """Freeing a closed connection at once must not drop what it asked for last: a report
+    sent right before the socket closes runs after the close (in turn) and is stored."""
+    a, b = await server.pair(queue="unmoderated")
+    b.send("message", {"content": "rude words"})
+    await a.expect("message")
+    b.send("skip")
+    await a.expect("partner_skipped")
+    # a join first: with Redis it waits for the engine, so the report and then the close
+    # come while it is pending, and the report runs after the close
+    a.join(queue="unmoderated")
+    a.send("report", {"reason": "harassment"})
+    await a.close()
+
+    async def stored() -> bool:
+        return bool(await server.service.hub.reports(10))
+
+    await eventually(stored, what="the report stored")
+    (report,) = await server.service.hub.reports(10)
+    assert report["reported"] == b.user_id
