@@ -31,25 +31,13 @@ from typing import Any
 import msgpack
 
 from bench import chatlines, wsclient  # wsclient installs the epoll reactor
+from bench.counts import COUNTS
 from bench.wsclient import MSG_PREFIX, client_frame
 
 # isort: split
 from twisted.internet import reactor
 
 SKIP = wsclient.packed("skip")
-COUNTS = (
-    "connected",
-    "failed",
-    "closed",
-    "matched",
-    "searching",
-    "mispaired",
-    "delivered",
-    "blocked",
-    "notices",
-    "chats",
-    "ended",
-)
 
 
 class Stats:

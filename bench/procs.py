@@ -25,6 +25,7 @@ from typing import Any
 
 import psutil
 
+from bench.counts import COUNTS
 from tests import harness
 from tests.harness import REPO, free_port
 
@@ -396,19 +397,7 @@ class Workers:
     def totals(self) -> dict[str, Any]:
         out: dict[str, Any] = {"errors": {}}
         for st in self.state.values():
-            for k in (
-                "connected",
-                "failed",
-                "closed",
-                "matched",
-                "searching",
-                "mispaired",
-                "delivered",
-                "blocked",
-                "notices",
-                "chats",
-                "ended",
-            ):
+            for k in COUNTS:
                 out[k] = out.get(k, 0) + int(st.get(k, 0) or 0)
             for code, n in (st.get("errors") or {}).items():
                 out["errors"][code] = out["errors"].get(code, 0) + n

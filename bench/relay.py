@@ -19,15 +19,6 @@ from bench import chatlines, procs
 from bench.measure import CpuWindow, added_up, cpu_ratio, paired_ratio
 from bench.suite import Bench, Plan, Row
 
-# the bare relay row each row is compared with (fed the same frames); the rest: ``baseline``
-BASELINE_OF = {
-    "baseline-teen": "baseline-teen",
-    "teen": "baseline-teen",
-    "baseline-adult": "baseline-adult",
-    "adult-off": "baseline-adult",
-    "adult-on": "baseline-adult",
-}
-
 
 def relay_row(
     bench: Bench,
@@ -186,8 +177,9 @@ def scenario(bench: Bench) -> dict[str, Any]:
             rows.append({"row": row, "error": f"not run: {why}"})
     by = {r["row"]: r for r in rows}
     for r in rows:
-        # each row against the bare relay fed the same frames
-        ref = by.get(BASELINE_OF.get(r["row"], "baseline"))
+        # each row against the bare relay fed the same frames (``baseline-teen`` itself too)
+        lines = r.get("lines", "one")
+        ref = by.get("baseline" if lines == "one" else f"baseline-{lines}")
         r["x_baseline"] = paired_ratio(r, ref)
         r["x_baseline_per_cpu"] = cpu_ratio(r, ref)
         if r["row"] == "redis-cross":

@@ -14,37 +14,39 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_bench_quick_writes_table_and_json(tmp_path):
+def bench(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    """``python -m bench ARGS`` from the repository, without the caller's anygle config."""
     env = dict(os.environ, PYTHONPATH=REPO)
     env.pop("ANYGLE_CONFIG", None)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench",
-            "--quick",
-            "--no-redis",
-            "--no-nginx",
-            "--no-plot",
-            "--name",
-            "smoke",
-            "--out",
-            str(tmp_path),
-            "--warmup",
-            "0.3",
-            "--duration",
-            "1",
-            "--rows",
-            "baseline,memory-off,memory-on,baseline-teen,teen",
-            "relay",
-            "latency",
-            "memory",
-        ],
+    return subprocess.run(
+        [sys.executable, "-m", "bench", *args],
         cwd=REPO,
         env=env,
         capture_output=True,
         text=True,
-        timeout=90,
+        timeout=timeout,
+    )
+
+
+def test_bench_quick_writes_table_and_json(tmp_path):
+    proc = bench(
+        "--quick",
+        "--no-redis",
+        "--no-nginx",
+        "--no-plot",
+        "--name",
+        "smoke",
+        "--out",
+        str(tmp_path),
+        "--warmup",
+        "0.3",
+        "--duration",
+        "1",
+        "--rows",
+        "baseline,memory-off,memory-on,baseline-teen,teen",
+        "relay",
+        "latency",
+        "memory",
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert "| row | msgs/s | x baseline" in proc.stdout
@@ -84,33 +86,16 @@ def test_bench_quick_writes_table_and_json(tmp_path):
     assert isinstance(mem["anygle-memory"]["per_conn_kb"], float)
 
     # two runs side by side (here the run with itself)
-    cmp = subprocess.run(
-        [sys.executable, "-m", "bench", "compare", path, path],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    cmp = bench("compare", path, path, timeout=30)
     assert cmp.returncode == 0, cmp.stderr
     assert "| relay | memory-on | x_baseline |" in cmp.stdout
 
 
 def test_bench_churn_frees_closed_connections(tmp_path):
     """``python -m bench churn`` on tiny numbers: rounds run, RSS is read after each."""
-    env = dict(os.environ, PYTHONPATH=REPO)
-    env.pop("ANYGLE_CONFIG", None)
-    proc = subprocess.run(
-        [
-            *(sys.executable, "-m", "bench", "churn", "--churn-rounds", "3"),
-            *("--churn-connections", "40", "--no-plot", "--name", "churn-smoke"),
-            *("--out", str(tmp_path)),
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=90,
+    proc = bench(
+        *("churn", "--churn-rounds", "3", "--churn-connections", "40"),
+        *("--no-plot", "--name", "churn-smoke", "--out", str(tmp_path)),
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert "| server | rounds |" in proc.stdout
