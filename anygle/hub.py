@@ -318,9 +318,10 @@ class Hub:
         while ended and ended[0][0] < limit:
             _, user_id = ended.popleft()
             session = self.sessions.get(user_id)
-            if session is not None and session.last_chat is not None:
-                if session.last_chat.ended_at < limit:
-                    session.last_chat = None
+            if session is None or session.last_chat is None:
+                continue
+            if session.last_chat.ended_at < limit:  # not a later chat of theirs
+                session.last_chat = None
 
     # --- engine events (EngineSink) ----------------------------------------------------------
     def on_matched(self, user_id: str, match: Match) -> None:
