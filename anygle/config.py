@@ -12,6 +12,7 @@ that ``etc/anygle.conf`` and the README's table agree with it.  Durations are in
 from __future__ import annotations
 
 import configparser
+import difflib
 import os
 import socket
 from collections.abc import Callable, Mapping
@@ -393,14 +394,48 @@ def read_config_file(path: str) -> dict[str, str]:
         raise ConfigError(f"--config: cannot read {path}: {e.strerror}") from None
     except configparser.Error as e:
         raise ConfigError(f"--config: {path} is not a valid config file: {e.message}") from None
+    others = [s for s in parser.sections() if s != SECTION]
+    if others:
+        raise ConfigError(f"{path}: unknown section(s) {_unknown(others, [SECTION], '[{}]')}")
     if not parser.has_section(SECTION):
         return {}
     values = dict(parser.items(SECTION))
-    known = {o.name for o in OPTIONS}
-    unknown = sorted(set(values) - known)
+    unknown = sorted(set(values) - set(_BY_NAME))
     if unknown:
-        raise ConfigError(f"{path}: unknown setting(s) in [{SECTION}]: {', '.join(unknown)}")
+        raise ConfigError(
+            f"{path}: unknown setting(s) in [{SECTION}]: {_unknown(unknown, list(_BY_NAME))}"
+        )
     return values
+
+
+# ANYGLE_* variables that are not options: read by the moderation scanner, and the config path;
+# ANYGLE_TEST_* are the test suite's own.
+OTHER_VARIABLES = ("ANYGLE_CONFIG", "ANYGLE_HS_CACHE")
+
+
+def check_environment(env: Mapping[str, str]) -> None:
+    """Refuse ``ANYGLE_*`` variables that name no option: a misspelled one would otherwise
+    leave its setting at the default without a word."""
+    known = [env_name(o.name) for o in OPTIONS] + list(OTHER_VARIABLES)
+    unknown = sorted(
+        name
+        for name in env
+        if name.startswith("ANYGLE_") and name not in known and not name.startswith("ANYGLE_TEST_")
+    )
+    if unknown:
+        strip = len("ANYGLE_")  # compared without it, or every name looks alike
+        names = _unknown([n[strip:] for n in unknown], [k[strip:] for k in known], "ANYGLE_{}")
+        raise ConfigError(f"unknown environment variable(s) {names}")
+
+
+def _unknown(names: list[str], known: list[str], shown: str = "{}") -> str:
+    """``a (did you mean b?), c`` for a message about unknown ``names``."""
+    parts = []
+    for name in names:
+        near = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        hint = f" (did you mean {shown.format(near[0])}?)" if near else ""
+        parts.append(shown.format(name) + hint)
+    return ", ".join(parts)
 
 
 def _check_turn(values: Mapping[str, Any]) -> None:
@@ -417,6 +452,7 @@ def resolve(
     config_path: str | None = None,
 ) -> Settings:
     """Merge the sources (command line > environment > config file > default) and check them."""
+    check_environment(env)
     if config_path is None:
         config_path = env.get("ANYGLE_CONFIG") or None
     if config_path is None and os.path.exists(DEFAULT_CONFIG):

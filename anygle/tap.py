@@ -9,10 +9,12 @@ timers, stop the engine.
 from __future__ import annotations
 
 import gc
+import platform
 import signal
 import sys
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
@@ -25,6 +27,7 @@ from twisted.python import usage
 from twisted.web.server import Site
 from zope.interface import implementer
 
+import anygle
 from anygle.admission import Admission
 from anygle.clientip import ClientAddressResolver, parse_networks
 from anygle.config import OPTIONS, ConfigError, Settings, resolve
@@ -65,6 +68,16 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         cli = {o.name: self[o.name] for o in OPTIONS}
         self.settings = resolve(cli, config_path=self["config"])
+
+    def opt_version(self) -> None:
+        """Anygle's version and what it runs on, then exit."""
+        from importlib.metadata import version
+
+        print(
+            f"anygle {anygle.__version__} (Twisted {version('twisted')}, "
+            f"Autobahn {version('autobahn')}, Python {platform.python_version()})"
+        )
+        raise SystemExit(0)
 
 
 class EngineService(Service):
@@ -113,11 +126,17 @@ class Listener(StreamServerEndpointService):
     endpoint that listens asynchronously) is logged by the stock service.
     """
 
-    def __init__(self, option: str, description: str, factory: Any, reactor: Any) -> None:
+    def __init__(
+        self, option: str, description: str, factory: Any, reactor: Any, *, backlog: bool = False
+    ) -> None:
+        """``backlog``: listen with :func:`default_backlog` unless ``description`` names one
+        (``description`` stays what the operator wrote: errors and the console show it)."""
         self.option = option
         self.description = description
         self.port: Any = None
-        endpoint = endpoints.serverFromString(reactor, description)
+        endpoint = endpoints.serverFromString(
+            reactor, with_backlog(description) if backlog else description
+        )
         super().__init__(_KeepPort(endpoint, self._keep), factory)
         self.setName(option)
         self._raiseSynchronously = True
@@ -230,7 +249,7 @@ class AnygleService(MultiService):
             Periodic("bans", 1.0, self.hub.enforce_bans, reactor),
             Periodic("ended-chats", 10.0, self.hub.forget_ended_chats, reactor),
         ]
-        self.ws = Listener("ws", with_backlog(settings.ws), self.factory, reactor)
+        self.ws = Listener("ws", settings.ws, self.factory, reactor, backlog=True)
         self.http = Listener("http", settings.http, self.site, reactor)
         self.listeners = [self.ws, self.http]
         if settings.manhole:
@@ -267,6 +286,22 @@ class AnygleService(MultiService):
         if not self._opened:  # started directly (tests), not by twistd
             self.privilegedStartService()
         super().startService()
+        self.log.info("{summary}", summary=self.summary())
+
+    def summary(self) -> str:
+        """One line for the log at start: what this instance is and where to reach it."""
+        s = self.settings
+        engine = s.engine if s.engine == "memory" else f"redis at {redacted(s.redis)}"
+        parts = [f"anygle {anygle.__version__} ({s.instance_id}): engine {engine}"]
+        ws = self._ws_port()
+        parts.append(f"WebSocket on port {ws}" if ws else f"WebSocket on {s.ws}")
+        http = getattr(self.http.port.getHost(), "port", None) if self.http.port else None
+        if s.web_client and http:
+            parts.append(f"web client at http://localhost:{http}/")
+        else:
+            parts.append(f"HTTP on {http or s.http}")
+        parts.append(f"config {s.config or 'none (defaults, environment, command line)'}")
+        return "; ".join(parts)
 
     def _ws_port(self) -> int | None:
         """The WebSocket listener's TCP port (what the web client connects to), if it has one."""
@@ -385,6 +420,16 @@ def with_backlog(description: str, backlog: int | None = None) -> str:
     if kind not in _BACKLOG_TYPES or any(p.strip().startswith("backlog=") for p in parts[1:]):
         return description
     return f"{description}:backlog={backlog or default_backlog()}"
+
+
+def redacted(url: str) -> str:
+    """``url`` without its password, for logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit(parts._replace(netloc=user + host))
 
 
 def makeService(config: Options, reactor: Any = None) -> AnygleService:

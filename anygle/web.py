@@ -226,6 +226,9 @@ class WebClient(Resource):
         request.setHeader(b"x-content-type-options", b"nosniff")
         if request.setETag(etag):
             return b""  # 304: the browser has it
+        if request.method == b"HEAD":  # a GET's headers; a body here would be logged and eaten
+            request.setHeader(b"content-length", b"%d" % len(body))
+            return b""
         return body
 
 

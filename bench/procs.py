@@ -284,7 +284,8 @@ def nginx(servers: list[Server], *, sticky_pairs: bool, conns: int = 4096) -> Se
         multi_accept=True,
         shipped=Path(shipped if os.path.exists(shipped) else harness.SHIPPED_NGINX),
     )
-    return Server("nginx", harness.write_nginx_config(d, conf), port)
+    argv = harness.write_nginx_config(d, conf, os.path.dirname(shipped))
+    return Server("nginx", argv, port)
 
 
 class Workers:

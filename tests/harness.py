@@ -462,6 +462,20 @@ def _rewrite_upstream(conf: str, name: str, ports: list[int], balance: str | Non
     return conf[: block.start(2)] + "".join(f"{line}\n" for line in lines) + conf[block.end(2) :]
 
 
+def _server_blocks(conf: str) -> list[tuple[int, int]]:
+    """``(start, end)`` of each top-level ``server { ... }`` block of an http-level config."""
+    blocks = []
+    for opening in re.finditer(r"^server \{", conf, re.M):
+        depth, i = 0, opening.end() - 1
+        while True:
+            depth += {"{": 1, "}": -1}.get(conf[i], 0)
+            i += 1
+            if depth == 0:
+                break
+        blocks.append((opening.start(), i))
+    return blocks
+
+
 def nginx_config(
     listen_port: int,
     upstreams: list[tuple[int, int]],
@@ -473,22 +487,39 @@ def nginx_config(
     worker_rlimit_nofile: int | None = None,
     multi_accept: bool = False,
     shipped: Path = SHIPPED_NGINX,
+    tls: tuple[str, str] | None = None,
 ) -> str:
     """The shipped ``etc/nginx/anygle.conf`` on test ports, in a standalone main config for one
     nginx process (no daemon, no master: killing it removes it all) whose files live in
     ``prefix``.  ``upstreams`` is ``(ws_port, http_port)`` per instance; ``balance`` replaces
     the WebSocket upstream's ``least_conn`` (the benchmark hashes a pair key for instances that
-    share nothing)."""
+    share nothing).
+
+    Of the shipped server blocks the one that serves the site is kept (the HTTPS one; the port
+    80 redirect is dropped), listening on ``listen_port``: with ``tls = (certificate, key)``
+    over TLS with those files, else over plain HTTP (its ``ssl_*`` lines left out)."""
     conf = shipped.read_text()
     conf = _rewrite_upstream(conf, "anygle_ws", [ws for ws, _ in upstreams], balance)
     conf = _rewrite_upstream(conf, "anygle_http", [http for _, http in upstreams], None)
-    listens = re.findall(r"^ *listen [^;]*;\n", conf, re.M)
+    blocks = _server_blocks(conf)
+    if not blocks:
+        raise ValueError(f"{shipped}: no server block")
+    site = next((b for b in blocks if "ssl_certificate" in conf[b[0] : b[1]]), blocks[0])
+    server = conf[site[0] : site[1]]
+    listens = re.findall(r"^ *listen [^;]*;\n", server, re.M)
     if not listens:
         raise ValueError(f"{shipped}: no listen directive")
-    listen = f"    listen 127.0.0.1:{listen_port}" + (f" backlog={backlog}" if backlog else "")
-    conf = conf.replace(listens[0], listen + ";\n", 1)
+    listen = f"    listen 127.0.0.1:{listen_port}" + (" ssl" if tls else "")
+    listen += f" backlog={backlog}" if backlog else ""
+    server = server.replace(listens[0], listen + ";\n", 1)
     for other in listens[1:]:
-        conf = conf.replace(other, "", 1)
+        server = server.replace(other, "", 1)
+    if tls:
+        server = re.sub(r"(?m)^( *ssl_certificate) [^;]*;", rf"\1 {tls[0]};", server)
+        server = re.sub(r"(?m)^( *ssl_certificate_key) [^;]*;", rf"\1 {tls[1]};", server)
+    else:
+        server = re.sub(r"(?m)^ *ssl_[^;]*;\n", "", server)
+    conf = conf[: blocks[0][0]] + server + conf[blocks[-1][1] :]
     nofile = f"worker_rlimit_nofile {worker_rlimit_nofile};\n" if worker_rlimit_nofile else ""
     accept = " multi_accept on;" if multi_accept else ""
     return f"""daemon off;
@@ -509,14 +540,20 @@ http {{
 """
 
 
-def write_nginx_config(prefix: str, text: str) -> list[str]:
-    """Write ``text`` as ``prefix/nginx.conf`` (with the temp directories it names); returns
-    the command line that runs it."""
+def write_nginx_config(
+    prefix: str, text: str, shipped_dir: Path | str = SHIPPED_NGINX.parent
+) -> list[str]:
+    """Write ``text`` as ``prefix/nginx.conf`` (with the temp directories it names and the files
+    it includes from ``shipped_dir``); returns the command line that runs it."""
     binary = nginx_binary()
     if binary is None:
         raise RuntimeError("nginx is not installed")
     for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
         os.makedirs(os.path.join(prefix, sub), mode=0o777, exist_ok=True)
+    # the shipped config includes its *.inc files from conf.d/, as it does in /etc/nginx
+    os.makedirs(os.path.join(prefix, "conf.d"), exist_ok=True)
+    for source in Path(shipped_dir).glob("*.inc"):
+        shutil.copyfile(source, os.path.join(prefix, "conf.d", source.name))
     path = os.path.join(prefix, "nginx.conf")
     with open(path, "w") as f:
         f.write(text)
@@ -524,11 +561,15 @@ def write_nginx_config(prefix: str, text: str) -> list[str]:
 
 
 def start_nginx(
-    port: int, upstreams: list[tuple[int, int]], prefix: str, timeout: float = 30.0
+    port: int,
+    upstreams: list[tuple[int, int]],
+    prefix: str,
+    timeout: float = 30.0,
+    tls: tuple[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
-    """nginx running the shipped config (:func:`nginx_config`) in ``prefix``, listening on
-    ``port`` once this returns; stop it with :func:`stop_process`."""
-    argv = write_nginx_config(prefix, nginx_config(port, upstreams, prefix))
+    """nginx running the shipped config (:func:`nginx_config`, ``tls`` as there) in ``prefix``,
+    listening on ``port`` once this returns; stop it with :func:`stop_process`."""
+    argv = write_nginx_config(prefix, nginx_config(port, upstreams, prefix, tls=tls))
     stderr = os.path.join(prefix, "nginx.stderr")
     with open(stderr, "w") as err:
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err)

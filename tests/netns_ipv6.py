@@ -1,9 +1,9 @@
 """Per-address rules against IPv6 clients, on real sockets from real source addresses.
 
 Runs only inside a network namespace of its own: ``tests/test_ipv6.py`` re-executes this file
-with ``unshare -n`` (and ``ANYGLE_NETNS=1``); at import it brings ``lo`` up and puts documentation
-addresses (2001:db8::/32) on it, which it must never do to the host's loopback.  Not collected by
-a plain ``pytest`` run (the file name does not start with ``test_``).
+with ``unshare -n`` (and ``ANYGLE_TEST_NETNS=1``); at import it brings ``lo`` up and puts
+documentation addresses (2001:db8::/32) on it, which it must never do to the host's loopback.
+Not collected by a plain ``pytest`` run (the file name does not start with ``test_``).
 
 Networks: A = 2001:db8:1:2::/64 (the abuser), B = 2001:db8:1:3::/64 (a neighbour in the same /56
 and /48), C = 2001:db8:2:1::/64 (elsewhere); the server listens on 2001:db8:ffff::1 and a trusted
@@ -24,7 +24,7 @@ from twisted.web.client import Agent, readBody
 from anygle.console import build_namespace
 from tests.wsclient import Client, Closed
 
-if os.environ.get("ANYGLE_NETNS") != "1":
+if os.environ.get("ANYGLE_TEST_NETNS") != "1":
     pytest.skip(
         "runs only inside the network namespace tests/test_ipv6.py makes", allow_module_level=True
     )

@@ -17,6 +17,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.protocol import ClientFactory, Protocol
 
+import anygle
 from anygle.config import OPTIONS, ConfigError, Settings, resolve
 from anygle.tap import AnygleService, ListenError, Options
 from tests.conftest import settings
@@ -98,6 +99,25 @@ def test_bad_config_files(tmp_path):
     env_bad = {"ANYGLE_PING_TIMEOUT": "0"}
     with pytest.raises(ConfigError, match=r"from ANYGLE_PING_TIMEOUT"):
         resolve({}, env=env_bad, config_path=None)
+
+
+def test_misspelled_names_are_refused_with_the_nearest_valid_one(tmp_path):
+    """A misspelled key, section or variable would leave its setting at the default unnoticed."""
+    key = tmp_path / "key.conf"
+    key.write_text("[anygle]\nmatch-intervall = 5\n")
+    with pytest.raises(ConfigError, match=r"match-intervall \(did you mean match-interval\?\)"):
+        resolve({}, env={}, config_path=str(key))
+    section = tmp_path / "section.conf"
+    section.write_text("[anygel]\nengine = redis\n")
+    with pytest.raises(ConfigError, match=r"section\(s\) \[anygel\] \(did you mean \[anygle\]\?\)"):
+        resolve({}, env={}, config_path=str(section))
+    with pytest.raises(ConfigError, match=r"ANYGLE_ENGIN \(did you mean ANYGLE_ENGINE\?\)"):
+        resolve({}, env={"ANYGLE_ENGIN": "redis"}, config_path=None)
+    with pytest.raises(ConfigError, match=r"variable\(s\) ANYGLE_XYZZY$"):
+        resolve({}, env={"ANYGLE_XYZZY": "1"}, config_path=None)
+    # what is not an option but ours is fine: the config path, the scanner's cache, the tests'
+    ours = {"ANYGLE_HS_CACHE": str(tmp_path), "ANYGLE_TEST_NETNS": "1", "ANYGLE_ENGINE": "redis"}
+    assert resolve({}, env=ours, config_path=None).engine == "redis"
 
 
 def test_every_default_parses_and_settings_take_them_from_the_table(tmp_path, monkeypatch):
@@ -230,19 +250,29 @@ async def test_a_port_that_cannot_be_bound_leaves_no_listener_open():
         taken.close()
 
 
-def test_twistd_with_a_port_taken_says_one_line_and_exits_2():
+@pytest.mark.parametrize("option", ["http", "ws"])
+def test_twistd_with_a_port_taken_says_one_line_and_exits_2(option):
+    """The line names the endpoint as the operator wrote it (not with the WebSocket
+    listener's ``backlog=`` added)."""
     taken = _taken_port()
+    other = "ws" if option == "http" else "http"
     try:
         port = taken.getsockname()[1]
-        result = run_twistd("--http", f"tcp:{port}:interface=127.0.0.1", "--ws", "tcp:0")
+        result = run_twistd(f"--{option}", f"tcp:{port}:interface=127.0.0.1", f"--{other}", "tcp:0")
     finally:
         taken.close()
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
-        f"anygle: error: --http tcp:{port}:interface=127.0.0.1: cannot listen: "
+        f"anygle: error: --{option} tcp:{port}:interface=127.0.0.1: cannot listen: "
         "Address already in use"
     ]
     assert "Traceback" not in result.stdout
+
+
+def test_twistd_anygle_version_is_anygles():
+    result = run_twistd("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"anygle {anygle.__version__} (Twisted "), result.stdout
 
 
 def test_editable_install_gives_a_working_twistd_anygle(tmp_path):

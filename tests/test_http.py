@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.logger import globalLogPublisher
 from twisted.web.client import Agent, readBody
 from twisted.web.http_headers import Headers
 
@@ -122,6 +123,24 @@ async def test_web_client_page_and_its_files(server):
         assert code == 304 and content == b"", path
     code, _, _ = await get(server.http_port, "/", b"POST")
     assert code == 405
+
+
+@pytest.mark.parametrize("engine_name", ["memory"])
+@pytest_twisted.ensureDeferred
+async def test_head_of_the_page_has_no_body_and_logs_nothing(server):
+    """Load balancers and uptime checkers send ``HEAD /``: each one used to log a warning."""
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        _, _, page = await get(server.http_port, "/")
+        code, headers, body = await get(server.http_port, "/", b"HEAD")
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert code == 200 and body == b""
+    assert headers["content-length"] == str(len(page)).encode()
+    assert headers["content-type"] == b"text/html; charset=utf-8"
+    warnings = [e for e in events if "message body" in str(e.get("log_format", ""))]
+    assert warnings == []
 
 
 @pytest.mark.parametrize("engine_name", ["memory"])

@@ -247,7 +247,8 @@ def test_a_client_cycling_networks_cannot_grow_the_per_key_state():
 
 
 @pytest.mark.skipif(
-    os.environ.get("ANYGLE_NETNS") == "1", reason="already inside the namespace this test makes"
+    os.environ.get("ANYGLE_TEST_NETNS") == "1",
+    reason="already inside the namespace this test makes",
 )
 def test_ipv6_rules_on_real_sockets_in_a_network_namespace():
     """tests/netns_ipv6.py in a network namespace of its own (``unshare -n``), both engines."""
@@ -260,7 +261,7 @@ def test_ipv6_rules_on_real_sockets_in_a_network_namespace():
             "cannot create a network namespace (`unshare -n` needs root or CAP_SYS_ADMIN): "
             + probe.stderr.strip()
         )
-    env = dict(os.environ, ANYGLE_NETNS="1", PYTHONPATH=str(ROOT))
+    env = dict(os.environ, ANYGLE_TEST_NETNS="1", PYTHONPATH=str(ROOT))
     run = subprocess.run(
         ["unshare", "-n", sys.executable, "-m", "pytest", "-q", "tests/netns_ipv6.py"],
         cwd=ROOT,

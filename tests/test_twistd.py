@@ -28,6 +28,11 @@ def test_twistd_serves_the_example_client_and_stops_cleanly():
     assert code == -signal.SIGTERM, inst.output()[-3000:]
     assert "Server Shut Down." in inst.output()
     assert "Traceback" not in inst.output()
+    # one line at start says what runs and where to reach it
+    summary = [line for line in inst.output().splitlines() if "engine memory; WebSocket on" in line]
+    assert len(summary) == 1, inst.output()[-3000:]
+    assert f"WebSocket on port {inst.ws_port}" in summary[0]
+    assert f"web client at http://localhost:{inst.http_port}/" in summary[0]
 
 
 def test_readme_shows_the_example_client_verbatim():

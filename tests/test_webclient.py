@@ -4,14 +4,16 @@ against ``twistd -n anygle`` run as a subprocess with its default limits and ori
 One browser serves the module; each page is a window of its own.  Every wait is for a condition
 in the page's DOM (``body[data-state]``, ``body[data-conn]``, ``#call[data-rtc-state]``,
 ``#report-status[data-state]``), never a sleep.  The video call's screenshot is saved under
-``$ANYGLE_ARTIFACTS`` (default: the temp directory) and its path printed.
+``$ANYGLE_TEST_ARTIFACTS`` (default: the temp directory) and its path printed.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
+import subprocess
 import tempfile
 import time
 import urllib.request
@@ -20,26 +22,26 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.harness import Instance, free_port, start_nginx, stop_process
+from tests.harness import ROOT, Instance, free_port, start_nginx, stop_process
 
 # No skip when Chromium is missing: .ci/install installs it, and a missing browser must fail.
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 WAIT = 20.0  # generous deadline for any one condition; they hold within a second or two
-ARTIFACTS = Path(os.environ.get("ANYGLE_ARTIFACTS") or tempfile.gettempdir())
+ARTIFACTS = Path(os.environ.get("ANYGLE_TEST_ARTIFACTS") or tempfile.gettempdir())
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[webdriver.Chrome]:
+def launch(profile: str, *flags: str, env: dict[str, str] | None = None) -> webdriver.Chrome:
+    """Headless Chromium with a fake camera and microphone, its profile in ``profile``."""
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    profile = tempfile.mkdtemp(prefix="anygle-chromium-")
     for flag in (
         "--headless=new",
         "--no-sandbox",
@@ -53,9 +55,16 @@ def browser() -> Iterator[webdriver.Chrome]:
         "--use-fake-ui-for-media-stream",  # camera/microphone allowed without a prompt
         "--use-fake-device-for-media-stream",  # a synthetic camera and microphone
         "--window-size=1100,800",
+        *flags,
     ):
         options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    return webdriver.Chrome(service=Service(CHROMEDRIVER, env=env), options=options)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[webdriver.Chrome]:
+    profile = tempfile.mkdtemp(prefix="anygle-chromium-")
+    driver = launch(profile)
     try:
         yield driver
     finally:
@@ -206,19 +215,17 @@ def test_a_teen_sees_the_safety_notices(pages):
     assert teen.lines("them") == ["ur so mature for ur age honestly"]
 
 
+def call_up(page: Page) -> None:
+    """The WebRTC call is connected and the partner's (fake) camera is playing."""
+    page.wait(lambda: page.attr("#call", "data-rtc-state") == "connected", "call up")
+    script = "return document.getElementById('remote-video').videoWidth"
+    page.wait(lambda: page.focus().execute_script(script) > 0, "the partner's video playing")
+
+
 def test_video_call_connects_with_fake_camera(pages):
     a, b = matched_pair(pages, "video", "music")
     for page in (a, b):
-        page.wait(lambda p=page: p.attr("#call", "data-rtc-state") == "connected", "call up")
-        page.wait(
-            lambda p=page: (
-                p.focus().execute_script(
-                    "return document.getElementById('remote-video').videoWidth"
-                )
-                > 0
-            ),
-            "the partner's video playing",
-        )
+        call_up(page)
     b.find("#message").send_keys("hi! nice to meet you", Keys.ENTER)
     a.wait(lambda: a.lines("them") == ["hi! nice to meet you"], "message during the call")
     a.find("#message").send_keys("likewise! what do you play?", Keys.ENTER)
@@ -289,3 +296,68 @@ def test_through_nginx_own_origin_and_reconnect_after_a_drop(pages, anygle):
     finally:
         stop_process(nginx)
         shutil.rmtree(prefix, ignore_errors=True)
+
+
+HOST = "chat.anygle.test"  # mapped to 127.0.0.1 by the browser's resolver rules
+
+
+def load_selfsigned() -> Any:
+    """deploy/compose/selfsigned.py (not a package: the compose file runs it as a script)."""
+    path = ROOT / "deploy" / "compose" / "selfsigned.py"
+    spec = importlib.util.spec_from_file_location("selfsigned", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_video_over_https_with_a_test_ca(anygle, tmp_path):
+    """The shipped nginx TLS block in front of the server: two pages on a real host name (not
+    localhost, which browsers would trust anyway) get camera access and see each other's
+    video.  The test's own CA is trusted in the browser's certificate store (NSS)."""
+    selfsigned = load_selfsigned()
+    ca = selfsigned.authority()
+    key, cert = selfsigned.certificate(ca, [HOST])
+    tls = tmp_path / "tls"
+    tls.mkdir()
+    (tls / "ca.pem").write_bytes(selfsigned.pem(ca[1]))
+    (tls / "fullchain.pem").write_bytes(selfsigned.pem(cert) + selfsigned.pem(ca[1]))
+    (tls / "privkey.pem").write_bytes(
+        key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+    )
+    home = tmp_path / "home"
+    nssdb = f"sql:{home}/.pki/nssdb"
+    (home / ".pki" / "nssdb").mkdir(parents=True)
+    subprocess.run(["certutil", "-N", "-d", nssdb, "--empty-password"], check=True)
+    trust = ["certutil", "-A", "-d", nssdb, "-t", "C,,", "-n", "anygle-test-ca"]
+    subprocess.run([*trust, "-i", str(tls / "ca.pem")], check=True)
+
+    port = free_port()
+    upstreams = [(anygle.ws_port, anygle.http_port)]
+    tls_files = (str(tls / "fullchain.pem"), str(tls / "privkey.pem"))
+    nginx = start_nginx(port, upstreams, str(tmp_path / "nginx"), WAIT, tls=tls_files)
+    driver = launch(
+        str(tmp_path / "profile"),
+        f"--host-resolver-rules=MAP {HOST} 127.0.0.1",
+        env={**os.environ, "HOME": str(home)},
+    )
+    url = f"https://{HOST}:{port}/"
+    try:
+
+        def open_page() -> Page:
+            driver.switch_to.new_window("window")
+            driver.get(url)
+            return Page(driver, driver.current_window_handle)
+
+        a, b = matched_pair(open_page, "video", "hiking")
+        for page in (a, b):
+            assert page.focus().execute_script("return window.isSecureContext") is True
+            assert page.focus().execute_script("return location.protocol") == "https:"
+            call_up(page)
+        hsts = a.focus().execute_async_script(
+            "fetch('/health').then(r => arguments[0](r.headers.get('strict-transport-security')))"
+        )
+        assert hsts == "max-age=63072000"
+    finally:
+        driver.quit()
+        stop_process(nginx)

@@ -297,9 +297,12 @@ def _load(key: str) -> tuple[bytes, tuple[int, ...]] | None:
             head = fh.readline()
             blob = fh.read()
         bad = tuple(int(x) for x in head.split())
-        os.utime(path)  # recently used: kept by _prune
     except (OSError, ValueError):
         return None
+    try:
+        os.utime(path)  # recently used: kept by _prune
+    except OSError:  # a cache the user may read but not touch (built into an image)
+        pass
     _MEMO[key] = (blob, bad)
     return blob, bad
 
