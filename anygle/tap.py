@@ -295,9 +295,13 @@ class AnygleService(MultiService):
         parts = [f"anygle {anygle.__version__} ({s.instance_id}): engine {engine}"]
         ws = self._ws_port()
         parts.append(f"WebSocket on port {ws}" if ws else f"WebSocket on {s.ws}")
-        http = getattr(self.http.port.getHost(), "port", None) if self.http.port else None
+        bound = self.http.port.getHost() if self.http.port else None
+        http = getattr(bound, "port", None)
         if s.web_client and http:
-            parts.append(f"web client at http://localhost:{http}/")
+            host = getattr(bound, "host", "")
+            host = "localhost" if host in ("0.0.0.0", "::", "127.0.0.1", "::1") else host
+            host = f"[{host}]" if ":" in host else host
+            parts.append(f"web client at http://{host}:{http}/")
         else:
             parts.append(f"HTTP on {http or s.http}")
         parts.append(f"config {s.config or 'none (defaults, environment, command line)'}")

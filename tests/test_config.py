@@ -19,7 +19,7 @@ from twisted.internet.protocol import ClientFactory, Protocol
 
 import anygle
 from anygle.config import OPTIONS, ConfigError, Settings, resolve
-from anygle.tap import AnygleService, ListenError, Options
+from anygle.tap import AnygleService, ListenError, Options, redacted
 from tests.conftest import settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -310,3 +310,9 @@ def test_editable_install_gives_a_working_twistd_anygle(tmp_path):
         check=True,
     )
     assert where.stdout.strip() == str(ROOT / "anygle" / "__init__.py")  # the work tree, live
+
+
+def test_logged_redis_urls_hide_the_password():
+    assert redacted("redis://:s3cret@redis:6379/0") == "redis://:***@redis:6379/0"
+    assert redacted("redis://app:s3cret@10.0.0.5:6380/2") == "redis://app:***@10.0.0.5:6380/2"
+    assert redacted("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
