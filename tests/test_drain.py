@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
+import subprocess
+import time
 
 import pytest_twisted
 from twisted.internet import threads
 
-from tests.harness import Instance, eventually, limits_off_flags
+from tests.harness import (
+    ROOT,
+    Instance,
+    eventually,
+    free_port,
+    limits_off_flags,
+    stop_process,
+    twistd_argv,
+    wait_for,
+)
 from tests.wsclient import Client, Closed
 
 
@@ -51,3 +64,42 @@ async def test_sigterm_drains_every_client_and_exits_quickly():
     assert len(told) >= len(matched) // 2  # one of each pair is told, then closed
     out = inst.output()
     assert "Traceback" not in out and "Server Shut Down." in out
+
+
+def test_a_stop_does_not_wait_for_a_redis_name_lookup_that_hangs(tmp_path):
+    """Redis's host name whose DNS server does not answer (a compose deployment whose Redis
+    container stopped first): lookups block a thread for as long as the resolver's timeout
+    (30 s here), and a stop must not wait for them.  The instance runs with a resolv.conf of
+    its own (a private mount namespace) naming a DNS server that reads nothing."""
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.77", 53))
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("nameserver 127.0.0.77\noptions timeout:30 attempts:1\n")
+    argv = twistd_argv(
+        free_port(),
+        free_port(),
+        "--engine=redis",
+        "--redis=redis://redis.anygle.test:6379/0",
+        instance_id="lookup",
+    )
+    script = 'mount --bind "$0" /etc/resolv.conf && exec "$@"'
+    log = tmp_path / "twistd.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            ["unshare", "-m", "sh", "-c", script, str(resolv), *argv],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        )
+    try:
+        wait_for(lambda: "WebSocket on port" in log.read_text(), 30, "the instance started")
+        wait_for(lambda: silent.recv(512, socket.MSG_PEEK), 10, "a lookup in flight")
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+        took = time.monotonic() - started
+    finally:
+        stop_process(proc)
+        silent.close()
+    assert took < 10, f"the stop took {took:.1f} s:\n{log.read_text()[-2000:]}"
+    assert "Server Shut Down." in log.read_text()

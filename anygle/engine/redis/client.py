@@ -3,15 +3,20 @@ factory with the engine's hooks (shared by the engine's command and inbox connec
 
 from __future__ import annotations
 
+import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
 import txredisapi
+from twisted.internet._resolver import GAIResolver  # the reactor's own default resolver
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IReactorPluggableNameResolver, IStreamClientEndpoint
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
 
 __all__ = ["RedisAddress", "RedisFactory", "RedisProtocol", "endpoint"]
 
@@ -50,7 +55,45 @@ def endpoint(reactor: Any, address: RedisAddress) -> IStreamClientEndpoint:
     """Where a connection to ``address`` is made (a Unix socket, or TCP)."""
     if address.path:
         return UNIXClientEndpoint(reactor, address.path, timeout=2)
-    return HostnameEndpoint(reactor, address.host, address.port, timeout=2)
+    return HostnameEndpoint(_OwnLookups.of(reactor), address.host, address.port, timeout=2)
+
+
+class _DaemonThread(threading.Thread):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, daemon=True, **kwargs)
+
+
+@implementer(IReactorPluggableNameResolver)
+class _OwnLookups:
+    """The reactor, with Redis's host name looked up in daemon threads of our own.
+
+    The system resolver (``getaddrinfo``) blocks a thread; for a name whose DNS has gone
+    (Redis's container stopped first, its DNS server unreachable) for 30 s and more.  The
+    reactor joins its own pool's threads when it stops, so a lookup in flight held a SIGTERM'd
+    instance that long; these threads are left to end with the process."""
+
+    _by_reactor: weakref.WeakKeyDictionary[Any, _OwnLookups] = weakref.WeakKeyDictionary()
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+        pool = ThreadPool(0, 4, "anygle-redis-lookup")
+        pool.threadFactory = _DaemonThread
+        pool.start()
+        self.nameResolver = GAIResolver(reactor, getThreadPool=lambda: pool)
+
+    @classmethod
+    def of(cls, reactor: Any) -> _OwnLookups:
+        """One pool per reactor, however many connections and reconnections."""
+        own = cls._by_reactor.get(reactor)
+        if own is None:
+            own = cls._by_reactor[reactor] = cls(reactor)
+        return own
+
+    def installNameResolver(self, resolver: Any) -> Any:
+        raise NotImplementedError("fixed: the lookups for Redis's host name")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)
 
 
 # txredisapi has no type information: its classes are Any to mypy.
