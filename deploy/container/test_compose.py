@@ -249,6 +249,20 @@ async def test_a_stopped_replica_drains_and_exits_in_time(deployment: Deployment
     sh("podman", "start", victim)
 
 
+def test_a_replica_stops_in_time_after_redis_went_away(deployment: Deployment) -> None:
+    """Redis's container stopped first (its name no longer resolves): a replica's stop must not
+    wait for the name lookups of its reconnection attempts."""
+    sh("podman", "stop", containers("label=io.podman.compose.service=redis")[0])
+    time.sleep(5)  # reconnection attempts, with lookups of the name `redis`, are under way
+    victim = containers("label=io.podman.compose.service=anygle")[0]
+    started = time.monotonic()
+    sh("podman", "stop", victim)
+    took = time.monotonic() - started
+    code = sh("podman", "inspect", "--format", "{{.State.ExitCode}}", victim).strip()
+    assert code == "0" and took < 10, f"{victim}: exit {code} after {took:.1f} s"
+    deployment.figures["stop_without_redis_s"] = round(took, 1)
+
+
 def test_down_leaves_nothing_running(deployment: Deployment) -> None:
     sh(*COMPOSE, "down", "--remove-orphans", "-v", env=deployment.env)
     assert containers(all_=True) == []
