@@ -8,12 +8,15 @@ import socket
 import subprocess
 import time
 
+import pytest
 import pytest_twisted
+import websocket
 from twisted.internet import threads
 
 from tests.harness import (
     ROOT,
     Instance,
+    RedisServer,
     eventually,
     free_port,
     limits_off_flags,
@@ -103,3 +106,32 @@ def test_a_stop_does_not_wait_for_a_redis_name_lookup_that_hangs(tmp_path):
         silent.close()
     assert took < 10, f"the stop took {took:.1f} s:\n{log.read_text()[-2000:]}"
     assert "Server Shut Down." in log.read_text()
+
+
+@pytest.mark.parametrize("redis_state", ["refused", "hanging"])
+def test_a_stop_with_redis_gone_drains_and_exits_in_time(redis_state):
+    """Redis killed (connections refused) or frozen (connections accepted, nothing answered):
+    a SIGTERM'd instance with users still drains and exits within its shutdown timeout."""
+    redis = RedisServer().start()
+    inst = Instance("--engine=redis", f"--redis={redis.url}", name=f"stop-{redis_state}")
+    try:
+        inst.start()
+        a = websocket.create_connection(f"ws://127.0.0.1:{inst.ws_port}/", timeout=10)
+        assert a.recv()  # connected
+        assert redis.proc is not None
+        if redis_state == "refused":
+            redis.kill()
+        else:
+            redis.proc.send_signal(signal.SIGSTOP)
+        time.sleep(3)  # the engine notices; reconnections, commands and leases are under way
+        started = time.monotonic()
+        code = inst.stop(timeout=30)
+        took = time.monotonic() - started
+        a.close()
+    finally:
+        inst.kill()
+        if redis.proc is not None and redis.proc.poll() is None:
+            redis.proc.send_signal(signal.SIGCONT)
+        redis.close()
+    assert code == -signal.SIGTERM and took < 10, f"exit {code} after {took:.1f} s"
+    assert "Server Shut Down." in inst.output()
