@@ -163,9 +163,17 @@ class AnygleService(MultiService):
 
     log = Logger()
 
-    def __init__(self, settings: Settings, reactor: Any, hub_clock: Any = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        reactor: Any,
+        hub_clock: Any = None,
+        classifier: Classifier | None = None,
+    ) -> None:
         """``hub_clock``: the hub's notion of now (message times, the report grace period),
-        the reactor unless a test drives it with a ``task.Clock``."""
+        the reactor unless a test drives it with a ``task.Clock``.  ``classifier``: one already
+        loaded from ``settings.moderation_rules`` to share (loading the rules takes seconds, and
+        the test suite starts hundreds of instances); a new one by default."""
         super().__init__()
         self.settings = settings
         self.reactor = reactor
@@ -183,7 +191,7 @@ class AnygleService(MultiService):
             reactor,
         )
         self.abuse_keys = AbuseKeyTable(settings.max_abuse_keys, reactor)
-        self.classifier = Classifier(settings.moderation_rules or None)
+        self.classifier = classifier or Classifier(settings.moderation_rules or None)
         screening = Screening(
             self.classifier,
             self.engine,

@@ -20,6 +20,7 @@ from anygle.config import Settings
 from anygle.engine.base import EngineConfig
 from anygle.engine.redis import RedisEngine
 from anygle.model import Match, Preferences
+from anygle.moderation import Classifier
 from anygle.tap import AnygleService
 from tests.harness import RedisServer, eventually, limits_off_settings, sleep
 from tests.wsclient import Client, match
@@ -197,8 +198,15 @@ def engine_name(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
+@pytest.fixture(scope="session")
+def packaged_rules() -> Classifier:
+    """The packaged moderation rules, loaded once for every in-process instance that uses them
+    (a load takes seconds; ``classify`` is pure, so instances share one as connections do)."""
+    return Classifier()
+
+
 @pytest_twisted.async_yield_fixture
-async def make_server(engine_name: str, request: pytest.FixtureRequest):
+async def make_server(engine_name: str, request: pytest.FixtureRequest, packaged_rules):
     """``await make_server(**settings)`` starts an instance; all are stopped after the test.
     ``hub_clock``: a ``task.Clock`` for the hub's time (the report grace period)."""
     started: list[ServerHandle] = []
@@ -208,7 +216,8 @@ async def make_server(engine_name: str, request: pytest.FixtureRequest):
         if overrides["engine"] == "redis":
             overrides.setdefault("redis", request.getfixturevalue("redis").url)
             overrides.setdefault("instance_id", f"test-{len(started)}")
-        service = AnygleService(settings(**overrides), reactor, hub_clock)
+        shared = None if overrides.get("moderation_rules") else packaged_rules
+        service = AnygleService(settings(**overrides), reactor, hub_clock, shared)
         service.startService()
         handle = ServerHandle(service)
         started.append(handle)

@@ -17,7 +17,7 @@ from tests.wsclient import match
 
 
 @pytest_twisted.async_yield_fixture
-async def instances(redis: RedisServer):
+async def instances(redis: RedisServer, packaged_rules):
     """``await make(n)`` -> n running instances on the redis engine."""
     started: list[ServerHandle] = []
 
@@ -25,7 +25,7 @@ async def instances(redis: RedisServer):
         handles = []
         for _ in range(n):
             overrides.update(engine="redis", redis=redis.url, instance_id=f"inst{len(started)}")
-            service = AnygleService(settings(**overrides), reactor)
+            service = AnygleService(settings(**overrides), reactor, classifier=packaged_rules)
             service.startService()
             await service.engine.when_ready(10)
             handle = ServerHandle(service)
