@@ -80,21 +80,18 @@ class Classifier:
         for short lines: chat repeats "hi", "m or f?", "16 u?", "lol same" all the time, and
         what one message says alone depends on nothing else (the sender window adds the
         context)."""
-        rules = self._rules
-        if len(text) > MEMO_CHARS:
-            norm = rules.normalizer(text)
-            verdict, signals = self.check_normalized(
-                norm, protect_personal_info=protect_personal_info, moderated=moderated, rules=rules
-            )
-            return norm, verdict, signals
+        remember = len(text) <= MEMO_CHARS
         key = (text, protect_personal_info, moderated)
         memo = self._memo
-        hit = memo.get(key)
+        hit = memo.get(key) if remember else None
         if hit is None:
+            rules = self._rules
             norm = rules.normalizer(text)
             verdict, found = self.check_normalized(
                 norm, protect_personal_info=protect_personal_info, moderated=moderated, rules=rules
             )
+            if not remember:
+                return norm, verdict, found
             if len(memo) >= MEMO_SIZE:
                 make_room(memo)
             hit = memo[key] = (norm, verdict, tuple(found))
