@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -315,16 +314,8 @@ def test_video_over_https_with_a_test_ca(anygle, tmp_path):
     """The shipped nginx TLS block in front of the server: two pages on a real host name (not
     localhost, which browsers would trust anyway) get camera access and see each other's
     video.  The test's own CA is trusted in the browser's certificate store (NSS)."""
-    selfsigned = load_selfsigned()
-    ca = selfsigned.authority()
-    key, cert = selfsigned.certificate(ca, [HOST])
     tls = tmp_path / "tls"
-    tls.mkdir()
-    (tls / "ca.pem").write_bytes(selfsigned.pem(ca[1]))
-    (tls / "fullchain.pem").write_bytes(selfsigned.pem(cert) + selfsigned.pem(ca[1]))
-    (tls / "privkey.pem").write_bytes(
-        key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
-    )
+    load_selfsigned().write(str(tls), [HOST])  # a CA of the test's own, and a certificate
     home = tmp_path / "home"
     nssdb = f"sql:{home}/.pki/nssdb"
     (home / ".pki" / "nssdb").mkdir(parents=True)
