@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,76 +180,108 @@ def test_every_replica_is_healthy_and_logs_to_the_runtime(deployment: Deployment
     assert len(ids) == REPLICAS, ids
 
 
-@pytest_twisted.ensureDeferred
-async def test_killing_a_replica_ends_only_its_own_users_chats(deployment: Deployment) -> None:
-    clients = [await deployment.client(10 + n) for n in range(4 * REPLICAS)]
-    pairs = [(clients[i], clients[i + 1]) for i in range(0, len(clients), 2)]
+def replicas_of(clients: list[Client]) -> dict[Client, str]:
+    """The replica (container) each client is connected to: its session in Redis
+    (``user:{userId}``) names the instance, and each replica's ``/stats`` its own id."""
+    by_instance = {
+        replica_stats(name)["instance"]["id"]: name
+        for name in containers("label=io.podman.compose.service=anygle")
+    }
+    redis = containers("label=io.podman.compose.service=redis")[0]
+    keys = [f"user:{c.user_id}" for c in clients]
+    sessions = sh("podman", "exec", redis, "redis-cli", "MGET", *keys).splitlines()
+    return {
+        c: by_instance[json.loads(session)["instance"]]
+        for c, session in zip(clients, sessions, strict=True)
+    }
+
+
+async def chats_across_replicas(
+    deployment: Deployment, count: int, first: int
+) -> tuple[list[tuple[Client, Client]], dict[Client, str]]:
+    """``count`` clients through nginx, matched in pairs that cross replicas where they can:
+    sorted by replica, client i chats with client i + count/2, so at least one chat crosses
+    once nginx has put clients on two replicas.  Returns the pairs and each one's replica."""
+    clients = [await deployment.client(first + n) for n in range(count)]
+    place = replicas_of(clients)
+    ordered = sorted(clients, key=place.__getitem__)
+    half = count // 2
+    pairs = [(ordered[i], ordered[i + half]) for i in range(half)]
     for a, b in pairs:
         await match(a, b)
-    replicas = containers("label=io.podman.compose.service=anygle")
-    load = {name: replica_stats(name)["instance"]["connections"] for name in replicas}
-    assert sum(load.values()) == len(clients), load
-    assert all(load.values()), f"nginx did not spread the connections: {load}"
+    return pairs, place
 
-    victim = max(load, key=lambda name: load[name])
-    sh("podman", "kill", "--signal", "KILL", victim)
-    await eventually(
-        lambda: sum(c.closed.called for c in clients) == load[victim],
-        timeout=30,
-        what=f"the {load[victim]} users of {victim} cut off",
-    )
-    # Newcomers at once, before nginx has reloaded: least_conn picks the dead replica first (it
-    # holds no connections now), whose address no longer answers; nginx must move on in time.
-    started = time.monotonic()
-    for n in range(2):
-        await (await deployment.client(30 + n)).close()
-    deployment.figures["kill"] = {"newcomers_connected_s": round(time.monotonic() - started, 1)}
-    cut = {c for c in clients if c.closed.called}
-    told = 0
-    for a, b in pairs:
-        if a in cut and b in cut:
-            continue
-        if a in cut or b in cut:
-            alive = b if a in cut else a
-            await alive.expect("partner_disconnected", timeout=30)
-            told += 1
-        else:  # both elsewhere: the chat goes on, in both directions
-            for x, y in ((a, b), (b, a)):
-                x.send("message", {"content": f"still here {x.user_id}"})
-                assert (await y.expect("message", timeout=10))["data"]["content"].endswith(
-                    str(x.user_id)
-                )
-    assert told, "no chat crossed to the killed replica: the test proved nothing"
-    deployment.figures["kill"].update(cut_off=len(cut), partners_told=told)
-    for c in clients:
-        if c not in cut:
+
+async def close_all(pairs: list[tuple[Client, Client]]) -> None:
+    for pair in pairs:
+        for c in pair:
             await c.close()
 
 
 @pytest_twisted.ensureDeferred
+async def test_killing_a_replica_ends_only_its_own_users_chats(deployment: Deployment) -> None:
+    pairs, place = await chats_across_replicas(deployment, 4 * REPLICAS, 10)
+    try:
+        load = Counter(place.values())
+        assert len(load) == REPLICAS, f"nginx did not spread the connections: {load}"
+        victim = next(place[a] for a, b in pairs if place[a] != place[b])
+        on_victim = {c for c in place if place[c] == victim}
+        sh("podman", "kill", "--signal", "KILL", victim)
+        await eventually(
+            lambda: {c for c in place if c.closed.called} == on_victim,
+            timeout=30,
+            what=f"the {len(on_victim)} users of {victim} cut off, and only they",
+        )
+        # Newcomers at once, before nginx has reloaded: least_conn picks the dead replica first
+        # (it holds no connections now), whose address no longer answers; nginx must move on
+        # in time.
+        started = time.monotonic()
+        for n in range(2):
+            await (await deployment.client(30 + n)).close()
+        took = round(time.monotonic() - started, 1)
+        deployment.figures["kill"] = {"newcomers_connected_s": took}
+        told = 0
+        for a, b in pairs:
+            if a in on_victim and b in on_victim:
+                continue
+            if a in on_victim or b in on_victim:
+                alive = b if a in on_victim else a
+                await alive.expect("partner_disconnected", timeout=30)
+                told += 1
+            else:  # both elsewhere: the chat goes on, in both directions
+                for x, y in ((a, b), (b, a)):
+                    x.send("message", {"content": f"still here {x.user_id}"})
+                    assert (await y.expect("message", timeout=10))["data"]["content"].endswith(
+                        str(x.user_id)
+                    )
+        assert told, "no chat crossed to the killed replica: the test proved nothing"
+        deployment.figures["kill"].update(cut_off=len(on_victim), partners_told=told)
+    finally:
+        await close_all(pairs)
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_stopped_replica_drains_and_exits_in_time(deployment: Deployment) -> None:
-    replicas = containers("label=io.podman.compose.service=anygle")
-    clients = [await deployment.client(40 + n) for n in range(2 * REPLICAS)]
-    pairs = [(clients[i], clients[i + 1]) for i in range(0, len(clients), 2)]
-    for a, b in pairs:
-        await match(a, b)
-    load = {name: replica_stats(name)["instance"]["connections"] for name in replicas}
-    victim = max(load, key=lambda name: load[name])
-    started = time.monotonic()
-    # SIGTERM (SIGKILL after the compose file's 10 s), in a thread: the clients, in this
-    # reactor, answer the close handshake meanwhile as real clients do
-    await threads.deferToThread(sh, "podman", "stop", victim)
-    took = time.monotonic() - started
-    code = sh("podman", "inspect", "--format", "{{.State.ExitCode}}", victim).strip()
-    assert code == "0", f"{victim} did not exit by itself on SIGTERM (exit {code}, {took:.1f} s)"
-    deployment.figures["graceful_stop_s"] = round(took, 1)
-    await eventually(lambda: sum(c.closed.called for c in clients) == load[victim], timeout=10)
-    for a, b in pairs:
-        if a.closed.called != b.closed.called:  # told at once by the draining replica
-            alive = b if a.closed.called else a
-            await alive.expect("partner_disconnected", timeout=5)
-    for c in clients:
-        await c.close()
+    pairs, place = await chats_across_replicas(deployment, 2 * REPLICAS, 40)
+    try:
+        victim = next(place[a] for a, b in pairs if place[a] != place[b])
+        on_victim = {c for c in place if place[c] == victim}
+        started = time.monotonic()
+        # SIGTERM (SIGKILL after the compose file's 10 s), in a thread: the clients, in this
+        # reactor, answer the close handshake meanwhile as real clients do
+        await threads.deferToThread(sh, "podman", "stop", victim)
+        took = time.monotonic() - started
+        code = sh("podman", "inspect", "--format", "{{.State.ExitCode}}", victim).strip()
+        why = f"{victim} did not exit by itself on SIGTERM (exit {code}, {took:.1f} s)"
+        assert code == "0", why
+        deployment.figures["graceful_stop_s"] = round(took, 1)
+        await eventually(lambda: {c for c in place if c.closed.called} == on_victim, timeout=10)
+        for a, b in pairs:
+            if (a in on_victim) != (b in on_victim):  # told at once by the draining replica
+                alive = b if a in on_victim else a
+                await alive.expect("partner_disconnected", timeout=5)
+    finally:
+        await close_all(pairs)
     sh("podman", "start", victim)
 
 
