@@ -1,6 +1,8 @@
 """A minimal TURN client (RFC 5389 STUN + RFC 5766 Allocate over UDP), to check credentials
 against a real coturn: the long-term credential dance is what browsers do with ``iceServers``.
-Blocking, with retransmissions; each allocation uses its own socket (one allocation per 5-tuple).
+Blocking, with retransmissions; each allocation uses its own socket (one allocation per 5-tuple)
+and is released before the socket closes: the kernel may hand the same local port to a later
+socket, and coturn answers 437 (Allocation Mismatch) to a 5-tuple that still holds one.
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ import time
 from dataclasses import dataclass
 
 MAGIC = 0x2112A442
-BINDING, ALLOCATE = 0x0001, 0x0003
+BINDING, ALLOCATE, REFRESH = 0x0001, 0x0003, 0x0004
 SUCCESS, ERROR = 0x0100, 0x0110  # class bits added to the method
-USERNAME, MESSAGE_INTEGRITY, ERROR_CODE = 0x0006, 0x0008, 0x0009
+USERNAME, MESSAGE_INTEGRITY, ERROR_CODE, LIFETIME = 0x0006, 0x0008, 0x0009, 0x000D
 REALM, NONCE, XOR_RELAYED_ADDRESS, REQUESTED_TRANSPORT = 0x0014, 0x0015, 0x0016, 0x0019
 UDP_TRANSPORT = bytes([17, 0, 0, 0])
 
@@ -84,6 +86,7 @@ class TurnClient:
         self.server = (host, port)
         self.timeout = timeout
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.signed = b""  # USERNAME, REALM, NONCE of the last signed request
 
     def close(self) -> None:
         self.sock.close()
@@ -113,20 +116,23 @@ class TurnClient:
         assert challenge.error == 401, f"expected a 401 challenge, got {challenge.error}"
         realm, nonce = challenge.attrs[REALM], challenge.attrs[NONCE]
         key = hashlib.md5(username.encode() + b":" + realm + b":" + password.encode()).digest()
-        attrs = (
-            transport
-            + _attr(USERNAME, username.encode())
-            + _attr(REALM, realm)
-            + _attr(NONCE, nonce)
-        )
-        return self.request(ALLOCATE, attrs, key), key
+        self.signed = _attr(USERNAME, username.encode()) + _attr(REALM, realm) + _attr(NONCE, nonce)
+        return self.request(ALLOCATE, transport + self.signed, key), key
+
+    def release(self, key: bytes) -> Response:
+        """Refresh with LIFETIME 0 (RFC 5766 7): the server deletes this 5-tuple's allocation."""
+        return self.request(REFRESH, _attr(LIFETIME, bytes(4)) + self.signed, key)
 
 
 def allocate(host: str, port: int, username: str, password: str) -> tuple[Response, bytes]:
     """One allocation attempt on a fresh socket: (the final response, the long-term key)."""
     client = TurnClient(host, port)
     try:
-        return client.allocate(username, password)
+        response, key = client.allocate(username, password)
+        if response.error is None:
+            released = client.release(key)
+            assert released.error is None, f"releasing the allocation: error {released.error}"
+        return response, key
     finally:
         client.close()
 
