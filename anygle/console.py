@@ -7,21 +7,32 @@ Deferred — the Manhole prints its result when it fires.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, FirstError, gatherResults
 from twisted.python.failure import Failure
 
 from anygle.clientip import ban_target
+from anygle.config import Settings
+from anygle.engine.base import Engine
+from anygle.hub import Hub
 from anygle.model import Stats
 from anygle.reports import export_header, export_lines, summary
 from anygle.stats_view import overview
 
-if TYPE_CHECKING:
-    from anygle.tap import AnygleService
+
+class ConsoleService(Protocol):
+    """What the console uses of the service (:class:`anygle.tap.AnygleService`); the namespace
+    also hands the whole service to the operator as ``service``."""
+
+    settings: Settings
+    hub: Hub
+    engine: Engine
+
+    def reload_moderation(self) -> str: ...
 
 
-def build_namespace(service: AnygleService) -> dict[str, Any]:
+def build_namespace(service: ConsoleService) -> dict[str, Any]:
     hub, prefix = service.hub, service.settings.ipv6_prefix
 
     def stats() -> Any:

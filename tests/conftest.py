@@ -2,6 +2,10 @@
 
 Every async test must be decorated (``@pytest_twisted.ensureDeferred``); an undecorated coroutine
 test is turned into a failure below instead of passing without running.
+
+Tests that take a second or more (real processes, Hyperscan compiles, long property runs) are
+marked ``slow``: ``pytest -m "not slow"`` is the everyday loop.  An unmarked test that took
+longer than :data:`SLOW` to run is named at the end of the run, so the loop stays fast.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from tests.harness import RedisServer, eventually, limits_off_settings, sleep
 from tests.wsclient import Client, match
 
 ENGINES = ["memory", "redis"]
+SLOW = 1.5  # seconds (the call) above which an unmarked test is named
+_unmarked_slow: dict[str, float] = {}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -35,6 +41,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             raise pytest.UsageError(
                 f"{item.nodeid} is an undecorated async test: use @pytest_twisted.ensureDeferred"
             )
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    # the call only: a setup may load what a whole module or session then shares
+    if report.when == "call" and "slow" not in report.keywords:
+        _unmarked_slow[report.nodeid] = _unmarked_slow.get(report.nodeid, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    slow = {k: v for k, v in _unmarked_slow.items() if v > SLOW}
+    if slow:
+        terminalreporter.section("unmarked slow tests: mark them @pytest.mark.slow")
+        for nodeid, seconds in sorted(slow.items(), key=lambda kv: -kv[1]):
+            terminalreporter.write_line(f"{seconds:6.1f} s  {nodeid}")
 
 
 class ServerHandle:
@@ -198,11 +218,27 @@ def engine_name(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
+_CLASSIFIERS: dict[bool, Classifier] = {}
+
+
+def shared_classifier(learned: bool = True) -> Classifier:
+    """The packaged moderation rules (with or without the learned layer), loaded once per test
+    run for every test and in-process instance that uses them: a load takes seconds, and
+    ``classify`` is pure, so tests share one as connections do."""
+    if learned not in _CLASSIFIERS:
+        _CLASSIFIERS[learned] = Classifier(learned=learned)
+    return _CLASSIFIERS[learned]
+
+
 @pytest.fixture(scope="session")
 def packaged_rules() -> Classifier:
-    """The packaged moderation rules, loaded once for every in-process instance that uses them
-    (a load takes seconds; ``classify`` is pure, so instances share one as connections do)."""
-    return Classifier()
+    return shared_classifier()
+
+
+@pytest.fixture(scope="session")
+def rules_only() -> Classifier:
+    """The packaged rules without the learned layer."""
+    return shared_classifier(learned=False)
 
 
 @pytest_twisted.async_yield_fixture

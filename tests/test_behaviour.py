@@ -305,6 +305,7 @@ async def test_interests_only_never_falls_back(make_server):
     assert (await c.expect("matched"))["data"]["partnerId"] == a.user_id
 
 
+@pytest.mark.slow
 @pytest_twisted.ensureDeferred
 async def test_rematch_cooldown_keeps_skipped_pair_apart(make_server):
     server = await make_server(rematch_cooldown=0.8, match_interval=0.02)
@@ -499,6 +500,7 @@ async def test_huge_frame_closes_with_1009(server):
     assert c.close_code == 1009
 
 
+@pytest.mark.slow
 @pytest_twisted.ensureDeferred
 async def test_half_open_peer_is_dropped_by_server_pings(make_server):
     # Autobahn schedules ping timeouts on a timer batched to whole seconds: keep them >= 1 s

@@ -11,6 +11,10 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # real processes: not in the fast loop
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

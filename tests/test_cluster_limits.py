@@ -12,6 +12,8 @@ from twisted.internet import threads
 from tests.harness import Cluster, eventually
 from tests.wsclient import Client, Closed
 
+pytestmark = pytest.mark.slow  # real processes: not in the fast loop
+
 
 @pytest.fixture
 def two():

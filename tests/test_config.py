@@ -188,6 +188,7 @@ def run_twistd(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_twistd_help_lists_every_option_with_its_real_default():
     result = run_twistd("--help")
     assert result.returncode == 0, result.stderr
@@ -199,6 +200,7 @@ def test_twistd_help_lists_every_option_with_its_real_default():
     assert "auto]" not in text
 
 
+@pytest.mark.slow
 def test_twistd_bad_value_is_one_line_no_traceback():
     result = run_twistd("--engine", "sqlite")
     assert result.returncode == 2
@@ -231,6 +233,7 @@ async def _refused(port: int) -> bool:
     return False
 
 
+@pytest.mark.slow
 @pytest_twisted.ensureDeferred
 async def test_a_port_that_cannot_be_bound_leaves_no_listener_open():
     taken, ws_port = _taken_port(), _free_port()
@@ -250,6 +253,7 @@ async def test_a_port_that_cannot_be_bound_leaves_no_listener_open():
         taken.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("option", ["http", "ws"])
 def test_twistd_with_a_port_taken_says_one_line_and_exits_2(option):
     """The line names the endpoint as the operator wrote it (not with the WebSocket
@@ -269,12 +273,14 @@ def test_twistd_with_a_port_taken_says_one_line_and_exits_2(option):
     assert "Traceback" not in result.stdout
 
 
+@pytest.mark.slow
 def test_twistd_anygle_version_is_anygles():
     result = run_twistd("--version")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"anygle {anygle.__version__} (Twisted "), result.stdout
 
 
+@pytest.mark.slow
 def test_editable_install_gives_a_working_twistd_anygle(tmp_path):
     """`pip install -e .` into a fresh venv, then `twistd -n anygle --help` from elsewhere."""
     venv = tmp_path / "venv"

@@ -26,6 +26,8 @@ from tests.harness import (
 )
 from tests.wsclient import Client, Closed
 
+pytestmark = pytest.mark.slow  # real processes: not in the fast loop
+
 
 def in_chat(c: Client) -> bool:
     return any(f["type"] == "matched" for f in c.received)

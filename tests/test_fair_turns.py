@@ -59,6 +59,7 @@ async def test_burst_is_spread_over_turns_in_order(server, monkeypatch):
     assert len(between) >= total // N // 4, seen[:50]
 
 
+@pytest.mark.slow
 @pytest_twisted.ensureDeferred
 async def test_flooder_does_not_hold_up_another_connection(server, monkeypatch):
     """A connection that sent thousands of frames in one go does not make another wait for them

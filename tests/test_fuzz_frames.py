@@ -6,11 +6,14 @@ import json
 import random
 
 import msgpack
+import pytest
 import pytest_twisted
 from twisted.logger import LogLevel, globalLogPublisher
 
 from tests.harness import eventually
 from tests.wsclient import Client
+
+pytestmark = pytest.mark.slow  # real processes: not in the fast loop
 
 TYPES = [
     "join",

@@ -61,6 +61,7 @@ def test_nginx_runs_the_shipped_tls_block(tmp_path):
     assert check.returncode == 0, check.stderr
 
 
+@pytest.mark.slow
 def test_option_lists_name_real_options():
     names = harness.option_names()
     assert set(harness.LIMITS_OFF) <= names and set(harness.LIMITS_OUT_OF_REACH) <= names

@@ -219,6 +219,7 @@ def test_key_table_cap_zero_keeps_nothing():
     assert len(table) == 0
 
 
+@pytest.mark.slow
 def test_a_client_cycling_networks_cannot_grow_the_per_key_state():
     """A fresh /64 every 40 ms for 20 minutes, each doing a handshake (rate state), every 10th
     collecting a strike: the table stays at its cap, the memory engine's per-key maps at most
@@ -246,6 +247,7 @@ def test_a_client_cycling_networks_cannot_grow_the_per_key_state():
     assert most_rates <= 2 * cap and len(engine.counters) <= cap
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     os.environ.get("ANYGLE_TEST_NETNS") == "1",
     reason="already inside the namespace this test makes",

@@ -139,6 +139,7 @@ async def test_forwarded_for_from_trusted_peer_is_the_client_address(make_server
     await fine.close()
 
 
+@pytest.mark.slow
 @pytest_twisted.ensureDeferred
 async def test_ban_kicks_connected_users_within_a_second(make_server):
     server = await make_server()
@@ -177,6 +178,7 @@ async def test_origin_allow_list(make_server):
         await Client.connect(server.ws_port, headers={"Origin": "null"})
 
 
+@pytest.mark.slow
 @pytest_twisted.ensureDeferred
 async def test_client_that_stops_reading_is_dropped_and_released(make_server):
     server = await make_server(max_queued_bytes=256 * 1024)

@@ -7,17 +7,20 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
 import pytest_twisted
 
 from tests.harness import ROOT, free_port
 from tests.wsclient import Client, match
+
+pytestmark = pytest.mark.slow  # real processes: not in the fast loop
 
 SCRIPT = ROOT / "deploy" / "local" / "run.sh"
 
 
 def run(env: dict[str, str], *args: str) -> str:
     done = subprocess.run(
-        ["bash", str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=120
+        ["bash", str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
@@ -40,9 +43,9 @@ async def test_two_instances_behind_nginx_without_root(tmp_path):
         WS_BASE=str(base),
         HTTP_BASE=str(base + 100),
     )
-    out = run(env, "start", "2")
-    pidfiles = sorted((tmp_path / "local").glob("*.pid"))
     try:
+        out = run(env, "start", "2")
+        pidfiles = sorted((tmp_path / "local").glob("*.pid"))
         assert f"http://127.0.0.1:{port}/" in out
         assert len(alive(pidfiles)) == 4, pidfiles  # redis, two instances, nginx
         headers = {"X-Forwarded-For": "198.51.100.1"}
@@ -54,6 +57,6 @@ async def test_two_instances_behind_nginx_without_root(tmp_path):
         await a.close()
         await b.close()
     finally:
-        out = run(env, "stop")
+        out = run(env, "stop")  # also after a failed start: nothing may be left running
     assert "stopped" in out
     assert alive(pidfiles) == []

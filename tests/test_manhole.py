@@ -12,6 +12,8 @@ import pytest
 
 from tests.harness import Instance, free_port
 
+pytestmark = pytest.mark.slow  # real processes: not in the fast loop
+
 
 def keypair(path: Path) -> Path:
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)

@@ -13,11 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from anygle.moderation import CLEAN, Classifier, Severity, Verdict
+from tests.conftest import shared_classifier
 
 
-@pytest.fixture(scope="module")
-def clf() -> Classifier:
-    return Classifier()
+@pytest.fixture
+def clf(packaged_rules: Classifier) -> Classifier:
+    return packaged_rules
 
 
 def teen(clf: Classifier, text: str) -> Verdict:
@@ -32,6 +33,7 @@ def unmoderated(clf: Classifier, text: str) -> Verdict:
     return clf.classify(text, protect_personal_info=False, moderated=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("text", "category", "severity"),
     [
@@ -179,6 +181,7 @@ def test_text_is_not_modified(clf: Classifier) -> None:
     assert text == copy
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(st.text(max_size=300))
 def test_never_raises_on_arbitrary_text(text: str) -> None:
@@ -190,13 +193,8 @@ def test_never_raises_on_arbitrary_text(text: str) -> None:
             assert (v.category is None) == (v.severity is Severity.CLEAN)
 
 
-_CLF: list[Classifier] = []
-
-
 def _shared() -> Classifier:
-    if not _CLF:
-        _CLF.append(Classifier())
-    return _CLF[0]
+    return shared_classifier()
 
 
 @pytest.mark.parametrize(

@@ -14,10 +14,11 @@ CORPUS = Path(__file__).parent / "data" / "moderation_corpus.tsv"
 
 
 @pytest.fixture(scope="module")
-def result() -> dict:
-    return evaluate(Classifier(), load_corpus(CORPUS))
+def result(packaged_rules: Classifier) -> dict:
+    return evaluate(packaged_rules, load_corpus(CORPUS))
 
 
+@pytest.mark.slow
 def test_corpus_is_substantial(result: dict) -> None:
     assert result["benign"] >= 300
     assert all(row["support"] >= 20 for row in result["per_category"].values())

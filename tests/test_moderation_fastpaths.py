@@ -30,9 +30,9 @@ def rules():
     return load_rules()
 
 
-@pytest.fixture(scope="module")
-def clf() -> Classifier:
-    return Classifier()
+@pytest.fixture
+def clf(packaged_rules: Classifier) -> Classifier:
+    return packaged_rules
 
 
 def chunks(alphabet: list[str], max_size: int = 14):
@@ -45,6 +45,7 @@ def test_squeeze_matches_regex(s: str) -> None:
     assert N.squeeze(s) == _OLD_SQUEEZE.sub(lambda m: m.group(1), s)
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None)
 @given(chunks(["a", "bc", "*", "**", " ", "f", "ck", "sh", "t", "1", "-", "u"], 20))
 def test_masked_words_match_regex(rules, s: str) -> None:
@@ -52,12 +53,14 @@ def test_masked_words_match_regex(rules, s: str) -> None:
     assert nz._unmask_all(s) == _OLD_MASKED.sub(nz._unmask, s, count=N.MAX_MASKED)
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None)
 @given(chunks(["a", "b", " ", ".", "1", "ab", "'", "-", "  ", "é", "_", "    "]))
 def test_letter_run_gate_is_exact(s: str) -> None:
     assert (N._SINGLE_RUN.search(s) is not None) == (N._SINGLE_PAIR.search(" " + s) is not None)
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None)
 @given(chunks(["a", "1", "@", "$", "!", "|", " ", "sh", "t", "x"]))
 def test_leet_hint_matches_regex(s: str) -> None:
@@ -66,6 +69,7 @@ def test_leet_hint_matches_regex(s: str) -> None:
     ]
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None)
 @given(chunks(["+", "1", "23", "456", " ", "(", ")", "-", ".", "/", "+4", "a", "00"], 16))
 def test_digit_runs_match_regex(s: str) -> None:
@@ -104,6 +108,7 @@ def test_whole_words_are_complete_tokens() -> None:
     assert "kil" not in whole_words(r"(?<![a-z0-9])(?:kil+s?)(?![a-z0-9])")
 
 
+@pytest.mark.slow
 def test_shifted_patterns_report_the_same_evidence(clf: Classifier) -> None:
     v = clf.classify("lol ur such an idiot", protect_personal_info=False, moderated=True)
     assert v.severity is Severity.LOW and v.evidence and v.evidence.startswith("ur")
@@ -194,6 +199,7 @@ def test_prefilter_never_misses_a_pattern_match(rules) -> None:
                     assert pattern.pattern in flagged_unmod, (text, pattern.pattern[:80])
 
 
+@pytest.mark.slow
 def test_prefilter_gives_the_same_verdicts(rules, clf: Classifier) -> None:
     """With and without the scan (long messages take it, short ones don't): same verdicts,
     categories and evidence on corpus, mutated and dictionary texts."""
@@ -253,6 +259,7 @@ def test_unmoderated_gates_give_the_same_verdicts(rules, clf: Classifier) -> Non
     assert flagged > 100  # the texts exercise the zero-tolerance rules
 
 
+@pytest.mark.slow
 def test_remembered_checks_are_the_checks(tmp_path) -> None:
     """``check_text`` remembers short lines: the second answer is the first, both are what
     ``check_normalized`` says, and a reload of the rules forgets them."""

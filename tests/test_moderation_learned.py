@@ -23,14 +23,9 @@ def shipped() -> dict:
     return json.loads(gzip.decompress(raw))
 
 
-@pytest.fixture(scope="module")
-def with_model() -> Classifier:
-    return Classifier()
-
-
-@pytest.fixture(scope="module")
-def rules_only() -> Classifier:
-    return Classifier(learned=False)
+@pytest.fixture
+def with_model(packaged_rules: Classifier) -> Classifier:
+    return packaged_rules
 
 
 def toy_model() -> LearnedModel:
@@ -55,9 +50,10 @@ def test_features_are_words_character_grams_and_pairs() -> None:
     assert features(["hey", "u"])[-3:] == ["b:hey u", "y:hey", "y:u"]
 
 
-def test_scores_are_the_plain_sum_of_feature_weights(shipped: dict) -> None:
+@pytest.mark.slow
+def test_scores_are_the_plain_sum_of_feature_weights(shipped: dict, rules_only: Classifier) -> None:
     model = LearnedModel(shipped)
-    norm = Classifier(learned=False).normalize
+    norm = rules_only.normalize
     for text in ("hey whats up", "wat scool u go to lol", "send me a pic", "a" * 40, ""):
         tokens = list(norm(text).text_tokens)
         want = list(shipped["bias"])
@@ -102,6 +98,7 @@ def test_learned_zero_tolerance_blocks_but_never_bans() -> None:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "corpus", sorted(DATA.glob("moderation_corpus*.tsv")), ids=lambda p: p.name
 )
@@ -112,6 +109,7 @@ def test_never_lowers_the_rules_verdict(
         assert predict(with_model, case).severity >= predict(rules_only, case).severity, case
 
 
+@pytest.mark.slow
 def test_the_window_uses_the_learned_verdict_when_it_is_more_severe(rules_only: Classifier) -> None:
     clf = Classifier(learned=False)
     clf.learned = toy_model()

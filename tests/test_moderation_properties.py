@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from anygle.moderation import Classifier, SenderWindow, Verdict
+from tests.conftest import shared_classifier
 
 SAMPLES = [
     ("i will kill you", "violent_threat"),
@@ -24,19 +25,16 @@ LOOKALIKES = {"a": "\u0430", "e": "\u0435", "o": "\u043e", "i": "\u0456", "c": "
               "p": "\u0440", "x": "\u0445", "y": "\u0443", "s": "\u0455"}  # fmt: skip
 INVISIBLE = ["\u200b", "\u200c", "\u200d", "\u2060", "\ufeff", "\u00ad"]
 
-_CLF: list[Classifier] = []
-
 
 def clf() -> Classifier:
-    if not _CLF:
-        _CLF.append(Classifier())
-    return _CLF[0]
+    return shared_classifier()
 
 
 def category(text: str) -> str | None:
     return clf().classify(text, protect_personal_info=False, moderated=True).category
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("text", "expected"), SAMPLES)
 def test_samples(text: str, expected: str) -> None:
     assert category(text) == expected

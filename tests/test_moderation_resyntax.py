@@ -117,6 +117,7 @@ def test_whole_words_skip_what_they_cannot_vouch_for() -> None:
     assert whole_words("(?i)abc") == frozenset()
 
 
+@pytest.mark.slow
 def test_gates_are_sound_on_the_packaged_rules(rules: Rules) -> None:
     """Every pattern of the rule data parses, and wherever a rule's pattern matches a text
     view, the words its gate requires are tokens of that text."""

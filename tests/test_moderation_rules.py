@@ -17,6 +17,7 @@ from tests.conftest import settings
 FLAGS = {"protect_personal_info": False, "moderated": True}
 
 
+@pytest.mark.slow
 def test_packaged_rules_load_and_are_gated() -> None:
     rules = load_rules()
     assert rules.words and rules.rules
@@ -25,6 +26,7 @@ def test_packaged_rules_load_and_are_gated() -> None:
     assert all(p.suffix in (".txt", ".json") for p in DATA_DIR.iterdir() if p.is_file())
 
 
+@pytest.mark.slow
 def test_operator_directory_extends_word_lists_and_rules(tmp_path: Path) -> None:
     (tmp_path / "profanity.txt").write_text("# local additions\nfrack*\n", encoding="utf-8")
     (tmp_path / "local.json").write_text(
@@ -49,17 +51,20 @@ def test_operator_directory_extends_word_lists_and_rules(tmp_path: Path) -> None
     assert clf.classify("fuck", **FLAGS).category == "profanity"  # packaged rules still there
 
 
+@pytest.mark.slow
 def test_single_operator_file(tmp_path: Path) -> None:
     path = tmp_path / "slur.txt"
     path.write_text("zorblax\n", encoding="utf-8")
     assert Classifier(str(path)).classify("you zorblax", **FLAGS).category == "slur"
 
 
+@pytest.mark.slow
 def test_allow_list_silences_a_word(tmp_path: Path) -> None:
     (tmp_path / "allow.txt").write_text("piss\n", encoding="utf-8")
     assert Classifier(str(tmp_path)).classify("piss", **FLAGS) == CLEAN
 
 
+@pytest.mark.slow
 def test_reload_picks_up_changes_and_keeps_old_rules_on_error(tmp_path: Path) -> None:
     words = tmp_path / "insult.txt"
     words.write_text("blorp\n", encoding="utf-8")
@@ -80,6 +85,7 @@ def test_reload_picks_up_changes_and_keeps_old_rules_on_error(tmp_path: Path) ->
     assert clf.classify("snerk", **FLAGS).category == "insult"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "content", "message"),
     [
@@ -115,6 +121,7 @@ def test_missing_operator_path_is_an_error(tmp_path: Path) -> None:
         Classifier(str(tmp_path / "missing"))
 
 
+@pytest.mark.slow
 def test_reload_swaps_rules_and_keeps_them_when_a_file_is_broken(tmp_path: Path) -> None:
     """What SIGHUP and the console's reload_moderation() run (SIGHUP itself: test_screening)."""
     words = tmp_path / "insult.txt"

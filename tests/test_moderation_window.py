@@ -7,11 +7,11 @@ import pytest
 from anygle.moderation import CLEAN, Classifier, SenderWindow, Severity, Verdict
 
 
-@pytest.fixture(scope="module")
-def clf() -> Classifier:
+@pytest.fixture
+def clf(rules_only: Classifier) -> Classifier:
     """The rules alone: these tests are about the window's own mechanisms (the learned layer
     has its own tests in test_moderation_learned.py)."""
-    return Classifier(learned=False)
+    return rules_only
 
 
 def feed(
@@ -28,6 +28,7 @@ def feed(
     ]
 
 
+@pytest.mark.slow
 def test_phone_split_over_three_messages(clf: Classifier) -> None:
     verdicts = feed(SenderWindow(clf), ["my number is 415", "892", "3371"])
     assert verdicts[:2] == [CLEAN, CLEAN]

@@ -57,8 +57,11 @@ def _base(word: str) -> str:
     return word.lower().removesuffix("'s")
 
 
-def test_no_rule_fires_on_innocent_english_words(words: list[str]) -> None:
-    clf = Classifier()
+@pytest.mark.slow
+def test_no_rule_fires_on_innocent_english_words(
+    words: list[str], packaged_rules: Classifier
+) -> None:
+    clf = packaged_rules
     unexpected = {}
     for word in words:
         for protect in (True, False):
@@ -72,8 +75,9 @@ def test_no_rule_fires_on_innocent_english_words(words: list[str]) -> None:
 EXPECTED_SIGNALS = {"asl"}
 
 
-def test_no_grooming_signal_on_single_words(words: list[str]) -> None:
-    clf = Classifier()
+@pytest.mark.slow
+def test_no_grooming_signal_on_single_words(words: list[str], packaged_rules: Classifier) -> None:
+    clf = packaged_rules
     fired = {}
     for word in words:
         _, signals = clf.check_normalized(
@@ -84,9 +88,10 @@ def test_no_grooming_signal_on_single_words(words: list[str]) -> None:
     assert not fired, f"grooming signals on single words: {fired}"
 
 
-def test_expected_words_really_fire(words: list[str]) -> None:
+@pytest.mark.slow
+def test_expected_words_really_fire(words: list[str], packaged_rules: Classifier) -> None:
     """Keeps the allow-list honest: every entry must be in the dictionary and fire."""
-    clf = Classifier()
+    clf = packaged_rules
     in_dict = {_base(w) for w in words}
     stale = sorted(
         w

@@ -15,7 +15,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.harness import ROOT, Instance, limits_off_flags
+
+pytestmark = pytest.mark.slow  # real processes: not in the fast loop
 
 
 def run_overload_client(job: dict, timeout: float) -> dict:

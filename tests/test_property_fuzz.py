@@ -15,6 +15,8 @@ from anygle.errors import CODES
 from anygle.validate import VALIDATORS
 from tests.harness import Instance, limits_off_flags
 
+pytestmark = pytest.mark.slow  # real processes: not in the fast loop
+
 scalars = (
     st.none()
     | st.booleans()

@@ -6,12 +6,15 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+import pytest
 import pytest_twisted
 from twisted.internet import defer
 
 from tests.conftest import ServerHandle
 from tests.harness import eventually, sleep
 from tests.wsclient import Client, Closed
+
+pytestmark = pytest.mark.slow  # real processes: not in the fast loop
 
 MODES = ("text", "voice", "video")
 

@@ -14,6 +14,8 @@ from twisted.internet import reactor, threads
 from tests.harness import Cluster, eventually, http_status, sleep
 from tests.wsclient import Client, match
 
+pytestmark = pytest.mark.slow  # real processes: not in the fast loop
+
 # No skip when nginx is missing: .ci/install installs it, and a missing nginx must fail loudly.
 
 

@@ -88,6 +88,7 @@ async def test_cross_instance_match_relay_in_order_and_partner_left(engines, red
     assert len(sb.of("left")) == 1 and not sa.of("left")
 
 
+@pytest.mark.slow
 @pytest_twisted.ensureDeferred
 async def test_both_skip_at_once_room_ends_once(engines, redis):
     a, sa = await engines("a")
@@ -148,6 +149,7 @@ async def test_prefers_most_shared_interests(engines):
     assert m.initiator == "a2" and m.shared_interests == ("b", "c")
 
 
+@pytest.mark.slow
 @pytest_twisted.ensureDeferred
 async def test_instance_death_partners_told_and_queue_cleaned(engines, redis):
     a, sa = await engines("a")
@@ -182,6 +184,7 @@ async def test_clean_stop_removes_users_at_once(engines, redis):
     assert (await a.stats()).total_online == 1
 
 
+@pytest.mark.slow
 @pytest_twisted.ensureDeferred
 async def test_redis_outage_local_chat_goes_on_and_matching_resumes(engines, redis):
     a, sa = await engines("a")
@@ -281,6 +284,7 @@ def test_queue_names_match_preferences():
     ]
 
 
+@pytest.mark.slow
 @pytest_twisted.ensureDeferred
 async def test_check_bans_rate_and_connection_counts(engines, redis):
     a, _sa = await engines("a")
@@ -355,6 +359,7 @@ async def test_join_refuses_a_banned_user_atomically(engines, redis):
     assert await e.get_ban("bu", "8.8.8.8") == "spam"
 
 
+@pytest.mark.slow
 @pytest_twisted.ensureDeferred
 async def test_a_stalled_redis_is_noticed_and_survived(engines, redis):
     e, _sink = await engines("a")
@@ -368,6 +373,7 @@ async def test_a_stalled_redis_is_noticed_and_survived(engines, redis):
     assert (await e.stats()).total_online == 1
 
 
+@pytest.mark.slow
 @pytest_twisted.ensureDeferred
 async def test_a_big_dead_instance_is_reaped_in_batches(engines, redis):
     a, sa = await engines("a")
@@ -459,7 +465,7 @@ async def test_cooldown_retry_at_the_first_cooldown_end(redis, cls):
     redis.command("FLUSHALL")
     clock = task.Clock()
     cfg = EngineConfig(instance_id="cd", redis_url=redis.url, rematch_cooldown=5.0)
-    engine = cls(cfg, clock)
+    engine = MemoryEngine(cfg, clock) if cls is MemoryEngine else RedisEngine(cfg, clock, reactor)
     sink = Sink()
     await engine.start(sink)
     try:
@@ -485,6 +491,13 @@ async def test_cooldown_retry_at_the_first_cooldown_end(redis, cls):
         assert {m.initiator, m.responder} == {"s", "p1"}
     finally:
         await engine.stop()
+
+
+def test_a_test_clock_alone_is_refused_not_left_to_hang():
+    """Connections and the lease thread need a reactor; a bare Clock would never connect."""
+    with pytest.raises(TypeError, match="pass reactor="):
+        RedisEngine(EngineConfig(instance_id="c"), task.Clock())
+    RedisEngine(EngineConfig(instance_id="c"), task.Clock(), reactor)
 
 
 def test_instance_ids_cannot_collide_in_key_names():

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import pytest_twisted
 
 from anygle.engine.redis import RedisEngine
 from anygle.engine.redis.liveness import ALIVE, LOST, REAPED, Liveness
 from tests.conftest import inbox_read, matched_across, now, prefs
 from tests.harness import eventually
+
+pytestmark = pytest.mark.slow  # real processes: not in the fast loop
 
 
 def chat_of(sink, user: str) -> list:

@@ -17,6 +17,8 @@ from twisted.internet.error import ConnectError
 from tests.harness import Cluster, eventually, sleep
 from tests.wsclient import Client, Closed
 
+pytestmark = pytest.mark.slow  # real processes: not in the fast loop
+
 N_CLIENTS = 240
 DURATION = 12.0
 

@@ -23,6 +23,8 @@ from twisted.internet import defer, reactor, task, threads
 from tests.harness import Cluster, eventually, sleep
 from tests.wsclient import Client, match
 
+pytestmark = pytest.mark.slow  # real processes: not in the fast loop
+
 ENDS = ("partner_disconnected", "partner_skipped")
 
 

@@ -7,6 +7,7 @@ import signal
 import subprocess
 from pathlib import Path
 
+import pytest
 import pytest_twisted
 
 from tests.harness import Instance, wait_for
@@ -141,6 +142,7 @@ async def test_stats_count_moderation_actions(server):
     assert set(moderation["byCategory"]) == {"profanity", "harassment"}
 
 
+@pytest.mark.slow
 def test_sighup_reloads_operator_rules(tmp_path: Path):
     rules = tmp_path / "rules"
     rules.mkdir()

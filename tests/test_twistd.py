@@ -6,7 +6,11 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 from tests.harness import ROOT, Instance
+
+pytestmark = pytest.mark.slow  # real processes: not in the fast loop
 
 
 def test_twistd_serves_the_example_client_and_stops_cleanly():

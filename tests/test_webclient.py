@@ -30,6 +30,8 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.harness import ROOT, Instance, free_port, start_nginx, stop_process
 
+pytestmark = pytest.mark.slow  # real processes: not in the fast loop
+
 # No skip when Chromium is missing: .ci/install installs it, and a missing browser must fail.
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import msgpack
 from twisted.internet import defer
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IReactorTCP, IReactorThreads, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -52,34 +52,56 @@ class RedisEngine:
     reap_batch: ClassVar[int] = 500  # users per reaping script call
     register_batch: ClassVar[int] = 1000  # users per registration script call
 
-    def __init__(self, config: EngineConfig, clock: IReactorTime) -> None:
-        from twisted.internet import reactor
-
+    def __init__(self, config: EngineConfig, clock: IReactorTime, reactor: Any = None) -> None:
+        """``clock`` (the reactor, as for the memory engine) gives the time of the shared state
+        (join times, cooldowns, rates) and, unless ``reactor`` is given, everything else too:
+        timers, connections, the lease thread.  Tests that step the engines' time by hand pass
+        a :class:`~twisted.internet.task.Clock` as ``clock`` and the reactor as ``reactor``."""
         self.config = config
-        self.clock = clock  # the engine's notion of "now" (cooldowns), as the memory engine
-        self.reactor: Any = reactor  # real time: heartbeats, reconnects, batching
+        self.clock = clock
+        self.reactor: Any = clock if reactor is None else reactor
+        if not (IReactorTCP.providedBy(self.reactor) and IReactorThreads.providedBy(self.reactor)):
+            raise TypeError(
+                f"the redis engine needs a reactor for its connections and its lease thread, "
+                f"not {self.reactor!r}: pass reactor= beside a test clock"
+            )
         self.instance = config.instance_id
         if not self.instance or ":" in self.instance or self.instance != self.instance.strip():
             # instance:{id}, instance:{id}:users … must not collide
             raise ValueError(f"bad instance id {self.instance!r}: non-empty, no ':' or spaces")
         self.address = RedisAddress.parse(config.redis_url)
-        self.counters = {
-            "relayed_remote": 0,
-            "relayed_local": 0,
-            "resyncs": 0,
-            "restores": 0,
-            "undelivered": 0,
-            "duplicates_dropped": 0,
-            "held": 0,  # inbox events that came before their room's matched (held back)
-        }
+        self.relays = {"relayed_remote": 0, "relayed_local": 0}
         self.status = Status()
         self.commands = Commands(self.status, before_script=lambda: self.outbox.flush())
-        self.local = Local(self.instance, self.reactor, self.counters)
+        self.local = Local(self.instance, self.reactor)
         self.outbox = Outbox(self.commands, self.reactor, self.local.undelivered)
         self.inbox = Inbox(f"inbox:{self.instance}", self.reactor, self.local.dispatch, self.status)
         self.liveness = Liveness(self, self.instance, self.address, self.reactor)
-        self.registration = Registration(self)
-        self.records = Records(self)
+        self.registration = Registration(
+            self,
+            instance=self.instance,
+            commands=self.commands,
+            status=self.status,
+            local=self.local,
+            outbox=self.outbox,
+            liveness=self.liveness,
+            inbox_stream=self.inbox.stream,
+            clock=self.clock,
+            reactor=self.reactor,
+            startup_wait=self.startup_wait,
+            register_batch=self.register_batch,
+            reap_batch=self.reap_batch,
+        )
+        self.records = Records(
+            instance=self.instance,
+            config=config,
+            commands=self.commands,
+            status=self.status,
+            registration=self.registration,
+            users=self.local.users,
+            clock=self.clock,
+            reactor=self.reactor,
+        )
         self._cmd_factory: RedisFactory | None = None
         self._reader_factory: RedisFactory | None = None
         self._next_touch = 0.0
@@ -196,6 +218,9 @@ class RedisEngine:
             self._next_touch = self.reactor.seconds() + self.touch_interval
             self._touch().addErrback(self._log_failure, "touch")
 
+    def registered_totals(self) -> tuple[int, dict[str, int]]:
+        return self.records.total_matches, self.records.conns
+
     def liveness_beaten(self, beat: Beat) -> None:
         self.records.total_matches = max(self.records.total_matches, beat.total_matches)
 
@@ -230,7 +255,7 @@ class RedisEngine:
         if instance == self.instance:
             local = self.users.get(partner_id)
             if local is not None and local.room == room_id:
-                self.counters["relayed_local"] += 1
+                self.relays["relayed_local"] += 1
                 self.local.started_sink().on_relay(partner_id, room_id, frame)
             return
         if instance is None:
@@ -239,10 +264,10 @@ class RedisEngine:
             self.local.undelivered(partner_id, room_id, frame)
             return
         room.sent += 1
-        self.counters["relayed_remote"] += 1
+        self.relays["relayed_remote"] += 1
         self.outbox.add(instance, ("r", partner_id, room_id, frame, room.sent))
 
-    def _end_locally(self, room_id: str) -> None:
+    def end_locally(self, room_id: str) -> None:
         """End a room here only (Redis has it ended, or never will have it): its local users are
         told ``partner_disconnected``, relays still waiting for it are dropped."""
         if self.local.end_room(room_id):
@@ -294,6 +319,19 @@ class RedisEngine:
         return partner
 
     # --- queues ---------------------------------------------------------------------------
+    def rejoin(self, user_id: str, user: LocalUser, now: float) -> defer.Deferred[Any]:
+        """Queue ``user`` again after a registration (:class:`Registration` calls this)."""
+
+        def result(reply: bytes) -> None:
+            try:
+                self._join_result(user_id, reply, now)
+            except EngineUnavailable:
+                pass
+
+        return self.commands.evalsha("join", *self._join_args(user_id, user, now)).addCallback(
+            result
+        )
+
     def _join_args(self, user_id: str, local: LocalUser, now: float) -> tuple[Any, ...]:
         prefs = local.prefs
         assert prefs is not None
@@ -460,6 +498,11 @@ class RedisEngine:
         return self.records.release_connection(key)
 
     # --- the local state (tests and the console read it) -----------------------------------
+    @property
+    def counters(self) -> dict[str, int]:
+        """What happened to relays, events and registrations (a copy, from the parts)."""
+        return {**self.relays, **self.local.counters, **self.registration.counters}
+
     @property
     def sink(self) -> EngineSink | None:
         return self.local.sink

@@ -48,15 +48,18 @@ class LocalRoom:
 
 
 class Local:
-    """Users and rooms of ``instance``; ``counters`` is the engine's (``duplicates_dropped``,
-    ``undelivered``)."""
+    """Users and rooms of ``instance``, and counts of what happened to their events."""
 
     log = Logger()
 
-    def __init__(self, instance: str, reactor: Any, counters: dict[str, int]) -> None:
+    def __init__(self, instance: str, reactor: Any) -> None:
         self.instance = instance
         self.reactor = reactor
-        self.counters = counters
+        self.counters = {
+            "held": 0,  # inbox events that came before their room's matched (held back)
+            "duplicates_dropped": 0,
+            "undelivered": 0,
+        }
         self.sink: EngineSink | None = None  # set when the engine starts
         self.users: dict[str, LocalUser] = {}
         self.rooms: dict[str, LocalRoom] = {}

@@ -8,31 +8,57 @@ again when Redis comes back (:attr:`Records.conns`).  Keys: docs/operations.md "
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any
 
 import msgpack
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from anygle.engine.base import EngineUnavailable, IpNames, ip_names
-from anygle.engine.redis.scripts import CONNECTION_ERRORS, QUEUES, first_error, ms, text
+from anygle.engine.base import EngineConfig, EngineUnavailable, IpNames, ip_names
+from anygle.engine.redis.local import LocalUser
+from anygle.engine.redis.registration import Registration
+from anygle.engine.redis.scripts import (
+    CONNECTION_ERRORS,
+    QUEUES,
+    Commands,
+    Status,
+    first_error,
+    ms,
+    text,
+)
 from anygle.model import Stats
 from anygle.reports import BAN_REASON, Report, ReportOutcome, record_from_hash
-
-if TYPE_CHECKING:
-    from anygle.engine.redis.engine import RedisEngine
 
 __all__ = ["Records"]
 
 
 class Records:
     """The engine's stats, reports, bans, counters and limits (the engine's methods of the same
-    names call these)."""
+    names call these).  ``registration`` says when Redis may be used; ``users`` are the local
+    users (the ban shortcut); ``clock`` gives the time written into Redis, ``reactor`` the
+    time of the instance's own bookkeeping (see :class:`Registration`)."""
 
-    def __init__(self, engine: RedisEngine) -> None:
-        self.engine = engine
-        self.commands = engine.commands
-        self.status = engine.status
+    def __init__(
+        self,
+        *,
+        instance: str,
+        config: EngineConfig,
+        commands: Commands,
+        status: Status,
+        registration: Registration,
+        users: Mapping[str, LocalUser],
+        clock: Any,
+        reactor: Any,
+    ) -> None:
+        self.instance = instance
+        self.config = config
+        self.commands = commands
+        self.status = status
+        self.registration = registration
+        self.users = users
+        self.clock = clock
+        self.reactor = reactor
         self.total_matches = 0  # highest seen: registered again if Redis loses its data
         self.conns: dict[str, int] = {}  # abuse key -> connections counted by this instance
         self.bans_checked_at = -1e9  # reactor time of the last check_bans() that answered
@@ -100,16 +126,16 @@ class Records:
 
     # --- reports (anygle/reports.py) ----------------------------------------------------------
     def report(self, report: Report) -> defer.Deferred[ReportOutcome]:
-        c = self.engine.config
+        c = self.config
         d = self.commands.script(
             "report",
             report.reporter_key,
-            ms(self.engine.clock.seconds()),
+            ms(self.clock.seconds()),
             max(1, ms(c.report_retention)),
             c.report_ban_reporters,
             max(1, ms(c.report_ban_window)),
             0 if c.report_ban_ttl is None else max(1, ms(c.report_ban_ttl)),
-            self.engine.instance,
+            self.instance,
             BAN_REASON,
             *report.hash_fields(),
         )
@@ -125,7 +151,7 @@ class Records:
     def reports(self, limit: int) -> defer.Deferred[list[dict[str, Any]]]:
         if limit <= 0:
             return defer.succeed([])
-        d = self.engine.registration.require().addCallback(
+        d = self.registration.require().addCallback(
             lambda _: self.commands.raw("ZREVRANGE", "reports", 0, limit - 1)
         )
         d.addErrback(self.commands.unavailable)
@@ -140,9 +166,7 @@ class Records:
         )
 
     def get_report(self, report_id: str) -> defer.Deferred[dict[str, Any] | None]:
-        d = self.engine.registration.require().addCallback(
-            lambda _: self._hash(f"report:{report_id}")
-        )
+        d = self.registration.require().addCallback(lambda _: self._hash(f"report:{report_id}"))
         return d.addCallback(lambda fields: record_from_hash(fields) if fields else None)
 
     # --- counters and bans ----------------------------------------------------------------
@@ -158,12 +182,12 @@ class Records:
     def get_ban(self, user_id: str | None, ips: IpNames = None) -> defer.Deferred[str | None]:
         """See :meth:`RedisEngine.get_ban`."""
         names = ip_names(ips)
-        local = self.engine.users.get(user_id) if user_id is not None else None
+        local = self.users.get(user_id) if user_id is not None else None
         if (
             local is not None
             and names[:1] == (local.ip,)
             and user_id not in self.bans_seen
-            and self.engine.reactor.seconds() - self.bans_checked_at < 2.0
+            and self.reactor.seconds() - self.bans_checked_at < 2.0
         ):
             return defer.succeed(None)
         keys = []
@@ -172,9 +196,7 @@ class Records:
         keys += [f"banned:ips:{name}" for name in names]
         if not keys:
             return defer.succeed(None)
-        d = self.engine.registration.require().addCallback(
-            lambda _: self.commands.raw("MGET", *keys)
-        )
+        d = self.registration.require().addCallback(lambda _: self.commands.raw("MGET", *keys))
         d.addErrback(self.commands.unavailable)
 
         def first(values: list[bytes | None]) -> str | None:
@@ -189,7 +211,7 @@ class Records:
         if kind not in ("users", "ips"):
             raise ValueError(f"bad ban kind {kind!r}")
         ttl_ms = 0 if ttl is None else max(1, ms(ttl))
-        d = self.commands.script("ban", kind, value, reason, ttl_ms, self.engine.instance)
+        d = self.commands.script("ban", kind, value, reason, ttl_ms, self.instance)
         return d.addCallback(lambda _: None)
 
     def unban(self, kind: str, value: str) -> defer.Deferred[bool]:
@@ -209,7 +231,7 @@ class Records:
             for i in range(0, len(items), 2000)
         ]
 
-        asked_at = self.engine.reactor.seconds()
+        asked_at = self.reactor.seconds()
 
         def found(replies: list[bytes]) -> dict[str, str]:
             banned = {
@@ -228,12 +250,12 @@ class Records:
 
     # --- abuse limits (shared by all instances) -------------------------------------------
     def rate(self, key: str, limit: int, window: float) -> defer.Deferred[bool]:
-        now = ms(self.engine.clock.seconds())
+        now = ms(self.clock.seconds())
         d = self.commands.script("rate", key, limit, max(1, ms(window)), now)
         return d.addCallback(bool)
 
     def acquire_connection(self, key: str, limit: int) -> defer.Deferred[bool]:
-        d = self.commands.script("acquire", key, limit, self.engine.instance)
+        d = self.commands.script("acquire", key, limit, self.instance)
 
         def done(ok: int) -> bool:
             if ok:
@@ -250,8 +272,8 @@ class Records:
             del self.conns[key]
         else:
             self.conns[key] = count - 1
-        instance = self.engine.instance
-        return self.engine.registration.online_or_not(
+        instance = self.instance
+        return self.registration.online_or_not(
             lambda: self.commands.script("release", key, instance).addCallback(lambda _: None),
             lambda: None,  # offline: the counts are registered again on reconnect
         )

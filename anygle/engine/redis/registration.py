@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import msgpack
 from twisted.internet import defer
@@ -24,25 +24,67 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from anygle.engine.base import EngineUnavailable
-from anygle.engine.redis.liveness import LOST, REAPED
-from anygle.engine.redis.scripts import ms, text
+from anygle.engine.redis.delivery import Outbox
+from anygle.engine.redis.liveness import LOST, REAPED, Liveness
+from anygle.engine.redis.local import Local, LocalUser
+from anygle.engine.redis.scripts import Commands, Status, ms, text
 
-if TYPE_CHECKING:
-    from anygle.engine.redis.engine import RedisEngine
+__all__ = ["Registration", "RegistrationHost"]
 
-__all__ = ["Registration"]
+
+class RegistrationHost(Protocol):
+    """What :class:`Registration` needs from its owner (the engine)."""
+
+    def registered_totals(self) -> tuple[int, dict[str, int]]:
+        """What the instance registers besides its users: the highest total of matches it has
+        seen and the connections it counted per abuse key."""
+
+    def end_locally(self, room_id: str) -> None:
+        """End a room here only (Redis has it ended): its local users are told."""
+
+    def rejoin(self, user_id: str, user: LocalUser, now: float) -> defer.Deferred[Any]:
+        """Queue a waiting user again, with its original join time."""
 
 
 class Registration:
-    """Synchronises ``engine``'s local state with Redis (see the module docstring)."""
+    """Synchronises the local state (``local``) with Redis (see the module docstring).
+
+    ``reactor`` gives the timers, ``clock`` the time written into Redis (the same object but in
+    tests that step the engines' time by hand)."""
 
     log = Logger()
 
-    def __init__(self, engine: RedisEngine) -> None:
-        self.engine = engine
-        self.status = engine.status
-        self.commands = engine.commands
-        self.local = engine.local
+    def __init__(
+        self,
+        host: RegistrationHost,
+        *,
+        instance: str,
+        commands: Commands,
+        status: Status,
+        local: Local,
+        outbox: Outbox,
+        liveness: Liveness,
+        inbox_stream: str,
+        clock: Any,
+        reactor: Any,
+        startup_wait: float,
+        register_batch: int,
+        reap_batch: int,
+    ) -> None:
+        self.host = host
+        self.instance = instance
+        self.status = status
+        self.commands = commands
+        self.local = local
+        self.outbox = outbox
+        self.liveness = liveness
+        self.inbox_stream = inbox_stream
+        self.clock = clock
+        self.reactor = reactor
+        self.startup_wait = startup_wait
+        self.register_batch = register_batch
+        self.reap_batch = reap_batch
+        self.counters = {"resyncs": 0, "restores": 0}
         self.registered = False  # registered at least once since start()
         self.syncing: defer.Deferred[None] | None = None
         self._ready_waiters: list[defer.Deferred[None]] = []
@@ -61,7 +103,7 @@ class Registration:
                     self._ready_waiters.remove(d)
                     d.errback(EngineUnavailable(self.status.reason))
 
-            call = self.engine.reactor.callLater(timeout, expire)
+            call = self.reactor.callLater(timeout, expire)
             d.addBoth(lambda r: (call.active() and call.cancel(), r)[1])
         return d
 
@@ -69,7 +111,7 @@ class Registration:
         """Registered (again): Redis may be used."""
         self.status.available = True
         self.status.reason = "ok"
-        self.engine.outbox.flush()  # what was relayed meanwhile, before anything else
+        self.outbox.flush()  # what was relayed meanwhile, before anything else
         waiters, self._ready_waiters = self._ready_waiters, []
         for d in waiters:
             d.callback(None)
@@ -79,7 +121,7 @@ class Registration:
         if self.status.available:
             return defer.succeed(None)
         if not self.registered and not self.status.stopping and self.status.started:
-            return self.when_ready(self.engine.startup_wait)
+            return self.when_ready(self.startup_wait)
         return defer.fail(EngineUnavailable(self.status.reason))
 
     def online_or_not(
@@ -100,7 +142,7 @@ class Registration:
         elif not self.status.stopping and (
             self.syncing is not None or (not self.registered and self.status.started)
         ):
-            d = self.when_ready(self.engine.startup_wait).addCallback(lambda _: online())
+            d = self.when_ready(self.startup_wait).addCallback(lambda _: online())
         else:
             return defer.maybeDeferred(fallback)
         return d.addErrback(fallback)
@@ -116,27 +158,26 @@ class Registration:
         self.syncing.addBoth(self._done)
 
     async def _sync(self) -> None:
-        e = self.engine
         proto = self.commands.proto
         if proto is None:
             return
         await self.commands.load(proto)
         if not self.registered:
-            await self.commands.raw("DEL", e.inbox.stream)
+            await self.commands.raw("DEL", self.inbox_stream)
             await self.reap_self()  # whatever a previous process of this id left behind
             await self.register(restore=True)
             self.registered = True
         else:
-            args = e.liveness.heartbeat_args(ms(e.reactor.seconds()))
+            args = self.liveness.heartbeat_args(ms(self.reactor.seconds()))
             reply = await self.commands.evalsha("heartbeat", *args[:4], 0, args[5])
-            standing = e.liveness.parse(reply).standing
+            standing = self.liveness.parse(reply).standing
             if standing == REAPED:
                 await self._rejoin_after_reap()
             elif standing == LOST:
                 self.log.warn("Redis lost its data: restoring this instance's state")
-                e.counters["restores"] += 1
+                self.counters["restores"] += 1
                 await self.register(restore=True)
-                e.outbox.replay_sent(self.local.rooms)
+                self.outbox.replay_sent(self.local.rooms)
             elif self.status.dirty:
                 await self.register(restore=False)
         if self.commands.proto is proto:
@@ -158,7 +199,7 @@ class Registration:
         await self.reap_self()  # anything written after the reap
         for room_id, room in list(self.local.rooms.items()):
             if not room.local_only:
-                self.engine._end_locally(room_id)
+                self.host.end_locally(room_id)
         await self.register(restore=True)
 
     async def register(self, restore: bool) -> None:
@@ -167,11 +208,11 @@ class Registration:
         their original join time).  ``restore``: Redis lost its data (or holds nothing of this
         instance): local rooms are registered unless Redis contradicts them, rooms with users of
         other instances included.  Otherwise a local room is kept only where Redis agrees."""
-        e = self.engine
-        now = e.clock.seconds()
-        e.counters["resyncs"] += 1
+        now = self.clock.seconds()
+        self.counters["resyncs"] += 1
         self.status.dirty = False
-        epoch = e.liveness.new_epoch()
+        epoch = self.liveness.new_epoch()
+        total_matches, conns = self.host.registered_totals()
         users = []
         for user_id, local in self.local.users.items():
             room = self.local.rooms.get(local.room) if local.room else None
@@ -182,7 +223,7 @@ class Registration:
                 continue
             m = room.match
             partner = m.partner_of(user_id)
-            pinst = room.instances.get(partner, e.instance)
+            pinst = room.instances.get(partner, self.instance)
             users.append(
                 (
                     user_id,
@@ -198,35 +239,35 @@ class Registration:
                 )
             )
         ended: list[str] = []
-        step = e.register_batch
+        step = self.register_batch
         for i in range(0, max(len(users), 1), step):
             first = i == 0
             reply = await self.commands.evalsha(
                 "register",
-                e.instance,
+                self.instance,
                 epoch,
-                ms(e.liveness.lease_ttl),
+                ms(self.liveness.lease_ttl),
                 ms(now),
                 uuid.uuid4().hex,
                 1 if restore else 0,
-                ms(e.liveness.provisional_ttl),
+                ms(self.liveness.provisional_ttl),
                 msgpack.packb(
                     (
                         users[i : i + step],
-                        e.records.total_matches if first else 0,
-                        e.records.conns if first else {},
+                        total_matches if first else 0,
+                        conns if first else {},
                         1 if first else 0,
                     )
                 ),
             )
             generation, gone = msgpack.unpackb(reply, raw=False)
             if first:
-                e.liveness.registered(epoch, generation)
+                self.liveness.registered(epoch, generation)
             ended.extend(gone)
         for user_id in ended:
             lu = self.local.users.get(user_id)
             if lu is not None and lu.room is not None:
-                e._end_locally(lu.room)
+                self.host.end_locally(lu.room)
         await self._prune(now)
         queued = sorted(
             (
@@ -236,22 +277,18 @@ class Registration:
             ),
             key=lambda x: x[1].joined_at,
         )
-        ds = []
-        for user_id, lu in queued:  # pipelined, in join order
-            d = self.commands.evalsha("join", *e._join_args(user_id, lu, now))
-            ds.append(d.addCallback(self._rejoined, user_id, now))
+        ds = [self.host.rejoin(u, lu, now) for u, lu in queued]  # pipelined, in join order
         if ds:
             await defer.gatherResults(ds, consumeErrors=True)
 
     async def _prune(self, now: float) -> None:
         """Remove the users Redis holds for this instance that are not connected here any more
         (they left during an outage; or stand-ins another instance restored): partners told."""
-        e = self.engine
-        members = await self.commands.raw("SMEMBERS", f"instance:{e.instance}:users")
+        members = await self.commands.raw("SMEMBERS", f"instance:{self.instance}:users")
         stale = [text(m) for m in members or ()]
         stale = [u for u in stale if u not in self.local.users]
         ds = [
-            self.commands.evalsha("disconnect", u, e.instance, ms(now)).addCallback(
+            self.commands.evalsha("disconnect", u, self.instance, ms(now)).addCallback(
                 self.local.left, "disconnected"
             )
             for u in stale
@@ -259,18 +296,11 @@ class Registration:
         if ds:
             await defer.gatherResults(ds, consumeErrors=True)
 
-    def _rejoined(self, reply: bytes, user_id: str, now: float) -> None:
-        try:
-            self.engine._join_result(user_id, reply, now)
-        except EngineUnavailable:
-            pass
-
     async def reap_self(self) -> None:
         """Remove this instance's users from Redis, a batch per script call."""
-        e = self.engine
         while True:
             _, more = await self.commands.evalsha(
-                "reap", e.instance, ms(e.clock.seconds()), e.reap_batch
+                "reap", self.instance, ms(self.clock.seconds()), self.reap_batch
             )
             if not more:
                 return
