@@ -22,6 +22,7 @@ from typing import Any
 from anygle.clientip import DEFAULT_IPV6_PREFIX, check_ipv6_prefix
 from anygle.ice import parse_stun_urls, parse_turn_urls
 from anygle.limits import DEFAULT_MAX_ABUSE_KEYS, DEFAULT_SPEC
+from anygle.redisurl import RedisAddress, redacted
 
 DEFAULT_CONFIG = "/etc/anygle/anygle.conf"
 SECTION = "anygle"
@@ -92,6 +93,7 @@ def _optional_endpoint(text: str) -> str:
 def _redis_url(text: str) -> str:
     if not text.startswith(("redis://", "unix://")):
         raise ValueError("must be a redis://host:port/db or unix:///path URL")
+    RedisAddress.parse(text)  # a bad port or db is refused here, with the other options
     return text
 
 
@@ -474,7 +476,7 @@ def resolve(
             values[attr(option.name)] = option.parse(value)
         except ValueError as e:
             where = f" (from {source})" if source else ""
-            raise ConfigError(f"--{option.name}: {value!r} {e}{where}") from None
+            raise ConfigError(f"--{option.name}: {redacted(value)!r} {e}{where}") from None
     _check_turn(values)
     if not values["instance_id"]:
         values["instance_id"] = f"{socket.gethostname()}-{os.getpid()}"

@@ -449,14 +449,22 @@ class Hub:
         waiting = [s for s in self.sessions.values() if s.state == QUEUED]
         if not waiting:
             return
-        status = await self.engine.queue_status([s.user_id for s in waiting])
+        try:
+            status = await self.engine.queue_status([s.user_id for s in waiting])
+        except EngineUnavailable:
+            return  # skipped: /health says why, and the next push comes soon
+
         for chunk in self._chunks(waiting):
             for session in await chunk:
                 self._send_searching(session, status)
 
     async def push_stats(self) -> None:
         """``stats`` to every connected client: encoded once, sent a chunk per reactor turn."""
-        message = Broadcast({"type": "stats", "data": pushed(await self.engine.stats())})
+        try:
+            stats = await self.engine.stats()
+        except EngineUnavailable:
+            return  # skipped: /health says why, and the next push comes soon
+        message = Broadcast({"type": "stats", "data": pushed(stats)})
         for chunk in self._chunks(list(self.sessions.values())):
             for session in await chunk:
                 if session.state != CLOSED:

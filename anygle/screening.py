@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
-from anygle.engine.base import ModerationStore
+from anygle.engine.base import EngineUnavailable, ModerationStore
 from anygle.limits import AbuseKeyTable
 from anygle.moderation import Action, Classifier, EscalationPolicy, SenderWindow, Verdict
 from anygle.moderation.verdict import RULE, Severity
@@ -116,9 +117,12 @@ class Screening:
     def connected(self, session: Session) -> None:
         """Count a connection from the session's key (``keyseen``: is the key shared?)."""
         d = self.engine.incr(f"keyseen:{session.abuse_key}", SEEN_TTL)
-        d.addErrback(
-            lambda f: _log.failure("counting a connection of {key}", f, key=session.abuse_key)
-        )
+
+        def failed(f: Failure) -> None:
+            if not f.check(EngineUnavailable):  # a count lost in an outage is acceptable
+                _log.failure("counting a connection of {key}", f, key=session.abuse_key)
+
+        d.addErrback(failed)
 
     async def key_shared(self, key: str) -> bool:
         return await self.engine.get_count(f"keyseen:{key}") >= self.settings.shared_key_connections

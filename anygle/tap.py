@@ -14,7 +14,6 @@ import signal
 import sys
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
@@ -42,6 +41,7 @@ from anygle.moderation import Classifier
 from anygle.periodic import Periodic
 from anygle.protocol import AnygleFactory
 from anygle.reactorlag import ReactorLag
+from anygle.redisurl import redacted
 from anygle.screening import Screening, ScreeningSettings
 from anygle.web import Root, WebClient
 
@@ -432,16 +432,6 @@ def with_backlog(description: str, backlog: int | None = None) -> str:
     if kind not in _BACKLOG_TYPES or any(p.strip().startswith("backlog=") for p in parts[1:]):
         return description
     return f"{description}:backlog={backlog or default_backlog()}"
-
-
-def redacted(url: str) -> str:
-    """``url`` without its password, for logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urlunsplit(parts._replace(netloc=user + host))
 
 
 def makeService(config: Options, reactor: Any = None) -> AnygleService:

@@ -18,6 +18,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from anygle.admission import Refused
 from anygle.clientip import ClientAddressResolver
+from anygle.engine.base import EngineUnavailable
 from anygle.fairturns import TurnScheduler
 from anygle.hub import Hub
 from anygle.metrics import CONTENT_TYPE, Metrics
@@ -105,7 +106,8 @@ class StatsBackedPage(JsonPage):
         raise NotImplementedError
 
     def _failed(self, failure: Any) -> tuple[int, bytes, bytes]:
-        _log.failure("{page} failed", failure, page=type(self).__name__)
+        if not failure.check(EngineUnavailable):  # that one /health and the engine's log tell
+            _log.failure("{page} failed", failure, page=type(self).__name__)
         body = {"error": "stats unavailable", "reason": str(failure.value)}
         return 503, b"application/json", json.dumps(body).encode()
 

@@ -82,7 +82,9 @@ class RelayProtocol(WebSocketServerProtocol):
 
 
 class RelayFactory(WebSocketServerFactory):
-    protocol = RelayProtocol
+    # Twisted's Factory is generic in its protocol and Autobahn's factory does not say which:
+    # a protocol that names its own factory type is refused (as in anygle.protocol).
+    protocol = RelayProtocol  # type: ignore[assignment]
 
     def __init__(self) -> None:
         super().__init__()

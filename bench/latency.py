@@ -6,6 +6,7 @@ the client, per engine (and, unless ``--no-latency-quiet``, again with the perio
 from __future__ import annotations
 
 import statistics
+from functools import partial
 from typing import Any
 
 from bench import procs
@@ -91,9 +92,7 @@ def scenario(bench: Bench) -> dict[str, Any]:
                 rows.append({"row": row, "error": f"not run: {why}"})
                 continue
             rows.append(
-                bench.run_row(
-                    f"latency {row}", lambda e=engine, q=quiet: latency_row(bench, e, q), row
-                )
+                bench.run_row(f"latency {row}", partial(latency_row, bench, engine, quiet), row)
             )
     return {
         "rows": rows,

@@ -114,6 +114,7 @@ class Conn(wsclient.RawWebSocket):
         w.conns[self.index] = None
 
     def send(self, frame: bytes) -> None:
+        assert self.transport is not None
         self.transport.write(frame)
 
     # --- receiving ---------------------------------------------------------------------------
@@ -123,6 +124,8 @@ class Conn(wsclient.RawWebSocket):
     def framesReceived(self, buf: bytes) -> None:
         pos, n = 0, len(buf)
         worker = self.worker
+        transport = self.transport
+        assert transport is not None
         while n - pos >= 2:
             b0 = buf[pos]
             length = buf[pos + 1] & 0x7F
@@ -150,16 +153,16 @@ class Conn(wsclient.RawWebSocket):
                     if worker.echo:
                         if self.initiator and worker.chat_half and self.chat_over():
                             continue
-                        self.transport.write(worker.next_frame())
+                        transport.write(worker.next_frame())
                 else:
                     self.frame(msgpack.unpackb(buf[start:end], raw=False))
             elif opcode == 9:  # ping -> pong with the same payload
-                self.transport.write(client_frame(buf[start:end], 10))
+                transport.write(client_frame(buf[start:end], 10))
             elif opcode == 10:  # pong: the reactor-stall probe
                 worker.pong(self)
             elif opcode == 8:
-                self.transport.write(client_frame(buf[start : start + 2], 8))
-                self.transport.loseConnection()
+                transport.write(client_frame(buf[start : start + 2], 8))
+                transport.loseConnection()
                 self.buf = b""
                 return
             elif opcode == 1:
@@ -188,7 +191,7 @@ class Conn(wsclient.RawWebSocket):
             if self.worker.echo:
                 if self.initiator and self.worker.chat_half and self.chat_over():
                     return
-                self.transport.write(self.worker.next_frame())
+                self.send(self.worker.next_frame())
         elif kind == "safety_notice":
             self.stats.notices += 1
         elif kind in ("partner_skipped", "partner_disconnected") and self.worker.chat_half:
@@ -225,12 +228,12 @@ class Conn(wsclient.RawWebSocket):
         if self.worker.job.get("one_chat"):  # the churn scenario: one chat, then a skip
             self.state = "done"
             if self.initiator:
-                self.transport.write(SKIP)
+                self.send(SKIP)
             return
         self.state, self.in_chat = "joining", 0
         self.join_sent_at = 0.0
         self.partner = None
-        self.transport.write(self.worker.rejoin_frame)
+        self.send(self.worker.rejoin_frame)
 
     def matched(self, data: dict[str, Any]) -> None:
         now = time.perf_counter()
@@ -252,7 +255,7 @@ class Conn(wsclient.RawWebSocket):
         if w.echo and w.phase == "relay":  # a chat after the first
             self.stats.chats += 1
             if self.initiator:
-                self.transport.write(b"".join(w.next_frame() for _ in range(w.window)))
+                self.send(b"".join(w.next_frame() for _ in range(w.window)))
         w.progressed()
 
 
@@ -315,8 +318,8 @@ class Worker:
     def target(self, index: int) -> tuple[str, int]:
         targets = self.job["targets"]
         if self.kind == "relay":  # socket a of a pair -> first target, b -> last
-            return tuple(targets[0] if index % 2 == 0 else targets[-1])  # type: ignore[return-value]
-        return tuple(targets[index % len(targets)])  # type: ignore[return-value]
+            return tuple(targets[0] if index % 2 == 0 else targets[-1])
+        return tuple(targets[index % len(targets)])
 
     def path(self, index: int) -> str:
         tag = self.job["tag"]
@@ -430,6 +433,7 @@ class Worker:
 
         def done() -> None:
             p, self._probe = self._probe, None
+            assert p is not None  # one probe at a time: the harness waits for its answer
             self.emit("probe", rtts=[round(x, 3) for x in p["rtts"]])
 
         reactor.callLater(float(cmd["seconds"]), done)

@@ -6,6 +6,7 @@ phase, WebSocket ping round trips from one connection (how long the reactor stal
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Any
 
 from bench import procs
@@ -115,7 +116,7 @@ def scenario(bench: Bench) -> dict[str, Any]:
         for kind in ("baseline", "anygle-memory"):
             rows.append(
                 bench.run_row(
-                    f"memory {kind} {level}", lambda k=kind, n=level: memory_row(bench, k, n), kind
+                    f"memory {kind} {level}", partial(memory_row, bench, kind, level), kind
                 )
             )
     base = {r.get("connections"): r.get("per_conn_kb") for r in rows if r["row"] == "baseline"}

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from anygle.moderation import Classifier, SenderWindow  # noqa: E402
-from anygle.moderation.evaluation import Case, evaluate, load_corpus  # noqa: E402
+from anygle.moderation.evaluation import Case, Report, evaluate, load_corpus  # noqa: E402
 
 CORPUS = ROOT / "tests" / "data" / "moderation_corpus.tsv"
 HOLDOUTS = sorted((ROOT / "tests" / "data").glob("moderation_corpus.holdout*.tsv"))
@@ -38,7 +38,7 @@ def _percentile(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def timing(classifier: Classifier, cases: list[Case], repeats: int = 7) -> dict:
+def timing(classifier: Classifier, cases: list[Case], repeats: int = 7) -> dict[str, float]:
     """Per-message cost of SenderWindow.check (classification included), in microseconds.
 
     Measured as thread CPU time (CLOCK_THREAD_CPUTIME_ID), so time the process spends
@@ -123,7 +123,7 @@ def first_scores() -> list[str]:
     return lines
 
 
-def report(result: dict, cost: dict | None) -> str:
+def report(result: Report, cost: dict[str, float] | None) -> str:
     lines = [f"{'category':<20}{'support':>8}{'precision':>11}{'recall':>9}"]
     for cat, row in result["per_category"].items():
         p = "-" if row["precision"] is None else f"{row['precision']:.3f}"
@@ -134,9 +134,10 @@ def report(result: dict, cost: dict | None) -> str:
         f"{t}={v:.3f}" for t, v in result["tier_recall"].items()))  # fmt: skip
     lines.append("evasion recall (exact category): " + ", ".join(
         f"{t}={v:.2f}" for t, v in result["evasion_recall"].items()))  # fmt: skip
+    rate = result["benign_fp_rate"]  # None: no benign cases
     lines.append(
         f"benign false positives: {result['benign_false_positives']}/{result['benign']}"
-        f" = {100 * result['benign_fp_rate']:.2f} %"
+        f" = {'-' if rate is None else f'{100 * rate:.2f} %'}"
     )
     if cost is not None:
         lines.extend(_cost_lines(cost))
@@ -150,7 +151,7 @@ def report(result: dict, cost: dict | None) -> str:
     return "\n".join(lines)
 
 
-def _cost_lines(cost: dict) -> list[str]:
+def _cost_lines(cost: dict[str, float]) -> list[str]:
     lines = [
         "",
         f"cost per message, SenderWindow.check, us of thread CPU time (median of {cost['repeats']}"

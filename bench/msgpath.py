@@ -100,13 +100,13 @@ def rematched(
         hub.close(s)
     n = len(hub.sessions) + len(users)
     a, b = (
-        _run(hub.open(_Client(), ClientAddress(ip, ip, (ip,))))  # type: ignore[arg-type]
+        _run(hub.open(_Client(), ClientAddress(ip, ip, (ip,))))
         for ip in (f"10.0.{n // 250}.{n % 250 + 1}", f"10.1.{n // 250}.{n % 250 + 1}")
     )
     prefs = Preferences(age_category=age, mode="text", queue_type=queue, interests=())
     hub.join(a, prefs)
     hub.join(b, prefs)
-    hub.engine.tick(clock.seconds())  # type: ignore[attr-defined]
+    hub.engine.tick(clock.seconds())
     if a.partner_id != b.user_id:
         raise RuntimeError("the two users were not matched")
     return hub, (a, b), clock
@@ -128,7 +128,7 @@ def measure(queue: str, age: str, texts: list[str], repeat: int = 5) -> dict[str
 
     def decode(p: bytes) -> str:
         frame = wire.decode(p, True)
-        return validate.VALIDATORS[frame["type"]](frame.get("data"))  # type: ignore[no-any-return]
+        return validate.VALIDATORS[frame["type"]](frame.get("data"))
 
     def stage(name: str, step: Any) -> None:
         best = float("inf")

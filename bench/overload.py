@@ -33,6 +33,7 @@ import socket
 import threading
 import time
 import urllib.request
+from functools import partial
 from typing import Any
 
 from bench import procs
@@ -339,13 +340,13 @@ def scenario(bench: Bench) -> dict[str, Any]:
     ]
     for engine in engines:
         rows.append(
-            bench.run_row(f"overload {engine}", lambda e=engine: overload_row(bench, e), engine)
+            bench.run_row(f"overload {engine}", partial(overload_row, bench, engine), engine)
         )
     storm = []
     if a.storm_connections:
         for server in ("baseline", "anygle"):
             storm.append(
-                bench.run_row(f"storm {server}", lambda s=server: storm_row(bench, s), server)
+                bench.run_row(f"storm {server}", partial(storm_row, bench, server), server)
             )
         base = next((r for r in storm if r["row"] == "baseline"), {})
         for r in storm:

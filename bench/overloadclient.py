@@ -29,7 +29,7 @@ import time
 from typing import Any
 
 import msgpack
-from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
+from twisted.internet.interfaces import IConsumer, IHalfCloseableProtocol, IPushProducer
 from zope.interface import implementer
 
 from bench import wsclient  # installs the epoll reactor
@@ -125,6 +125,8 @@ class Direction:
 class Conn(wsclient.RawWebSocket):
     """One raw WebSocket connection; also the producer its transport pauses when full."""
 
+    pair: int  # the number of the pair (roles "a" and "b" only)
+
     def __init__(self, client: Client, role: str, path: str = "/") -> None:
         self.client = client
         self.role = role  # "a", "b", "flood", "storm"
@@ -154,7 +156,8 @@ class Conn(wsclient.RawWebSocket):
         self.paused = True
 
     def connectionMade(self) -> None:
-        self.transport.registerProducer(self, True)
+        # a TCP transport is also the consumer of its producer (typed as ITCPTransport only)
+        IConsumer(self.transport).registerProducer(self, True)
         super().connectionMade()
 
     def connectionLost(self, reason: Any = None) -> None:
@@ -174,14 +177,16 @@ class Conn(wsclient.RawWebSocket):
 
     def framesReceived(self, buf: bytes) -> None:
         got, self.buf = frames(buf)
+        transport = self.transport
+        assert transport is not None
         for opcode, payload in got:
             if opcode == 2:
                 self.binary(payload)
             elif opcode == 9:
-                self.transport.write(client_frame(payload, 10))
+                transport.write(client_frame(payload, 10))
             elif opcode == 8:
-                self.transport.write(client_frame(payload[:2], 8))
-                self.transport.loseConnection()
+                transport.write(client_frame(payload[:2], 8))
+                transport.loseConnection()
                 return
             elif opcode == 1:
                 self.frame(json.loads(payload))
@@ -216,7 +221,7 @@ class Conn(wsclient.RawWebSocket):
 
     def send_messages(self, count: int) -> None:
         out = self.out
-        assert out is not None
+        assert out is not None and self.transport is not None
         seq = out.sent
         self.transport.write(b"".join(HEAD + b"%010d" % s + TAIL for s in range(seq, seq + count)))
         out.sent = seq + count
@@ -284,7 +289,8 @@ class Client:
         if self.kind == "storm":
             self.storm_check()
         elif conn.role in ("a", "b"):
-            tag = f"{self.job['tag']}-{conn.pair}"  # type: ignore[attr-defined]
+            tag = f"{self.job['tag']}-{conn.pair}"
+            assert conn.transport is not None
             conn.transport.write(wsclient.join_frame(self.job.get("queue", "unmoderated"), [tag]))
 
     def lost(self, conn: Conn) -> None:
@@ -317,7 +323,7 @@ class Client:
         for p in range(int(job["pairs"])):
             a = Conn(self, "a")
             b = Conn(self, "b")
-            a.pair = b.pair = p  # type: ignore[attr-defined]
+            a.pair = b.pair = p
             a.peer, b.peer = b, a
             a.out = b.inbound = Direction()
             b.out = a.inbound = Direction()

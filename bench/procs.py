@@ -27,7 +27,8 @@ import psutil
 
 from bench.counts import COUNTS
 from tests import harness
-from tests.harness import REPO, free_port
+from tests.harness import REPO as REPO  # re-exported: bench.run and bench.record use it
+from tests.harness import free_port
 
 _children: list[subprocess.Popen] = []
 server_tree = REPO  # where anygle is run from (``--rev`` points it at an exported revision)
@@ -273,9 +274,13 @@ def nginx(servers: list[Server], *, sticky_pairs: bool, conns: int = 4096) -> Se
     port = free_port()
     d = tmpdir("anygle-bench-nginx-")
     shipped = os.path.join(server_tree, "etc", "nginx", "anygle.conf")
+    upstreams = []
+    for s in servers:
+        assert s.http_port is not None, f"{s.name}: nginx goes in front of anygle instances"
+        upstreams.append((s.port, s.http_port))
     conf = harness.nginx_config(
         port,
-        [(s.port, s.http_port) for s in servers],
+        upstreams,
         d,
         balance="hash $arg_p consistent" if sticky_pairs else None,
         backlog=1024,
@@ -317,6 +322,7 @@ class Workers:
             )
             self.procs.append(p)
             self.ps.append(psutil.Process(p.pid))
+            assert p.stdout is not None
             self.sel.register(p.stdout, selectors.EVENT_READ, i)
             self.events[i], self.bufs[i], self.state[i] = [], b"", {}
             self.send(i, job)
@@ -334,7 +340,7 @@ class Workers:
     def pump(self, timeout: float) -> None:
         for key, _ in self.sel.select(timeout):
             i = key.data
-            chunk = os.read(key.fileobj.fileno(), 1 << 20)
+            chunk = os.read(key.fd, 1 << 20)
             if not chunk:
                 self.sel.unregister(key.fileobj)
                 continue
@@ -361,10 +367,11 @@ class Workers:
                 next((e for e in self.events[i] if e["ev"] == ev), None)
                 for i in range(len(self.procs))
             ]
-            if all(got):
+            found = [e for e in got if e is not None]
+            if len(found) == len(got):
                 for i in range(len(self.procs)):
-                    self.events[i].remove(got[i])
-                return got  # type: ignore[return-value]
+                    self.events[i].remove(found[i])
+                return found
             for i, evs in self.events.items():
                 fatal = next((e for e in evs if e["ev"] == "fatal"), None)
                 if fatal:

@@ -6,6 +6,7 @@ of a pair reach the same instance.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from bench import procs
@@ -67,7 +68,7 @@ def scenario(bench: Bench) -> dict[str, Any]:
             skipped.append({"row": "redis", "error": f"not run: {why}"})
             continue
         for n in (1, 2):
-            plan.append((f"{engine} x{n}", lambda n=n, e=engine: scaleout_row(bench, n, e)))
+            plan.append((f"{engine} x{n}", partial(scaleout_row, bench, n, engine)))
     rows = bench.repeated("scaleout", plan) + skipped
     for r in rows:
         one = next((o for o in rows if o["row"] == r["row"][:-1] + "1"), None)

@@ -22,6 +22,7 @@ from twisted.internet import epollreactor
 epollreactor.install()
 
 from twisted.internet import protocol, reactor, stdio  # noqa: E402
+from twisted.internet.interfaces import ITCPTransport  # noqa: E402
 from twisted.protocols.basic import LineReceiver  # noqa: E402
 
 from bench.filelimit import raise_nofile  # noqa: E402
@@ -84,12 +85,14 @@ class RawWebSocket(protocol.Protocol):
     connected; then :meth:`upgraded` on the ``101`` (:meth:`refused` and an abort on anything
     else) and every later byte to :meth:`framesReceived`."""
 
+    transport: ITCPTransport | None  # connected over TCP (None before)
     path = "/"
     host = "127.0.0.1"
     buf = b""  # received and not handled yet
     open = False  # upgraded
 
     def connectionMade(self) -> None:
+        assert self.transport is not None
         self.transport.setTcpNoDelay(True)
         self.transport.write(handshake(self.path, self.host))
 
@@ -102,6 +105,7 @@ class RawWebSocket(protocol.Protocol):
                 return
             if not buf.startswith(b"HTTP/1.1 101"):
                 self.refused(buf.split(b"\r\n", 1)[0].decode("latin-1"))
+                assert self.transport is not None
                 self.transport.abortConnection()
                 return
             self.open = True
@@ -179,6 +183,7 @@ class Control(LineReceiver):
             else:
                 self.job.command(msg)
         except Exception as e:
+            assert self.transport is not None
             self.transport.write(json.dumps({"ev": "fatal", "error": repr(e)}).encode() + b"\n")
             raise
 

@@ -146,6 +146,9 @@ class Sink:
     def on_kick(self, user_id: str, code: str, reason: str) -> None:
         self.events.append(("kick", user_id, code, reason))
 
+    def on_undelivered(self, user_id: str, room_id: str, frame: dict[str, Any]) -> None:
+        self.events.append(("undelivered", user_id, room_id, frame))
+
     def of(self, kind: str, user: str | None = None) -> list[tuple[Any, ...]]:
         return [e for e in self.events if e[0] == kind and (user is None or e[1] == user)]
 

@@ -92,6 +92,7 @@ async def test_sixth_connection_from_one_slash64_is_refused(make_server):
     assert {session_of(server, c).abuse_key for c in five} == {KEY_A}
     assert [session_of(server, c).ip for c in five] == A[:5]
     sixth = await refused(server, A[5], "TOO_MANY_CONNECTIONS")
+    assert sixth.close_reason is not None
     assert f"at most 5 connections per network ({KEY_A})" in sixth.close_reason
     for other in (B1, C1):  # another /64 is not affected
         c = await connect(server, other)

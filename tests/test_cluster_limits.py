@@ -109,8 +109,10 @@ async def test_redis_cli_ban_kicks_a_connected_user_within_a_second():
 async def test_forwarded_for_through_real_nginx_carries_the_client_address():
     cluster = Cluster(1, nginx=True, extra=["--trusted-proxies=127.0.0.1/32"]).start()
     try:
+        assert cluster.port is not None  # the cluster has nginx
         # nginx connects to the instance from 127.0.0.1 (trusted) and appends the real peer
         honest = await Client.connect(cluster.port, bind="127.0.0.3")
+        assert honest.user_id is not None  # connect() waits for ``connected``
         ip = await threads.deferToThread(user_ip, cluster, honest.user_id)
         assert ip == "127.0.0.3"
         await threads.deferToThread(cluster.redis.client, "SET", "banned:ips:127.0.0.2", "Spam")
@@ -131,6 +133,7 @@ async def test_forwarded_for_through_real_nginx_carries_the_client_address():
             bind="127.0.0.4",
             headers={"X-Forwarded-For": "127.0.0.2"},
         )
+        assert direct.user_id is not None
         assert await threads.deferToThread(user_ip, cluster, direct.user_id) == "127.0.0.4"
         await honest.close()
         await direct.close()
@@ -167,6 +170,7 @@ async def test_sigterm_under_load_leaves_nothing_behind_in_redis():
                 while True:
                     await c.next(12)
         # gone within 10 s (shutdown-timeout is 8 s)
+        assert n1.proc is not None  # started
         code = await threads.deferToThread(n1.proc.wait, 10)
         assert code == -signal.SIGTERM
         assert {c.close_code for c in local} == {1001}

@@ -19,7 +19,8 @@ from twisted.internet.protocol import ClientFactory, Protocol
 
 import anygle
 from anygle.config import OPTIONS, ConfigError, Settings, resolve
-from anygle.tap import AnygleService, ListenError, Options, redacted
+from anygle.redisurl import redacted
+from anygle.tap import AnygleService, ListenError, Options
 from tests.conftest import settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,6 +70,15 @@ def test_env_can_name_the_config_file(tmp_path):
         ({"engine": "mongo"}, "must be one of memory, redis"),
         ({"ws": "tcp:notaport"}, "is not a server endpoint"),
         ({"redis": "http://x"}, "must be a redis://"),
+        ({"redis": "redis://h:notaport/0"}, "has port 'notaport', not a number from 1 to 65535"),
+        ({"redis": "redis://h:99999"}, "has port '99999', not a number from 1 to 65535"),
+        ({"redis": "redis://h:0"}, "has port '0'"),
+        (
+            {"redis": "redis://:s3cret@h:6379/abc"},
+            r"'redis://:\*\*\*@h:6379/abc' has database 'abc'",
+        ),
+        ({"redis": "unix://?db=1"}, "has no socket path"),
+        ({"redis": "unix:///run/redis.sock?db=x"}, "has database 'x'"),
         ({"rematch-cooldown": "-1"}, "must be >= 0"),
         ({"stun-urls": "http://stun.example"}, "--stun-urls: .* must be stun: URLs like"),
         ({"stun-urls": "stun:a.example,turn:t.example"}, "'turn:t.example' is not"),
@@ -86,7 +96,7 @@ def test_bad_values_name_option_and_source(cli, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match=message) as e:
         resolve(cli, env={})
-    assert "\n" not in str(e.value)
+    assert "\n" not in str(e.value) and "s3cret" not in str(e.value)
 
 
 def test_bad_config_files(tmp_path):
@@ -229,6 +239,7 @@ async def _refused(port: int) -> bool:
         proto = await endpoint.connect(ClientFactory.forProtocol(Protocol))
     except ConnectionRefusedError:
         return True
+    assert isinstance(proto, Protocol) and proto.transport is not None  # connected
     proto.transport.loseConnection()
     return False
 

@@ -57,6 +57,7 @@ async def test_sigterm_drains_every_client_and_exits_quickly():
         readers = [drain_frames(c) for c in clients]
         results = [await r for r in readers]
         # gone within 10 s (shutdown-timeout is 8 s)
+        assert inst.proc is not None  # started
         code = await threads.deferToThread(inst.proc.wait, 10)
     finally:
         inst.stop()

@@ -40,6 +40,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 from twisted.internet import reactor, task, threads
+from twisted.internet.interfaces import IReactorFromThreads
 
 from anygle.engine.base import EngineConfig
 from anygle.engine.memory import MemoryEngine
@@ -74,8 +75,14 @@ INTEREST_POOL = ["a", "b", "c", "d"]
 STEPS = [1.0, 2.0, 0.125, 5.0, 0.5, 30.0, 0.0]
 # a handshake rate limit: (limit, window s) -- long windows, see above
 handshakes = st.tuples(st.integers(1, 4), st.sampled_from([30.0, 120.0]))
+
+
+def _prefs(queue: tuple[str, str, str], interests: list[str], only: bool) -> Preferences:
+    return Preferences(*queue, tuple(interests), only)
+
+
 prefs_strategy = st.builds(
-    lambda queue, interests, only: Preferences(*queue, tuple(interests), only),
+    _prefs,
     st.sampled_from(QUEUES),
     st.lists(st.sampled_from(INTEREST_POOL), max_size=3, unique=True),
     st.booleans(),
@@ -85,7 +92,7 @@ prefs_strategy = st.builds(
 def in_reactor(d_or_call: Any, *args: Any) -> Any:
     """Run in the reactor thread and wait for the result (the machine runs in a thread of its
     own: Hypothesis is synchronous, the engines live in the reactor)."""
-    return threads.blockingCallFromThread(reactor, d_or_call, *args)
+    return threads.blockingCallFromThread(IReactorFromThreads(reactor), d_or_call, *args)
 
 
 class EnginesMachine(RuleBasedStateMachine):
@@ -230,7 +237,8 @@ class EnginesMachine(RuleBasedStateMachine):
 @pytest_twisted.ensureDeferred
 async def test_memory_and_redis_engines_agree(redis: RedisServer) -> None:
     EnginesMachine.redis = redis
-    EnginesMachine.seen = seen = {}
+    seen: dict[str, int] = {}
+    EnginesMachine.seen = seen
     await threads.deferToThread(run_state_machine_as_test, EnginesMachine, settings=PROFILE)
     operations = sum(n for what, n in seen.items() if ":" not in what and " " not in what)
     print(f"\n{operations} operations on both engines: {dict(sorted(seen.items()))}")

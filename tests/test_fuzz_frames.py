@@ -8,7 +8,8 @@ import random
 import msgpack
 import pytest
 import pytest_twisted
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import ILogObserver, LogEvent, LogLevel, globalLogPublisher
+from zope.interface import provider
 
 from tests.harness import eventually
 from tests.wsclient import Client
@@ -85,7 +86,8 @@ def malformed(rng: random.Random) -> tuple[bytes, bool]:
 async def test_ten_thousand_malformed_frames_while_others_chat(server):
     errors: list[dict] = []
 
-    def observer(event: dict) -> None:
+    @provider(ILogObserver)
+    def observer(event: LogEvent) -> None:
         if event.get("log_failure") is not None or event.get("log_level") in (
             LogLevel.error,
             LogLevel.critical,

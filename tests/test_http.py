@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.logger import globalLogPublisher
+from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from twisted.web.client import Agent, readBody
 from twisted.web.http_headers import Headers
+from zope.interface import provider
 
 from anygle.web import CLIENT_FILES
 from tests.conftest import ServerHandle
@@ -129,13 +130,18 @@ async def test_web_client_page_and_its_files(server):
 @pytest_twisted.ensureDeferred
 async def test_head_of_the_page_has_no_body_and_logs_nothing(server):
     """Load balancers and uptime checkers send ``HEAD /``: each one used to log a warning."""
-    events: list[dict] = []
-    globalLogPublisher.addObserver(events.append)
+    events: list[LogEvent] = []
+
+    @provider(ILogObserver)
+    def observe(event: LogEvent) -> None:
+        events.append(event)
+
+    globalLogPublisher.addObserver(observe)
     try:
         _, _, page = await get(server.http_port, "/")
         code, headers, body = await get(server.http_port, "/", b"HEAD")
     finally:
-        globalLogPublisher.removeObserver(events.append)
+        globalLogPublisher.removeObserver(observe)
     assert code == 200 and body == b""
     assert headers["content-length"] == str(len(page)).encode()
     assert headers["content-type"] == b"text/html; charset=utf-8"
@@ -180,7 +186,8 @@ def test_installed_package_ships_the_web_client():
     assert "anygle/webclient/vendor/msgpack.LICENSE" in installed
     here = Path(__file__).resolve().parent.parent / "anygle" / "webclient"
     for name, _ in CLIENT_FILES.values():  # and they are the ones in this tree
-        assert (
-            Path(dist.locate_file(f"anygle/webclient/{name}")).read_bytes()
-            == (here / name).read_bytes()
-        ), f"{name}: reinstall (pip install .)"
+        shipped = dist.locate_file(f"anygle/webclient/{name}")
+        assert isinstance(shipped, Path)  # a file in site-packages (typed as a SimplePath)
+        assert shipped.read_bytes() == (here / name).read_bytes(), (
+            f"{name}: reinstall (pip install .)"
+        )

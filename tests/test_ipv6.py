@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 from twisted.internet.task import Clock
-from twisted.logger import globalLogPublisher
+from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
+from zope.interface import implementer
 
 from anygle.clientip import (
     ClientAddress,
@@ -151,6 +152,7 @@ def test_ipv6_prefix_and_key_cap_options(tmp_path):
             resolve({"ipv6-prefix": bad}, env={})
 
 
+@implementer(ILogObserver)
 class Logged:
     """Log events of ``anygle.limits`` while in use."""
 
@@ -159,7 +161,7 @@ class Logged:
         globalLogPublisher.addObserver(self)
         return self.lines
 
-    def __call__(self, event: dict) -> None:
+    def __call__(self, event: LogEvent) -> None:
         if event.get("log_namespace") == "anygle.limits":
             self.lines.append(event["log_format"].format(**event))
 

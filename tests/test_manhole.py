@@ -51,6 +51,7 @@ def ssh(port: int, key: Path, commands: list[str], wait: float = 8.0) -> tuple[i
         stderr=subprocess.STDOUT,
     )
     assert proc.stdin is not None and proc.stdout is not None
+    stdout = proc.stdout  # narrowed for prompted() below
     screen = bytearray()
 
     def prompted(since: int, new_line: bool) -> bool:
@@ -58,8 +59,8 @@ def ssh(port: int, key: Path, commands: list[str], wait: float = 8.0) -> tuple[i
         deadline = time.monotonic() + wait
         wanted = b"\n" + PROMPT if new_line else PROMPT
         while screen.find(wanted, since) < 0:
-            ready, _, _ = select.select([proc.stdout], [], [], max(0, deadline - time.monotonic()))
-            chunk = os.read(proc.stdout.fileno(), 65536) if ready else b""
+            ready, _, _ = select.select([stdout], [], [], max(0, deadline - time.monotonic()))
+            chunk = os.read(stdout.fileno(), 65536) if ready else b""
             if not chunk:
                 return False
             screen.extend(chunk)

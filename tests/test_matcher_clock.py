@@ -6,7 +6,7 @@ from twisted.internet.task import Clock
 
 from anygle.engine.base import EngineConfig
 from anygle.engine.memory import MemoryEngine
-from anygle.model import Match, Preferences
+from anygle.model import Match, Preferences, Stats
 from anygle.periodic import Periodic
 
 
@@ -27,6 +27,9 @@ class Sink:
     def on_kick(self, user_id, code, reason) -> None:
         pass
 
+    def on_undelivered(self, user_id, room_id, frame) -> None:
+        pass
+
 
 def engine(clock: Clock, **config) -> tuple[MemoryEngine, Sink]:
     e = MemoryEngine(EngineConfig(instance_id="t", **config), clock)
@@ -40,7 +43,9 @@ def prefs(*interests: str, only: bool = False, mode: str = "text") -> Preference
 
 
 def join(e: MemoryEngine, clock: Clock, user: str, p: Preferences) -> Match | None:
-    return e.join(user, p, clock.seconds()).result
+    got = e.join(user, p, clock.seconds()).result  # the memory engine answers at once
+    assert got is None or isinstance(got, Match)
+    return got
 
 
 def test_fallback_exactly_at_interest_timeout():
@@ -102,6 +107,7 @@ def test_disconnect_leaves_no_trace():
     join(e, clock, "a", prefs("x", "y"))
     e.disconnect("a")
     s = e.stats().result
+    assert isinstance(s, Stats)
     assert s.in_queue == 0 and s.total_online == 1
     assert e.queues["adult:text:moderated"].by_interest == {}
     assert join(e, clock, "b", prefs("x")) is None

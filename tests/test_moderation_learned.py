@@ -12,13 +12,13 @@ import pytest
 
 from anygle.moderation import Classifier, SenderWindow, Severity
 from anygle.moderation.evaluation import load_corpus, predict
-from anygle.moderation.learned import SEVERITY, LearnedModel, features
+from anygle.moderation.learned import SEVERITY, LearnedModel, ModelData, features
 
 DATA = Path(__file__).parent / "data"
 
 
 @pytest.fixture(scope="module")
-def shipped() -> dict:
+def shipped() -> ModelData:
     raw = resources.files("anygle.moderation").joinpath("model/weights.json.gz").read_bytes()
     return json.loads(gzip.decompress(raw))
 
@@ -51,7 +51,9 @@ def test_features_are_words_character_grams_and_pairs() -> None:
 
 
 @pytest.mark.slow
-def test_scores_are_the_plain_sum_of_feature_weights(shipped: dict, rules_only: Classifier) -> None:
+def test_scores_are_the_plain_sum_of_feature_weights(
+    shipped: ModelData, rules_only: Classifier
+) -> None:
     model = LearnedModel(shipped)
     norm = rules_only.normalize
     for text in ("hey whats up", "wat scool u go to lol", "send me a pic", "a" * 40, ""):
@@ -65,12 +67,14 @@ def test_scores_are_the_plain_sum_of_feature_weights(shipped: dict, rules_only: 
         assert model.scores(tokens) == got  # the per-token cache changes nothing
 
 
-def test_shipped_model_has_a_threshold_for_every_acting_category(shipped: dict) -> None:
+def test_shipped_model_has_a_threshold_for_every_acting_category(shipped: ModelData) -> None:
     assert set(SEVERITY) <= set(shipped["classes"])
     for category in SEVERITY:
         assert 0.5 <= shipped["thresholds"][category] <= 1.0
     # trained on the kept corpora, never on a blind set
-    assert not [name for name in shipped["meta"]["corpora"] if "blind" in name]
+    corpora = shipped["meta"]["corpora"]  # corpus name -> cases (meta is typed as object)
+    assert isinstance(corpora, dict)
+    assert not [name for name in corpora if "blind" in name]
 
 
 def test_gating_by_queue_and_age_group() -> None:
@@ -128,6 +132,7 @@ def test_ids_and_hashes_are_not_judged(with_model: Classifier) -> None:
     def uid() -> str:
         return "-".join(f"{rng.getrandbits(4 * n):0{n}x}" for n in (8, 4, 4, 4, 12))
 
+    assert with_model.learned is not None
     for i in range(3000):
         text = f"{uid()}|{uid()}|{i % 50}"
         tokens = list(with_model.normalize(text).text_tokens)

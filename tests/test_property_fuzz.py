@@ -80,7 +80,7 @@ class Conn:
 
 
 def read_until_pong(ws: websocket.WebSocket) -> list[dict]:
-    seen = []
+    seen: list[dict] = []
     while True:
         opcode, payload = ws.recv_data()
         if opcode == websocket.ABNF.OPCODE_CLOSE:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -64,9 +65,10 @@ class World:
                 return
             self.observe(m, frame)
 
-    def observe(self, m: Model, frame: dict) -> None:
-        kind, data = frame["type"], frame.get("data")
+    def observe(self, m: Model, frame: dict[str, Any]) -> None:
+        kind = frame["type"]
         if kind == "matched":
+            data = frame["data"]
             if m.state == "chatting":
                 m.violations.append(f"matched into {data['roomId']} while in {m.room}")
             if data["partnerId"] == m.uid:
@@ -96,6 +98,7 @@ class World:
             m.last_seq[room] = int(seq)
             m.received[room] = m.received.get(room, 0) + 1
         elif kind == "error":
+            data = frame["data"]
             if data["code"] != "NOT_IN_CHAT":
                 m.violations.append(f"error {data}")
 
@@ -151,6 +154,7 @@ async def test_random_joins_chats_skips_and_leaves(make_server):
             if rng.random() < 0.5:
                 victim.client.drop()
             else:
+                assert victim.client.proto is not None
                 victim.client.proto.sendClose(1000)
             newcomer = await world.add()
             newcomer.client.join(mode=newcomer.mode)
@@ -174,10 +178,11 @@ async def test_random_joins_chats_skips_and_leaves(make_server):
 
     for m in live:
         if m.state == "chatting":
-            partner = world.models[m.partner]
-            assert partner.state == "chatting" and partner.room == m.room, (m, partner)
+            assert m.partner is not None and m.room is not None  # set with the state
+            other = world.models[m.partner]
+            assert other.state == "chatting" and other.room == m.room, (m, other)
             # a room both sides still hold got every message, in order (checked above)
-            assert partner.received.get(m.room, 0) == m.sent.get(m.room, 0)
+            assert other.received.get(m.room, 0) == m.sent.get(m.room, 0)
 
     searching = [m for m in live if m.state == "searching"]
     per_mode = {mode: [m for m in searching if m.mode == mode] for mode in MODES}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+from functools import partial
 
 import pytest
 import pytest_twisted
@@ -29,9 +30,12 @@ def cluster():
 async def connect_spread(cluster: Cluster, n: int) -> dict[str, list[Client]]:
     """``n`` clients through nginx, grouped by the instance they landed on."""
     by_instance: dict[str, list[Client]] = {}
+    assert cluster.port is not None  # the cluster has nginx
     for _ in range(n):
         c = await Client.connect(cluster.port)
+        assert c.user_id is not None  # connect() waits for ``connected``
         inst = await threads.deferToThread(cluster.instance_of, c.user_id)
+        assert inst is not None, f"{c.user_id} has no user: key"
         by_instance.setdefault(inst, []).append(c)
     return by_instance
 
@@ -62,6 +66,7 @@ def http_get(port: int, path: str) -> tuple[int, dict]:
 
 @pytest_twisted.ensureDeferred
 async def test_through_nginx_cross_instance_chat_and_kill_9(cluster: Cluster):
+    assert cluster.port is not None  # the cluster has nginx
     groups = await connect_spread(cluster, 9)
     assert sorted(groups) == ["node1", "node2", "node3"]  # least_conn spreads them
     n1, n2, n3 = groups["node1"], groups["node2"], groups["node3"]
@@ -103,6 +108,7 @@ async def test_through_nginx_cross_instance_chat_and_kill_9(cluster: Cluster):
 
 @pytest_twisted.ensureDeferred
 async def test_redis_killed_and_restarted(cluster: Cluster):
+    assert cluster.port is not None  # the cluster has nginx
     groups = await connect_spread(cluster, 6)
     n1, n2 = groups["node1"], groups["node2"]
     await match(n1[0], n1[1], interests=["same"], interestsOnly=True)  # same instance
@@ -114,7 +120,7 @@ async def test_redis_killed_and_restarted(cluster: Cluster):
     await threads.deferToThread(cluster.redis.kill)
     for inst in cluster.instances:
         await eventually(
-            lambda i=inst: health_is(i.http_port, 503), what=f"{inst.name} reports the outage"
+            partial(health_is, inst.http_port, 503), what=f"{inst.name} reports the outage"
         )
         code, body = await threads.deferToThread(http_get, inst.http_port, "/health")
         assert code == 503 and body["reason"].startswith("redis unavailable"), body
@@ -152,7 +158,7 @@ async def test_redis_killed_and_restarted(cluster: Cluster):
     await chat(*cross, 5)
     for inst in cluster.instances:  # every instance is back within 5 s (backoff tops at 2 s)
         left = 5 - (reactor.seconds() - start)
-        await eventually(lambda i=inst: health_is(i.http_port, 200), timeout=left)
+        await eventually(partial(health_is, inst.http_port, 200), timeout=left)
     # the global figures were rebuilt: 6 online, the local chat and the new one
     code, stats = await threads.deferToThread(http_get, cluster.port, "/stats")
     assert (stats["totalOnline"], stats["activeChats"]) == (6, 3)

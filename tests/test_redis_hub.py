@@ -10,6 +10,7 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.web.client import Agent, readBody
 
+from anygle.engine.redis import RedisEngine
 from anygle.tap import AnygleService
 from tests.conftest import ServerHandle, settings
 from tests.harness import RedisServer, eventually
@@ -27,6 +28,7 @@ async def instances(redis: RedisServer, packaged_rules):
             overrides.update(engine="redis", redis=redis.url, instance_id=f"inst{len(started)}")
             service = AnygleService(settings(**overrides), reactor, classifier=packaged_rules)
             service.startService()
+            assert isinstance(service.engine, RedisEngine)
             await service.engine.when_ready(10)
             handle = ServerHandle(service)
             started.append(handle)

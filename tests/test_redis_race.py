@@ -108,6 +108,7 @@ class Player:
             except (ConnectError, Closed):  # that instance is down (killed, not back yet)
                 await sleep(0.05)
                 continue
+            assert self.client.user_id is not None  # connect() waits for ``connected``
             self.ids_on[self.client.user_id] = (port, reactor.seconds())
             self.requests = self.answered = 0
             return self.client
@@ -146,6 +147,7 @@ class Player:
                     if d["partnerId"] == c.user_id:
                         self.violations.append(f"{c.user_id} matched with itself")
                     room = d["roomId"]
+                    assert c.user_id is not None  # connect() waited for ``connected``
                     self.rooms.append((room, c.user_id, d["partnerId"]))
                     self.matched_at.append((reactor.seconds(), d["partnerId"]))
                     self.matches += 1

@@ -18,7 +18,7 @@ from anygle.console import build_namespace
 from anygle.engine.base import EngineConfig
 from anygle.engine.memory import MAX_REPORTS, MemoryEngine
 from anygle.limits import MESSAGE_LIMITS
-from anygle.reports import BAN_REASON, REPORT_GRACE, TRANSCRIPT_MESSAGES, Report
+from anygle.reports import BAN_REASON, REPORT_GRACE, TRANSCRIPT_MESSAGES, Report, ReportOutcome
 from tests.conftest import ServerHandle
 from tests.test_http import get
 from tests.wsclient import Client
@@ -247,16 +247,21 @@ def test_memory_engine_keeps_reports_bounded_and_for_their_retention():
 
     def file(n: int) -> str:
         r = Report(f"r{n}", f"u{n}", "192.0.2.1", "192.0.2.1", "x", f"room{n}", "spam", None, 0)
-        return engine.report(r).result.report_id
+        outcome = engine.report(r).result  # the memory engine answers at once
+        assert isinstance(outcome, ReportOutcome)
+        return outcome.report_id
 
     file(0)
     clock.advance(60)
     file(1)
     clock.advance(50)  # r0 is past its retention
     assert engine.get_report("r0").result is None
-    assert [r["reportId"] for r in engine.reports(5).result] == ["r1"]
+    stored = engine.reports(5).result
+    assert isinstance(stored, list)
+    assert [r["reportId"] for r in stored] == ["r1"]
     dup = Report("r9", "u1", "192.0.2.1", "192.0.2.1", "x", "room1", "spam", None, 0)
-    assert engine.report(dup).result.duplicate
+    outcome = engine.report(dup).result
+    assert isinstance(outcome, ReportOutcome) and outcome.duplicate
     for n in range(2, MAX_REPORTS + 10):
         file(n)
     assert len(engine.stored_reports) == MAX_REPORTS == len(engine.reported_rooms)

@@ -170,7 +170,11 @@ def matched_pair(
     b.start(mode, interest, age)
     for page in (a, b):
         page.wait_state("chatting")
-        page.wait(lambda p=page: f"You both like {interest}" in p.text("#log"), "shared interest")
+
+        def shared(p: Page = page) -> bool:
+            return f"You both like {interest}" in p.text("#log")
+
+        page.wait(shared, "shared interest")
     return a, b
 
 

@@ -73,7 +73,8 @@ class Response:
 def _parse(data: bytes) -> tuple[bytes, Response]:
     kind, length, magic = struct.unpack("!HHI", data[:8])
     assert magic == MAGIC, "not a STUN message"
-    attrs, offset = {}, 20
+    attrs: dict[int, bytes] = {}
+    offset = 20
     while offset < 20 + length:
         akind, alen = struct.unpack("!HH", data[offset : offset + 4])
         attrs.setdefault(akind, data[offset + 4 : offset + 4 + alen])

@@ -9,6 +9,7 @@ import msgpack
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.interfaces import ITCPTransport
 
 # frames a test rarely asserts on; expect() skips them unless asked for
 NOISE = frozenset({"stats", "searching"})
@@ -20,6 +21,7 @@ class Closed(Exception):
 
 class _Protocol(WebSocketClientProtocol):
     client: Client
+    transport: ITCPTransport | None  # connected by a TCP endpoint (None before)
 
     def onOpen(self) -> None:
         self.client._opened.callback(self)
@@ -175,7 +177,7 @@ class Client:
 
     def drop(self) -> None:
         """Vanish without a close handshake."""
-        assert self.proto is not None
+        assert self.proto is not None and self.proto.transport is not None
         self.proto.transport.abortConnection()
 
 

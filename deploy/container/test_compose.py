@@ -162,15 +162,12 @@ def test_every_replica_is_healthy_and_logs_to_the_runtime(deployment: Deployment
     for name in replicas:
         health = sh("podman", "inspect", "--format", "{{json .Config.Healthcheck}}", name)
         assert "/health" in health, f"{name}: the image's HEALTHCHECK was dropped: {health}"
-        wait_for(
-            lambda n=name: (
-                subprocess.run(["podman", "healthcheck", "run", n], capture_output=True).returncode
-                == 0
-            ),
-            60,
-            f"{name} healthy",
-            step=1,
-        )
+
+        def healthy(n: str = name) -> bool:
+            run = subprocess.run(["podman", "healthcheck", "run", n], capture_output=True)
+            return run.returncode == 0
+
+        wait_for(healthy, 60, f"{name} healthy", step=1)
         logs = subprocess.run(["podman", "logs", name], capture_output=True, text=True).stdout
         assert "AnygleFactory starting on 3001" in logs, logs[-2000:]
         assert replica_stats(name)["instance"]["id"].startswith(

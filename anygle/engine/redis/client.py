@@ -7,55 +7,61 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlparse
 
 import txredisapi
+from twisted.internet import defer, error
 from twisted.internet._resolver import GAIResolver  # the reactor's own default resolver
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
 from twisted.internet.interfaces import IReactorPluggableNameResolver, IStreamClientEndpoint
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
+
+from anygle.redisurl import RedisAddress
 
 __all__ = ["RedisAddress", "RedisFactory", "RedisProtocol", "endpoint"]
 
 
-@dataclass(slots=True)
-class RedisAddress:
-    host: str = "127.0.0.1"
-    port: int = 6379
-    path: str | None = None
-    db: int = 0
-    password: str | None = None
-    username: str | None = None
-
-    @classmethod
-    def parse(cls, url: str) -> RedisAddress:
-        u = urlparse(url)
-        if u.scheme == "unix":
-            db = int(parse_qs(u.query).get("db", ["0"])[0])
-            return cls(path=u.path, db=db, password=u.password and unquote(u.password))
-        if u.scheme not in ("redis", ""):
-            raise ValueError(f"unsupported Redis URL {url!r}")
-        db = int(u.path.strip("/") or 0)
-        return cls(
-            host=u.hostname or "127.0.0.1",
-            port=u.port or 6379,
-            db=db,
-            password=unquote(u.password) if u.password else None,
-            username=unquote(u.username) if u.username else None,
-        )
-
-    def __str__(self) -> str:
-        return self.path or f"{self.host}:{self.port}"
-
-
-def endpoint(reactor: Any, address: RedisAddress) -> IStreamClientEndpoint:
-    """Where a connection to ``address`` is made (a Unix socket, or TCP)."""
+def endpoint(
+    reactor: Any, address: RedisAddress, on_failed: Callable[[str], None] | None = None
+) -> IStreamClientEndpoint:
+    """Where a connection to ``address`` is made (a Unix socket, or TCP); ``on_failed`` hears
+    why an attempt failed (refused, no such host, timed out), for ``/health`` and the log."""
     if address.path:
-        return UNIXClientEndpoint(reactor, address.path, timeout=2)
-    return HostnameEndpoint(_OwnLookups.of(reactor), address.host, address.port, timeout=2)
+        inner: IStreamClientEndpoint = UNIXClientEndpoint(reactor, address.path, timeout=2)
+    else:
+        inner = HostnameEndpoint(_OwnLookups.of(reactor), address.host, address.port, timeout=2)
+    return inner if on_failed is None else _Watched(inner, on_failed)
+
+
+@implementer(IStreamClientEndpoint)
+class _Watched:
+    """An endpoint that reports each failed attempt before the reconnecting service retries."""
+
+    def __init__(self, inner: IStreamClientEndpoint, on_failed: Callable[[str], None]) -> None:
+        self.inner = inner
+        self.on_failed = on_failed
+
+    def connect(self, factory: Any) -> Any:
+        def failed(failure: Failure) -> Failure:
+            if not failure.check(defer.CancelledError):
+                self.on_failed(_why(failure))
+            return failure
+
+        return self.inner.connect(factory).addErrback(failed)
+
+
+def _why(failure: Failure) -> str:
+    """A connection error in a few words: "connection refused", "timed out", the DNS error."""
+    e = failure.value
+    if isinstance(e, error.ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(e, error.TimeoutError):
+        return "no answer (timed out)"
+    if isinstance(e, error.DNSLookupError):
+        return f"cannot resolve the host name ({e.args[0] if e.args else 'lookup failed'})"
+    return failure.getErrorMessage().strip().rstrip(".") or type(e).__name__
 
 
 class _DaemonThread(threading.Thread):
@@ -137,6 +143,7 @@ class RedisFactory(txredisapi.RedisFactory):  # type: ignore[misc]  # (untyped, 
         address: RedisAddress,
         on_ready: Callable[[Any], None],
         on_lost: Callable[[Any], None],
+        on_error: Callable[[str], None] | None = None,
     ) -> None:
         super().__init__(
             str(address),
@@ -151,6 +158,17 @@ class RedisFactory(txredisapi.RedisFactory):  # type: ignore[misc]  # (untyped, 
         )
         self.on_ready = on_ready
         self.on_lost = on_lost
+        self.on_error = on_error
+        # txredisapi's "first connection" Deferred: nobody waits on it (the factory is lazy,
+        # the engine hears of connections through the hooks), so its failure (a refused AUTH)
+        # would be logged as unhandled; on_error reports it instead.
+        self.deferred.addErrback(lambda _: None)
+
+    def connectionError(self, why: str) -> None:
+        """txredisapi's report of a connection it gave up on (AUTH or SELECT refused)."""
+        if self.on_error is not None:
+            self.on_error(why.removeprefix("Redis error: "))
+        super().connectionError(why)
 
     def buildProtocol(self, addr: Any) -> Any:
         proto = super().buildProtocol(addr)

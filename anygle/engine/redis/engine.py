@@ -105,22 +105,28 @@ class RedisEngine:
         self._cmd_factory: RedisFactory | None = None
         self._reader_factory: RedisFactory | None = None
         self._next_touch = 0.0
+        self._complained: tuple[str, float] | None = None  # (cause, when) of the last warning
 
     # --- lifecycle ------------------------------------------------------------------------
     def start(self, sink: EngineSink) -> defer.Deferred[None]:
         self.local.sink = sink
         self.status.started, self.status.stopping = True, False
-        self._cmd_factory = RedisFactory(self.address, self._cmd_ready, self._cmd_lost)
-        self._reader_factory = RedisFactory(self.address, self.inbox.connected, self.inbox.lost)
+        self._cmd_factory = RedisFactory(
+            self.address, self._cmd_ready, self._cmd_lost, self._given_up
+        )
+        self._reader_factory = RedisFactory(
+            self.address, self.inbox.connected, self.inbox.lost, self._given_up
+        )
         for factory in (self._cmd_factory, self._reader_factory):
-            factory.startConnecting(endpoint(self.reactor, self.address))
+            factory.startConnecting(endpoint(self.reactor, self.address, self._connect_failed))
         self.liveness.start()
         return self.when_ready(self.startup_wait).addErrback(self._start_failed)
 
     def _start_failed(self, failure: Failure) -> None:
         failure.trap(EngineUnavailable)
-        why = self.status.reason
-        self.log.warn("redis engine started without Redis ({why}); retrying", why=why)
+        if self._complained is None:  # not said yet (no attempt failed: none answered in time)
+            why = self.status.reason
+            self.log.warn("redis engine started without Redis ({why}); retrying", why=why)
 
     def when_ready(self, timeout: float | None = None) -> defer.Deferred[None]:
         """Fires when the engine is usable; fails with EngineUnavailable after ``timeout``."""
@@ -175,10 +181,39 @@ class RedisEngine:
             return False, "redis unavailable: inbox connection down"
         return True, "ok"
 
-    # --- the command connection -----------------------------------------------------------
+    # --- the connections ------------------------------------------------------------------
+    complain_every: ClassVar[float] = 60.0  # the same connection problem is logged this often
+
+    def _connect_failed(self, why: str) -> None:
+        """An attempt to connect failed: ``/health`` says why, callers stop waiting."""
+        self._cannot_use(f"cannot connect to {self.address}: {why}", retrying=True)
+
+    def _given_up(self, why: str) -> None:
+        """txredisapi gave up on a connection (AUTH or SELECT refused): it will not retry."""
+        self._cannot_use(f"{why} (at {self.address}; not retrying: fix it and restart)")
+
+    def _cannot_use(self, cause: str, retrying: bool = False) -> None:
+        if self.status.stopping:
+            return
+        self.status.refused = cause
+        now = self.reactor.seconds()
+        last = self._complained
+        if last is None or last[0] != cause or now - last[1] >= self.complain_every:
+            self._complained = (cause, now)
+            self.log.warn(
+                "redis unavailable: {cause}{more}", cause=cause, more="; retrying" * retrying
+            )
+        if not self.status.available:
+            self.status.reason = f"redis unavailable: {cause}"
+            self.registration.stop_waiting()
+
     def _cmd_ready(self, proto: Any) -> None:
         if self.status.stopping:
             return
+        if self._complained is not None:
+            self.log.info("connected to redis at {address}", address=str(self.address))
+            self._complained = None
+        self.status.refused = None
         self.commands.proto = proto
         self.status.reason = "redis unavailable: synchronising"
         self.registration.sync()

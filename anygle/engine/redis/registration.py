@@ -107,6 +107,22 @@ class Registration:
             d.addBoth(lambda r: (call.active() and call.cancel(), r)[1])
         return d
 
+    def stop_waiting(self) -> None:
+        """Redis is known to be unreachable: whoever waits for it is answered at once."""
+        waiters, self._ready_waiters = self._ready_waiters, []
+        for d in waiters:
+            d.errback(EngineUnavailable(self.status.reason))
+
+    def _wait(self) -> bool:
+        """Whether a caller should wait for the first registration: briefly after start(), as
+        long as no connection attempt has failed (then the answer is "unavailable", at once)."""
+        return (
+            not self.registered
+            and not self.status.stopping
+            and self.status.started
+            and self.status.refused is None
+        )
+
     def _ready(self) -> None:
         """Registered (again): Redis may be used."""
         self.status.available = True
@@ -120,7 +136,7 @@ class Registration:
         """Wait for the first registration after start() (briefly); afterwards fail fast."""
         if self.status.available:
             return defer.succeed(None)
-        if not self.registered and not self.status.stopping and self.status.started:
+        if self._wait():
             return self.when_ready(self.startup_wait)
         return defer.fail(EngineUnavailable(self.status.reason))
 
@@ -139,9 +155,7 @@ class Registration:
 
         if self.status.available:
             d = online()
-        elif not self.status.stopping and (
-            self.syncing is not None or (not self.registered and self.status.started)
-        ):
+        elif not self.status.stopping and (self.syncing is not None or self._wait()):
             d = self.when_ready(self.startup_wait).addCallback(lambda _: online())
         else:
             return defer.maybeDeferred(fallback)

@@ -92,6 +92,7 @@ class Status:
 
     available: bool = False
     reason: str = "redis unavailable: not connected yet"
+    refused: str | None = None  # why the last connection attempt failed (None: it connected)
     dirty: bool = False  # Redis may have missed local changes: reconcile when registering again
     started: bool = False  # start() was called
     stopping: bool = False  # stop() or halt() was called (and no start() since)
