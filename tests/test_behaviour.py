@@ -11,6 +11,11 @@ import pytest_twisted
 from tests.harness import eventually, sleep
 from tests.wsclient import Client, Closed, match
 
+# Behaviours that take time (timeouts, cooldowns, pushes, pings) are checked on a clock for the
+# memory engine (tests/test_core.py, in milliseconds); over sockets only where the redis engine
+# implements them again (its Lua scripts keep their own time).
+REDIS_ONLY = pytest.mark.parametrize("engine_name", ["redis"], indirect=True)
+
 
 @pytest_twisted.ensureDeferred
 async def test_connected_carries_a_user_id(server):
@@ -275,6 +280,7 @@ async def test_oldest_waiter_first_among_equals(server):
     assert (await late.expect("matched"))["data"]["partnerId"] == first.user_id
 
 
+@REDIS_ONLY
 @pytest.mark.parametrize("other", [["surfing"], []], ids=["other-interests", "no-interests"])
 @pytest_twisted.ensureDeferred
 async def test_interest_fallback_after_timeout(make_server, other):
@@ -291,6 +297,7 @@ async def test_interest_fallback_after_timeout(make_server, other):
     await b.expect("matched")
 
 
+@REDIS_ONLY
 @pytest_twisted.ensureDeferred
 async def test_interests_only_never_falls_back(make_server):
     server = await make_server(interest_timeout=0.1, match_interval=0.02)
@@ -305,6 +312,7 @@ async def test_interests_only_never_falls_back(make_server):
     assert (await c.expect("matched"))["data"]["partnerId"] == a.user_id
 
 
+@REDIS_ONLY
 @pytest.mark.slow
 @pytest_twisted.ensureDeferred
 async def test_rematch_cooldown_keeps_skipped_pair_apart(make_server):
@@ -364,6 +372,7 @@ async def test_json_client_chats_with_msgpack_client(server):
     assert (await a.expect("message"))["data"]["content"] == "ok"
 
 
+@REDIS_ONLY
 @pytest_twisted.ensureDeferred
 async def test_stats_and_searching_are_pushed(make_server):
     server = await make_server(stats_interval=0.2, searching_interval=0.2)
@@ -385,6 +394,7 @@ async def test_stats_and_searching_are_pushed(make_server):
     assert stats["data"]["avgMatchTime"] >= 0
 
 
+@REDIS_ONLY
 @pytest_twisted.ensureDeferred
 async def test_estimated_time_comes_from_recent_matches(make_server):
     server = await make_server(interest_timeout=60.0)
@@ -500,6 +510,7 @@ async def test_huge_frame_closes_with_1009(server):
     assert c.close_code == 1009
 
 
+@REDIS_ONLY
 @pytest.mark.slow
 @pytest_twisted.ensureDeferred
 async def test_half_open_peer_is_dropped_by_server_pings(make_server):

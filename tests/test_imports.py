@@ -7,6 +7,7 @@ only the type checker sees is still two modules that each need the other).  A pa
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import anygle
@@ -73,6 +74,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return result
 
 
+@functools.cache
 def graph() -> dict[str, set[str]]:
     found = modules()
     return {name: imports(name, path, set(found)) for name, path in found.items()}
