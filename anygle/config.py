@@ -12,6 +12,7 @@ that ``etc/anygle.conf`` and the README's table agree with it.  Durations are in
 from __future__ import annotations
 
 import configparser
+import dataclasses
 import difflib
 import os
 import socket
@@ -91,8 +92,8 @@ def _optional_endpoint(text: str) -> str:
 
 
 def _redis_url(text: str) -> str:
-    if not text.startswith(("redis://", "unix://")):
-        raise ValueError("must be a redis://host:port/db or unix:///path URL")
+    if not text.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("must be a redis://host:port/db, rediss://… (TLS) or unix:///path URL")
     RedisAddress.parse(text)  # a bad port or db is refused here, with the other options
     return text
 
@@ -161,6 +162,25 @@ OPTIONS: tuple[Option, ...] = (
     Option("http", "tcp:3000", _endpoint, "HTTP listener: the web client, /health, /stats"),
     Option("engine", "memory", _choice("memory", "redis"), "state engine: memory or redis"),
     Option("redis", "redis://127.0.0.1:6379/0", _redis_url, "Redis URL (redis engine)"),
+    Option(
+        "redis-tls-ca",
+        "",
+        _text,
+        "CA certificates (PEM) that sign a rediss:// server's certificate",
+        shown="the system's CAs",
+        path=True,
+    ),
+    Option(
+        "redis-tls-cert",
+        "",
+        _text,
+        "client certificate (PEM) for a rediss:// server that asks for one",
+        shown="none",
+        path=True,
+    ),
+    Option(
+        "redis-tls-key", "", _text, "the client certificate's key (PEM)", shown="none", path=True
+    ),
     Option("instance-id", "", _text, "name of this instance", shown="hostname-pid"),
     Option("match-interval", "0.1", _seconds(0, 10, strict=True), "matcher tick, s"),
     Option("interest-timeout", "5", _seconds(0, 600), "s to wait for a shared interest"),
@@ -340,6 +360,9 @@ class Settings:
     http: str = default("http")
     engine: str = default("engine")
     redis: str = default("redis")
+    redis_tls_ca: str = default("redis-tls-ca")
+    redis_tls_cert: str = default("redis-tls-cert")
+    redis_tls_key: str = default("redis-tls-key")
     instance_id: str = default("instance-id")
     match_interval: float = default("match-interval")
     interest_timeout: float = default("interest-timeout")
@@ -448,6 +471,25 @@ def _check_turn(values: Mapping[str, Any]) -> None:
         raise ConfigError("--turn-secret is set but --turn-urls is empty: nothing to sign for")
 
 
+def _check_redis_tls(values: Mapping[str, Any]) -> None:
+    """The TLS files go with a rediss:// URL, a client certificate with its key; with the redis
+    engine they must be usable now (not at the first connection)."""
+    files = {k: values[f"redis_tls_{k}"] for k in ("ca", "cert", "key")}
+    address = RedisAddress.parse(values["redis"])
+    if any(files.values()) and not address.tls:
+        raise ConfigError(f"--redis-tls-* need a rediss:// URL, not {redacted(values['redis'])}")
+    if bool(files["cert"]) != bool(files["key"]):
+        raise ConfigError("--redis-tls-cert and --redis-tls-key go together")
+    if address.tls and values["engine"] == "redis":
+        tls = dataclasses.replace(
+            address, tls_ca=files["ca"], tls_cert=files["cert"], tls_key=files["key"]
+        )
+        try:
+            tls.ssl_context()
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+
 def resolve(
     cli: Mapping[str, str | None],
     env: Mapping[str, str] = os.environ,
@@ -478,6 +520,7 @@ def resolve(
             where = f" (from {source})" if source else ""
             raise ConfigError(f"--{option.name}: {redacted(value)!r} {e}{where}") from None
     _check_turn(values)
+    _check_redis_tls(values)
     if not values["instance_id"]:
         values["instance_id"] = f"{socket.gethostname()}-{os.getpid()}"
     assert {f.name for f in fields(Settings)} == set(values)

@@ -1,9 +1,15 @@
 """The ``--redis`` URL, parsed: checked when the configuration is read (a bad port or db is one
 clear line at start-up, like every other bad option) and used by the redis engine to connect.
-Kept apart from the engine so that reading the configuration never imports txredisapi."""
+Kept apart from the engine so that reading the configuration never imports txredisapi.
+
+``rediss://`` is Redis over TLS (managed Redis services require it): the server's certificate
+is checked against ``--redis-tls-ca`` (else the system's CAs) and its name or address, and
+``--redis-tls-cert``/``--redis-tls-key`` give a client certificate when the server asks for one.
+"""
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote, urlparse, urlsplit, urlunsplit
 
@@ -31,10 +37,14 @@ class RedisAddress:
     db: int = 0
     password: str | None = None
     username: str | None = None
+    tls: bool = False  # rediss://
+    tls_ca: str = ""  # PEM file of the CA(s) that sign the server's certificate ("": system's)
+    tls_cert: str = ""  # PEM file of a client certificate (and its chain), if the server asks
+    tls_key: str = ""  # its private key
 
     @classmethod
     def parse(cls, url: str) -> RedisAddress:
-        """``redis://[[user]:password@]host[:port][/db]`` or ``unix:///path[?db=N]``; a
+        """``redis[s]://[[user]:password@]host[:port][/db]`` or ``unix:///path[?db=N]``; a
         ValueError says what is wrong."""
         u = urlparse(url)
         if u.scheme == "unix":
@@ -42,8 +52,8 @@ class RedisAddress:
                 raise ValueError("has no socket path (unix:///run/redis/redis.sock)")
             db = _db(parse_qs(u.query).get("db", ["0"])[0])
             return cls(path=u.path, db=db, password=u.password and unquote(u.password))
-        if u.scheme not in ("redis", ""):
-            raise ValueError(f"has scheme {u.scheme!r}: use redis:// or unix://")
+        if u.scheme not in ("redis", "rediss", ""):
+            raise ValueError(f"has scheme {u.scheme!r}: use redis://, rediss:// or unix://")
         try:
             port = u.port
         except ValueError:
@@ -57,10 +67,44 @@ class RedisAddress:
             db=_db(u.path.strip("/") or "0"),
             password=unquote(u.password) if u.password else None,
             username=unquote(u.username) if u.username else None,
+            tls=u.scheme == "rediss",
         )
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The TLS settings as Python's ``ssl`` wants them (the lease thread's own socket); a
+        ValueError names the file that cannot be used and why."""
+        try:
+            context = ssl.create_default_context(cafile=self.tls_ca or None)
+        except (OSError, ssl.SSLError) as e:
+            raise ValueError(f"--redis-tls-ca {self.tls_ca}: {_reason(e)}") from None
+        if self.tls_cert or self.tls_key:
+            try:
+                context.load_cert_chain(self.tls_cert, self.tls_key or None)
+            except (OSError, ssl.SSLError) as e:
+                raise ValueError(
+                    f"--redis-tls-cert {self.tls_cert} / --redis-tls-key {self.tls_key}: "
+                    f"{_reason(e)}"
+                ) from None
+        return context
 
     def __str__(self) -> str:
         return self.path or f"{self.host}:{self.port}"
+
+
+_SSL_REASONS = {
+    "NO_CERTIFICATE_OR_CRL_FOUND": "no PEM certificate in it",
+    "PEM_LIB": "not a PEM certificate with its private key",
+    "KEY_VALUES_MISMATCH": "the key is not the certificate's",
+}
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, ssl.SSLError):
+        reason = str(e.reason or "") or ("PEM_LIB" if "PEM lib" in str(e) else "")
+        return _SSL_REASONS.get(reason, reason.lower().replace("_", " ") or str(e))
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror.lower()
+    return str(e)
 
 
 def _db(text: str) -> int:

@@ -184,6 +184,7 @@ class AnygleService(MultiService):
                 interest_timeout=settings.interest_timeout,
                 rematch_cooldown=settings.rematch_cooldown,
                 redis_url=settings.redis,
+                redis_tls=(settings.redis_tls_ca, settings.redis_tls_cert, settings.redis_tls_key),
                 report_retention=settings.report_retention,
                 report_ban_reporters=settings.report_ban_reporters,
                 report_ban_ttl=settings.report_ban_ttl or None,

@@ -19,6 +19,7 @@ Usage::
 from __future__ import annotations
 
 import functools
+import importlib.util
 import inspect
 import json
 import os
@@ -165,6 +166,19 @@ def limits_off_settings() -> dict[str, Any]:
     return {attr(name): parse[name](value) for name, value in LIMITS_OFF.items() if name in parse}
 
 
+# --- TLS ----------------------------------------------------------------------------------------
+
+
+def load_selfsigned() -> Any:
+    """deploy/compose/selfsigned.py (not a package: the compose file runs it as a script)."""
+    path = ROOT / "deploy" / "compose" / "selfsigned.py"
+    spec = importlib.util.spec_from_file_location("selfsigned", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 # --- redis-server -------------------------------------------------------------------------------
 
 
@@ -198,8 +212,10 @@ class RedisReplyError(Exception):
 class RedisServer:
     """One ``redis-server`` child process on 127.0.0.1."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, extra: tuple[str, ...] = ()) -> None:
+        """``extra``: more ``redis-server`` arguments (a TLS port, ACL users)."""
         self.port = port or free_port()
+        self.extra = extra
         self.proc: subprocess.Popen | None = None
         self.dir = tempfile.mkdtemp(prefix="anygle-redis-")
         self.cli = shutil.which("redis-cli") or "/usr/bin/redis-cli"
@@ -212,7 +228,7 @@ class RedisServer:
         if self.proc is not None and self.proc.poll() is None:
             return self
         self.proc = subprocess.Popen(
-            redis_server_argv(self.port, self.dir),
+            [*redis_server_argv(self.port, self.dir), *self.extra],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -78,6 +78,16 @@ def test_env_can_name_the_config_file(tmp_path):
             r"'redis://:\*\*\*@h:6379/abc' has database 'abc'",
         ),
         ({"redis": "unix://?db=1"}, "has no socket path"),
+        ({"redis-tls-ca": "/etc/ssl/ca.pem"}, "--redis-tls-\\* need a rediss:// URL"),
+        (
+            {"redis": "rediss://h", "redis-tls-cert": "/c.pem"},
+            "--redis-tls-cert and --redis-tls-key go",
+        ),
+        (
+            {"engine": "redis", "redis": "rediss://h", "redis-tls-ca": "/nonexistent.pem"},
+            "--redis-tls-ca /nonexistent.pem: no such file or directory",
+        ),
+        ({"engine": "redis", "redis": "rediss://h", "redis-tls-ca": "/etc/hostname"}, "no PEM"),
         ({"redis": "unix:///run/redis.sock?db=x"}, "has database 'x'"),
         ({"rematch-cooldown": "-1"}, "must be >= 0"),
         ({"stun-urls": "http://stun.example"}, "--stun-urls: .* must be stun: URLs like"),

@@ -9,7 +9,6 @@ in the page's DOM (``body[data-state]``, ``body[data-conn]``, ``#call[data-rtc-s
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -28,7 +27,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.harness import ROOT, Instance, free_port, start_nginx, stop_process
+from tests.harness import Instance, free_port, load_selfsigned, start_nginx, stop_process
 
 pytestmark = pytest.mark.slow  # real processes: not in the fast loop
 
@@ -304,16 +303,6 @@ def test_through_nginx_own_origin_and_reconnect_after_a_drop(pages, anygle):
 
 
 HOST = "chat.anygle.test"  # mapped to 127.0.0.1 by the browser's resolver rules
-
-
-def load_selfsigned() -> Any:
-    """deploy/compose/selfsigned.py (not a package: the compose file runs it as a script)."""
-    path = ROOT / "deploy" / "compose" / "selfsigned.py"
-    spec = importlib.util.spec_from_file_location("selfsigned", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_video_over_https_with_a_test_ca(anygle, tmp_path):

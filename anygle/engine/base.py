@@ -42,6 +42,7 @@ class EngineConfig:
     interest_timeout: float = 5.0  # s a user with interests waits for a shared-interest partner
     rematch_cooldown: float = 60.0  # s two users who skipped each other are kept apart
     redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_tls: tuple[str, str, str] = ("", "", "")  # rediss://: CA, client certificate, key
     match_history: int = 100  # recent match times kept per queue for averages
     report_retention: float = 30 * 86400.0  # s a report is kept
     report_ban_reporters: int = 3  # distinct reporter addresses that ban a user (0: never)

@@ -10,10 +10,17 @@ from collections.abc import Callable
 from typing import Any
 
 import txredisapi
+from OpenSSL import SSL
 from twisted.internet import defer, error
 from twisted.internet._resolver import GAIResolver  # the reactor's own default resolver
-from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
+from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IReactorPluggableNameResolver, IStreamClientEndpoint
+from twisted.internet.ssl import (
+    Certificate,
+    PrivateCertificate,
+    optionsForClientTLS,
+    platformTrust,
+)
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
@@ -32,7 +39,26 @@ def endpoint(
         inner: IStreamClientEndpoint = UNIXClientEndpoint(reactor, address.path, timeout=2)
     else:
         inner = HostnameEndpoint(_OwnLookups.of(reactor), address.host, address.port, timeout=2)
+    if address.tls:
+        inner = wrapClientTLS(tls_options(address), inner)
     return inner if on_failed is None else _Watched(inner, on_failed)
+
+
+def tls_options(address: RedisAddress) -> Any:
+    """Twisted's TLS client settings for ``address`` (``rediss://``): the server's certificate
+    checked against ``tls_ca`` (else the system's CAs) and the URL's host name or address."""
+    trust = Certificate.loadPEM(_read(address.tls_ca)) if address.tls_ca else platformTrust()
+    client = None
+    if address.tls_cert:
+        client = PrivateCertificate.loadPEM(
+            _read(address.tls_cert) + b"\n" + _read(address.tls_key)
+        )
+    return optionsForClientTLS(address.host, trustRoot=trust, clientCertificate=client)
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
 
 
 @implementer(IStreamClientEndpoint)
@@ -61,6 +87,11 @@ def _why(failure: Failure) -> str:
         return "no answer (timed out)"
     if isinstance(e, error.DNSLookupError):
         return f"cannot resolve the host name ({e.args[0] if e.args else 'lookup failed'})"
+    if isinstance(e, SSL.Error):  # the handshake: most often a certificate that is not trusted
+        reasons = [r[2] for r in e.args[0] if isinstance(r, tuple) and len(r) > 2] if e.args else []
+        return f"TLS handshake failed: {', '.join(reasons) or e}"
+    if type(e).__name__ == "VerificationError":  # service_identity: the name does not match
+        return "TLS: the server's certificate does not name the URL's host"
     return failure.getErrorMessage().strip().rstrip(".") or type(e).__name__
 
 
@@ -127,6 +158,13 @@ class RedisProtocol(txredisapi.RedisProtocol):  # type: ignore[misc]
     def stalled(self, limit: float) -> bool:
         return bool(self.replyQueue.waiting) and time.monotonic() - self.last_activity > limit
 
+    def connectionLost(self, why: Failure) -> None:
+        # Over TLS the connection is "made" before the handshake: a certificate that is not
+        # trusted shows only here, as the reason the connection was lost.
+        if why.check(SSL.Error) or type(why.value).__name__ == "VerificationError":
+            self.factory.tls_failed(_why(why))
+        super().connectionLost(why)
+
 
 class RedisFactory(txredisapi.RedisFactory):  # type: ignore[misc]  # (untyped, as above)
     """One reconnecting connection; tells the engine when it is usable and when it is gone."""
@@ -144,6 +182,7 @@ class RedisFactory(txredisapi.RedisFactory):  # type: ignore[misc]  # (untyped, 
         on_ready: Callable[[Any], None],
         on_lost: Callable[[Any], None],
         on_error: Callable[[str], None] | None = None,
+        on_failed: Callable[[str], None] | None = None,
     ) -> None:
         super().__init__(
             str(address),
@@ -159,16 +198,25 @@ class RedisFactory(txredisapi.RedisFactory):  # type: ignore[misc]  # (untyped, 
         self.on_ready = on_ready
         self.on_lost = on_lost
         self.on_error = on_error
+        self.on_failed = on_failed
+        self.tls_failure: str | None = None  # why the last TLS handshake failed
         # txredisapi's "first connection" Deferred: nobody waits on it (the factory is lazy,
         # the engine hears of connections through the hooks), so its failure (a refused AUTH)
         # would be logged as unhandled; on_error reports it instead.
         self.deferred.addErrback(lambda _: None)
 
     def connectionError(self, why: str) -> None:
-        """txredisapi's report of a connection it gave up on (AUTH or SELECT refused)."""
+        """txredisapi's report of a connection it gave up on (AUTH or SELECT refused, or lost
+        to a TLS handshake that failed meanwhile)."""
         if self.on_error is not None:
-            self.on_error(why.removeprefix("Redis error: "))
+            self.on_error(self.tls_failure or why.removeprefix("Redis error: "))
         super().connectionError(why)
+
+    def tls_failed(self, why: str) -> None:
+        """A TLS handshake failed (the protocol tells): a failed attempt, like a refused one."""
+        self.tls_failure = why
+        if self.on_failed is not None:
+            self.on_failed(why)
 
     def buildProtocol(self, addr: Any) -> Any:
         proto = super().buildProtocol(addr)
@@ -176,6 +224,7 @@ class RedisFactory(txredisapi.RedisFactory):  # type: ignore[misc]  # (untyped, 
         return proto
 
     def _ready(self, proto: Any) -> Any:
+        self.tls_failure = None
         proto.whenDisconnected().addCallback(self.on_lost)
         self.on_ready(proto)
         return proto

@@ -18,6 +18,7 @@ lifecycle of its connections; the parts it is made of are listed in :mod:`anygle
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import msgpack
@@ -69,7 +70,10 @@ class RedisEngine:
         if not self.instance or ":" in self.instance or self.instance != self.instance.strip():
             # instance:{id}, instance:{id}:users … must not collide
             raise ValueError(f"bad instance id {self.instance!r}: non-empty, no ':' or spaces")
-        self.address = RedisAddress.parse(config.redis_url)
+        ca, cert, key = config.redis_tls
+        self.address = replace(
+            RedisAddress.parse(config.redis_url), tls_ca=ca, tls_cert=cert, tls_key=key
+        )
         self.relays = {"relayed_remote": 0, "relayed_local": 0}
         self.status = Status()
         self.commands = Commands(self.status, before_script=lambda: self.outbox.flush())
@@ -112,10 +116,14 @@ class RedisEngine:
         self.local.sink = sink
         self.status.started, self.status.stopping = True, False
         self._cmd_factory = RedisFactory(
-            self.address, self._cmd_ready, self._cmd_lost, self._given_up
+            self.address, self._cmd_ready, self._cmd_lost, self._given_up, self._connect_failed
         )
         self._reader_factory = RedisFactory(
-            self.address, self.inbox.connected, self.inbox.lost, self._given_up
+            self.address,
+            self.inbox.connected,
+            self.inbox.lost,
+            self._given_up,
+            self._connect_failed,
         )
         for factory in (self._cmd_factory, self._reader_factory):
             factory.startConnecting(endpoint(self.reactor, self.address, self._connect_failed))

@@ -48,6 +48,7 @@ standings :data:`ALIVE` / :data:`REAPED` / :data:`LOST`.
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 import time
 import uuid
@@ -178,6 +179,7 @@ class LeaseKeeper(threading.Thread):
         self._refused: str | None = None
         self._halt = threading.Event()
         self._sock: socket.socket | None = None
+        self._tls: ssl.SSLContext | None = None  # rediss://: made at the first connection
         self._file: Any = None
 
     def halt(self) -> None:
@@ -228,6 +230,10 @@ class LeaseKeeper(threading.Thread):
         else:
             sock = socket.create_connection((a.host, a.port), timeout=timeout)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if a.tls:
+                if self._tls is None:
+                    self._tls = a.ssl_context()
+                sock = self._tls.wrap_socket(sock, server_hostname=a.host)
         self._sock, self._file = sock, sock.makefile("rb")
         if a.password is not None:
             if a.username:

@@ -199,7 +199,9 @@ class Registration:
 
     def _failed(self, failure: Failure, proto: Any) -> None:
         self.log.warn("redis sync failed: {f}", f=failure.getErrorMessage())
-        self.status.reason = f"redis unavailable: {failure.getErrorMessage()}"
+        # the cause when it is known (a TLS handshake that failed after the connection was made)
+        cause = self.status.refused or failure.getErrorMessage()
+        self.status.reason = f"redis unavailable: {cause}"
         if proto is not None and proto is self.commands.proto and proto.transport is not None:
             proto.transport.loseConnection()  # reconnect and try again
 
