@@ -18,8 +18,9 @@ pytestmark = pytest.mark.slow  # real processes: not in the fast loop
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def bench(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    """``python -m bench ARGS`` from the repository, without the caller's anygle config."""
+def bench(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """``python -m bench ARGS`` from the repository, without the caller's anygle config (about a
+    minute alone; the timeout is for a machine busy with other tests too)."""
     env = dict(os.environ, PYTHONPATH=REPO)
     env.pop("ANYGLE_CONFIG", None)
     return subprocess.run(
