@@ -12,7 +12,6 @@ that ``etc/anygle.conf`` and the README's table agree with it.  Durations are in
 from __future__ import annotations
 
 import configparser
-import dataclasses
 import difflib
 import os
 import socket
@@ -481,11 +480,8 @@ def _check_redis_tls(values: Mapping[str, Any]) -> None:
     if bool(files["cert"]) != bool(files["key"]):
         raise ConfigError("--redis-tls-cert and --redis-tls-key go together")
     if address.tls and values["engine"] == "redis":
-        tls = dataclasses.replace(
-            address, tls_ca=files["ca"], tls_cert=files["cert"], tls_key=files["key"]
-        )
         try:
-            tls.ssl_context()
+            address.with_tls_files(files["ca"], files["cert"], files["key"]).ssl_context()
         except ValueError as e:
             raise ConfigError(str(e)) from None
 

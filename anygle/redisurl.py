@@ -10,7 +10,7 @@ is checked against ``--redis-tls-ca`` (else the system's CAs) and its name or ad
 from __future__ import annotations
 
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import parse_qs, unquote, urlparse, urlsplit, urlunsplit
 
 __all__ = ["RedisAddress", "redacted"]
@@ -69,6 +69,10 @@ class RedisAddress:
             username=unquote(u.username) if u.username else None,
             tls=u.scheme == "rediss",
         )
+
+    def with_tls_files(self, ca: str, cert: str, key: str) -> RedisAddress:
+        """This address with ``--redis-tls-ca``, ``-cert`` and ``-key``."""
+        return replace(self, tls_ca=ca, tls_cert=cert, tls_key=key)
 
     def ssl_context(self) -> ssl.SSLContext:
         """The TLS settings as Python's ``ssl`` wants them (the lease thread's own socket); a

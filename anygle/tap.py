@@ -41,7 +41,7 @@ from anygle.moderation import Classifier
 from anygle.periodic import Periodic
 from anygle.protocol import AnygleFactory
 from anygle.reactorlag import ReactorLag
-from anygle.redisurl import redacted
+from anygle.redisurl import RedisAddress, redacted
 from anygle.screening import Screening, ScreeningSettings
 from anygle.web import Root, WebClient
 
@@ -150,7 +150,11 @@ class Listener(StreamServerEndpointService):
         return stopped
 
 
-class ListenError(Exception):
+class StartError(Exception):
+    """The service cannot start: one line (under twistd: on stderr, exit status 2)."""
+
+
+class ListenError(StartError):
     """A listener could not be opened: one line naming the option, the address and the reason."""
 
     def __init__(self, listener: Listener, error: BaseException) -> None:
@@ -274,22 +278,37 @@ class AnygleService(MultiService):
         for child in (self.engine_service, self.background, self.front):
             child.setServiceParent(self)
         self._opened = False
-        self.exit_on_listen_error = False
+        self.exit_on_start_error = False
 
     def privilegedStartService(self) -> None:
         """Open every listener (before twistd drops privileges), or none: see ``Listeners``.
 
-        Under twistd (``exit_on_listen_error``), a listener that can't be opened ends the process
+        With the redis engine, it logs in to Redis once first: a password, ACL user or TLS
+        certificate that Redis refuses stops start-up (Redis unreachable does not: the instance
+        starts and retries).  Under twistd (``exit_on_start_error``), either ends the process
         with one line on stderr and exit status 2 instead of a traceback."""
         self._opened = True
         try:
+            self._check_redis_login()
             super().privilegedStartService()
-        except ListenError as e:
-            if not self.exit_on_listen_error:
+        except StartError as e:
+            if not self.exit_on_start_error:
                 raise
             # twistd has replaced sys.stderr with its log by now; the user reads the terminal.
             (sys.__stderr__ or sys.stderr).write(f"anygle: error: {e}\n")
             raise SystemExit(2) from None
+
+    def _check_redis_login(self) -> None:
+        s = self.settings
+        if s.engine != "redis":
+            return
+        from anygle.engine.redis.blocking import check_login  # the redis engine's own module
+
+        address = RedisAddress.parse(s.redis)
+        address = address.with_tls_files(s.redis_tls_ca, s.redis_tls_cert, s.redis_tls_key)
+        reason = check_login(address)
+        if reason is not None:
+            raise StartError(f"--redis {redacted(s.redis)}: {reason}")
 
     def startService(self) -> None:
         if not self._opened:  # started directly (tests), not by twistd
@@ -439,7 +458,7 @@ def makeService(config: Options, reactor: Any = None) -> AnygleService:
     if reactor is None:
         from twisted.internet import reactor
     service = AnygleService(config.settings, reactor)
-    service.exit_on_listen_error = True
+    service.exit_on_start_error = True
     # Operators reload rules with `kill -HUP`; the handler only schedules work on the reactor.
     signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(service.reload_moderation))
     reactor.callWhenRunning(tune_gc)

@@ -343,3 +343,14 @@ def test_logged_redis_urls_hide_the_password():
     assert redacted("redis://:s3cret@redis:6379/0") == "redis://:***@redis:6379/0"
     assert redacted("redis://app:s3cret@10.0.0.5:6380/2") == "redis://app:***@10.0.0.5:6380/2"
     assert redacted("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+
+
+@pytest.mark.slow
+def test_twistd_with_a_refused_redis_password_says_one_line_and_exits_2(redis):
+    url = redis.url.replace("redis://", "redis://:wrong-password@")
+    result = run_twistd("--engine", "redis", "--redis", url, "--ws", "tcp:0", "--http", "tcp:0")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr + result.stdout
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"anygle: error: --redis redis://:***@127.0.0.1:{redis.port}/0: ")
+    assert "redis refused to log in: ERR AUTH" in line and "wrong-password" not in line

@@ -10,13 +10,16 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.internet import reactor
 
+from anygle.engine.base import EngineConfig
+from anygle.engine.redis import RedisEngine
+from anygle.tap import StartError
+from tests.conftest import Sink
 from tests.harness import RedisServer, eventually, free_port, load_selfsigned
 
-pytestmark = [
-    pytest.mark.slow,  # a redis-server of its own, TLS handshakes
-    pytest.mark.parametrize("engine_name", ["redis"], indirect=True),
-]
+pytestmark = pytest.mark.slow  # a redis-server of its own, TLS handshakes
+ON_REDIS = pytest.mark.parametrize("engine_name", ["redis"], indirect=True)  # for make_server
 
 
 class TlsRedis:
@@ -57,6 +60,7 @@ def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Any:
     redis.server.close()
 
 
+@ON_REDIS
 @pytest_twisted.ensureDeferred
 async def test_chat_through_redis_over_tls_as_an_acl_user(make_server, tls_redis):
     ca = str(tls_redis.dir / "ca.pem")
@@ -75,31 +79,35 @@ async def test_chat_through_redis_over_tls_as_an_acl_user(make_server, tls_redis
     assert "anygle" in tls_redis.server.client("CLIENT", "LIST")
 
 
+@ON_REDIS
 @pytest_twisted.ensureDeferred
-async def test_another_ca_or_a_wrong_password_is_the_health_reason(
+async def test_a_wrong_ca_name_or_password_stops_start_up_with_one_line(
     make_server, tls_redis, tmp_path
 ):
     load_selfsigned().write(str(tmp_path), ["127.0.0.1"])  # a CA that did not sign the server
-    server = await make_server(
-        engine="redis",
-        redis=tls_redis.url(),
-        redis_tls_ca=str(tmp_path / "ca.pem"),
-        wait_ready=False,
+    ca, other_ca = str(tls_redis.dir / "ca.pem"), str(tmp_path / "ca.pem")
+    refused = [
+        (tls_redis.url(), other_ca, "the server's certificate is refused"),
+        (tls_redis.url().replace("127.0.0.1", "localhost"), ca, "the server's certificate is"),
+        (tls_redis.url("not-it"), ca, "redis refused to log in: WRONGPASS"),
+    ]
+    for url, trust, reason in refused:
+        with pytest.raises(StartError, match=reason) as e:
+            await make_server(engine="redis", redis=url, redis_tls_ca=trust)
+        assert "\n" not in str(e.value) and "not-it" not in str(e.value)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_certificate_refused_while_running_is_the_health_reason(tls_redis, tmp_path):
+    """Start-up checked the login; a certificate that changes later is what /health says."""
+    load_selfsigned().write(str(tmp_path), ["127.0.0.1"])
+    config = EngineConfig(
+        instance_id="tls", redis_url=tls_redis.url(), redis_tls=(str(tmp_path / "ca.pem"), "", "")
     )
-    await eventually(lambda: "TLS handshake failed" in server.engine.health()[1], what="refused")
-    assert "certificate verify failed" in server.engine.health()[1]
-    server = await make_server(
-        engine="redis",
-        redis=tls_redis.url("not-it"),
-        redis_tls_ca=str(tls_redis.dir / "ca.pem"),
-        wait_ready=False,
-    )
-    await eventually(lambda: "could not auth" in server.engine.health()[1], what="auth refused")
-    assert "WRONGPASS" in server.engine.health()[1]
-    server = await make_server(  # the certificate names 127.0.0.1, not localhost
-        engine="redis",
-        redis=tls_redis.url().replace("127.0.0.1", "localhost"),
-        redis_tls_ca=str(tls_redis.dir / "ca.pem"),
-        wait_ready=False,
-    )
-    await eventually(lambda: "does not name" in server.engine.health()[1], what="name refused")
+    engine = RedisEngine(config, reactor)
+    await engine.start(Sink())
+    try:
+        reason = engine.health()[1]
+        assert "TLS handshake failed: certificate verify failed" in reason, reason
+    finally:
+        await engine.stop()

@@ -18,7 +18,6 @@ lifecycle of its connections; the parts it is made of are listed in :mod:`anygle
 from __future__ import annotations
 
 import uuid
-from dataclasses import replace
 from typing import Any, ClassVar
 
 import msgpack
@@ -70,10 +69,7 @@ class RedisEngine:
         if not self.instance or ":" in self.instance or self.instance != self.instance.strip():
             # instance:{id}, instance:{id}:users … must not collide
             raise ValueError(f"bad instance id {self.instance!r}: non-empty, no ':' or spaces")
-        ca, cert, key = config.redis_tls
-        self.address = replace(
-            RedisAddress.parse(config.redis_url), tls_ca=ca, tls_cert=cert, tls_key=key
-        )
+        self.address = RedisAddress.parse(config.redis_url).with_tls_files(*config.redis_tls)
         self.relays = {"relayed_remote": 0, "relayed_local": 0}
         self.status = Status()
         self.commands = Commands(self.status, before_script=lambda: self.outbox.flush())

@@ -47,8 +47,6 @@ standings :data:`ALIVE` / :data:`REAPED` / :data:`LOST`.
 
 from __future__ import annotations
 
-import socket
-import ssl
 import threading
 import time
 import uuid
@@ -61,6 +59,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from anygle.engine.base import EngineUnavailable
+from anygle.engine.redis.blocking import BlockingConnection, RespError
 from anygle.engine.redis.client import RedisAddress
 
 __all__ = ["ALIVE", "LOST", "REAPED", "Beat", "LeaseKeeper", "Liveness", "LivenessHost"]
@@ -114,35 +113,6 @@ class LivenessHost(Protocol):
 
 
 # --- the thread ------------------------------------------------------------------------------
-class _RespError(Exception):
-    pass
-
-
-def _encode(*args: Any) -> bytes:
-    parts = [a if isinstance(a, bytes) else str(a).encode() for a in args]
-    return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
-
-
-def _read_reply(f: Any) -> Any:
-    line = f.readline()
-    if not line.endswith(b"\r\n"):
-        raise ConnectionError("redis closed the connection")
-    kind, rest = line[:1], line[1:-2]
-    if kind == b"+":
-        return rest
-    if kind == b"-":
-        raise _RespError(rest.decode(errors="replace"))
-    if kind == b":":
-        return int(rest)
-    if kind == b"$":
-        n = int(rest)
-        return None if n < 0 else f.read(n + 2)[:-2]
-    if kind == b"*":
-        n = int(rest)
-        return None if n < 0 else [_read_reply(f) for _ in range(n)]
-    raise ConnectionError(f"bad reply {line!r}")
-
-
 class LeaseKeeper(threading.Thread):
     """Renews the lease from its own thread and socket, independently of the reactor's turns.
 
@@ -178,9 +148,8 @@ class LeaseKeeper(threading.Thread):
         self.hung = False  # the reactor made no progress for hang_limit: renewing stopped
         self._refused: str | None = None
         self._halt = threading.Event()
-        self._sock: socket.socket | None = None
-        self._tls: ssl.SSLContext | None = None  # rediss://: made at the first connection
-        self._file: Any = None
+        # its own socket (TLS for rediss://), short timeouts: a renewal must not wait long
+        self._redis = BlockingConnection(address, timeout=max(0.2, min(1.0, ttl / 3)))
 
     def halt(self) -> None:
         self._halt.set()
@@ -203,7 +172,7 @@ class LeaseKeeper(threading.Thread):
             return None  # a hung reactor is a dead instance: let the lease lapse
         try:
             ok: bool = self._call("EVAL", LEASE_SCRIPT, 0, self.instance, epoch, _ms(self.ttl)) == 1
-        except (OSError, ConnectionError, _RespError, ValueError):
+        except (OSError, ConnectionError, RespError, ValueError):
             self._close()
             return None
         if ok:
@@ -214,42 +183,10 @@ class LeaseKeeper(threading.Thread):
         return ok
 
     def _call(self, *args: Any) -> Any:
-        if self._sock is None:
-            self._connect()
-        assert self._sock is not None
-        self._sock.sendall(_encode(*args))
-        return _read_reply(self._file)
-
-    def _connect(self) -> None:
-        a = self.address
-        timeout = max(0.2, min(1.0, self.ttl / 3))
-        if a.path:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(timeout)
-            sock.connect(a.path)
-        else:
-            sock = socket.create_connection((a.host, a.port), timeout=timeout)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if a.tls:
-                if self._tls is None:
-                    self._tls = a.ssl_context()
-                sock = self._tls.wrap_socket(sock, server_hostname=a.host)
-        self._sock, self._file = sock, sock.makefile("rb")
-        if a.password is not None:
-            if a.username:
-                self._call("AUTH", a.username, a.password)
-            else:
-                self._call("AUTH", a.password)
-        if a.db:
-            self._call("SELECT", a.db)
+        return self._redis.call(*args)
 
     def _close(self) -> None:
-        sock, self._sock, self._file = self._sock, None, None
-        if sock is not None:
-            try:
-                sock.close()
-            except OSError:
-                pass
+        self._redis.close()
 
 
 # --- the reactor side ------------------------------------------------------------------------
