@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from cryptography.hazmat.primitives import serialization
 from twisted.internet import reactor
 
 from anygle.engine.base import EngineConfig
@@ -22,10 +23,31 @@ pytestmark = pytest.mark.slow  # a redis-server of its own, TLS handshakes
 ON_REDIS = pytest.mark.parametrize("engine_name", ["redis"], indirect=True)  # for make_server
 
 
+def write_pki(directory: Path) -> None:
+    """A CA of the test's own; a server certificate for 127.0.0.1 (``fullchain.pem``,
+    ``privkey.pem``) and a client certificate (``client.pem``, ``client.key``) it signed."""
+    selfsigned = load_selfsigned()
+    ca = selfsigned.authority()
+    files = {"ca.pem": selfsigned.pem(ca[1])}
+    for name, key_file, client in (
+        ("fullchain.pem", "privkey.pem", False),
+        ("client.pem", "client.key", True),
+    ):
+        key, cert = selfsigned.certificate(ca, ["127.0.0.1"], client=client)
+        files[name] = selfsigned.pem(cert) + selfsigned.pem(ca[1])
+        files[key_file] = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    for name, data in files.items():
+        (directory / name).write_bytes(data)
+
+
 class TlsRedis:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, auth_clients: str = "no") -> None:
         self.dir = directory
-        load_selfsigned().write(str(directory), ["127.0.0.1"])
+        write_pki(directory)
         self.tls_port = free_port()
         self.server = RedisServer(
             extra=(
@@ -38,7 +60,7 @@ class TlsRedis:
                 "--tls-ca-cert-file",
                 str(directory / "ca.pem"),
                 "--tls-auth-clients",
-                "no",
+                auth_clients,
                 "--user",
                 "anygle",
                 "on",
@@ -56,6 +78,14 @@ class TlsRedis:
 @pytest.fixture(scope="module")
 def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Any:
     redis = TlsRedis(tmp_path_factory.mktemp("redis-tls"))
+    yield redis
+    redis.server.close()
+
+
+@pytest.fixture(scope="module")
+def mtls_redis(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A Redis that asks every client for a certificate its CA signed."""
+    redis = TlsRedis(tmp_path_factory.mktemp("redis-mtls"), auth_clients="yes")
     yield redis
     redis.server.close()
 
@@ -111,3 +141,23 @@ async def test_a_certificate_refused_while_running_is_the_health_reason(tls_redi
         assert "TLS handshake failed: certificate verify failed" in reason, reason
     finally:
         await engine.stop()
+
+
+@ON_REDIS
+@pytest_twisted.ensureDeferred
+async def test_a_client_certificate_when_redis_asks_for_one(make_server, mtls_redis):
+    files = {
+        "redis_tls_ca": str(mtls_redis.dir / "ca.pem"),
+        "redis_tls_cert": str(mtls_redis.dir / "client.pem"),
+        "redis_tls_key": str(mtls_redis.dir / "client.key"),
+    }
+    server = await make_server(engine="redis", redis=mtls_redis.url(), **files)
+    a, b = await server.client(), await server.client()
+    a.join()
+    await a.expect("searching")
+    b.join()
+    await a.expect("matched")
+    await eventually(lambda: server.engine.liveness.counters["renewals"] > 2, what="renewals")
+    del files["redis_tls_cert"], files["redis_tls_key"]
+    with pytest.raises(StartError, match="the server wants a client certificate"):
+        await make_server(engine="redis", redis=mtls_redis.url(), **files)

@@ -54,8 +54,9 @@ def authority(common: str = "Anygle local test CA", days: int = 825) -> Pair:
     return key, cert
 
 
-def certificate(ca: Pair, names: list[str], days: int = 365) -> Pair:
-    """A server certificate for ``names`` (DNS names or IP addresses), signed by ``ca``."""
+def certificate(ca: Pair, names: list[str], days: int = 365, client: bool = False) -> Pair:
+    """A server certificate for ``names`` (DNS names or IP addresses), signed by ``ca``; with
+    ``client``, a client certificate instead (e.g. for a Redis that asks for one)."""
     ca_key, ca_cert = ca
     key = ec.generate_private_key(ec.SECP256R1())
     alternatives: list[x509.GeneralName] = []
@@ -75,7 +76,12 @@ def certificate(ca: Pair, names: list[str], days: int = 365) -> Pair:
         .not_valid_after(now + days * DAY)
         .add_extension(x509.SubjectAlternativeName(alternatives), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH]
+            ),
+            critical=False,
+        )
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
         )

@@ -128,6 +128,9 @@ def check_login(address: RedisAddress, timeout: float = 2.0) -> str | None:
     except ssl.SSLCertVerificationError as e:
         return f"TLS: the server's certificate is refused ({e.verify_message})"
     except ssl.SSLError as e:
+        asked = "CERTIFICATE_REQUIRED" in str(e.reason) or isinstance(e, ssl.SSLEOFError)
+        if asked and not address.tls_cert:  # TLS 1.3 ends it after the handshake, often bare
+            return "TLS: the server wants a client certificate (--redis-tls-cert, --redis-tls-key)"
         return f"TLS handshake failed ({e.reason or e})"
     except RespError as e:
         return f"redis refused to log in: {e}"
