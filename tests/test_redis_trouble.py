@@ -114,3 +114,19 @@ async def test_a_server_without_redis_answers_at_once_and_logs_no_tracebacks(pac
     assert not bad, [e.get("log_format") for e in bad]
     warnings = [e for e in events if "cannot connect" in str(e.get("cause", ""))]
     assert len(warnings) == 1, warnings  # said once (again after a minute if it goes on)
+
+
+def test_a_redis_still_loading_is_an_outage_not_a_refused_login():
+    """Start-up stops on a login Redis refuses, not on a Redis that is busy for a while."""
+    from anygle.engine.redis.blocking import is_passing
+
+    assert is_passing("LOADING Redis is loading the dataset in memory")
+    assert is_passing("BUSY Redis is busy running a script.")
+    assert is_passing("MASTERDOWN Link with MASTER is down and replica-serve-stale-data is no")
+    for refused in (
+        "WRONGPASS invalid username-password pair or user is disabled.",
+        "NOAUTH Authentication required.",
+        "NOPERM this user has no permissions to run the 'ping' command",
+        "ERR DB index is out of range",
+    ):
+        assert not is_passing(refused)

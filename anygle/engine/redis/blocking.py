@@ -99,6 +99,16 @@ class BlockingConnection:
                 pass
 
 
+# Error replies that say "not now" rather than "not you": Redis loading its data after a restart,
+# running a long script, a replica without its primary.
+PASSING = ("LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")
+
+
+def is_passing(error: str) -> bool:
+    """Whether an error reply is a state Redis will leave by itself (see :data:`PASSING`)."""
+    return error.split(" ", 1)[0] in PASSING
+
+
 def check_login(address: RedisAddress, timeout: float = 2.0) -> str | None:
     """Log in once; the reason when Redis answers but refuses this configuration (password or
     ACL user, TLS certificate or name, db), else None, also when Redis cannot be reached at all
@@ -133,6 +143,8 @@ def check_login(address: RedisAddress, timeout: float = 2.0) -> str | None:
             return "TLS: the server wants a client certificate (--redis-tls-cert, --redis-tls-key)"
         return f"TLS handshake failed ({e.reason or e})"
     except RespError as e:
+        if is_passing(str(e)):
+            return None  # Redis starting or busy: an outage, it will answer later
         return f"redis refused to log in: {e}"
     except (OSError, ConnectionError):
         return None  # unreachable, or gone meanwhile: an outage, not a mistake
