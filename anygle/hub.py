@@ -407,6 +407,10 @@ class Hub:
         liveness = getattr(self.engine, "liveness", None)
         return liveness.report() if liveness is not None else None
 
+    def redis_address(self) -> Any:
+        """The Redis the redis engine talks to (a ``RedisAddress``; None on other engines)."""
+        return getattr(self.engine, "address", None)
+
     def stats(self) -> Deferred[Stats]:
         """Service-wide figures (all instances on the redis engine)."""
         return self.engine.stats()

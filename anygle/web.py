@@ -80,6 +80,9 @@ class Health(JsonPage):
         }
         if self.lag is not None:
             body["reactorLagMs"] = round(self.lag.recent_max() * 1000.0, 1)
+        redis = self.hub.redis_address()
+        if redis is not None:
+            body["redis"] = {"address": str(redis), "tls": redis.tls}
         lease = self.hub.lease()
         if lease is not None:
             body["lease"] = {

@@ -12,7 +12,9 @@ import pytest
 import pytest_twisted
 from cryptography.hazmat.primitives import serialization
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 
+from anygle.console import build_namespace
 from anygle.engine.base import EngineConfig
 from anygle.engine.redis import RedisEngine
 from anygle.tap import StartError
@@ -107,6 +109,10 @@ async def test_chat_through_redis_over_tls_as_an_acl_user(make_server, tls_redis
     await eventually(lambda: one.engine.liveness.counters["renewals"] > 2, what="lease renewals")
     assert tls_redis.server.client("ACL", "WHOAMI") == "default"  # the harness; anygle is:
     assert "anygle" in tls_redis.server.client("CLIENT", "LIST")
+    stats = build_namespace(one.service)["stats"]()  # the console says which Redis
+    if isinstance(stats, Deferred):
+        stats = await stats
+    assert stats["local"]["redis"] == f"127.0.0.1:{tls_redis.tls_port}"
 
 
 @ON_REDIS

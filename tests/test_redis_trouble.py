@@ -106,6 +106,8 @@ async def test_a_server_without_redis_answers_at_once_and_logs_no_tracebacks(pac
         for path in ("/health", "/stats"):
             code, _, body = await get(server.http_port, path)
             assert code == 503 and json.loads(body)["reason"] == why, (path, body)
+        _, _, body = await get(server.http_port, "/health")
+        assert json.loads(body)["redis"] == {"address": f"127.0.0.1:{port}", "tls": False}
         await sleep(1.0)  # five stats pushes (each asks the engine)
     finally:
         globalLogPublisher.removeObserver(observe)
