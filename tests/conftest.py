@@ -250,9 +250,7 @@ async def make_server(engine_name: str, request: pytest.FixtureRequest, packaged
     ``hub_clock``: a ``task.Clock`` for the hub's time (the report grace period)."""
     started: list[ServerHandle] = []
 
-    async def make(
-        hub_clock: task.Clock | None = None, wait_ready: bool = True, **overrides: Any
-    ) -> ServerHandle:
+    async def make(hub_clock: task.Clock | None = None, **overrides: Any) -> ServerHandle:
         overrides.setdefault("engine", engine_name)
         if overrides["engine"] == "redis":
             overrides.setdefault("redis", request.getfixturevalue("redis").url)
@@ -262,8 +260,8 @@ async def make_server(engine_name: str, request: pytest.FixtureRequest, packaged
         service.startService()
         handle = ServerHandle(service)
         started.append(handle)
-        if wait_ready:  # the redis engine connects asynchronously
-            await eventually(lambda: service.engine.health()[0], what="engine ready")
+        # the redis engine connects asynchronously
+        await eventually(lambda: service.engine.health()[0], what="engine ready")
         return handle
 
     yield make
