@@ -165,7 +165,13 @@ def test_a_partner_stays_reportable_for_the_grace_period_only(make):
 def test_a_ban_closes_a_connected_user_within_a_second(make):
     server = make()
     a, b = server.pair()
-    server.service.engine.ban("users", a.user_id or "", "spam", None)
-    server.advance(1.0)
-    assert a.close_code is not None and a.last("error")["data"]["code"] == "BANNED"
+    c = server.connect()
+    server.engine.ban("users", a.user_id or "", "Harassment", 86400)
+    server.advance(1.0)  # the bans are enforced at least once a second
+    error = a.last("error")["data"]
+    assert error["code"] == "BANNED" and "Harassment" in error["message"]
+    assert a.close_code == 1008
     assert "partner_disconnected" in b.take()
+    server.engine.ban("ips", "127.0.0.1", "Spam", 60)  # every client here comes from it
+    server.advance(1.0)
+    assert c.last("error")["data"]["code"] == "BANNED" and c.close_code == 1008

@@ -141,6 +141,7 @@ async def test_forwarded_for_from_trusted_peer_is_the_client_address(make_server
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("engine_name", ["redis"], indirect=True)  # memory: tests/test_core.py
 @pytest_twisted.ensureDeferred
 async def test_ban_kicks_connected_users_within_a_second(make_server):
     server = await make_server()
