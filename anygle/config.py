@@ -22,7 +22,7 @@ from typing import Any
 from anygle.clientip import DEFAULT_IPV6_PREFIX, check_ipv6_prefix
 from anygle.ice import parse_stun_urls, parse_turn_urls
 from anygle.limits import DEFAULT_MAX_ABUSE_KEYS, DEFAULT_SPEC
-from anygle.redisurl import RedisAddress, redacted
+from anygle.redisurl import RedisAddress, parse_sentinels, redacted
 
 DEFAULT_CONFIG = "/etc/anygle/anygle.conf"
 SECTION = "anygle"
@@ -97,6 +97,11 @@ def _redis_url(text: str) -> str:
     return text
 
 
+def _sentinels(text: str) -> str:
+    parse_sentinels(text)
+    return text
+
+
 def _text(text: str) -> str:
     return text
 
@@ -161,6 +166,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("http", "tcp:3000", _endpoint, "HTTP listener: the web client, /health, /stats"),
     Option("engine", "memory", _choice("memory", "redis"), "state engine: memory or redis"),
     Option("redis", "redis://127.0.0.1:6379/0", _redis_url, "Redis URL (redis engine)"),
+    Option(
+        "redis-sentinels",
+        "",
+        _sentinels,
+        "host:port of Redis Sentinels that name the primary (then --redis gives password, db)",
+        shown="none",
+    ),
+    Option("redis-master", "mymaster", _text, "the primary's name at the sentinels"),
     Option(
         "redis-tls-ca",
         "",
@@ -359,6 +372,8 @@ class Settings:
     http: str = default("http")
     engine: str = default("engine")
     redis: str = default("redis")
+    redis_sentinels: str = default("redis-sentinels")
+    redis_master: str = default("redis-master")
     redis_tls_ca: str = default("redis-tls-ca")
     redis_tls_cert: str = default("redis-tls-cert")
     redis_tls_key: str = default("redis-tls-key")

@@ -44,9 +44,9 @@ def build_namespace(service: ConsoleService) -> dict[str, Any]:
                 "connections": len(hub.sessions),
                 "abuseKeys": hub.admission.keys.summary(),
             }
-            redis = hub.redis_address()
+            redis = hub.redis()
             if redis is not None:  # the Redis this instance talks to
-                local["redis"] = str(redis)
+                local["redis"] = redis
             return {**overview(s), "local": local}
 
         return settled(hub.stats().addCallback(shape))

@@ -407,9 +407,23 @@ class Hub:
         liveness = getattr(self.engine, "liveness", None)
         return liveness.report() if liveness is not None else None
 
-    def redis_address(self) -> Any:
-        """The Redis the redis engine talks to (a ``RedisAddress``; None on other engines)."""
-        return getattr(self.engine, "address", None)
+    def redis(self) -> dict[str, Any] | None:
+        """The Redis the redis engine talks to (None on other engines): its address and TLS;
+        with sentinels also the primary they named last and the last failover seen."""
+        address = getattr(self.engine, "address", None)
+        if address is None:
+            return None
+        info: dict[str, Any] = {"address": str(address), "tls": address.tls}
+        if address.sentinels:
+            primary = getattr(self.engine, "primary", None)
+            failovers = getattr(self.engine, "failovers", [])
+            info["primary"] = str(primary) if primary is not None else None
+            info["failovers"] = len(failovers)
+            if failovers:
+                at, old, new = failovers[-1]
+                ago = round(self.clock.seconds() - at, 1)
+                info["lastFailover"] = {"secondsAgo": ago, "from": old, "to": new}
+        return info
 
     def stats(self) -> Deferred[Stats]:
         """Service-wide figures (all instances on the redis engine)."""

@@ -41,6 +41,8 @@ class RedisAddress:
     tls_ca: str = ""  # PEM file of the CA(s) that sign the server's certificate ("": system's)
     tls_cert: str = ""  # PEM file of a client certificate (and its chain), if the server asks
     tls_key: str = ""  # its private key
+    sentinels: tuple[tuple[str, int], ...] = ()  # --redis-sentinels: they name the primary
+    master: str = ""  # --redis-master: the name the sentinels monitor it under
 
     @classmethod
     def parse(cls, url: str) -> RedisAddress:
@@ -70,6 +72,15 @@ class RedisAddress:
             tls=u.scheme == "rediss",
         )
 
+    def with_sentinels(self, sentinels: str, master: str) -> RedisAddress:
+        """This address with ``--redis-sentinels`` (``host:port,...``; empty: none): then the
+        sentinels, not the URL's host, say where the primary is."""
+        return replace(self, sentinels=parse_sentinels(sentinels), master=master)
+
+    def at(self, host: str, port: int) -> RedisAddress:
+        """The primary the sentinels named: this address there (password, db, TLS kept)."""
+        return replace(self, host=host, port=port, sentinels=())
+
     def with_tls_files(self, ca: str, cert: str, key: str) -> RedisAddress:
         """This address with ``--redis-tls-ca``, ``-cert`` and ``-key``."""
         return replace(self, tls_ca=ca, tls_cert=cert, tls_key=key)
@@ -92,6 +103,8 @@ class RedisAddress:
         return context
 
     def __str__(self) -> str:
+        if self.sentinels:
+            return f"{self.master!r} of sentinels {','.join(f'{h}:{p}' for h, p in self.sentinels)}"
         return self.path or f"{self.host}:{self.port}"
 
 
@@ -100,6 +113,20 @@ _SSL_REASONS = {
     "PEM_LIB": "not a PEM certificate with its private key",
     "KEY_VALUES_MISMATCH": "the key is not the certificate's",
 }
+
+
+def parse_sentinels(text: str) -> tuple[tuple[str, int], ...]:
+    """``host:port[,host:port...]`` (IPv6 in brackets); ValueError names the bad part."""
+    found = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        host, _, port = part.rpartition(":")
+        host = host.strip("[]")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"has {part!r}: sentinels are host:port, separated by commas")
+        found.append((host, int(port)))
+    return tuple(found)
 
 
 def _reason(e: BaseException) -> str:

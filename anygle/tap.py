@@ -189,6 +189,8 @@ class AnygleService(MultiService):
                 rematch_cooldown=settings.rematch_cooldown,
                 redis_url=settings.redis,
                 redis_tls=(settings.redis_tls_ca, settings.redis_tls_cert, settings.redis_tls_key),
+                redis_sentinels=settings.redis_sentinels,
+                redis_master=settings.redis_master,
                 report_retention=settings.report_retention,
                 report_ban_reporters=settings.report_ban_reporters,
                 report_ban_ttl=settings.report_ban_ttl or None,
@@ -306,6 +308,7 @@ class AnygleService(MultiService):
 
         address = RedisAddress.parse(s.redis)
         address = address.with_tls_files(s.redis_tls_ca, s.redis_tls_cert, s.redis_tls_key)
+        address = address.with_sentinels(s.redis_sentinels, s.redis_master)
         reason = check_login(address)
         if reason is not None:
             raise StartError(f"--redis {redacted(s.redis)}: {reason}")

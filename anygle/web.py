@@ -80,9 +80,9 @@ class Health(JsonPage):
         }
         if self.lag is not None:
             body["reactorLagMs"] = round(self.lag.recent_max() * 1000.0, 1)
-        redis = self.hub.redis_address()
+        redis = self.hub.redis()
         if redis is not None:
-            body["redis"] = {"address": str(redis), "tls": redis.tls}
+            body["redis"] = redis
         lease = self.hub.lease()
         if lease is not None:
             body["lease"] = {

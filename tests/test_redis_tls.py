@@ -112,7 +112,7 @@ async def test_chat_through_redis_over_tls_as_an_acl_user(make_server, tls_redis
     stats = build_namespace(one.service)["stats"]()  # the console says which Redis
     if isinstance(stats, Deferred):
         stats = await stats
-    assert stats["local"]["redis"] == f"127.0.0.1:{tls_redis.tls_port}"
+    assert stats["local"]["redis"] == {"address": f"127.0.0.1:{tls_redis.tls_port}", "tls": True}
 
 
 @ON_REDIS

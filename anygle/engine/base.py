@@ -43,6 +43,8 @@ class EngineConfig:
     rematch_cooldown: float = 60.0  # s two users who skipped each other are kept apart
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_tls: tuple[str, str, str] = ("", "", "")  # rediss://: CA, client certificate, key
+    redis_sentinels: str = ""  # host:port,...: they name the primary (redis_url: password, db)
+    redis_master: str = "mymaster"
     match_history: int = 100  # recent match times kept per queue for averages
     report_retention: float = 30 * 86400.0  # s a report is kept
     report_ban_reporters: int = 3  # distinct reporter addresses that ban a user (0: never)

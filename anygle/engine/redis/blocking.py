@@ -44,6 +44,21 @@ def read_reply(f: Any) -> Any:
     raise ConnectionError(f"bad reply {line!r}")
 
 
+def primary_of(address: RedisAddress, timeout: float) -> RedisAddress:
+    """Where the sentinels say the primary is now (``SENTINEL get-master-addr-by-name``), asking
+    them in turn; OSError when none of them answers with an address."""
+    for host, port in address.sentinels:
+        try:
+            with socket.create_connection((host, port), timeout=timeout) as sock:
+                sock.sendall(encode("SENTINEL", "get-master-addr-by-name", address.master))
+                reply = read_reply(sock.makefile("rb"))
+        except (OSError, ConnectionError, RespError):
+            continue
+        if reply:
+            return address.at(reply[0].decode(), int(reply[1]))
+    raise ConnectionRefusedError(f"no sentinel names a primary {address.master!r}")
+
+
 class BlockingConnection:
     """One socket to ``address`` (TLS for ``rediss://``), logged in and on its db."""
 
@@ -66,6 +81,8 @@ class BlockingConnection:
         """Connect (to ``host``, an address already looked up, if given), then AUTH and
         SELECT; errors: OSError (unreachable, TLS refused), RespError (AUTH, SELECT)."""
         a = self.address
+        if a.sentinels:
+            a = primary_of(a, self.timeout)
         if a.path:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.settimeout(self.timeout)
@@ -116,6 +133,11 @@ def check_login(address: RedisAddress, timeout: float = 2.0) -> str | None:
     retries.  Never waits much longer than ``timeout`` per step (a name lookup that hangs is
     left to its thread)."""
     host = None
+    if address.sentinels:
+        try:
+            address = primary_of(address, timeout)
+        except OSError:
+            return None  # no primary known now: the instance starts and asks again
     if not address.path:
         found: list[str] = []
 

@@ -15,6 +15,7 @@ from twisted.internet import defer, error
 from twisted.internet._resolver import GAIResolver  # the reactor's own default resolver
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IReactorPluggableNameResolver, IStreamClientEndpoint
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.ssl import (
     Certificate,
     PrivateCertificate,
@@ -25,23 +26,146 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
+from anygle.engine.redis.blocking import RespError, encode, read_reply
 from anygle.redisurl import RedisAddress
 
 __all__ = ["RedisAddress", "RedisFactory", "RedisProtocol", "endpoint"]
 
 
 def endpoint(
-    reactor: Any, address: RedisAddress, on_failed: Callable[[str], None] | None = None
+    reactor: Any,
+    address: RedisAddress,
+    on_failed: Callable[[str], None] | None = None,
+    on_primary: Callable[[RedisAddress], None] | None = None,
 ) -> IStreamClientEndpoint:
-    """Where a connection to ``address`` is made (a Unix socket, or TCP); ``on_failed`` hears
-    why an attempt failed (refused, no such host, timed out), for ``/health`` and the log."""
+    """Where a connection to ``address`` is made (a Unix socket, TCP, or the primary the
+    sentinels name at each attempt, told to ``on_primary``); ``on_failed`` hears why an attempt
+    failed (refused, no such host, timed out), for ``/health`` and the log."""
+    inner: IStreamClientEndpoint
+    if address.sentinels:
+        inner = _SentinelPrimary(reactor, address, on_primary)
+    else:
+        inner = _direct(reactor, address)
+    return inner if on_failed is None else _Watched(inner, on_failed)
+
+
+def _direct(reactor: Any, address: RedisAddress) -> IStreamClientEndpoint:
     if address.path:
         inner: IStreamClientEndpoint = UNIXClientEndpoint(reactor, address.path, timeout=2)
     else:
         inner = HostnameEndpoint(_OwnLookups.of(reactor), address.host, address.port, timeout=2)
     if address.tls:
         inner = wrapClientTLS(tls_options(address), inner)
-    return inner if on_failed is None else _Watched(inner, on_failed)
+    return inner
+
+
+@implementer(IStreamClientEndpoint)
+class _SentinelPrimary:
+    """Each connection attempt asks the sentinels (in turn) where the primary is, then connects
+    there: after a failover the reconnecting connections find the new primary by themselves."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        address: RedisAddress,
+        on_primary: Callable[[RedisAddress], None] | None,
+    ) -> None:
+        self.reactor = reactor
+        self.address = address
+        self.on_primary = on_primary
+
+    def connect(self, factory: Any) -> defer.Deferred[Any]:
+        return defer.Deferred.fromCoroutine(self._connect(factory))
+
+    async def _connect(self, factory: Any) -> Any:
+        for host, port in self.address.sentinels:
+            ask = HostnameEndpoint(_OwnLookups.of(self.reactor), host, port, timeout=2)
+            try:
+                proto: Any = await ask.connect(_OneReplyFactory(self.reactor))
+            except (error.ConnectError, error.DNSLookupError, error.TimeoutError):
+                continue  # this sentinel is down: ask the next
+            try:
+                reply = await proto.ask("SENTINEL", "get-master-addr-by-name", self.address.master)
+            except (defer.TimeoutError, ConnectionError, RespError):
+                continue
+            finally:
+                proto.transport.loseConnection()
+            if reply:
+                primary = self.address.at(reply[0].decode(), int(reply[1]))
+                if self.on_primary is not None:
+                    self.on_primary(primary)
+                return await _direct(self.reactor, primary).connect(factory)
+        raise error.ConnectError(string=f"no sentinel names a primary {self.address.master!r}")
+
+
+class _OneReply(Protocol):
+    """Sends one command to a sentinel and reads its one reply, then hangs up."""
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+        self.buffer = b""
+        self.reply: defer.Deferred[Any] = defer.Deferred()
+
+    def ask(self, *args: Any) -> defer.Deferred[Any]:
+        assert self.transport is not None
+        self.transport.write(encode(*args))
+        self.reply.addTimeout(2, self.reactor)
+        return self.reply
+
+    def dataReceived(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.buffer += data
+        try:
+            value = read_reply(_Complete(self.buffer))
+        except _Incomplete:
+            return
+        except (ConnectionError, RespError, ValueError) as e:
+            self.transport.loseConnection()
+            if not self.reply.called:
+                self.reply.errback(e)
+            return
+        self.transport.loseConnection()
+        if not self.reply.called:
+            self.reply.callback(value)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if not self.reply.called:
+            self.reply.errback(ConnectionError("the sentinel closed the connection"))
+
+
+class _Incomplete(Exception):
+    pass
+
+
+class _Complete:
+    """A reply buffer that says "wait for more" instead of returning short reads."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def readline(self) -> bytes:
+        end = self.data.find(b"\r\n", self.pos)
+        if end < 0:
+            raise _Incomplete()
+        line, self.pos = self.data[self.pos : end + 2], end + 2
+        return line
+
+    def read(self, n: int) -> bytes:
+        if self.pos + n > len(self.data):
+            raise _Incomplete()
+        chunk, self.pos = self.data[self.pos : self.pos + n], self.pos + n
+        return chunk
+
+
+class _OneReplyFactory(Factory):
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+
+    def buildProtocol(self, addr: Any) -> _OneReply:
+        proto = _OneReply(self.reactor)
+        proto.factory = self
+        return proto
 
 
 def tls_options(address: RedisAddress) -> Any:

@@ -69,7 +69,13 @@ class RedisEngine:
         if not self.instance or ":" in self.instance or self.instance != self.instance.strip():
             # instance:{id}, instance:{id}:users … must not collide
             raise ValueError(f"bad instance id {self.instance!r}: non-empty, no ':' or spaces")
-        self.address = RedisAddress.parse(config.redis_url).with_tls_files(*config.redis_tls)
+        self.address = (
+            RedisAddress.parse(config.redis_url)
+            .with_tls_files(*config.redis_tls)
+            .with_sentinels(config.redis_sentinels, config.redis_master)
+        )
+        self.primary: RedisAddress | None = None  # with sentinels: the one they named last
+        self.failovers: list[tuple[float, str, str]] = []  # (when, from, to) seen, newest last
         self.relays = {"relayed_remote": 0, "relayed_local": 0}
         self.status = Status()
         self.commands = Commands(self.status, before_script=lambda: self.outbox.flush())
@@ -122,7 +128,9 @@ class RedisEngine:
             self._connect_failed,
         )
         for factory in (self._cmd_factory, self._reader_factory):
-            factory.startConnecting(endpoint(self.reactor, self.address, self._connect_failed))
+            factory.startConnecting(
+                endpoint(self.reactor, self.address, self._connect_failed, self._primary_named)
+            )
         self.liveness.start()
         return self.when_ready(self.startup_wait).addErrback(self._start_failed)
 
@@ -187,6 +195,14 @@ class RedisEngine:
 
     # --- the connections ------------------------------------------------------------------
     complain_every: ClassVar[float] = 60.0  # the same connection problem is logged this often
+
+    def _primary_named(self, primary: RedisAddress) -> None:
+        """The sentinels named the primary for a connection attempt: a new one is a failover."""
+        if self.primary is not None and str(primary) != str(self.primary):
+            self.failovers.append((self.reactor.seconds(), str(self.primary), str(primary)))
+            del self.failovers[:-10]
+            self.log.warn("redis primary is now {new} (was {old})", new=primary, old=self.primary)
+        self.primary = primary
 
     def _connect_failed(self, why: str) -> None:
         """An attempt to connect failed: ``/health`` says why, callers stop waiting."""
