@@ -209,3 +209,25 @@ async def test_a_failover_keeps_every_chat_and_loses_no_message(make_server, clu
     print(f"\nfailover: {result}")
     RESULT.write_text(json.dumps(result, indent=2) + "\n")
     assert back_at - killed_at < 30
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stop_in_the_middle_of_a_failover_drains_and_ends_in_time(make_server, cluster):
+    """Stopped while the primary is dead and no sentinel has promoted the replica yet: its
+    users are told and the stop ends within its usual time (it does not wait for Redis)."""
+    settings = {"engine": "redis", "redis_sentinels": cluster.spec, "redis_master": MASTER}
+    server = await make_server(**settings)
+    a, b = await server.client(), await server.client()
+    a.join(interests=["x"])
+    await a.expect("searching")
+    b.join(interests=["x"])
+    await a.expect("matched")
+    cluster.primary.kill()
+    await eventually(lambda: not server.engine.health()[0], what="the primary seen gone")
+    assert cluster.named_primary() == cluster.primary.port  # not promoted yet: mid-failover
+    started = reactor.seconds()
+    await server.service.stopService()
+    took = reactor.seconds() - started
+    print(f"\nstop in the middle of a failover: {took:.2f} s")
+    assert took < 5, f"the stop took {took:.1f} s"
+    await eventually(lambda: a.close_code is not None and b.close_code is not None, what="closed")
