@@ -17,7 +17,7 @@ import pytest_twisted
 from twisted.internet import reactor
 
 from tests.harness import ROOT, RedisServer, eventually, free_port, redis_binary, sleep, wait_for
-from tests.wsclient import Client
+from tests.wsclient import Client, match
 
 pytestmark = [
     pytest.mark.slow,  # five Redis processes and a failover
@@ -115,17 +115,9 @@ async def test_a_failover_keeps_every_chat_and_loses_no_message(make_server, clu
     two = await make_server(**settings)
     assert one.engine.primary.port == cluster.primary.port
     a, b = await one.client(), await two.client()  # a pair across the instances
-    a.join(interests=["x"])
-    await a.expect("searching")
-    b.join(interests=["x"])
-    await a.expect("matched")
-    await b.expect("matched")
+    await match(a, b, interests=["x"])
     c, d = await one.client(), await one.client()  # a pair on one instance
-    c.join(interests=["y"])
-    await c.expect("searching")
-    d.join(interests=["y"])
-    await c.expect("matched")
-    await d.expect("matched")
+    await match(c, d, interests=["y"])
     await chat(a, b, "before")
     await chat(c, d, "before")
 
@@ -189,10 +181,7 @@ async def test_a_failover_keeps_every_chat_and_loses_no_message(make_server, clu
     # matching works again, across the instances
     e, f = await one.client(), await two.client()
     matched_from = reactor.seconds()
-    e.join(interests=["z"])
-    await e.expect("searching", timeout=10)
-    f.join(interests=["z"])
-    await e.expect("matched", timeout=10)
+    await match(e, f, interests=["z"])
     await chat(f, e, "new pair")
     result = {
         "down_after_ms": DOWN_AFTER_MS,
@@ -218,10 +207,7 @@ async def test_a_stop_in_the_middle_of_a_failover_drains_and_ends_in_time(make_s
     settings = {"engine": "redis", "redis_sentinels": cluster.spec, "redis_master": MASTER}
     server = await make_server(**settings)
     a, b = await server.client(), await server.client()
-    a.join(interests=["x"])
-    await a.expect("searching")
-    b.join(interests=["x"])
-    await a.expect("matched")
+    await match(a, b, interests=["x"])
     cluster.primary.kill()
     await eventually(lambda: not server.engine.health()[0], what="the primary seen gone")
     assert cluster.named_primary() == cluster.primary.port  # not promoted yet: mid-failover

@@ -20,6 +20,7 @@ from anygle.engine.redis import RedisEngine
 from anygle.tap import StartError
 from tests.conftest import Sink
 from tests.harness import RedisServer, eventually, free_port, load_selfsigned
+from tests.wsclient import match
 
 pytestmark = pytest.mark.slow  # a redis-server of its own, TLS handshakes
 ON_REDIS = pytest.mark.parametrize("engine_name", ["redis"], indirect=True)  # for make_server
@@ -99,11 +100,7 @@ async def test_chat_through_redis_over_tls_as_an_acl_user(make_server, tls_redis
     one = await make_server(engine="redis", redis=tls_redis.url(), redis_tls_ca=ca)
     two = await make_server(engine="redis", redis=tls_redis.url(), redis_tls_ca=ca)
     a, b = await one.client(), await two.client()
-    a.join()
-    await a.expect("searching")
-    b.join()
-    await a.expect("matched")
-    await b.expect("matched")
+    await match(a, b)
     a.send("message", {"content": "over TLS"})  # across instances: through Redis
     assert (await b.expect("message"))["data"]["content"] == "over TLS"
     await eventually(lambda: one.engine.liveness.counters["renewals"] > 2, what="lease renewals")
@@ -159,10 +156,7 @@ async def test_a_client_certificate_when_redis_asks_for_one(make_server, mtls_re
     }
     server = await make_server(engine="redis", redis=mtls_redis.url(), **files)
     a, b = await server.client(), await server.client()
-    a.join()
-    await a.expect("searching")
-    b.join()
-    await a.expect("matched")
+    await match(a, b)
     await eventually(lambda: server.engine.liveness.counters["renewals"] > 2, what="renewals")
     del files["redis_tls_cert"], files["redis_tls_key"]
     with pytest.raises(StartError, match="the server wants a client certificate"):

@@ -6,8 +6,8 @@ per request or push, and clients are answered at once instead of after the start
 from __future__ import annotations
 
 import json
-from typing import Any
 
+import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.logger import ILogObserver, LogEvent, LogLevel, globalLogPublisher
@@ -21,14 +21,6 @@ from tests.conftest import ServerHandle, Sink, settings
 from tests.harness import RedisServer, eventually, free_port, sleep
 from tests.test_http import get
 from tests.wsclient import Client
-
-
-async def failure_of(d: Any) -> BaseException:
-    try:
-        await d
-    except Exception as e:
-        return e
-    raise AssertionError("did not fail")
 
 
 @pytest_twisted.ensureDeferred
@@ -49,8 +41,8 @@ async def test_nothing_listening_is_said_with_the_address_and_answered_at_once()
         await engine.connect("u", "10.0.0.1")  # applied locally, registered when Redis is back
         asked_at = reactor.seconds()
         prefs = Preferences("adult", "text", "moderated", (), False)
-        e = await failure_of(engine.join("u", prefs, reactor.seconds()))
-        assert isinstance(e, EngineUnavailable) and "connection refused" in str(e)
+        with pytest.raises(EngineUnavailable, match="connection refused"):
+            await engine.join("u", prefs, reactor.seconds())
         assert reactor.seconds() - asked_at < 1.0  # at once, not after the start-up wait
     finally:
         await engine.stop()
