@@ -202,6 +202,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("ping-interval", "25", _seconds(0), "s between WebSocket pings (0: off)"),
     Option("ping-timeout", "10", _seconds(0, strict=True), "s to wait for a pong"),
     Option(
+        "resume-grace",
+        "30",
+        _seconds(0, 3600),
+        "s a user whose connection dropped may resume its session (0: no resume)",
+    ),
+    Option(
         "trusted-proxies",
         "127.0.0.0/8,::1/128",
         _networks,
@@ -385,6 +391,7 @@ class Settings:
     searching_interval: float = default("searching-interval")
     ping_interval: float = default("ping-interval")
     ping_timeout: float = default("ping-timeout")
+    resume_grace: float = default("resume-grace")
     trusted_proxies: str = default("trusted-proxies")
     ipv6_prefix: int = default("ipv6-prefix")
     max_abuse_keys: int = default("max-abuse-keys")

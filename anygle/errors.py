@@ -23,6 +23,7 @@ CODES: dict[str, str] = {
     "SERVICE_UNAVAILABLE": "shared state is unreachable right now; try again shortly",
     "NOT_DELIVERED": "your partner could not be reached for a while: this was not delivered",
     "TOO_MANY_ERRORS": "too many bad frames; the connection is closed",
+    "RESUME_FAILED": "that session cannot be resumed (unknown, expired or already used token)",
     "INTERNAL_ERROR": "the server failed to handle this message",
 }
 

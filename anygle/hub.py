@@ -34,6 +34,15 @@ from anygle.model import Match, Preferences, Stats
 from anygle.moderation import Verdict
 from anygle.moderation.policy import DELIVER
 from anygle.reports import BAN_REASON, REPORT_GRACE, EndedChat, Report, Transcript
+from anygle.resume import (
+    RESUME_ATTEMPTS,
+    RESUME_WINDOW,
+    AwayClient,
+    new_token,
+    replay,
+    same_token,
+    token_key,
+)
 from anygle.screening import Screening, notice
 from anygle.session import CHATTING, CLOSED, IDLE, QUEUED, Client, Session
 from anygle.stats_view import pushed
@@ -65,8 +74,11 @@ class Hub:
         admission: Admission | None = None,
         screening: Screening | None = None,
         ice: IceServers | None = None,
+        resume_grace: float = 0.0,
     ) -> None:
         self.engine = engine
+        self.resume_grace = resume_grace  # s a dropped user may come back (0: not at all)
+        self._resumable: dict[str, Session] = {}  # token_key(resume token) -> session
         self.admission = admission or Admission(engine, AbuseKeyTable(0, clock))
         self.screening = screening
         self.ice = ice
@@ -96,6 +108,10 @@ class Hub:
         if self.screening is not None:
             self.screening.connected(session)
         data: dict[str, Any] = {"userId": session.user_id}
+        if self.resume_grace:
+            session.resume_token = new_token()
+            self._resumable[token_key(session.resume_token)] = session
+            data["resumeToken"] = session.resume_token
         self._add_ice_servers(data, session.user_id)
         client.send({"type": "connected", "data": data})
         return session
@@ -108,12 +124,108 @@ class Hub:
             data["iceServers"] = self.ice.for_user(user_id, self.clock.seconds())
 
     def close(self, session: Session) -> Deferred[Any]:
-        """The connection is gone: stop delivering to it, then leave queue and room."""
+        """The session ends: stop delivering to it, then leave queue and room."""
         if session.state == CLOSED:
             return succeed(None)
+        self._back(session)
         session.state = CLOSED
         self.sessions.pop(session.user_id, None)
+        self._resumable.pop(token_key(session.resume_token), None)
         return session.serial(lambda: self._disconnect(session))
+
+    def disconnected(self, session: Session, client: Client, clean: bool) -> Deferred[Any]:
+        """``client``, the connection of ``session``, is gone.  A clean close (a close frame,
+        a kick, a ban) ends the session; a dropped one (no close frame: a phone that switched
+        networks) waits ``resume_grace`` s for the user to come back (:meth:`resume`)."""
+        if session.client is not client:
+            return succeed(None)  # the session went on on another connection
+        if clean or not self.resume_grace or session.state == CLOSED or not session.resume_token:
+            return self.close(session)
+        self._go_away(session)
+        return succeed(None)
+
+    # --- resume (anygle/resume.py) --------------------------------------------------------
+    def _go_away(self, session: Session) -> None:
+        missed = session.transcript.messages() if session.transcript is not None else []
+        away = AwayClient(missed, lambda: self._end_away_soon(session, away))
+        session.away = session.client = away
+        away.timer = self.clock.callLater(self.resume_grace, self._end_away, session, away)
+        self._tell_partner(session, "partner_away")
+
+    def _end_away_soon(self, session: Session, away: AwayClient) -> None:
+        # not within the engine event that overflowed the buffer or kicked the user
+        self.clock.callLater(0, self._end_away, session, away)
+
+    def _end_away(self, session: Session, away: AwayClient) -> None:
+        if session.away is away:  # not back meanwhile
+            self.close(session).addErrback(self._log_failure)
+
+    def _back(self, session: Session) -> AwayClient | None:
+        """The session is no longer away (back, or ended): its grace timer stops."""
+        away, session.away = session.away, None
+        if away is not None and away.timer.active():
+            away.timer.cancel()
+        return away
+
+    def _still_away(self, session: Session, away: AwayClient) -> None:
+        if session.away is away:
+            self._tell_partner(session, "partner_away")
+
+    def _tell_partner(self, session: Session, kind: str) -> None:
+        if session.state == CHATTING and session.partner_id and session.room_id:
+            self.engine.relay(session.partner_id, session.room_id, {"type": kind, "data": {}})
+
+    async def resume(self, fresh: Session, token: str, last_message_id: str | None) -> Session:
+        """The connection of ``fresh`` (a new session that has done nothing yet) takes over the
+        session ``token`` names: it is sent ``resumed`` and what it missed, the partner of an
+        away user ``partner_back``, an old connection still open is closed.  Returns the
+        session the connection has from now on."""
+        allowed = await self.engine.rate(
+            f"resume:{fresh.abuse_key}", RESUME_ATTEMPTS, RESUME_WINDOW
+        )
+        if not allowed:
+            raise ClientError("RATE_LIMITED", "too many resume attempts; slow down")
+        key = token_key(token)
+        old = self._resumable.get(key)
+        if old is None or not same_token(old.resume_token, token):
+            raise ClientError("RESUME_FAILED")
+        ban = await self.engine.get_ban(old.user_id, fresh.ban_keys)
+        if self._resumable.get(key) is not old or fresh.state == CLOSED:
+            raise ClientError("RESUME_FAILED")  # resumed or ended while we asked
+        if ban is not None:
+            self.close(old).addErrback(self._log_failure)
+            self.on_kick(fresh.user_id, "BANNED", f"banned: {ban}")
+            raise ClientError("BANNED", f"banned: {ban}")
+        client, previous = fresh.client, old.client
+        away = self._back(old)
+        if away is not None:
+            missed, frames = away.missed, away.frames
+        else:  # the old connection looks open, but the client says it is gone
+            missed = old.transcript.messages() if old.transcript is not None else []
+            frames = []
+        del self._resumable[key]
+        old.resume_token = new_token()
+        self._resumable[token_key(old.resume_token)] = old
+        old.client = client
+        old.ip, old.abuse_key, old.ban_keys = fresh.ip, fresh.abuse_key, fresh.ban_keys
+        self.close(fresh).addErrback(self._log_failure)
+        data: dict[str, Any] = {
+            "userId": old.user_id,
+            "state": old.state,
+            "resumeToken": old.resume_token,
+            "lastClientId": old.last_client_id,
+        }
+        if old.state == CHATTING:
+            data["roomId"] = old.room_id
+        self._add_ice_servers(data, old.user_id)
+        client.send({"type": "resumed", "data": data})
+        for frame in replay(missed, frames, last_message_id):
+            client.send(frame)
+        if away is not None:
+            self._tell_partner(old, "partner_back")
+        else:
+            previous.close(1000, "resumed on another connection")
+        return old
 
     async def _disconnect(self, session: Session) -> None:
         await self.engine.disconnect(session.user_id)
@@ -206,11 +318,16 @@ class Hub:
             ids.extend(raw[i : i + 16] for i in range(0, len(raw), 16))
         return ids.pop()
 
-    def message(self, session: Session, content: str) -> Deferred[Any] | None:
+    def message(
+        self, session: Session, content: str, client_id: str | None = None
+    ) -> Deferred[Any] | None:
         """Relay a chat message once moderation lets it through.  A clean message goes out at
         once; one that needs the engine (strikes) waits its turn, and so does every message
-        after it, so that the partner sees them in the order they were sent."""
+        after it, so that the partner sees them in the order they were sent.  A message whose
+        ``client_id`` was seen already (resent after a resume) is dropped."""
         partner, room = self._partner(session)
+        if client_id is not None and not session.accept_client_id(client_id):
+            return None
         frame = self.message_frame(content)
         if self.screening is None:
             self.engine.relay(partner, room, frame)
@@ -355,6 +472,8 @@ class Hub:
         }
         self._add_ice_servers(data, user_id)
         session.client.send({"type": "matched", "data": data})
+        if session.away is not None:  # once the partner has its matched too
+            self.clock.callLater(0, self._still_away, session, session.away)
 
     def on_partner_left(self, user_id: str, room_id: str, reason: str) -> None:
         session = self.sessions.get(user_id)

@@ -70,6 +70,7 @@ KIND_OF: dict[str, str] = {
     "ice_candidate": "signal",
     "join": "queue",
     "skip": "queue",
+    "resume": "queue",
     "report": "report",
     "ping": "ping",
 }

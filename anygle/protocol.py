@@ -10,7 +10,8 @@ Client -> server::
 
     join          {ageCategory: teen|adult, mode: text|video|voice,
                    queueType: moderated|unmoderated, interests: [str], interestsOnly?: bool}
-    message       {content: str}
+    message       {content: str, id?: str}  (id: ours, so that a resend is not delivered twice)
+    resume        {token, lastMessageId}    (ours: the first frame of a new connection)
     skip          {reason?: str}
     report        {reason: harassment|sexual|underage|spam|hate|other, details?: str}  (ours)
     typing        {isTyping: bool}
@@ -22,7 +23,9 @@ Client -> server::
 
 Server -> client::
 
-    connected {userId}            searching {position, estimatedTime}
+    connected {userId, resumeToken?}   searching {position, estimatedTime}
+    resumed {userId, state, roomId?, resumeToken, lastClientId}  (ours; then what was missed)
+    partner_away                  partner_back                  (ours: the partner dropped/is back)
     matched {roomId, partnerId, mode, isInitiator, partnerInfo: {interests, sharedInterests}}
     message {id, content, timestamp}
     partner_typing {isTyping}     partner_video_toggle {enabled}   partner_audio_toggle {enabled}
@@ -115,6 +118,8 @@ class AnygleProtocol(FairTurnsMixin, WebSocketServerProtocol):  # type: ignore[m
         self._errors = 0
         self._errors_since = 0.0
         self.ticket: Ticket | None = None  # this connection's admission (``anygle.admission``)
+        self._fresh = True  # no frame handled yet: ``resume`` is allowed
+        self._resumable = True  # a drop keeps the session for a resume; a close by us does not
 
     # --- Autobahn callbacks ---------------------------------------------------------------
     def connectionMade(self) -> None:
@@ -158,9 +163,7 @@ class AnygleProtocol(FairTurnsMixin, WebSocketServerProtocol):  # type: ignore[m
         if self.state != self.STATE_OPEN:  # closed while we were opening
             self.factory.hub.close(session)
             return
-        early, self._early = self._early or [], None
-        for payload, is_binary in early:
-            self._receive(payload, is_binary)
+        self._flush_early()
 
     def _open_failed(self, failure: Failure) -> None:
         self._early = None
@@ -181,7 +184,9 @@ class AnygleProtocol(FairTurnsMixin, WebSocketServerProtocol):  # type: ignore[m
         if self.ticket is not None:
             self.factory.hub.admission.release(self.ticket)
         if self.session is not None:
-            self.factory.hub.close(self.session).addErrback(self._log_failure)
+            clean = wasClean or not self._resumable
+            d = self.factory.hub.disconnected(self.session, self, clean)
+            d.addErrback(self._log_failure)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
@@ -213,6 +218,7 @@ class AnygleProtocol(FairTurnsMixin, WebSocketServerProtocol):  # type: ignore[m
                 result.addErrback(self._answer_failure)
         except Exception:
             self._answer_failure(Failure())
+        self._fresh = False
 
     def _answer_failure(self, failure: Failure) -> None:
         """The one place where failures become ``error`` frames."""
@@ -259,8 +265,30 @@ class AnygleProtocol(FairTurnsMixin, WebSocketServerProtocol):  # type: ignore[m
         # stranger that nobody reads is only a liability to keep.  ``report`` is what gets read.
         return self.factory.hub.skip(session)
 
-    def handle_message(self, session: Session, content: str) -> Deferred[Any] | None:
-        return self.factory.hub.message(session, content)
+    def handle_message(
+        self, session: Session, message: tuple[str, str | None]
+    ) -> Deferred[Any] | None:
+        return self.factory.hub.message(session, *message)
+
+    def handle_resume(self, session: Session, resume: tuple[str, str | None]) -> None:
+        if not self._fresh:
+            raise ClientError("RESUME_FAILED", "resume must be the first frame of a connection")
+        self._early = []  # later frames wait for the session they belong to
+        d = Deferred.fromCoroutine(self.factory.hub.resume(session, *resume))
+        d.addCallbacks(self._resumed, self._resume_failed)
+
+    def _resumed(self, session: Session) -> None:
+        self.session = session
+        self._flush_early()
+
+    def _resume_failed(self, failure: Failure) -> None:
+        self._answer_failure(failure)  # RESUME_FAILED: this connection's new session goes on
+        self._flush_early()
+
+    def _flush_early(self) -> None:
+        early, self._early = self._early or [], None
+        for payload, is_binary in early:
+            self._receive(payload, is_binary)
 
     def handle_report(self, session: Session, report: tuple[str, str | None]) -> Deferred[Any]:
         return self.factory.hub.report(session, *report)
@@ -318,6 +346,7 @@ class AnygleProtocol(FairTurnsMixin, WebSocketServerProtocol):  # type: ignore[m
         return True
 
     def close(self, code: int, reason: str) -> None:
+        self._resumable = False  # closed on purpose: no resume, even if the client never answers
         if self.state == self.STATE_OPEN:
             # sendClose() only allows the codes a *client application* may send (1000, 3000-4999);
             # a server legitimately closes with 1001 (going away), 1008 (policy) or 1011 (error).

@@ -11,6 +11,7 @@ from twisted.internet.defer import Deferred, succeed
 
 from anygle.model import Preferences
 from anygle.reports import EndedChat, Transcript
+from anygle.resume import CLIENT_IDS_KEPT, AwayClient
 from anygle.wire import Broadcast
 
 IDLE, QUEUED, CHATTING, CLOSED = "idle", "queued", "chatting", "closed"
@@ -49,6 +50,24 @@ class Session:
     last_chat: EndedChat | None = None  # the chat that ended last, reportable for a while
     pending: int = 0  # operations queued by serial() and not finished
     _tail: Deferred[Any] | None = None  # the last serial() operation (made by the first)
+    resume_token: str = ""  # the secret that takes this session back (anygle/resume.py)
+    away: AwayClient | None = None  # the client while the user is away (dropped, in its grace)
+    # ids of the user's recent messages (``message.id``, optional): a resent one is dropped
+    _client_ids: deque[str] | None = None
+
+    def accept_client_id(self, client_id: str) -> bool:
+        """Remember a message id the user sent; False when it was seen already (a resend)."""
+        ids = self._client_ids
+        if ids is None:
+            ids = self._client_ids = deque(maxlen=CLIENT_IDS_KEPT)
+        elif client_id in ids:
+            return False
+        ids.append(client_id)
+        return True
+
+    @property
+    def last_client_id(self) -> str | None:
+        return self._client_ids[-1] if self._client_ids else None
 
     def __post_init__(self) -> None:
         self.abuse_key = self.abuse_key or self.ip

@@ -227,6 +227,7 @@ class AnygleService(MultiService):
                 turn_secret=settings.turn_secret,
                 turn_ttl=settings.turn_ttl,
             ),
+            resume_grace=settings.resume_grace,
         )
         resolver = ClientAddressResolver(
             parse_networks(settings.trusted_proxies), settings.ipv6_prefix

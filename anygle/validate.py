@@ -18,6 +18,7 @@ MAX_INTERESTS = 10
 MAX_INTEREST_LEN = 32
 MAX_CONTENT = 2000
 MAX_REASON = 200
+MAX_ID = 64  # a client message id, a resume token
 
 
 def _invalid(message: str) -> ClientError:
@@ -81,13 +82,34 @@ def join(data: Any) -> Preferences:
     return prefs
 
 
-def message(data: Any) -> str:
-    content = _map(data).get("content")
+def message(data: Any) -> tuple[str, str | None]:
+    """``{content, id?}``: ``(content, id)``; ``id`` (ours) names the message so that a resend
+    after a resume is not delivered twice."""
+    data = _map(data)
+    content = data.get("content")
     if not isinstance(content, str) or not content.strip():
         raise _invalid("'content' must be a non-empty string")
     if len(content) > MAX_CONTENT:
         raise _invalid(f"'content' is at most {MAX_CONTENT} characters")
-    return content
+    return content, _optional_id(data, "id")
+
+
+def _optional_id(data: dict[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_ID:
+        raise _invalid(f"'{key}' must be a string of 1 to {MAX_ID} characters, or null")
+    return value
+
+
+def resume(data: Any) -> tuple[str, str | None]:
+    """``{token, lastMessageId}``: ``(token, lastMessageId)``."""
+    data = _map(data)
+    token = data.get("token")
+    if not isinstance(token, str) or not 0 < len(token) <= MAX_ID:
+        raise _invalid(f"'token' must be a string of 1 to {MAX_ID} characters")
+    return token, _optional_id(data, "lastMessageId")
 
 
 def skip(data: Any) -> str | None:
@@ -148,6 +170,7 @@ def nothing(data: Any) -> None:
 VALIDATORS: dict[str, Callable[[Any], Any]] = {
     "join": join,
     "message": message,
+    "resume": resume,
     "skip": skip,
     "report": report,
     "typing": typing,

@@ -180,6 +180,15 @@ class MemoryServer:
         self.flush()
         return client
 
+    def cut(self, client: MemoryClient) -> None:
+        """The client's network is gone for good: the connection ends without a close frame
+        (as the kernel reports a reset), and nothing it had not read yet reaches it."""
+        client.frozen = True
+        for link in self.links:
+            if link.client is client:
+                link.client_io.abortConnection()
+        self.flush()
+
     def pair(self, **join: Any) -> tuple[MemoryClient, MemoryClient]:
         """Two clients matched with each other."""
         a, b = self.connect(), self.connect()

@@ -152,9 +152,13 @@ async def test_simultaneous_skips_leave_no_ghosts(make_server):
 
 
 @pytest_twisted.ensureDeferred
-async def test_disconnect_tells_partner_and_clears_queue(server):
+async def test_disconnect_tells_partner_and_clears_queue(make_server):
+    """A dropped connection (no close frame) keeps its session for the resume grace: the
+    partner hears ``partner_away``, then ``partner_disconnected`` when the grace is over."""
+    server = await make_server(resume_grace=0.5)
     a, b = await server.pair()
     a.drop()
+    await b.expect("partner_away")
     await b.expect("partner_disconnected")
     c = await server.client()
     c.join()

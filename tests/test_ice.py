@@ -253,7 +253,7 @@ async def test_no_ice_servers_unless_configured(server):
     a, b = await server.pair()
     for c in (a, b):
         connected, matched = (next(f for f in c.received if f["type"] == t) for t in TYPES)
-        assert set(connected["data"]) == {"userId"}
+        assert set(connected["data"]) == {"userId", "resumeToken"}  # resumeToken: ours
         assert set(matched["data"]) == {
             "roomId",
             "partnerId",

@@ -138,7 +138,8 @@ class World:
 
 @pytest_twisted.ensureDeferred
 async def test_random_joins_chats_skips_and_leaves(make_server):
-    server = await make_server(rematch_cooldown=0)
+    # no resume grace: a dropped user leaves at once, as the model expects (tests/test_resume.py)
+    server = await make_server(rematch_cooldown=0, resume_grace=0)
     rng = random.Random(20261126)
     world = World(server, rng)
     for _ in range(240):

@@ -87,7 +87,7 @@ async def test_disconnect_on_other_instance_and_global_stats(instances):
         assert code == 200
         assert (body["totalOnline"], body["activeChats"], body["inQueue"]) == (3, 1, 1)
         assert body["totalMatches"] == 1
-    b.drop()
+    await b.close()
     await a.expect("partner_disconnected")
     code, body = await get_json(three.http_port, "/stats")
     assert (body["totalOnline"], body["activeChats"]) == (2, 0)
