@@ -100,17 +100,20 @@ class Hub:
             str(uuid.uuid4()), address.ip, client, address.abuse_key, address.ban_keys
         )
         self.sessions[session.user_id] = session
+        key = ""
+        if self.resume_grace:
+            session.resume_token = new_token()
+            key = token_key(session.resume_token)
         try:
-            await self.engine.connect(session.user_id, address.ip)
+            await self.engine.connect(session.user_id, address.ip, key)
         except BaseException:
             del self.sessions[session.user_id]
             raise
         if self.screening is not None:
             self.screening.connected(session)
         data: dict[str, Any] = {"userId": session.user_id}
-        if self.resume_grace:
-            session.resume_token = new_token()
-            self._resumable[token_key(session.resume_token)] = session
+        if key:
+            self._resumable[key] = session
             data["resumeToken"] = session.resume_token
         self._add_ice_servers(data, session.user_id)
         client.send({"type": "connected", "data": data})
@@ -188,7 +191,7 @@ class Hub:
         key = token_key(token)
         old = self._resumable.get(key)
         if old is None or not same_token(old.resume_token, token):
-            raise ClientError("RESUME_FAILED")
+            return await self._resume_moved(fresh, key, last_message_id)
         ban = await self.engine.get_ban(old.user_id, fresh.ban_keys)
         if self._resumable.get(key) is not old or fresh.state == CLOSED:
             raise ClientError("RESUME_FAILED")  # resumed or ended while we asked
@@ -206,26 +209,105 @@ class Hub:
         del self._resumable[key]
         old.resume_token = new_token()
         self._resumable[token_key(old.resume_token)] = old
+        self.engine.rekey(old.user_id, token_key(old.resume_token)).addErrback(self._log_failure)
         old.client = client
         old.ip, old.abuse_key, old.ban_keys = fresh.ip, fresh.abuse_key, fresh.ban_keys
         self.close(fresh).addErrback(self._log_failure)
-        data: dict[str, Any] = {
-            "userId": old.user_id,
-            "state": old.state,
-            "resumeToken": old.resume_token,
-            "lastClientId": old.last_client_id,
-        }
-        if old.state == CHATTING:
-            data["roomId"] = old.room_id
-        self._add_ice_servers(data, old.user_id)
-        client.send({"type": "resumed", "data": data})
-        for frame in replay(missed, frames, last_message_id):
-            client.send(frame)
-        if away is not None:
-            self._tell_partner(old, "partner_back")
-        else:
+        self._welcome_back(old, replay(missed, frames, last_message_id), away is not None)
+        if away is None:
             previous.close(1000, "resumed on another connection")
         return old
+
+    def _welcome_back(self, session: Session, missed: list[dict[str, Any]], away: bool) -> None:
+        """``resumed``, then what the user missed; its partner hears it is back."""
+        data: dict[str, Any] = {
+            "userId": session.user_id,
+            "state": session.state,
+            "resumeToken": session.resume_token,
+            "lastClientId": session.last_client_id,
+        }
+        if session.state == CHATTING:
+            data["roomId"] = session.room_id
+        self._add_ice_servers(data, session.user_id)
+        session.client.send({"type": "resumed", "data": data})
+        for frame in missed:
+            session.client.send(frame)
+        if away:
+            self._tell_partner(session, "partner_back")
+
+    async def _resume_moved(self, fresh: Session, key: str, last_message_id: str | None) -> Session:
+        """The token is not one of ours: another instance may hold the session (the redis
+        engine moves it here, anygle/engine/redis/handover.py)."""
+        token = new_token()
+        state = await self.engine.claim(key, token_key(token))
+        if state is None:
+            raise ClientError("RESUME_FAILED")
+        prefs = state["prefs"]
+        session = Session(
+            state["userId"],
+            fresh.ip,
+            fresh.client,
+            fresh.abuse_key,
+            fresh.ban_keys,
+            state=state["state"],
+            prefs=Preferences(prefs[0], prefs[1], prefs[2], tuple(prefs[3]), prefs[4])
+            if prefs
+            else None,
+            room_id=state["roomId"],
+            partner_id=state["partnerId"],
+            queued_at=state["queuedAt"],
+            resume_token=token,
+        )
+        if state["transcript"]:
+            session.transcript = Transcript()
+            for message in state["transcript"]:
+                session.transcript.add(message)
+        for client_id in state["clientIds"]:
+            session.accept_client_id(client_id)
+        self.sessions[session.user_id] = session
+        self._resumable[token_key(token)] = session
+        self.close(fresh).addErrback(self._log_failure)
+        self._welcome_back(
+            session, replay(state["missed"], state["frames"], last_message_id), state["away"]
+        )
+        return session
+
+    def on_handover(self, user_id: str) -> dict[str, Any] | None:
+        """The user resumed on another instance (the redis engine): its session goes there,
+        without leaving its room or queue; an old connection still open is closed."""
+        session = self.sessions.pop(user_id, None)
+        if session is None or session.state == CLOSED:
+            return None
+        away = self._back(session)
+        self._resumable.pop(token_key(session.resume_token), None)
+        state, previous = session.state, session.client
+        session.state = CLOSED  # over here, without a disconnect: it goes on elsewhere
+        transcript = session.transcript.messages() if session.transcript is not None else []
+        prefs = session.prefs
+        handed = {
+            "userId": user_id,
+            "state": state,
+            "prefs": [
+                prefs.age_category,
+                prefs.mode,
+                prefs.queue_type,
+                list(prefs.interests),
+                prefs.interests_only,
+            ]
+            if prefs
+            else None,
+            "roomId": session.room_id,
+            "partnerId": session.partner_id,
+            "queuedAt": session.queued_at,
+            "transcript": transcript,
+            "missed": away.missed if away is not None else transcript,
+            "frames": away.frames if away is not None else [],
+            "clientIds": session.client_ids(),
+            "away": away is not None,
+        }
+        if away is None:
+            previous.close(1000, "resumed on another connection")
+        return handed
 
     async def _disconnect(self, session: Session) -> None:
         await self.engine.disconnect(session.user_id)

@@ -65,6 +65,9 @@ class Session:
         ids.append(client_id)
         return True
 
+    def client_ids(self) -> list[str]:
+        return list(self._client_ids or ())
+
     @property
     def last_client_id(self) -> str | None:
         return self._client_ids[-1] if self._client_ids else None

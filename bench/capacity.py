@@ -66,6 +66,9 @@ class Sink:
     def on_undelivered(self, user_id: str, room_id: str, frame: dict[str, Any]) -> None:
         self.counts["undelivered"] += 1
 
+    def on_handover(self, user_id: str) -> dict[str, Any] | None:
+        return None
+
 
 # --- snapshots ----------------------------------------------------------------------------------
 

@@ -149,6 +149,10 @@ class Sink:
     def on_undelivered(self, user_id: str, room_id: str, frame: dict[str, Any]) -> None:
         self.events.append(("undelivered", user_id, room_id, frame))
 
+    def on_handover(self, user_id: str) -> dict[str, Any] | None:
+        self.events.append(("handover", user_id))
+        return None  # an engine-level test has no session to hand over
+
     def of(self, kind: str, user: str | None = None) -> list[tuple[Any, ...]]:
         return [e for e in self.events if e[0] == kind and (user is None or e[1] == user)]
 

@@ -519,12 +519,13 @@ async def test_huge_frame_closes_with_1009(server):
 @pytest_twisted.ensureDeferred
 async def test_half_open_peer_is_dropped_by_server_pings(make_server):
     # Autobahn schedules ping timeouts on a timer batched to whole seconds: keep them >= 1 s
-    server = await make_server(ping_interval=1.0, ping_timeout=2.0)
+    server = await make_server(ping_interval=1.0, ping_timeout=2.0, resume_grace=1.0)
     a, b = await server.pair()
     # a live client answers the pings (Autobahn does it for us) and stays
     await eventually(lambda: a.pings >= 2, timeout=10, what="two pings answered")
     a.send("message", {"content": "alive"})
     assert (await b.expect("message"))["data"]["content"] == "alive"
     a.proto.transport.pauseProducing()  # a stops reading: no pongs any more
+    await b.expect("partner_away", timeout=10)  # dropped: its session waits for a resume
     await b.expect("partner_disconnected", timeout=10)
     assert a.user_id not in server.hub.sessions

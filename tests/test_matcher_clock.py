@@ -30,6 +30,9 @@ class Sink:
     def on_undelivered(self, user_id, room_id, frame) -> None:
         pass
 
+    def on_handover(self, user_id) -> None:
+        return None
+
 
 def engine(clock: Clock, **config) -> tuple[MemoryEngine, Sink]:
     e = MemoryEngine(EngineConfig(instance_id="t", **config), clock)

@@ -77,7 +77,11 @@ class Client:
         v6 = ":" in host
         url = f"ws://[{host}]:{port}/{query}" if v6 else f"ws://{host}:{port}/{query}"
         factory = WebSocketClientFactory(url, headers=headers or {})
-        factory.setProtocolOptions(autoPingInterval=0, maxFramePayloadSize=0)
+        # a generous close handshake: a client that gives up on a busy server's close reply
+        # drops the TCP connection, which the server rightly takes for a drop (a resume grace)
+        factory.setProtocolOptions(
+            autoPingInterval=0, maxFramePayloadSize=0, closeHandshakeTimeout=10
+        )
         factory.protocol = _Protocol
         _Protocol.client = None  # type: ignore[assignment]
 

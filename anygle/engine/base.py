@@ -71,6 +71,11 @@ class EngineSink(Protocol):
         """A frame ``user_id`` relayed could not be delivered to the partner (every sink has it;
         the redis engine calls it when its outage buffer is full, the memory engine never)."""
 
+    def on_handover(self, user_id: str) -> dict[str, Any] | None:
+        """The user resumed on another instance: return what it needs of the session (msgpack
+        data; None when the session is gone) and forget it here without ending it (the redis
+        engine only)."""
+
 
 class Lifecycle(Protocol):
     """Starting, stopping and the health an engine reports."""
@@ -90,8 +95,17 @@ class Rooms(Protocol):
     """Who is online, the queues, matching, the rooms and what is relayed in them."""
 
     # --- sessions -------------------------------------------------------------------------
-    def connect(self, user_id: str, ip: str) -> Deferred[None]:
-        """A user is online on this instance."""
+    def connect(self, user_id: str, ip: str, resume_key: str = "") -> Deferred[None]:
+        """A user is online on this instance; ``resume_key`` (anygle/resume.py ``token_key``)
+        lets another instance find its session by the resume token."""
+
+    def rekey(self, user_id: str, resume_key: str) -> Deferred[None]:
+        """The session's resume token changed (a resume here)."""
+
+    def claim(self, resume_key: str, new_key: str) -> Deferred[dict[str, Any] | None]:
+        """Move the session of ``resume_key``, held by another instance, to this one (its key
+        is ``new_key`` from now on): fires with what that instance's hub handed over
+        (``EngineSink.on_handover``), or None (unknown key, or no other instance holds it)."""
 
     def disconnect(self, user_id: str) -> Deferred[None]:
         """The user's socket is gone: queue entry removed, room ended (partner gets

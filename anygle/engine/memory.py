@@ -99,9 +99,15 @@ class MemoryEngine:
         return True, "ok"
 
     # --- sessions -------------------------------------------------------------------------
-    def connect(self, user_id: str, ip: str) -> Deferred[None]:
+    def connect(self, user_id: str, ip: str, resume_key: str = "") -> Deferred[None]:
         self.online[user_id] = ip
         return succeed(None)
+
+    def rekey(self, user_id: str, resume_key: str) -> Deferred[None]:
+        return succeed(None)  # one instance: the hub knows every token
+
+    def claim(self, resume_key: str, new_key: str) -> Deferred[dict[str, Any] | None]:
+        return succeed(None)  # no other instance to hold a session
 
     def disconnect(self, user_id: str) -> Deferred[None]:
         self._disconnect(user_id)

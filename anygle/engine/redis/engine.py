@@ -29,6 +29,7 @@ from twisted.python.failure import Failure
 from anygle.engine.base import EngineConfig, EngineSink, EngineUnavailable, IpNames
 from anygle.engine.redis.client import RedisAddress, RedisFactory, endpoint
 from anygle.engine.redis.delivery import Inbox, Outbox
+from anygle.engine.redis.handover import Handover
 from anygle.engine.redis.liveness import Beat, Liveness
 from anygle.engine.redis.local import Local, LocalRoom, LocalUser
 from anygle.engine.redis.records import Records
@@ -81,7 +82,16 @@ class RedisEngine:
         self.commands = Commands(self.status, before_script=lambda: self.outbox.flush())
         self.local = Local(self.instance, self.reactor)
         self.outbox = Outbox(self.commands, self.reactor, self.local.undelivered)
-        self.inbox = Inbox(f"inbox:{self.instance}", self.reactor, self.local.dispatch, self.status)
+        self.handover = Handover(
+            self.instance,
+            self.commands,
+            self.local,
+            self.outbox,
+            self.clock,
+            self.reactor,
+            self.disconnect,
+        )
+        self.inbox = Inbox(f"inbox:{self.instance}", self.reactor, self._dispatch, self.status)
         self.liveness = Liveness(self, self.instance, self.address, self.reactor)
         self.registration = Registration(
             self,
@@ -318,9 +328,13 @@ class RedisEngine:
         if self.outbox.full():
             self.local.undelivered(partner_id, room_id, frame)
             return
-        room.sent += 1
+        sender = self.users.get(room.match.partner_of(partner_id))
+        seq = 0
+        if sender is not None:
+            sender.sent += 1
+            seq = sender.sent
         self.relays["relayed_remote"] += 1
-        self.outbox.add(instance, ("r", partner_id, room_id, frame, room.sent))
+        self.outbox.add(instance, ("r", partner_id, room_id, frame, seq))
 
     def end_locally(self, room_id: str) -> None:
         """End a room here only (Redis has it ended, or never will have it): its local users are
@@ -328,16 +342,23 @@ class RedisEngine:
         if self.local.end_room(room_id):
             self.outbox.drop_room(room_id)
 
+    def _dispatch(self, event: list[Any]) -> None:
+        """An inbox event: a move's (``h``, ``H``, ``v``), else the local state's."""
+        if not self.handover.dispatch(event):
+            self.local.dispatch(event)
+
     # --- sessions -------------------------------------------------------------------------
-    def connect(self, user_id: str, ip: str) -> defer.Deferred[None]:
-        local = LocalUser(ip, uuid.uuid4().hex)
+    def connect(self, user_id: str, ip: str, resume_key: str = "") -> defer.Deferred[None]:
+        local = LocalUser(ip, uuid.uuid4().hex, resume_key=resume_key)
         self.users[user_id] = local
 
         def online() -> defer.Deferred[None]:
             if self.users.get(user_id) is not local:
                 return defer.succeed(None)  # gone again meanwhile
             now = ms(self.clock.seconds())
-            d = self.commands.script("connect", user_id, self.instance, ip, local.socket_id, now)
+            d = self.commands.script(
+                "connect", user_id, self.instance, ip, local.socket_id, now, resume_key
+            )
             return d.addCallback(lambda _: None)
 
         # offline: nothing more to do here, the user is registered on reconnect
@@ -356,6 +377,23 @@ class RedisEngine:
             self._offline_partner_left(user_id, taken, "disconnected")
 
         return self.registration.online_or_not(online, offline)
+
+    def rekey(self, user_id: str, resume_key: str) -> defer.Deferred[None]:
+        local = self.users.get(user_id)
+        if local is None:
+            return defer.succeed(None)
+        local.resume_key = resume_key
+
+        def online() -> defer.Deferred[None]:
+            d = self.commands.script("rekey", user_id, self.instance, resume_key)
+            return d.addCallback(lambda _: None)
+
+        return self.registration.online_or_not(online, lambda: None)
+
+    def claim(self, resume_key: str, new_key: str) -> defer.Deferred[dict[str, Any] | None]:
+        return self.registration.require().addCallback(
+            lambda _: self.handover.claim(resume_key, new_key)
+        )
 
     def _offline_partner_left(
         self, user_id: str, taken: tuple[str, LocalRoom | None] | None, reason: str
@@ -556,7 +594,12 @@ class RedisEngine:
     @property
     def counters(self) -> dict[str, int]:
         """What happened to relays, events and registrations (a copy, from the parts)."""
-        return {**self.relays, **self.local.counters, **self.registration.counters}
+        return {
+            **self.relays,
+            **self.local.counters,
+            **self.registration.counters,
+            **self.handover.counters,
+        }
 
     @property
     def sink(self) -> EngineSink | None:

@@ -9,6 +9,7 @@ sink hears of every change for a local user.  Events may overtake the ``matched`
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,9 @@ from twisted.logger import Logger
 from anygle.engine.base import EngineSink
 from anygle.model import Match, Preferences
 
-__all__ = ["Local", "LocalRoom", "LocalUser"]
+__all__ = ["GAP_WAIT", "Local", "LocalRoom", "LocalUser"]
+
+GAP_WAIT = 2.0  # s a relay that came too early waits for those before it (after a move)
 
 
 @dataclass(slots=True)
@@ -30,6 +33,14 @@ class LocalUser:
     prefs: Preferences | None = None  # while waiting
     joined_at: float = 0.0
     room: str | None = None
+    resume_key: str = ""  # token_key of the session's resume token (``resume:{key}``)
+    sent: int = 0  # relays this user sent to a partner on another instance (sequence number)
+    seen: int = 0  # highest sequence number delivered to this user (duplicates dropped)
+    # A user that just moved here (a resume from another instance) gets relays both forwarded
+    # by its old instance and straight from its partner's: until ``reorder_until`` one that
+    # comes before its predecessors waits (at most ``GAP_WAIT`` s) in ``gap``, by number.
+    reorder_until: float = 0.0
+    gap: list[tuple[int, str, dict[str, Any]]] | None = None
 
 
 @dataclass(slots=True)
@@ -39,8 +50,6 @@ class LocalRoom:
     match: Match
     instances: dict[str, str]
     active: bool = False
-    sent: int = 0  # relays sent to a partner on another instance (sequence number)
-    seen: int = 0  # highest sequence number delivered from the partner (duplicates dropped)
 
     @property
     def local_only(self) -> bool:
@@ -65,6 +74,11 @@ class Local:
         self.rooms: dict[str, LocalRoom] = {}
         self.ended: dict[str, float] = {}  # room id -> when (recently ended here)
         self.early: dict[str, list[tuple[float, tuple[Any, ...]]]] = {}
+        # resumes under way (anygle/engine/redis/handover.py): relays for a user claimed here
+        # that came before its session did, and users gone elsewhere (-> (instance, until))
+        self.claims: dict[str, list[tuple[Any, ...]]] = {}
+        self.forward: dict[str, tuple[str, float]] = {}
+        self.forwarder: Callable[[str, tuple[Any, ...]], None] | None = None
 
     def started_sink(self) -> EngineSink:
         assert self.sink is not None, "engine not started"
@@ -92,17 +106,59 @@ class Local:
     def deliver(self, user_id: str, room_id: str, frame: dict[str, Any], seq: int = 0) -> None:
         local = self.users.get(user_id)
         if local is None:
+            self._not_here(("r", user_id, room_id, frame, seq))
             return
         if local.room == room_id:
-            room = self.rooms.get(room_id)
-            if seq and room is not None:
-                if seq <= room.seen:  # sent again after a reconnect: already delivered
+            if seq:
+                if seq <= local.seen:  # sent again after a reconnect: already delivered
                     self.counters["duplicates_dropped"] += 1
                     return
-                room.seen = seq
+                if seq > local.seen + 1 and self.reactor.seconds() < local.reorder_until:
+                    self._wait_for_gap(user_id, local, (seq, room_id, frame))
+                    return
+                local.seen = seq
             self.started_sink().on_relay(user_id, room_id, frame)
+            if local.gap:
+                self._fill_gap(user_id, local)
         elif room_id not in self.rooms and room_id not in self.ended:
             self._hold(room_id, ("r", user_id, room_id, frame, seq))
+
+    def _not_here(self, event: tuple[Any, ...]) -> None:
+        """A relay for a user who is not here: being claimed (kept for it), or gone elsewhere
+        by a resume (forwarded there, with its number)."""
+        user_id = event[1]
+        held = self.claims.get(user_id)
+        if held is not None:
+            held.append(event)
+            return
+        gone = self.forward.get(user_id)
+        if gone is not None and self.forwarder is not None:
+            self.forwarder(gone[0], event)
+
+    def _wait_for_gap(
+        self, user_id: str, local: LocalUser, relay: tuple[int, str, dict[str, Any]]
+    ) -> None:
+        if local.gap is None:
+            local.gap = []
+            self.reactor.callLater(GAP_WAIT, self._give_up_gap, user_id, local)
+        local.gap.append(relay)
+        local.gap.sort(key=lambda r: r[0])
+
+    def _fill_gap(self, user_id: str, local: LocalUser) -> None:
+        gap = local.gap
+        while gap and gap[0][0] <= local.seen + 1:
+            seq, room_id, frame = gap.pop(0)
+            self.deliver(user_id, room_id, frame, seq)
+
+    def _give_up_gap(self, user_id: str, local: LocalUser) -> None:
+        """What waited for a relay that never came goes out in order."""
+        gap, local.gap = local.gap or [], None
+        if self.users.get(user_id) is not local:
+            return
+        for seq, room_id, frame in gap:
+            if seq > local.seen and local.room == room_id:
+                local.seen = seq
+                self.started_sink().on_relay(user_id, room_id, frame)
 
     def partner_left(self, user_id: str, room_id: str, reason: str) -> None:
         local = self.users.get(user_id)
@@ -141,6 +197,7 @@ class Local:
             if lu.room is not None and lu.room != room_id:
                 self.log.error("{u} matched into {r} while in {o}", u=u, r=room_id, o=lu.room)
             lu.room, lu.prefs = room_id, None
+            lu.sent = lu.seen = 0  # numbered per room
         sink = self.started_sink()
         for u in local:
             sink.on_matched(u, match)
@@ -204,7 +261,7 @@ class Local:
         rooms = [r for r, room in self.rooms.items() if room.active]
         for r in rooms:
             self.rooms[r].active = False
-        users = [(u, local.socket_id) for u, local in self.users.items()]
+        users = [(u, local.socket_id, local.resume_key) for u, local in self.users.items()]
         return [
             msgpack.packb((users[i : i + 1000], rooms[i : i + 1000], now_ms))
             for i in range(0, max(len(users), len(rooms), 1), 1000)
@@ -237,6 +294,8 @@ class Local:
             if ended[room_id] > limit:
                 break
             del ended[room_id]
+        for user_id in [u for u, (_, until) in self.forward.items() if until < now]:
+            del self.forward[user_id]
         if self.early:
             limit = now - 30.0
             for room_id in [r for r, evs in self.early.items() if evs[0][0] < limit]:

@@ -46,6 +46,7 @@ local function json(v)
 end
 
 local function ukey(u) return 'user:' .. u end
+local function rskey(k) return 'resume:' .. k end                -- resume key -> user (claim.lua)
 local function qkey(q) return 'queue:' .. q end
 local function ikey(q, i) return 'qi:' .. q .. ':' .. i end      -- set: waiting users with interest i
 local function okey(q) return 'qopen:' .. q end                  -- zset: open users, score join ms
@@ -289,6 +290,7 @@ local function remove_user(u, inst, runner, now)
     local partner, pinst, room_id = end_room(u, d, 'disconnected', runner, now, nil)
     if d ~= nil then
         if d.socketId then redis.call('DEL', 'socket:' .. d.socketId) end
+        if d.resumeKey then redis.call('DEL', rskey(d.resumeKey)) end
         redis.call('DEL', ukey(u))
     end
     if redis.call('SREM', iusers(inst), u) == 1 then
