@@ -88,8 +88,10 @@ async def chat_goes_on(c: Client, b: Client) -> None:
     c.send("message", {"content": "back on a new connection"})
     b.send("message", {"content": "welcome back"})
     await eventually(
-        lambda: contents(b)[-1:] == ["back on a new connection"]
-        and contents(c)[-1:] == ["welcome back"],
+        lambda: (
+            contents(b)[-1:] == ["back on a new connection"]
+            and contents(c)[-1:] == ["welcome back"]
+        ),
         what="a message each way",
     )
 
