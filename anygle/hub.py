@@ -148,12 +148,17 @@ class Hub:
         return succeed(None)
 
     # --- resume (anygle/resume.py) --------------------------------------------------------
-    def _go_away(self, session: Session) -> None:
-        missed = session.transcript.messages() if session.transcript is not None else []
+    def _go_away(self, session: Session, kept: list[dict[str, Any]] | None = None) -> None:
+        """The user is away: frames for it are kept (after ``kept``, when it was away before
+        and comes back only to go again), its partner is told."""
+        missed = session.transcript.snapshot() if session.transcript is not None else []
         away = AwayClient(missed, lambda: self._end_away_soon(session, away))
         session.away = session.client = away
         away.timer = self.clock.callLater(self.resume_grace, self._end_away, session, away)
-        self._tell_partner(session, "partner_away")
+        if kept is None:
+            self._tell_partner(session, "partner_away")
+        else:  # its partner still thinks it away
+            away.missed, away.frames = [], kept
 
     def _end_away_soon(self, session: Session, away: AwayClient) -> None:
         # not within the engine event that overflowed the buffer or kicked the user
@@ -204,7 +209,7 @@ class Hub:
         if away is not None:
             missed, frames = away.missed, away.frames
         else:  # the old connection looks open, but the client says it is gone
-            missed = old.transcript.messages() if old.transcript is not None else []
+            missed = old.transcript.snapshot() if old.transcript is not None else []
             frames = []
         del self._resumable[key]
         old.resume_token = new_token()
@@ -266,10 +271,12 @@ class Hub:
             session.accept_client_id(client_id)
         self.sessions[session.user_id] = session
         self._resumable[token_key(token)] = session
+        missed = replay(state["missed"], state["frames"], last_message_id)
+        if fresh.state == CLOSED:  # the new connection went while the session came: away here
+            self._go_away(session, kept=missed)
+            raise ClientError("RESUME_FAILED", "the connection closed during the resume")
         self.close(fresh).addErrback(self._log_failure)
-        self._welcome_back(
-            session, replay(state["missed"], state["frames"], last_message_id), state["away"]
-        )
+        self._welcome_back(session, missed, state["away"])
         return session
 
     def on_handover(self, user_id: str) -> dict[str, Any] | None:
@@ -282,7 +289,7 @@ class Hub:
         self._resumable.pop(token_key(session.resume_token), None)
         state, previous = session.state, session.client
         session.state = CLOSED  # over here, without a disconnect: it goes on elsewhere
-        transcript = session.transcript.messages() if session.transcript is not None else []
+        transcript = session.transcript.snapshot() if session.transcript is not None else []
         prefs = session.prefs
         handed = {
             "userId": user_id,
@@ -419,7 +426,7 @@ class Hub:
             self.engine.relay(partner, room, frame)
             self._safety_notice(partner, room, verdict)
             return None
-        return session.serial(lambda: self._moderated(session, verdict, frame, room))
+        return session.serial(lambda: self._moderated(session, verdict, frame, room, client_id))
 
     def _safety_notice(self, partner: str, room: str, verdict: Verdict) -> None:
         """Tell the recipient (a teen), not the sender, that this chat entered the grey zone:
@@ -428,7 +435,12 @@ class Hub:
             self.engine.relay(partner, room, notice(verdict.notice))
 
     async def _moderated(
-        self, session: Session, verdict: Verdict, frame: dict[str, Any], room: str
+        self,
+        session: Session,
+        verdict: Verdict,
+        frame: dict[str, Any],
+        room: str,
+        client_id: str | None = None,
     ) -> None:
         assert self.screening is not None
         action = await self.screening.decide(session, verdict) if verdict else DELIVER
@@ -436,12 +448,15 @@ class Hub:
             self.engine.relay(session.partner_id, room, frame)
             self._safety_notice(session.partner_id, room, verdict)
         if action.warning:
-            session.client.send(
-                {
-                    "type": "moderation_warning",
-                    "data": {"message": action.message, "severity": action.warning},
-                }
-            )
+            # ``delivered`` and ``id`` (ours): whether the message went out, and which it was
+            warning = {
+                "message": action.message,
+                "severity": action.warning,
+                "delivered": action.deliver,
+            }
+            if client_id is not None:
+                warning["id"] = client_id
+            session.client.send({"type": "moderation_warning", "data": warning})
         if action.end_chat and session.room_id == room:
             # the conversation is stopped: both leave the room; the partner is told why (in
             # on_partner_left, wherever it is connected: the reason travels with the event)

@@ -50,6 +50,11 @@ class Transcript:
     def messages(self) -> list[dict[str, Any]]:
         return [dict(m) for m in self._messages]
 
+    def snapshot(self) -> list[dict[str, Any]]:
+        """The messages themselves, not copies (they are never changed): what a resume may
+        replay (anygle/resume.py), kept without doubling the transcript's memory."""
+        return list(self._messages)
+
 
 @dataclass(frozen=True, slots=True)
 class EndedChat:

@@ -121,9 +121,10 @@ def test_a_blocked_line_never_reaches_a_teen_partner(make):
     server = make()
     a, b = server.pair(age="teen")
     b.take()
-    a.send("message", {"content": "whats ur snap? add me"})
+    a.send("message", {"content": "whats ur snap? add me", "id": "m7"})
     assert b.of("message") == []
-    assert a.last("moderation_warning")["data"]["severity"]
+    warning = a.last("moderation_warning")["data"]
+    assert warning["severity"] and warning["delivered"] is False and warning["id"] == "m7"
 
 
 def test_the_estimated_wait_follows_recent_matches(make):

@@ -38,7 +38,8 @@ class Sender:
     """Sends numbered messages every 20 ms until stopped (what it sent, in order)."""
 
     def __init__(self, client: Client, prefix: str) -> None:
-        self.client, self.prefix, self.sent = client, prefix, []
+        self.client, self.prefix = client, prefix
+        self.sent: list[str] = []
         self.loop = task.LoopingCall(self.tick)
         self.loop.clock = reactor
 

@@ -219,3 +219,21 @@ def test_resume_attempts_are_limited_per_address(make):
     for _ in range(RESUME_ATTEMPTS + 1):
         codes.append(resume(server, "no-such-token", None).last("error")["data"]["code"])
     assert codes == ["RESUME_FAILED"] * RESUME_ATTEMPTS + ["RATE_LIMITED"]
+
+
+def test_repeated_drops_replay_nothing_twice(make):
+    server = make()
+    a, b = server.pair()
+    client, got = a, []
+    for round_ in range(4):
+        b.send("message", {"content": f"before drop {round_}"})
+        got += contents(client)
+        last = client.last("message")["data"]["id"] if client.of("message") else None
+        client.frozen = True
+        b.send("message", {"content": f"unread {round_}"})  # sent, never read
+        server.cut(client)
+        b.send("message", {"content": f"while away {round_}"})
+        client = resume(server, token_of(client), last)
+    got += contents(client)
+    sent = [f"{kind} {r}" for r in range(4) for kind in ("before drop", "unread", "while away")]
+    assert got == sent

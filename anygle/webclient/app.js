@@ -3,8 +3,16 @@
  * Speaks the WebSocket protocol of README.md ("WebSocket protocol") in msgpack binary frames
  * (the vendored @msgpack/msgpack UMD build defines the global MessagePack).  The state a test or
  * a stylesheet needs is mirrored in the DOM: body[data-state] (setup | searching | chatting |
- * ended), body[data-conn] (connecting | open | closed | banned), #call[data-rtc-state] (the
- * RTCPeerConnection's connectionState, or "none") and #report-status[data-state].
+ * ended), body[data-conn] (connecting | open | reconnecting | closed | banned),
+ * #partner-status[data-state] ("" | away | back), body[data-skip-armed] (a skip that waits for
+ * a second press, see skipOrNext), #call[data-rtc-state] (the RTCPeerConnection's
+ * connectionState, or "none") and #report-status[data-state].
+ *
+ * Session resume (docs/protocol.md "Session resume"): `connected` gives a resumeToken.  When the
+ * connection drops without our asking (no close frame: a phone changing networks), a new
+ * connection sends `resume {token, lastMessageId}` as its first frame and, within the server's
+ * grace, gets the session back (`resumed`), the partner's messages it missed, and resends ours
+ * the server had not accepted (every message carries an id; the server drops a repeated one).
  */
 (function () {
   "use strict";
@@ -29,6 +37,8 @@
     status: $("status"),
     log: $("log"),
     typing: $("typing"),
+    partnerStatus: $("partner-status"),
+    skipConfirm: $("skip-confirm"),
     composer: $("composer"),
     message: $("message"),
     send: $("send"),
@@ -47,6 +57,15 @@
   const TYPING_IDLE_MS = 3000; // "stopped typing" after this long without a keystroke
   const PARTNER_TYPING_MS = 8000; // hide the partner's indicator if no update comes
   const RECONNECT_MAX_MS = 30000;
+  const RESUME_GRACE_MS = 30000; // the server keeps a dropped session this long (--resume-grace)
+  const RESUME_DELAYS_MS = [0, 500, 1000, 2000, 4000, 8000]; // then every 8 s until the grace ends
+  const OPEN_TIMEOUT_MS = 8000; // a connection attempt not open by then is given up
+  const IDLE_PING_MS = 20000; // nothing heard for this long: ping (stats come every few seconds)
+  const PONG_TIMEOUT_MS = 10000; // no answer to a ping by then: the connection is dead
+  const REPLAY_SETTLE_MS = 2000; // after `resumed`, the replayed frames have come by then
+  const OUTBOX_MAX = 50; // own messages kept for a resend after a resume
+  const SKIP_CONFIRM_MS = 4000; // a skip with an unsent draft waits this long for a second press
+  const PLACEHOLDER = "Type a message…";
 
   const config = readConfig();
   let ws = null;
@@ -59,6 +78,21 @@
   let reconnectTimer = null;
   let banned = false;
   let resumeSearch = false; // join again once reconnected
+  let resumeToken = null; // takes this session back after a drop (from connected / resumed)
+  let resume = null; // while taking the session back: {token, until, tries, asked}
+  let fresh = null; // a resume connection's own new session: {userId, resumeToken}
+  let stale = []; // connections given up for dead (closed once the session is back)
+  let lastMessageId = null; // the id of the partner's last message received in this session
+  let seenIds = new Set(); // the partner's message ids in this chat (a replay is shown once)
+  let outbox = []; // own messages of this chat the server may not have: {id, content, li}
+  let skippedRoom = null; // the room skipped while reconnecting (the server is told once back)
+  let settleTimer = null;
+  let lastFrameAt = 0; // when a frame last came in
+  let pingAt = 0; // when an unanswered ping went out
+  let heartbeat = null;
+  let statsSeq = 0; // `stats` frames seen: a /stats answer older than one of them is stale
+  let skipArmed = false; // a skip with an unsent draft waits for a second press
+  let skipArmTimer = null;
   let stream = null; // local camera/microphone
   let pc = null;
   let signalling = Promise.resolve(); // WebRTC steps run one after another
@@ -91,22 +125,61 @@
   function connect() {
     clearTimeout(reconnectTimer);
     reconnectTimer = null;
-    setConn("connecting", "Connecting…");
+    if (!resume) setConn("connecting", "Connecting…");
     let socket;
     try {
       socket = new WebSocket(wsUrl());
     } catch (e) {
-      scheduleReconnect();
+      ws = null;
+      dropped({ code: 1006 });
       return;
     }
     socket.binaryType = "arraybuffer";
+    const openTimer = setTimeout(() => {
+      if (socket === ws && socket.readyState === WebSocket.CONNECTING) giveUp(socket);
+    }, OPEN_TIMEOUT_MS);
+    socket.onopen = () => {
+      clearTimeout(openTimer);
+      if (socket !== ws) return;
+      lastFrameAt = Date.now();
+      pingAt = 0;
+      // The first frame of a resume connection (the server keeps it until `connected`).
+      if (resume) resume.asked = send("resume", { token: resume.token, lastMessageId });
+      if (resume) {
+        const asked = resume;
+        setTimeout(() => {
+          if (resume === asked && socket === ws) giveUp(socket); // no answer: try again
+        }, PONG_TIMEOUT_MS);
+      }
+    };
     socket.onmessage = (ev) => {
-      if (socket === ws) receive(decode(ev.data));
+      if (socket !== ws) return;
+      lastFrameAt = Date.now();
+      receive(decode(ev.data));
     };
     socket.onclose = (ev) => {
+      clearTimeout(openTimer);
       if (socket === ws) dropped(ev);
     };
     ws = socket;
+  }
+
+  /* A connection that never opened, or stopped answering: dropped as if the network had cut
+   * it.  An open one is not closed (a close frame would end the session on the server); the
+   * server closes it when the session is resumed elsewhere. */
+  function giveUp(socket) {
+    socket.onopen = socket.onmessage = socket.onclose = null;
+    if (socket.readyState === WebSocket.CONNECTING) socket.close();
+    else stale.push(socket);
+    if (socket === ws) {
+      ws = null;
+      dropped({ code: 1006 });
+    }
+  }
+
+  function closeStale() {
+    stale.forEach((s) => s.close());
+    stale = [];
   }
 
   function decode(data) {
@@ -117,38 +190,56 @@
     }
   }
 
+  /* Nothing but the resume request goes out until the session is back (or lost). */
   function send(type, data) {
     if (!ws || ws.readyState !== WebSocket.OPEN) return false;
+    if (resume && type !== "resume") return false;
     const frame = data === undefined ? { type } : { type, data };
     ws.send(MessagePack.encode(frame));
     return true;
   }
 
+  /* The connection closed without our asking (stop() and giveUp() detach it first). */
   function dropped(ev) {
     ws = null;
-    userId = null;
-    // A search goes on after the reconnect; a chat cannot (the partner was told we left).
-    if (state === "searching") resumeSearch = true;
-    endChat("The connection was lost, and the chat with it.");
+    stopHeartbeat();
+    const code = ev ? ev.code : 1006;
     if (banned) {
+      resume = null;
+      endChat("You are banned from this service.");
       setConn("banned", "You are banned from this service.");
       return;
     }
-    scheduleReconnect(ev && ev.reason);
+    if (resume) {
+      if (code === 1008) resumeLost(); // refused (policy): no use trying again
+      else nextResumeTry();
+      return;
+    }
+    // 1008: banned, kicked or flooding; 1001: the server is going away (a new session then).
+    if (resumeToken && code !== 1008 && code !== 1001) {
+      startResume();
+      return;
+    }
+    userId = null;
+    resumeToken = null;
+    // A search goes on after the reconnect; a chat cannot (the partner was told we left).
+    if (state === "searching") resumeSearch = true;
+    chatLost("The connection was lost, and the chat with it.");
+    scheduleReconnect();
   }
 
-  function scheduleReconnect(reason) {
+  function scheduleReconnect() {
     const base = Math.min(RECONNECT_MAX_MS, 1000 * 2 ** attempts);
     const delay = Math.round(base / 2 + (Math.random() * base) / 2); // jitter: no stampede
     attempts += 1;
-    const why = reason ? " (" + reason + ")" : "";
-    setConn("closed", "Disconnected" + why + ". Reconnecting in " + Math.ceil(delay / 1000) + " s…");
+    setConn("closed", "Disconnected. Reconnecting in " + Math.ceil(delay / 1000) + " s…");
     reconnectTimer = setTimeout(connect, delay);
   }
 
   function reconnectNow() {
     if (ws || banned || !reconnectTimer) return;
-    attempts = 0;
+    if (resume) resume.tries = 0;
+    else attempts = 0;
     connect();
   }
 
@@ -157,21 +248,185 @@
     el.conn.textContent = text;
   }
 
+  // --- resume -----------------------------------------------------------------------------------
+  function startResume() {
+    resume = { token: resumeToken, until: Date.now() + RESUME_GRACE_MS, tries: 0, asked: false };
+    fresh = null;
+    clearTimeout(typingTimer);
+    typingSent = false;
+    hideTyping();
+    setConn("reconnecting", "Reconnecting…");
+    el.message.placeholder = "Reconnecting… you can keep typing";
+    nextResumeTry();
+  }
+
+  function nextResumeTry() {
+    const left = resume.until - Date.now();
+    if (left <= 0) {
+      resumeLost();
+      return;
+    }
+    const delay = RESUME_DELAYS_MS[Math.min(resume.tries, RESUME_DELAYS_MS.length - 1)];
+    resume.tries += 1;
+    resume.asked = false;
+    fresh = null;
+    setConn("reconnecting", "Reconnecting…");
+    reconnectTimer = setTimeout(connect, Math.min(delay, left));
+  }
+
+  /* `resumed`: the session is back on this connection; the frames missed follow it. */
+  function resumed(data) {
+    resume = null;
+    fresh = null;
+    closeStale();
+    userId = data.userId;
+    if (data.resumeToken) resumeToken = data.resumeToken;
+    if (Array.isArray(data.iceServers)) connectedIce = data.iceServers;
+    attempts = 0;
+    setConn("open", "Connected");
+    el.message.placeholder = PLACEHOLDER;
+    startHeartbeat();
+    fetchStats();
+    const skipped = skippedRoom;
+    skippedRoom = null;
+    if (data.state === "chatting") {
+      if (state === "chatting" && room && (!data.roomId || data.roomId === room.roomId)) {
+        resendAfter(data.lastClientId);
+      } else if (skipped && skipped === data.roomId) {
+        send("skip", {}); // skipped while away: the partner is told now
+      }
+    } else if (data.state === "idle" && state === "searching" && prefs) {
+      join(); // asked for a search while away, or the search was lost
+    } else if (data.state === "queued" && state === "ended") {
+      setState("searching");
+      el.status.textContent = "Looking for a stranger…";
+    }
+    resumeSearch = false;
+    settleAfterReplay(data);
+  }
+
+  /* What the replay did not explain (a frame lost before the drop): by the time it has come,
+   * the page and the server should agree on the chat. */
+  function settleAfterReplay(data) {
+    clearTimeout(settleTimer);
+    const before = room;
+    settleTimer = setTimeout(() => {
+      if (resume || !ws) return;
+      const same = room === before;
+      if (!same) return; // the replay moved the chat on: nothing was missing
+      const otherRoom = data.state === "chatting" && !(room && data.roomId === room.roomId);
+      if (state === "chatting" && (data.state !== "chatting" || otherRoom)) {
+        endChat("The chat ended while you were reconnecting.");
+      }
+      if (data.state === "queued" && state === "ended") {
+        setState("searching");
+        el.status.textContent = "Looking for a stranger…";
+      } else if (data.state === "chatting" && otherRoom && state !== "setup") {
+        join(); // matched while away, but the match never reached us: search again
+      }
+    }, REPLAY_SETTLE_MS);
+  }
+
+  /* The server did not take the session back: this connection's own session is ours now. */
+  function resumeFailed() {
+    resume = null;
+    closeStale();
+    userId = fresh ? fresh.userId : null;
+    resumeToken = fresh ? fresh.resumeToken : null;
+    fresh = null;
+    lastMessageId = null;
+    attempts = 0;
+    setConn("open", "Connected");
+    el.message.placeholder = PLACEHOLDER;
+    startHeartbeat();
+    fetchStats();
+    afterLoss("You were away too long: the previous chat was lost.");
+  }
+
+  /* The grace ran out while no connection got through: start over with a new session. */
+  function resumeLost() {
+    resume = null;
+    fresh = null;
+    closeStale();
+    userId = null;
+    resumeToken = null;
+    lastMessageId = null;
+    el.message.placeholder = PLACEHOLDER;
+    if (ws) {
+      const old = ws;
+      ws = null;
+      old.close(1000, "gave up");
+    }
+    if (state === "searching") resumeSearch = true;
+    chatLost("We could not reconnect in time, and the chat was lost.");
+    scheduleReconnect();
+  }
+
+  function afterLoss(text) {
+    const searching = state === "searching";
+    chatLost(text);
+    if (searching && prefs) join();
+  }
+
+  /* The chat is over for us (a lost connection): what was not sent is marked so. */
+  function chatLost(text) {
+    skippedRoom = null;
+    outbox.forEach((m) => m.li.classList.contains("pending") && markNotSent(m, "not sent"));
+    outbox = [];
+    setPartnerStatus("");
+    endChat(text);
+  }
+
+  // --- liveness: a connection that went quiet is dead (a phone that lost its network) -----------
+  function startHeartbeat() {
+    stopHeartbeat();
+    lastFrameAt = Date.now();
+    pingAt = 0;
+    heartbeat = setInterval(beat, 5000);
+  }
+
+  function stopHeartbeat() {
+    clearInterval(heartbeat);
+    heartbeat = null;
+  }
+
+  function beat() {
+    if (!ws || ws.readyState !== WebSocket.OPEN || resume) return;
+    const now = Date.now();
+    if (pingAt && lastFrameAt < pingAt) {
+      if (now - pingAt > PONG_TIMEOUT_MS) giveUp(ws);
+    } else if (now - lastFrameAt > IDLE_PING_MS) {
+      pingAt = now;
+      send("ping");
+    }
+  }
+
   // --- server frames -----------------------------------------------------------------------------
   function receive(frame) {
     if (!frame || typeof frame.type !== "string") return;
     const data = frame.data || {};
     switch (frame.type) {
       case "connected":
-        userId = data.userId;
         connectedIce = Array.isArray(data.iceServers) ? data.iceServers : null;
+        fetchStats();
+        if (resume) {
+          // a new session of its own; ours comes back with `resumed` (or this one is ours)
+          fresh = { userId: data.userId, resumeToken: data.resumeToken || null };
+          break;
+        }
+        userId = data.userId;
+        resumeToken = data.resumeToken || null;
+        lastMessageId = null;
         attempts = 0;
         setConn("open", "Connected");
-        fetchStats();
+        startHeartbeat();
         if (resumeSearch && prefs) {
           resumeSearch = false;
           join();
         }
+        break;
+      case "resumed":
+        resumed(data);
         break;
       case "searching":
         if (state === "searching") showSearching(data);
@@ -180,11 +435,23 @@
         matched(data);
         break;
       case "message":
+        if (data.id != null) {
+          lastMessageId = String(data.id);
+          if (seenIds.has(lastMessageId)) break; // a replay of one we have
+          seenIds.add(lastMessageId);
+        }
+        if (state !== "chatting") break; // a late one from a chat we left
         hideTyping();
         addLine("them", data.content, data.timestamp);
         break;
       case "partner_typing":
         showTyping(!!data.isTyping);
+        break;
+      case "partner_away":
+        if (state === "chatting") setPartnerStatus("away");
+        break;
+      case "partner_back":
+        setPartnerStatus("back");
         break;
       case "partner_video_toggle":
         note(data.enabled ? "" : "The stranger turned their camera off.");
@@ -204,6 +471,7 @@
         signal(frame.type, data);
         break;
       case "moderation_warning":
+        if (blocked(data)) markNotSent(pendingMessage(data.id), "not sent");
         addSystem(data.message || "Please keep it friendly.", "warning " + (data.severity || "low"));
         break;
       case "safety_notice":
@@ -211,44 +479,77 @@
         addSystem(data.message || "Be careful with this stranger.", "warning notice");
         break;
       case "stats":
+        statsSeq += 1;
         showOnline(data.totalOnline);
         break;
       case "report_received":
-        reportDone(true, "Thank you. Your report was received (" + (data.reportId || "") + ").");
+        reportDone(true, "Thank you. Your report was received.");
         break;
       case "error":
-        failed(data.code || "ERROR", data.message || "");
+        failed(data.code || "ERROR", data.message || "", data);
         break;
       default:
         break;
     }
   }
 
-  function failed(code, message) {
-    if (reportPending && code !== "BANNED") {
-      reportDone(false, message || code, code);
+  /* Whether a moderation warning means the message was not delivered: the server's texts for
+   * a blocked message say so ("Message not sent: …", a ban); 'high' is never delivered. */
+  function blocked(data) {
+    if (typeof data.delivered === "boolean") return !data.delivered;
+    if (typeof data.blocked === "boolean") return data.blocked;
+    return data.severity === "high" || /not sent|banned/i.test(data.message || "");
+  }
+
+  // What users read for an error code: never the server's own wording or an internal detail.
+  const ERROR_TEXT = {
+    RATE_LIMITED: "You are sending too fast. Slow down a little.",
+    NOT_DELIVERED: "The stranger could not be reached for a while; that did not get through.",
+    TEEN_MODERATED_ONLY: "Teens always chat in moderated rooms.",
+    INTERNAL_ERROR: "Something went wrong on our side. Please try again.",
+  };
+  const REPORT_ERROR_TEXT = {
+    ALREADY_REPORTED: "You have already reported this stranger.",
+    NOT_IN_CHAT: "There is nobody to report right now.",
+    RATE_LIMITED: "Too many reports in a short time. Try again in a minute.",
+    UNKNOWN_TYPE: "Reports are not available on this server.",
+  };
+
+  function failed(code, message, data) {
+    if (code === "BANNED") {
+      banned = true;
+      reportPending = false;
+      resume = null;
+      if (room) room.endedAt = room.endedAt || Date.now();
+      closeCall();
+      addSystem("You have been banned for breaking the chat rules.", "warning high");
+      setState("ended");
       return;
     }
+    if (resume) {
+      if (resume.asked) resumeFailed(); // RESUME_FAILED (or a server that cannot resume)
+      return;
+    }
+    if (reportPending) {
+      reportDone(false, REPORT_ERROR_TEXT[code] || "The report could not be sent. Please try again.", code);
+      return;
+    }
+    const aboutMessage = data.frameType === "message" || (code === "RATE_LIMITED" && /'message'/.test(message));
+    if (aboutMessage) markNotSent(pendingMessage(data.id), "not sent");
     switch (code) {
-      case "BANNED":
-        banned = true;
-        addSystem("You are banned: " + message, "warning high");
-        setState("ended");
-        break;
       case "TEEN_MODERATED_ONLY":
-        showSetup(message);
+        showSetup(ERROR_TEXT[code]);
         break;
       case "NOT_IN_CHAT":
         break; // a race with the partner leaving: the partner_* frame tells the rest
-      case "RATE_LIMITED":
-        addSystem("Slow down a little: " + message, "warning low");
-        break;
+      case "RESUME_FAILED":
+        break; // a late answer to a resume already given up
       case "SERVICE_UNAVAILABLE":
         if (state === "searching") setState("ended");
         addSystem("The service is busy right now. Press Next to try again.", "warning medium");
         break;
       default:
-        addSystem("Error " + code + ": " + message, "warning medium");
+        addSystem(ERROR_TEXT[code] || "Something went wrong. Please try again.", "warning " + (code === "RATE_LIMITED" ? "low" : "medium"));
     }
   }
 
@@ -270,6 +571,12 @@
     };
   }
 
+  const MEDIA_PROBLEMS = {
+    NotAllowedError: "permission was not given",
+    NotFoundError: "none was found",
+    NotReadableError: "another app is using it",
+  };
+
   async function start(ev) {
     ev.preventDefault();
     el.setupError.hidden = true;
@@ -285,8 +592,9 @@
       try {
         await ensureMedia(prefs.mode);
       } catch (e) {
+        const why = MEDIA_PROBLEMS[e && e.name] || "it did not start";
         showSetup("Your " + (prefs.mode === "video" ? "camera and microphone" : "microphone") +
-          " could not be used (" + e.name + "). Allow them, or choose text.");
+          " could not be used (" + why + "). Allow them, or choose text.");
         return;
       }
     }
@@ -322,6 +630,7 @@
       endedAt: 0,
       reported: false,
     };
+    newChat();
     setState("chatting");
     el.log.replaceChildren();
     const shared = (data.partnerInfo && data.partnerInfo.sharedInterests) || [];
@@ -334,41 +643,91 @@
     el.message.focus();
   }
 
+  /* What belongs to one chat starts empty with the next. */
+  function newChat() {
+    outbox = [];
+    seenIds = new Set();
+    skippedRoom = null;
+    setPartnerStatus("");
+    disarmSkip();
+  }
+
   function endChat(text) {
     if (state !== "chatting") return;
     if (room) room.endedAt = Date.now();
     closeCall();
+    setPartnerStatus("");
     setState("ended");
     el.status.textContent = "Press Next (Esc) to meet someone new.";
     addSystem(text);
   }
 
+  /* Skip (in a chat) or Next (after one).  An unsent draft is the one thing a skip would throw
+   * away without a word, so with one the first press only asks ("press again"): the second
+   * skips and clears it.  A draft never reaches the next stranger. */
   function skipOrNext() {
-    if (banned) return;
+    if (banned || (state !== "chatting" && state !== "ended")) return;
+    if (el.message.value.trim() && !skipArmed) {
+      armSkip();
+      return;
+    }
+    disarmSkip();
+    el.message.value = "";
     if (state === "chatting") {
       stopTyping();
       if (room) room.endedAt = Date.now();
-      send("skip", {});
+      const left = room && room.roomId;
+      const told = send("skip", {});
       closeCall();
+      newChat();
+      if (!told && resume) skippedRoom = left; // reconnecting: the server is told once back
       addSystem("You skipped.");
       setState("searching");
       el.status.textContent = "Looking for a stranger…";
-    } else if (state === "ended") {
+    } else {
       join();
     }
   }
 
+  function armSkip() {
+    skipArmed = true;
+    el.body.dataset.skipArmed = "true";
+    el.skipConfirm.textContent = state === "chatting"
+      ? "Press Skip (Esc) again to skip. Your unsent message will be cleared."
+      : "Press Next (Esc) again to meet someone new. Your unsent message will be cleared.";
+    el.skipConfirm.hidden = false;
+    clearTimeout(skipArmTimer);
+    skipArmTimer = setTimeout(disarmSkip, SKIP_CONFIRM_MS);
+  }
+
+  function disarmSkip() {
+    clearTimeout(skipArmTimer);
+    skipArmed = false;
+    delete el.body.dataset.skipArmed;
+    el.skipConfirm.hidden = true;
+  }
+
   function stop() {
+    disarmSkip();
     closeCall();
     stopMedia();
     room = null;
     resumeSearch = false;
+    newChat();
+    el.message.value = "";
     showSetup("");
-    if (ws) {
+    const old = ws;
+    const resuming = !!resume;
+    ws = null;
+    if (old) old.close(1000, "stop"); // asked for: not resumed
+    if (old || resuming) {
       // There is no "leave the queue" message: a fresh connection is how one leaves it.
-      const old = ws;
-      ws = null;
-      old.close(1000, "stop");
+      resume = null;
+      resumeToken = null;
+      lastMessageId = null;
+      closeStale();
+      stopHeartbeat();
+      el.message.placeholder = PLACEHOLDER;
       attempts = 0;
       connect();
     }
@@ -400,30 +759,103 @@
     return !room.endedAt || Date.now() - room.endedAt < REPORT_WINDOW_MS;
   }
 
+  function setPartnerStatus(s) {
+    el.partnerStatus.dataset.state = s;
+    el.partnerStatus.hidden = s !== "away";
+  }
+
   // --- messages --------------------------------------------------------------------------------------
+  function newId() {
+    const bytes = new Uint8Array(8);
+    crypto.getRandomValues(bytes);
+    return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+
+  /* Every message carries an id and is kept until a resume says the server has it; one typed
+   * while reconnecting waits (marked "sending…") and goes out once the session is back. */
   function sendMessage(ev) {
     ev.preventDefault();
     const text = el.message.value;
     if (!text.trim() || state !== "chatting") return;
-    if (send("message", { content: text })) {
-      addLine("me", text, Date.now());
-      el.message.value = "";
-      stopTyping();
+    const entry = { id: newId(), content: text, li: addLine("me", text, Date.now()) };
+    outbox.push(entry);
+    if (outbox.length > OUTBOX_MAX) outbox.shift();
+    if (!send("message", { content: text, id: entry.id })) setLabel(entry.li, "pending", "sending…");
+    el.message.value = "";
+    disarmSkip();
+    stopTyping();
+  }
+
+  /* After `resumed`: ours after the last one the server accepted go again (same id). */
+  function resendAfter(lastClientId) {
+    const i = outbox.findIndex((m) => m.id === lastClientId);
+    // not among ours: none of this chat's messages got through (or it was in an earlier chat)
+    outbox = outbox.slice(i + 1);
+    for (const m of outbox) {
+      if (send("message", { content: m.content, id: m.id })) setLabel(m.li, "", "");
     }
+  }
+
+  /* The bubble a blocked or refused message belongs to: by the id the server names, else the
+   * latest one of ours still in doubt. */
+  function pendingMessage(id) {
+    if (id != null) {
+      const named = outbox.find((m) => m.id === String(id));
+      if (named) return named;
+    }
+    for (let i = outbox.length - 1; i >= 0; i -= 1) {
+      if (!outbox[i].li.classList.contains("not-sent")) return outbox[i];
+    }
+    return null;
+  }
+
+  function markNotSent(entry, label) {
+    if (!entry) return;
+    setLabel(entry.li, "not-sent", label);
+    outbox = outbox.filter((m) => m !== entry); // never resent
+  }
+
+  function setLabel(li, kind, text) {
+    li.classList.remove("pending", "not-sent");
+    if (kind) li.classList.add(kind);
+    let label = li.querySelector(".label");
+    if (!text) {
+      if (label) label.remove();
+      return;
+    }
+    if (!label) {
+      label = document.createElement("span");
+      label.className = "label";
+      li.append(label);
+    }
+    label.textContent = text;
+  }
+
+  function clock(timestamp) {
+    const d = new Date(timestamp);
+    return d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
   }
 
   function addLine(who, text, timestamp) {
     const li = document.createElement("li");
     li.className = "line " + who;
-    const name = document.createElement("span");
-    name.className = "who";
-    name.textContent = who === "me" ? "You" : "Stranger";
+    const head = document.createElement("span");
+    head.className = "who";
+    head.textContent = who === "me" ? "You" : "Stranger";
+    const when = Number(timestamp) || Date.now();
+    const time = document.createElement("time");
+    time.className = "time";
+    time.dateTime = new Date(when).toISOString();
+    time.textContent = clock(when);
+    head.append(" ", time);
     const body = document.createElement("span");
     body.className = "text";
+    body.dir = "auto"; // Arabic or Hebrew reads right to left
     body.textContent = text;
-    li.append(name, body);
-    if (timestamp) li.title = new Date(timestamp).toLocaleTimeString();
+    li.append(head, body);
+    li.title = new Date(when).toLocaleString();
     appendLog(li);
+    return li;
   }
 
   function addSystem(text, kind) {
@@ -441,6 +873,7 @@
   }
 
   function typed() {
+    disarmSkip();
     if (state !== "chatting") return;
     if (!typingSent && el.message.value) typingSent = send("typing", { isTyping: true });
     clearTimeout(typingTimer);
@@ -466,14 +899,19 @@
 
   // --- online count ----------------------------------------------------------------------------------
   function showOnline(n) {
-    if (typeof n === "number") el.online.textContent = n.toLocaleString();
+    if (typeof n === "number" && n >= 0) {
+      el.online.textContent = n.toLocaleString();
+      el.online.dataset.count = String(n);
+    }
   }
 
-  /* `stats` is pushed every few seconds; /stats (same origin) gives the count at once. */
+  /* `stats` is pushed every few seconds; /stats (same origin) gives the count at once.  Its
+   * answer is dropped when a push came meanwhile (the push is newer). */
   function fetchStats() {
+    const seq = statsSeq;
     fetch("/stats", { cache: "no-store" })
       .then((r) => (r.ok ? r.json() : null))
-      .then((s) => s && showOnline(s.totalOnline))
+      .then((s) => s && seq === statsSeq && showOnline(s.totalOnline))
       .catch(() => {});
   }
 
@@ -559,7 +997,8 @@
   }
 
   function rtcFailed(e) {
-    addSystem("The call could not be set up (" + (e && e.name ? e.name : e) + ").", "warning medium");
+    console.warn("WebRTC:", e); // the details are for a developer, not for the user
+    addSystem("The call could not be set up. Chat by text, or Skip.", "warning medium");
   }
 
   function closeCall() {
@@ -685,6 +1124,26 @@
     skipOrNext();
   });
   window.addEventListener("online", reconnectNow);
+  // Leaving the page ends the session at once (a close frame: not resumed), also when the
+  // browser keeps the page in its back/forward cache, where an open socket would count the
+  // user as online for nothing.  Back from that cache, the page starts over.
+  window.addEventListener("pagehide", () => {
+    const old = ws;
+    ws = null;
+    resume = null;
+    clearTimeout(reconnectTimer);
+    reconnectTimer = null;
+    stopHeartbeat();
+    closeStale();
+    if (old) old.close(1000, "page closed");
+  });
+  window.addEventListener("pageshow", (e) => {
+    if (!e.persisted) return;
+    stop();
+    resumeToken = null;
+    attempts = 0;
+    if (!ws) connect();
+  });
   setInterval(() => {
     el.report.disabled = !canReport(); // the 60 s after a chat run out
   }, 5000);

@@ -11,7 +11,10 @@ if not u then return cmsgpack.pack({}) end
 local d = get_user(u)
 if d == nil or d.resumeKey ~= key or d.instance == runner then return cmsgpack.pack({}) end
 local old = d.instance
-if not redis.call('HGET', EPOCHS, old) then return cmsgpack.pack({}) end  -- reaped or fenced
+-- an instance reaped, fenced or without a lease (dead, soon reaped) cannot hand anything over
+if not redis.call('HGET', EPOCHS, old) or redis.call('EXISTS', ikeyinst(old)) == 0 then
+    return cmsgpack.pack({})
+end
 redis.call('DEL', rskey(key))
 redis.call('SET', rskey(new_key), u, 'EX', USER_TTL)
 d.instance, d.resumeKey = runner, new_key
