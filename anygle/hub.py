@@ -148,17 +148,19 @@ class Hub:
         return succeed(None)
 
     # --- resume (anygle/resume.py) --------------------------------------------------------
-    def _go_away(self, session: Session, kept: list[dict[str, Any]] | None = None) -> None:
-        """The user is away: frames for it are kept (after ``kept``, when it was away before
-        and comes back only to go again), its partner is told."""
+    def _go_away(
+        self, session: Session, kept: list[dict[str, Any]] | None = None, told: bool = False
+    ) -> None:
+        """The user is away: frames for it are kept (after ``kept``: what it had not been sent
+        yet when it came back only to go again), its partner is told (unless ``told``)."""
         missed = session.transcript.snapshot() if session.transcript is not None else []
         away = AwayClient(missed, lambda: self._end_away_soon(session, away))
         session.away = session.client = away
         away.timer = self.clock.callLater(self.resume_grace, self._end_away, session, away)
-        if kept is None:
-            self._tell_partner(session, "partner_away")
-        else:  # its partner still thinks it away
+        if kept is not None:
             away.missed, away.frames = [], kept
+        if not told:
+            self._tell_partner(session, "partner_away")
 
     def _end_away_soon(self, session: Session, away: AwayClient) -> None:
         # not within the engine event that overflowed the buffer or kicked the user
@@ -273,7 +275,7 @@ class Hub:
         self._resumable[token_key(token)] = session
         missed = replay(state["missed"], state["frames"], last_message_id)
         if fresh.state == CLOSED:  # the new connection went while the session came: away here
-            self._go_away(session, kept=missed)
+            self._go_away(session, kept=missed, told=state["away"])
             raise ClientError("RESUME_FAILED", "the connection closed during the resume")
         self.close(fresh).addErrback(self._log_failure)
         self._welcome_back(session, missed, state["away"])
