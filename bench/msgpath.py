@@ -126,9 +126,11 @@ def measure(queue: str, age: str, texts: list[str], repeat: int = 5) -> dict[str
     cpu = time.process_time
     out: dict[str, float] = {}
 
-    def decode(p: bytes) -> str:
+    def decode(p: bytes) -> tuple[str, str | None]:
+        """``(content, id)``, as the protocol hands them to the hub."""
         frame = wire.decode(p, True)
-        return validate.VALIDATORS[frame["type"]](frame.get("data"))
+        message: tuple[str, str | None] = validate.message(frame.get("data"))
+        return message
 
     def stage(name: str, step: Any) -> None:
         best = float("inf")
@@ -151,9 +153,9 @@ def measure(queue: str, age: str, texts: list[str], repeat: int = 5) -> dict[str
         limits.allow("message", clock.seconds())
 
     def whole(hub: Hub, s: Session, clock: task.Clock, p: bytes, text: str) -> None:
-        content = decode(p)
+        content, client_id = decode(p)
         limits.allow("message", clock.seconds())
-        hub.message(s, content)
+        hub.message(s, content, client_id)
 
     def new_chats(hub: Hub, s: Session, clock: task.Clock, p: bytes, text: str) -> None:
         pass

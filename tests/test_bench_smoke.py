@@ -108,3 +108,19 @@ def test_bench_churn_frees_closed_connections(tmp_path):
     rounds = results["churn"]["rounds"]
     assert [r["round"] for r in rounds] == [1, 2, 3]
     assert all(r["matched"] == 40 and r["delivered"] > 0 for r in rounds), rounds
+
+
+def test_msgpath_runs_every_row():
+    """``bench.msgpath`` drives the hub as the protocol does (a few hundred messages: seconds)."""
+    env = dict(os.environ, PYTHONPATH=REPO)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.msgpath", "--messages", "300", "--no-json"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| teen, varied")]
+    assert len(rows) == 1, proc.stdout
