@@ -165,6 +165,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=40, help="resumes timed per case")
     parser.add_argument("--memory-pairs", type=int, default=500)
+    parser.add_argument("--out", type=Path, default=RESULTS, help="the JSON file written")
     args = parser.parse_args()
     classifier = Classifier()
     log(f"memory: {args.memory_pairs} pairs, one side drops / closes")
@@ -200,7 +201,7 @@ def main() -> int:
         f"\na waiting session holds {memory['bytes_per_waiting_session']} bytes more than an "
         f"ended one (Python heap, {args.memory_pairs} pairs, 10 messages each way)"
     )
-    RESULTS.write_text(
+    args.out.write_text(
         json.dumps(
             {
                 "date": time.strftime("%Y-%m-%d"),
@@ -212,7 +213,7 @@ def main() -> int:
         )
         + "\n"
     )
-    log(f"wrote {RESULTS}")
+    log(f"wrote {args.out}")
     return 0
 
 

@@ -124,3 +124,25 @@ def test_msgpath_runs_every_row():
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| teen, varied")]
     assert len(rows) == 1, proc.stdout
+
+
+def test_resume_bench_times_every_case(tmp_path):
+    out = tmp_path / "resume.json"
+    env = dict(os.environ, PYTHONPATH=REPO)
+    args = ("--pairs", "2", "--memory-pairs", "20", "--out", str(out))
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.resume", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(out.read_text())
+    assert [r["case"] for r in result["times"]] == [
+        "memory engine",
+        "redis, same instance",
+        "redis, another instance",
+    ]
+    assert result["memory"]["bytes_per_waiting_session"] > 0
