@@ -12,6 +12,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor, task
 
+from anygle.engine.redis.handover import CLAIM_TIMEOUT
 from tests.conftest import ServerHandle
 from tests.harness import eventually, sleep
 from tests.wsclient import Client, match
@@ -185,3 +186,29 @@ async def test_resume_on_another_instance(make_server, layout):
     assert (stats.total_online, stats.active_chats) == (1, 0)
     for client in (b, c, d):
         await client.close()
+
+
+@pytest.mark.parametrize("engine_name", ["redis"], indirect=True)
+@pytest_twisted.ensureDeferred
+async def test_resume_when_the_old_instance_died(make_server):
+    """The instance that held the session is killed: a resume elsewhere fails (at once when its
+    lease is gone, else after the claim's wait for a handover that cannot come), the partner is
+    told, and the new connection goes on as a session of its own."""
+    dying, living = await make_server(), await make_server()
+    a = await dying.client()
+    b = await living.client()
+    await match(a, b)
+    token = token_of(a)
+    dying.engine.halt()  # as kill -9: no lease renewal, no clean-up in Redis
+    for proto in list(dying.service.factory.connections):
+        proto.transport.abortConnection()
+    c = await Client.connect(living.ws_port, bind="127.0.0.2")
+    started = reactor.seconds()
+    c.send("resume", {"token": token, "lastMessageId": None})
+    await c.error("RESUME_FAILED", timeout=15)
+    assert reactor.seconds() - started < CLAIM_TIMEOUT + 2
+    await got(b, "partner_disconnected")
+    c.join()
+    await c.expect("searching")
+    await c.close()
+    await b.close()

@@ -32,7 +32,7 @@ from anygle.model import Match, Preferences
 
 __all__ = ["Handover"]
 
-CLAIM_TIMEOUT = 10.0  # s the new instance waits for the old one's ``H``
+CLAIM_TIMEOUT = 5.0  # s the new instance waits for the old one's ``H``
 FORWARD_FOR = 60.0  # s the old instance forwards relays that still come for a moved user
 REORDER_FOR = 10.0  # s after a move during which relays are put back in order
 
