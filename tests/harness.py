@@ -636,13 +636,18 @@ class Cluster:
         self.port = free_port() if nginx else None
 
     def start(self, timeout: float = 30.0) -> Cluster:
-        self.redis.start()
-        for inst in self.instances:  # all at once, then wait for each
-            inst.start(wait=False)
-        for inst in self.instances:
-            inst.wait_healthy(timeout)
-        if self.use_nginx:
-            self._start_nginx(timeout)
+        """Start everything; on a failure, stop what started (nothing is left running)."""
+        try:
+            self.redis.start()
+            for inst in self.instances:  # all at once, then wait for each
+                inst.start(wait=False)
+            for inst in self.instances:
+                inst.wait_healthy(timeout)
+            if self.use_nginx:
+                self._start_nginx(timeout)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def _start_nginx(self, timeout: float) -> None:

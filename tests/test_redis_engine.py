@@ -517,3 +517,29 @@ def test_redis_urls():
     assert (a.path, a.db) == ("/run/redis/redis.sock", 2)
     with pytest.raises(ValueError):
         RedisAddress.parse("http://x")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_match_heard_again_after_its_room_ended_does_not_block_the_next_join(
+    engines, redis: RedisServer
+):
+    """A late copy of a match (its room already ended) leaves the engine's idea of the user's
+    room stale; the hub, which has the user out of any room, queues it again: the join must
+    queue it, not fail (which the client would see as INTERNAL_ERROR)."""
+    a, _, _, _, m = await matched_across(engines)
+    assert await a.leave_room("ua", "skipped") == "ub"
+    raw = [
+        m.room_id,
+        m.mode,
+        m.initiator,
+        m.responder,
+        {k: list(v) for k, v in m.interests.items()},
+        list(m.shared_interests),
+        int(m.matched_at * 1000),
+        {"ua": "a", "ub": "b"},
+    ]
+    a.local.apply_match(raw, None)  # heard again, late
+    assert a.users["ua"].room == m.room_id
+    assert await a.join("ua", prefs(), now()) is None
+    assert a.users["ua"].room is None
+    assert redis.command("HEXISTS", "waiting", "ua") == 1

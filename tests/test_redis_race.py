@@ -302,3 +302,4 @@ async def test_random_load_with_an_instance_killed_and_restarted(cluster: Cluste
     await check_empty(cluster, total_matches)
     for inst in cluster.instances:
         assert inst.alive(), cluster.logs(inst)
+    assert not tracebacks(cluster)  # e.g. a failure an instance logged but no client saw

@@ -444,7 +444,13 @@ class RedisEngine:
     def join(self, user_id: str, prefs: Preferences, now: float) -> defer.Deferred[Match | None]:
         local = self.users.get(user_id)
         if local is not None and local.room is not None:
-            raise RuntimeError(f"join while in a room: {user_id}")
+            # The hub, which decides, has this user out of any room: the room here is stale (a
+            # match heard after its room had ended).  Detached, the user is queued as asked;
+            # should Redis still have it in that room, the script answers 'inroom'.
+            self.log.warn(
+                "{user} joins while still in {room} here: detached", user=user_id, room=local.room
+            )
+            self.local.take_room(local)
 
         def go(_: Any) -> defer.Deferred[Match | None]:
             lu = self.users.get(user_id)
