@@ -153,12 +153,12 @@ class Hub:
     ) -> None:
         """The user is away: frames for it are kept (after ``kept``: what it had not been sent
         yet when it came back only to go again), its partner is told (unless ``told``)."""
-        missed = session.transcript.snapshot() if session.transcript is not None else []
+        missed = self._sent(session) if kept is None else []
         away = AwayClient(missed, lambda: self._end_away_soon(session, away))
         session.away = session.client = away
         away.timer = self.clock.callLater(self.resume_grace, self._end_away, session, away)
         if kept is not None:
-            away.missed, away.frames = [], kept
+            away.frames = kept
         if not told:
             self._tell_partner(session, "partner_away")
 
@@ -169,6 +169,21 @@ class Hub:
     def _end_away(self, session: Session, away: AwayClient) -> None:
         if session.away is away:  # not back meanwhile
             self.close(session).addErrback(self._log_failure)
+
+    @staticmethod
+    def _sent(session: Session) -> list[dict[str, Any]]:
+        """The partner's messages sent to the session's connection in this room (the transcript):
+        its client may not have read the last of them."""
+        return session.transcript.snapshot() if session.transcript is not None else []
+
+    def _missed(
+        self, session: Session, away: AwayClient | None
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """``(messages maybe not read, frames kept)`` for a session coming back: an away one's
+        from its away record; one whose connection still looks open, its transcript."""
+        if away is not None:
+            return away.missed, away.frames
+        return self._sent(session), []
 
     def _back(self, session: Session) -> AwayClient | None:
         """The session is no longer away (back, or ended): its grace timer stops."""
@@ -208,11 +223,7 @@ class Hub:
             raise ClientError("BANNED", f"banned: {ban}")
         client, previous = fresh.client, old.client
         away = self._back(old)
-        if away is not None:
-            missed, frames = away.missed, away.frames
-        else:  # the old connection looks open, but the client says it is gone
-            missed = old.transcript.snapshot() if old.transcript is not None else []
-            frames = []
+        missed, frames = self._missed(old, away)
         del self._resumable[key]
         old.resume_token = new_token()
         self._resumable[token_key(old.resume_token)] = old
@@ -249,7 +260,6 @@ class Hub:
         state = await self.engine.claim(key, token_key(token))
         if state is None:
             raise ClientError("RESUME_FAILED")
-        prefs = state["prefs"]
         session = Session(
             state["userId"],
             fresh.ip,
@@ -257,9 +267,7 @@ class Hub:
             fresh.abuse_key,
             fresh.ban_keys,
             state=state["state"],
-            prefs=Preferences(prefs[0], prefs[1], prefs[2], tuple(prefs[3]), prefs[4])
-            if prefs
-            else None,
+            prefs=Preferences.unpacked(state["prefs"]),
             room_id=state["roomId"],
             partner_id=state["partnerId"],
             queued_at=state["queuedAt"],
@@ -291,26 +299,17 @@ class Hub:
         self._resumable.pop(token_key(session.resume_token), None)
         state, previous = session.state, session.client
         session.state = CLOSED  # over here, without a disconnect: it goes on elsewhere
-        transcript = session.transcript.snapshot() if session.transcript is not None else []
-        prefs = session.prefs
+        missed, frames = self._missed(session, away)
         handed = {
             "userId": user_id,
             "state": state,
-            "prefs": [
-                prefs.age_category,
-                prefs.mode,
-                prefs.queue_type,
-                list(prefs.interests),
-                prefs.interests_only,
-            ]
-            if prefs
-            else None,
+            "prefs": session.prefs.packed() if session.prefs else None,
             "roomId": session.room_id,
             "partnerId": session.partner_id,
             "queuedAt": session.queued_at,
-            "transcript": transcript,
-            "missed": away.missed if away is not None else transcript,
-            "frames": away.frames if away is not None else [],
+            "transcript": self._sent(session),
+            "missed": missed,
+            "frames": frames,
             "clientIds": session.client_ids(),
             "away": away is not None,
         }

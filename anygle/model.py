@@ -7,6 +7,7 @@ depends on nothing else in Anygle, so talking about users never means importing 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 AGE_CATEGORIES = ("teen", "adult")
 MODES = ("text", "video", "voice")
@@ -27,6 +28,23 @@ class Preferences:
     def queue(self) -> str:
         """The queue name, ``{cat}:{mode}:{type}`` as in the seed's ``queue:`` key."""
         return f"{self.age_category}:{self.mode}:{self.queue_type}"
+
+    def packed(self) -> list[object]:
+        """As plain data (msgpack), for a session handed to another instance."""
+        return [
+            self.age_category,
+            self.mode,
+            self.queue_type,
+            list(self.interests),
+            self.interests_only,
+        ]
+
+    @classmethod
+    def unpacked(cls, data: list[Any] | None) -> Preferences | None:
+        """The inverse of :meth:`packed` (None stays None)."""
+        if not data:
+            return None
+        return cls(data[0], data[1], data[2], tuple(data[3]), data[4])
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import msgpack
@@ -246,6 +246,23 @@ def packaged_rules() -> Classifier:
 def rules_only() -> Classifier:
     """The packaged rules without the learned layer."""
     return shared_classifier(learned=False)
+
+
+@pytest.fixture
+def make_memory_server(packaged_rules: Classifier) -> Iterator[Callable[..., Any]]:
+    """``make(**settings)`` -> a :class:`tests.memory.MemoryServer` (the service on a clock, no
+    sockets); all are closed afterwards."""
+    from tests.memory import MemoryServer  # it imports this module (``settings``)
+
+    made: list[MemoryServer] = []
+
+    def make(**overrides: Any) -> MemoryServer:
+        made.append(MemoryServer(packaged_rules, **overrides))
+        return made[-1]
+
+    yield make
+    for server in made:
+        server.close()
 
 
 @pytest_twisted.async_yield_fixture

@@ -18,13 +18,16 @@ pytestmark = pytest.mark.slow  # real processes: not in the fast loop
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def bench(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """``python -m bench ARGS`` from the repository, without the caller's anygle config (about a
-    minute alone; the timeout is for a machine busy with other tests too)."""
+def bench(
+    *args: str, module: str = "bench", timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """``python -m MODULE ARGS`` (``bench`` by default) from the repository, without the
+    caller's anygle config (about a minute alone; the timeout is for a machine busy with other
+    tests too)."""
     env = dict(os.environ, PYTHONPATH=REPO)
     env.pop("ANYGLE_CONFIG", None)
     return subprocess.run(
-        [sys.executable, "-m", "bench", *args],
+        [sys.executable, "-m", module, *args],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -112,15 +115,7 @@ def test_bench_churn_frees_closed_connections(tmp_path):
 
 def test_msgpath_runs_every_row():
     """``bench.msgpath`` drives the hub as the protocol does (a few hundred messages: seconds)."""
-    env = dict(os.environ, PYTHONPATH=REPO)
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.msgpath", "--messages", "300", "--no-json"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = bench("--messages", "300", "--no-json", module="bench.msgpath")
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| teen, varied")]
     assert len(rows) == 1, proc.stdout
@@ -128,16 +123,8 @@ def test_msgpath_runs_every_row():
 
 def test_resume_bench_times_every_case(tmp_path):
     out = tmp_path / "resume.json"
-    env = dict(os.environ, PYTHONPATH=REPO)
     args = ("--pairs", "2", "--memory-pairs", "20", "--out", str(out))
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.resume", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = bench(*args, module="bench.resume")
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads(out.read_text())
     assert [r["case"] for r in result["times"]] == [

@@ -5,27 +5,17 @@ same behaviours over real sockets, on both engines, are in tests/test_behaviour.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable
 
 import pytest
 
-from anygle.moderation import Classifier
 from anygle.reports import REPORT_GRACE
 from tests.memory import MemoryServer
 
 
 @pytest.fixture
-def make(packaged_rules: Classifier) -> Iterator[Callable[..., MemoryServer]]:
-    made: list[MemoryServer] = []
-
-    def make(**overrides: Any) -> MemoryServer:
-        made.append(MemoryServer(packaged_rules, **overrides))
-        return made[-1]
-
-    yield make
-    for server in made:
-        server.close()
+def make(make_memory_server: Callable[..., MemoryServer]) -> Callable[..., MemoryServer]:
+    return make_memory_server
 
 
 def test_join_match_chat_skip(make):

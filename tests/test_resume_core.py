@@ -4,27 +4,17 @@ in tests/test_resume.py."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable
 
 import pytest
 
-from anygle.moderation import Classifier
 from anygle.resume import AWAY_FRAMES, RESUME_ATTEMPTS
 from tests.memory import MemoryClient, MemoryServer
 
 
 @pytest.fixture
-def make(packaged_rules: Classifier) -> Iterator[Callable[..., MemoryServer]]:
-    made: list[MemoryServer] = []
-
-    def make(**overrides: Any) -> MemoryServer:
-        made.append(MemoryServer(packaged_rules, **overrides))
-        return made[-1]
-
-    yield make
-    for server in made:
-        server.close()
+def make(make_memory_server: Callable[..., MemoryServer]) -> Callable[..., MemoryServer]:
+    return make_memory_server
 
 
 def token_of(client: MemoryClient) -> str:

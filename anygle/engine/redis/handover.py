@@ -108,9 +108,7 @@ class Handover:
         user = LocalUser(
             ip,
             socket_id,
-            prefs=Preferences(prefs[0], prefs[1], prefs[2], tuple(prefs[3]), prefs[4])
-            if prefs
-            else None,
+            prefs=Preferences.unpacked(prefs),
             joined_at=joined_at,
             resume_key=resume_key,
             sent=sent,
@@ -165,7 +163,6 @@ class Handover:
         package = None
         if user is not None and state is not None:
             room = self._room_of(user_id, user, to)
-            prefs = user.prefs
             package = {
                 "hub": state,
                 "user": [
@@ -174,15 +171,7 @@ class Handover:
                     user.resume_key,
                     user.sent,
                     user.seen,
-                    [
-                        prefs.age_category,
-                        prefs.mode,
-                        prefs.queue_type,
-                        list(prefs.interests),
-                        prefs.interests_only,
-                    ]
-                    if prefs
-                    else None,
+                    user.prefs.packed() if user.prefs else None,
                     user.joined_at,
                 ],
                 "room": room,
@@ -204,8 +193,7 @@ class Handover:
             room.instances[user_id] = to
         else:
             del self.local.rooms[user.room]
-        instances = dict(room.instances)
-        instances[user_id] = to
+        instances = dict(room.instances)  # the new instance puts itself in for the user
         interests = {k: list(v) for k, v in m.interests.items()}
         return [
             m.room_id,
