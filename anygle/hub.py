@@ -62,6 +62,10 @@ MODERATION_ENDED = "moderation"
 _ID_BATCH = 512
 
 
+def _gone() -> None:
+    """An away record's ``end`` once its session is back or ended: nothing left to end."""
+
+
 class Hub:
     """Implements :class:`~anygle.engine.base.EngineSink` for the engine."""
 
@@ -186,10 +190,15 @@ class Hub:
         return self._sent(session), []
 
     def _back(self, session: Session) -> AwayClient | None:
-        """The session is no longer away (back, or ended): its grace timer stops."""
+        """The session is no longer away (back, or ended): its grace timer stops, and the away
+        record lets go of the session (its ``end`` callback and its timer's arguments refer to
+        both: left as a reference cycle, every ended away session waited for a full collection,
+        which runs rarely on purpose, ``tap.tune_gc``)."""
         away, session.away = session.away, None
-        if away is not None and away.timer.active():
-            away.timer.cancel()
+        if away is not None:
+            if away.timer is not None and away.timer.active():
+                away.timer.cancel()
+            away.timer, away.end = None, _gone
         return away
 
     def _still_away(self, session: Session, away: AwayClient) -> None:

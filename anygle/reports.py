@@ -16,7 +16,6 @@ reporter addresses within ``report_ban_window`` ban the user (``banned:users:{id
 from __future__ import annotations
 
 import json
-from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -36,7 +35,7 @@ class Transcript:
     __slots__ = ("_chars", "_messages")
 
     def __init__(self) -> None:
-        self._messages: deque[dict[str, Any]] = deque()
+        self._messages: list[dict[str, Any]] = []  # at most 20 (an empty deque takes 770 B)
         self._chars = 0
 
     def add(self, message: dict[str, Any]) -> None:
@@ -45,7 +44,7 @@ class Transcript:
         while len(self._messages) > TRANSCRIPT_MESSAGES or (
             self._chars > TRANSCRIPT_CHARS and len(self._messages) > 1
         ):
-            self._chars -= len(self._messages.popleft()["content"])
+            self._chars -= len(self._messages.pop(0)["content"])
 
     def messages(self) -> list[dict[str, Any]]:
         return [dict(m) for m in self._messages]

@@ -15,6 +15,7 @@ from anygle.resume import CLIENT_IDS_KEPT, AwayClient
 from anygle.wire import Broadcast
 
 IDLE, QUEUED, CHATTING, CLOSED = "idle", "queued", "chatting", "closed"
+ENDED_ROOMS_KEPT = 8
 
 
 class Client(Protocol):
@@ -42,9 +43,10 @@ class Session:
     room_id: str | None = None
     partner_id: str | None = None
     queued_at: float = 0.0
-    # rooms that ended before we heard they began (cross-instance event order is not guaranteed);
-    # made on the first ended room: most connections never need it (~0.8 KB each at 20k users)
-    _ended_rooms: deque[str] | None = None
+    # the last ENDED_ROOMS_KEPT rooms that ended before we heard they began (cross-instance
+    # event order is not guaranteed); made on the first ended room, and a list: an empty deque
+    # alone takes 770 bytes
+    _ended_rooms: list[str] | None = None
     moderation_window: Any = None  # anygle.moderation.SenderWindow, made on the first message
     transcript: Transcript | None = None  # the partner's messages in this room (for a report)
     last_chat: EndedChat | None = None  # the chat that ended last, reportable for a while
@@ -78,8 +80,10 @@ class Session:
 
     def room_ended(self, room_id: str) -> None:
         if self._ended_rooms is None:
-            self._ended_rooms = deque(maxlen=8)
+            self._ended_rooms = []
         self._ended_rooms.append(room_id)
+        if len(self._ended_rooms) > ENDED_ROOMS_KEPT:
+            del self._ended_rooms[0]
 
     def has_ended(self, room_id: str) -> bool:
         return self._ended_rooms is not None and room_id in self._ended_rooms

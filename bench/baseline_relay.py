@@ -86,14 +86,14 @@ class RelayFactory(WebSocketServerFactory):
     # a protocol that names its own factory type is refused (as in anygle.protocol).
     protocol = RelayProtocol  # type: ignore[assignment]
 
-    def __init__(self) -> None:
+    def __init__(self, ping_interval: float = 25.0) -> None:
         super().__init__()
         self.waiting: dict[str, RelayProtocol] = {}
         # the same options as anygle's AnygleFactory
         self.setProtocolOptions(
             maxFramePayloadSize=64 * 1024,
             maxMessagePayloadSize=64 * 1024,
-            autoPingInterval=25.0,
+            autoPingInterval=ping_interval,
             autoPingTimeout=10.0,
             openHandshakeTimeout=10,
             closeHandshakeTimeout=5,
@@ -110,11 +110,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--interface", default="127.0.0.1")
     parser.add_argument("--backlog", type=int, default=1024)
+    parser.add_argument("--ping-interval", type=float, default=25.0, help="as anygle's option")
     args = parser.parse_args(argv)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    reactor.listenTCP(args.port, RelayFactory(), backlog=args.backlog, interface=args.interface)
+    factory = RelayFactory(args.ping_interval)
+    reactor.listenTCP(args.port, factory, backlog=args.backlog, interface=args.interface)
     sys.stdout.write(f"baseline relay on {args.interface}:{args.port}\n")
     sys.stdout.flush()
     reactor.run()

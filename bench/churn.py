@@ -1,11 +1,14 @@
 """The churn scenario: what connections that came and went leave behind in the server.
 
 Rounds of ``--churn-connections`` connections (pairs): connect, join, get matched, exchange a few
-chat messages, skip, close.  The server's RSS is read after every round, once the round's
-connections are gone; a server that frees what a closed connection held grows by little after
-the first rounds (the allocator keeps its high-water mark, so RSS never shrinks), one that keeps
-closed connections for a while grows round after round.  The first round is the reference
-(start-up heap reused), growth is counted from it.
+chat messages, skip, close: with a close frame, as a browser tab that is closed does, or with
+``--churn-drop`` dropped without one, as by a phone that lost its network (the server keeps
+such a session for a resume during ``--resume-grace``, so RSS grows for that long before it
+levels off).  The server's RSS is read after every round, once the round's connections are
+gone; a server that frees what a closed connection held grows by little after the first rounds
+(the allocator keeps its high-water mark, so RSS never shrinks), one that keeps closed
+connections for a while grows round after round.  The first round is the reference (start-up
+heap reused), growth is counted from it.
 """
 
 from __future__ import annotations
@@ -23,6 +26,11 @@ def add_options(p: Any) -> None:
     p.add_argument("--churn-rounds", type=int, default=40, help="churn scenario: rounds")
     p.add_argument(
         "--churn-connections", type=int, default=1000, help="churn scenario: connections a round"
+    )
+    p.add_argument(
+        "--churn-drop",
+        action="store_true",
+        help="churn scenario: drop the connections (TCP reset) instead of closing them",
     )
 
 
@@ -50,7 +58,8 @@ def one_round(bench: Bench, server: procs.Server, k: int) -> dict[str, Any]:
         workers.wait("result", 30, label)
         totals = workers.totals()
     finally:
-        workers.close()  # aborts what is still open and waits for the load processes to exit
+        # closes (or drops) what is still open and waits for the load processes to exit
+        workers.close(clean=not a.churn_drop)
     time.sleep(0.3)  # the server handles the closes
     return {
         "round": k + 1,
@@ -81,6 +90,7 @@ def scenario(bench: Bench) -> dict[str, Any]:
         "row": "anygle-memory",
         "rounds": len(rounds),
         "connections_per_round": a.churn_connections,
+        "close": "dropped" if a.churn_drop else "close frame",
         "start_mb": start_mb,
         "first_round_mb": rounds[0]["rss_mb"] if rounds else None,
         "last_round_mb": rounds[-1]["rss_mb"] if rounds else None,

@@ -38,6 +38,7 @@ from bench.wsclient import MSG_PREFIX, client_frame
 from twisted.internet import reactor
 
 SKIP = wsclient.packed("skip")
+CLOSE_NORMAL = struct.pack("!H", 1000)  # a close frame's status: normal closure
 
 
 class Stats:
@@ -97,6 +98,7 @@ class Conn(wsclient.RawWebSocket):
         self.state = "connecting"
         self.join_sent_at = 0.0
         self.in_chat = 0  # messages the initiator received in this chat
+        self.close_sent = False  # our close frame is out: the server's is the answer
 
     # --- connection ----------------------------------------------------------------------
     def connect_failed(self, reason: str) -> None:
@@ -161,7 +163,8 @@ class Conn(wsclient.RawWebSocket):
             elif opcode == 10:  # pong: the reactor-stall probe
                 worker.pong(self)
             elif opcode == 8:
-                transport.write(client_frame(buf[start : start + 2], 8))
+                if not self.close_sent:
+                    transport.write(client_frame(buf[start : start + 2], 8))
                 transport.loseConnection()
                 self.buf = b""
                 return
@@ -417,7 +420,7 @@ class Worker:
         elif name == "probe":
             self.probe(cmd)
         elif name == "close":
-            self.close()
+            self.close(cmd)
 
     # --- reactor-stall probe ----------------------------------------------------------------------
     def probe(self, cmd: dict[str, Any]) -> None:
@@ -538,9 +541,28 @@ class Worker:
         self.ready_sent = False
         self.check_ready()
 
-    def close(self) -> None:
+    def close(self, cmd: dict[str, Any] | None = None) -> None:
+        """Drop every connection (TCP reset: to the server, a connection lost, which it keeps
+        for a resume); with ``clean`` first close each with a close frame, as a browser tab
+        that is closed does, and drop what has not closed after 2 s."""
         self.closing = True
         self.echo = False
+        if cmd and cmd.get("clean"):
+            for c in self.conns:
+                if c is not None and c.transport is not None and c.open:
+                    c.close_sent = True
+                    c.send(client_frame(CLOSE_NORMAL, 8))
+            self._closed_by(time.monotonic() + 2.0)
+            return
+        self._drop_all()
+
+    def _closed_by(self, deadline: float) -> None:
+        if any(c is not None for c in self.conns) and time.monotonic() < deadline:
+            reactor.callLater(0.05, self._closed_by, deadline)
+        else:
+            self._drop_all()
+
+    def _drop_all(self) -> None:
         for c in self.conns:
             if c is not None and c.transport is not None:
                 c.transport.abortConnection()

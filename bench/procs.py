@@ -196,19 +196,24 @@ def group() -> Iterator[list[Server]]:
             s.stop()
 
 
-def baseline(port: int | None = None, backlog: int = 1024) -> Server:
+def heap_wrapped(argv: list[str], heap_dir: str | None) -> list[str]:
+    """``argv`` run under ``bench/heapdump.py`` (heap snapshots on SIGUSR2) when ``heap_dir``."""
+    return [sys.executable, "-m", "bench.heapdump", heap_dir, "--", *argv] if heap_dir else argv
+
+
+def baseline(
+    port: int | None = None,
+    backlog: int = 1024,
+    heap_dir: str | None = None,
+    extra: list[str] | None = None,
+) -> Server:
     port = port or free_port()
+    module = "bench.baseline_relay"
+    target = [module] if heap_dir else [sys.executable, "-m", module]
+    args = ["--port", str(port), "--backlog", str(backlog), *(extra or [])]
     return Server(
         "baseline",
-        [
-            sys.executable,
-            "-m",
-            "bench.baseline_relay",
-            "--port",
-            str(port),
-            "--backlog",
-            str(backlog),
-        ],
+        heap_wrapped([*target, *args], heap_dir),
         port,
         env=dict(os.environ, PYTHONPATH=REPO),
     )
@@ -245,8 +250,10 @@ def anygle(
     instance: str = "bench",
     extra: list[str] | None = None,
     backlog: int | None = 1024,
+    heap_dir: str | None = None,
 ) -> Server:
-    """An anygle instance; ``backlog=None`` leaves the listen backlog to anygle's default."""
+    """An anygle instance; ``backlog=None`` leaves the listen backlog to anygle's default;
+    ``heap_dir``: run it under ``bench/heapdump.py``."""
     port, http = free_port(), free_port()
     profile = f"{profile_dir}/anygle-{engine}-{instance}-{port}.prof" if profile_dir else None
     argv = harness.twistd_argv(
@@ -257,6 +264,7 @@ def anygle(
     argv += limit_args(server_tree) + (extra or [])
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANYGLE_")}
     env["PYTHONPATH"] = server_tree
+    argv = heap_wrapped(argv, heap_dir)
     return Server(f"anygle-{engine}-{instance}", argv, port, http_port=http, env=env)
 
 
@@ -432,11 +440,13 @@ class Workers:
                 total += t.user + t.system
         return total
 
-    def close(self) -> None:
+    def close(self, clean: bool = False) -> None:
+        """End the load processes; their connections are dropped, or with ``clean`` closed
+        with a close frame first (``Worker.close``)."""
         for i, p in enumerate(self.procs):
             if p.poll() is None:
                 with contextlib.suppress(OSError):
-                    self.send(i, {"cmd": "close"})
+                    self.send(i, {"cmd": "close", "clean": clean})
         deadline = time.monotonic() + 10
         for p in self.procs:
             try:

@@ -13,6 +13,9 @@ Scenarios (all by default, in this order):
               flood of malformed frames: lost / duplicated / reordered / ended chats, reactor
               and heartbeat lag; and a connect storm of 5,000 against the bare relay
               (``bench/overload.py``).
+``churn``     (only when named) rounds of connections that come and go: what they leave behind.
+``heap``      (only when named) the Python heap per idle connection and queued user
+              (tracemalloc), anygle vs the bare relay, and the lines that allocated it.
 
 Every server, Redis, nginx and each load worker is its own process; all are killed at the end.
 Results: a table on stdout, JSON (and a PNG) in ``bench/results/<name>.*`` (the latest run).
@@ -32,7 +35,18 @@ from typing import Any
 if __package__ in (None, ""):  # ``python bench/run.py``: make ``bench`` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench import chatlines, churn, latency, memory, overload, procs, record, relay, scaleout
+from bench import (
+    chatlines,
+    churn,
+    heap,
+    latency,
+    memory,
+    overload,
+    procs,
+    record,
+    relay,
+    scaleout,
+)
 from bench.compare import compare
 from bench.filelimit import raise_nofile
 from bench.plot import plot
@@ -47,8 +61,9 @@ RUNS: dict[str, Callable[[Bench], dict[str, Any]]] = {  # in the order they run
     "scaleout": scaleout.scenario,
     "overload": overload.scenario,
     "churn": churn.scenario,
+    "heap": heap.scenario,
 }
-EXTRA_SCENARIOS = ("overload", "churn")  # run only when named
+EXTRA_SCENARIOS = ("overload", "churn", "heap")  # run only when named
 SCENARIOS = tuple(name for name in RUNS if name not in EXTRA_SCENARIOS)
 
 TARGETS = {
@@ -147,6 +162,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     overload.add_options(p)
     churn.add_options(p)
+    heap.add_options(p)
     p.add_argument("--no-redis", action="store_true")
     p.add_argument("--no-nginx", action="store_true")
     p.add_argument("--redis", action="store_true", help="with --quick: run the Redis rows too")
@@ -187,6 +203,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     elif a.quick:
         a.pairs, a.window, a.warmup, a.duration = 20, 4, 0.5, 2.0
         a.rate, a.latency_seconds, a.memory_levels = 200.0, 1.0, [200]
+        a.heap_connections = min(a.heap_connections, 200)
         a.probe_seconds = min(a.probe_seconds, 0.5)
         a.latency_quiet = False
         a.no_redis = a.no_redis or not a.redis
@@ -195,7 +212,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         a.repeat = 1
     if a.scaleout_pairs is None:
         a.scaleout_pairs = a.pairs
-    default_name = a.scenarios[0] if a.scenarios in (["overload"], ["churn"]) else "full"
+    default_name = a.scenarios[0] if a.scenarios in (["overload"], ["churn"], ["heap"]) else "full"
     a.name = a.name or (
         f"{default_name}-quick"
         if a.quick and default_name != "full"
@@ -217,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     need = max(args.pairs * 2, args.scaleout_pairs * 2) + 1024
     if "memory" in args.scenarios:
         need = max(need, *(n + 1024 for n in args.memory_levels))
+    if "heap" in args.scenarios:
+        need = max(need, args.heap_connections + 1024)
     if "overload" in args.scenarios:
         need = max(need, args.storm_connections + 1024, args.overload_pairs * 2 + 1024)
     nofile, note = raise_nofile(need)

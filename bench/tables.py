@@ -93,6 +93,8 @@ COLUMNS = {
     "joiner_p99_ms": ("joiner p99", ""),
     "per_conn_kb": ("KB/connection", ""),
     "per_queued_kb": ("KB/queued user", ""),
+    "step_kb": ("KB/connection from the level below", ""),
+    "step_x_baseline": ("x baseline", ".2f"),
     "queued_x_baseline": ("x baseline", ".2f"),
     "stalls": ("max ping RTT idle / queued, ms", ""),
     "x_one_instance": ("x 1 instance", ".2f"),
@@ -172,8 +174,9 @@ def table(results: dict[str, Any]) -> str:
     mem = results.get("memory")
     if mem:
         heading = "**Memory** (server RSS growth; idle = connected, queued = waiting in a queue)"
-        fields = "connections connected per_conn_kb x_baseline per_queued_kb queued_x_baseline"
-        out += grid(heading, "server", fields + " stalls note", mem["rows"])
+        fields = "connections connected per_conn_kb x_baseline step_kb step_x_baseline"
+        fields += " per_queued_kb queued_x_baseline stalls note"
+        out += grid(heading, "server", fields, mem["rows"])
     sc = results.get("scaleout")
     if sc:
         out += grid(
@@ -193,14 +196,49 @@ def table(results: dict[str, Any]) -> str:
             f"**Connection churn** (rounds of connect, join, match, "
             f"{ch['messages_per_chat']} messages, skip, close; server RSS)"
         )
-        fields = "rounds connections_per_round start_mb first_round_mb last_round_mb growth_mb"
-        out += grid(heading, "server", fields + " growth_kb_per_connection note", ch["rows"])
+        fields = "close rounds connections_per_round start_mb first_round_mb last_round_mb"
+        fields += " growth_mb growth_kb_per_connection note"
+        out += grid(heading, "server", fields, ch["rows"])
+    hp = results.get("heap")
+    if hp:
+        out += heap_tables(hp)
     notes = list(results.get("notes") or [])
     if (results.get("limits") or {}).get("note"):
         notes.insert(0, results["limits"]["note"])
     if notes:
         out += ["Notes:", *(f"- {n}" for n in notes), ""]
     return "\n".join(out)
+
+
+def heap_tables(hp: dict[str, Any]) -> list[str]:
+    """The heap rows (``bench/heap.py``), then where anygle's bytes were allocated."""
+    heading = "**Python heap** (tracemalloc; bytes per idle connection, and more per queued user)"
+    fields = "connections connected bytes_per_connection x_baseline anygle_bytes"
+    out = grid(
+        heading,
+        "server",
+        fields + " bytes_per_queued_extra note",
+        hp["rows"],
+        titles={
+            "bytes_per_connection": "bytes/connection",
+            "anygle_bytes": "of which anygle's code",
+            "bytes_per_queued_extra": "bytes more when queued",
+        },
+    )
+    for r in hp["rows"]:
+        for phase, key, title in (
+            ("idle", "top", "per idle connection"),
+            ("idle", "top_anygle", "per idle connection in anygle's code"),
+            ("queued_total", "top_anygle", "per queued user in anygle's code"),
+        ):
+            sites = (r.get(phase) or {}).get(key)
+            if not sites:
+                continue
+            out += [f"{r['row']}, allocated {title} (top {len(sites)}):", ""]
+            out += ["| where | bytes | blocks |", "|---|---:|---:|"]
+            out += [f"| `{s['where']}` | {s['bytes']} | {s['blocks']} |" for s in sites]
+            out.append("")
+    return out
 
 
 def overload_tables(ov: dict[str, Any]) -> list[str]:

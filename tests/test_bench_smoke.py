@@ -106,11 +106,33 @@ def test_bench_churn_frees_closed_connections(tmp_path):
         *("--no-plot", "--name", "churn-smoke", "--out", str(tmp_path)),
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    assert "| server | rounds |" in proc.stdout
+    assert "| server | close | rounds |" in proc.stdout
     results = json.loads((tmp_path / "churn-smoke.json").read_text())
     rounds = results["churn"]["rounds"]
     assert [r["round"] for r in rounds] == [1, 2, 3]
     assert all(r["matched"] == 40 and r["delivered"] > 0 for r in rounds), rounds
+    assert results["churn"]["rows"][0]["close"] == "close frame"
+
+
+def test_bench_heap_says_what_a_connection_holds(tmp_path):
+    """``python -m bench heap`` on tiny numbers: both servers under tracemalloc, the heap per
+    idle connection (and per queued user for anygle) and the lines that allocated it."""
+    proc = bench(
+        *("heap", "--heap-connections", "60"),
+        *("--no-plot", "--name", "heap-smoke", "--out", str(tmp_path)),
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert "| server | connections | connected | bytes/connection |" in proc.stdout
+    rows = {
+        r["row"]: r for r in json.loads((tmp_path / "heap-smoke.json").read_text())["heap"]["rows"]
+    }
+    assert set(rows) == {"baseline", "anygle-memory"}, rows
+    for r in rows.values():
+        assert r["connected"] == 60 and r["bytes_per_connection"] > 0, r
+        assert r["idle"]["top"] and "autobahn" in r["idle"]["by_owner"], r
+    anygle = rows["anygle-memory"]
+    assert anygle["queued"] == 60 and anygle["queued_total"]["top_anygle"], anygle
+    assert anygle["x_baseline"] > 0 and "anygle" in anygle["idle"]["by_owner"], anygle
 
 
 def test_msgpath_runs_every_row():

@@ -10,6 +10,7 @@ from collections.abc import Callable
 import pytest
 
 from anygle.reports import REPORT_GRACE
+from anygle.session import ENDED_ROOMS_KEPT, Session
 from tests.memory import MemoryServer
 
 
@@ -173,3 +174,13 @@ def test_a_ban_closes_a_connected_user_within_a_second(make):
     server.engine.ban("ips", "127.0.0.1", "Spam", 60)  # every client here comes from it
     server.advance(1.0)
     assert c.last("error")["data"]["code"] == "BANNED" and c.close_code == 1008
+
+
+def test_a_session_remembers_its_last_ended_rooms() -> None:
+    """Rooms that ended before their match was heard: the last ``ENDED_ROOMS_KEPT``."""
+    s = Session("u", "10.0.0.1", client=None)  # type: ignore[arg-type]
+    assert not s.has_ended("r0")
+    for i in range(ENDED_ROOMS_KEPT + 2):
+        s.room_ended(f"r{i}")
+    assert not s.has_ended("r0") and not s.has_ended("r1")
+    assert all(s.has_ended(f"r{i}") for i in range(2, ENDED_ROOMS_KEPT + 2))

@@ -213,3 +213,15 @@ def test_window_keeps_max_messages(clf: Classifier) -> None:
     w = SenderWindow(clf, max_messages=3)
     feed(w, ["how old are you", "a", "b", "c"])
     assert w.score() == 0
+
+
+def test_the_window_keeps_its_newest_messages_and_expires_only_the_old(clf: Classifier) -> None:
+    """At most ``max_messages`` entries, the oldest dropped first; expiry drops exactly those
+    older than ``max_age``."""
+    w = SenderWindow(clf, max_messages=3, max_age=60.0)
+    feed(w, ["a", "b", "c", "d"], step=10.0)  # at 0, 10, 20, 30
+    assert [e.text for e in w._entries] == ["b", "c", "d"]
+    w._expire(85.0)  # "b" (10) and "c" (20) are past 60 s, "d" (30) is not
+    assert [e.text for e in w._entries] == ["d"]
+    w._expire(200.0)
+    assert w._entries == []

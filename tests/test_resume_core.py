@@ -4,6 +4,8 @@ in tests/test_resume.py."""
 
 from __future__ import annotations
 
+import gc
+import weakref
 from collections.abc import Callable
 
 import pytest
@@ -227,3 +229,25 @@ def test_repeated_drops_replay_nothing_twice(make):
     got += contents(client)
     sent = [f"{kind} {r}" for r in range(4) for kind in ("before drop", "unread", "while away")]
     assert got == sent
+
+
+def test_an_ended_away_session_is_freed_by_reference_counting(make):
+    """The garbage collector runs rarely on purpose (``tap.tune_gc``): an away session that a
+    reference cycle kept after its grace stayed in memory until a full collection, which under
+    churn of dropped phones grew the process in steps of tens of MB."""
+    server = make()
+    a, b = server.pair()
+    b.send("message", {"content": "hi"})
+    session = server.service.hub.sessions[a.user_id]
+    freed = weakref.ref(session)
+    del session
+    gc.collect()
+    gc.disable()
+    try:
+        server.cut(a)
+        assert server.service.hub.sessions[a.user_id].away is not None
+        server.advance(31.0)  # the grace runs out: the session ends
+        assert a.user_id not in server.service.hub.sessions
+        assert freed() is None
+    finally:
+        gc.enable()

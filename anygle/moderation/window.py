@@ -99,6 +99,7 @@ _WORDS = re.compile(r"[a-z']+")
 # Asking a teen for sexual images (nudes, underwear pictures, undressing on camera) is
 # solicitation of a minor: zero tolerance in the teen queue, a grooming signal elsewhere.
 SEXUAL_IMAGE = "sexual_image"
+NOTHING_FOUND: frozenset[tuple[str | None, str | None]] = frozenset()  # one, not one per message
 
 
 @dataclass(slots=True)
@@ -162,7 +163,9 @@ class SenderWindow:
         self.max_messages = max_messages
         self.max_age = max_age
         self.policy = policy or ConversationPolicy()
-        self._entries: deque[_Entry] = deque()
+        # a list, not a deque: at most ``max_messages`` entries, and an empty deque alone
+        # takes 770 bytes (one per chatting user; kept while a dropped user may resume)
+        self._entries: list[_Entry] = []
         self._conversation: Conversation | None = None
 
     def check(
@@ -254,9 +257,11 @@ class SenderWindow:
 
         # Long messages are never joined (see _joined): don't keep up to 16 KB per entry.
         kept = text if len(text) < JOIN_CHARS else None
-        self._entries.append(_Entry(now, kept, tuple(signals), frozenset(found)))
+        self._entries.append(
+            _Entry(now, kept, tuple(signals), frozenset(found) if found else NOTHING_FOUND)
+        )
         if len(self._entries) > self.max_messages:
-            self._entries.popleft()
+            del self._entries[0]
         return verdict
 
     def score(self) -> int:
@@ -274,8 +279,11 @@ class SenderWindow:
 
     def _expire(self, now: float) -> None:
         entries = self._entries
-        while entries and (now - entries[0].time > self.max_age):
-            entries.popleft()
+        stale = 0
+        while stale < len(entries) and now - entries[stale].time > self.max_age:
+            stale += 1
+        if stale:
+            del entries[:stale]
 
     def _fragment(self, norm: Normalized) -> bool:
         """Could this short message be part of split contact details? With '@', '#' or a
