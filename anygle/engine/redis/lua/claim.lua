@@ -23,7 +23,7 @@ if redis.call('SREM', iusers(old), u) == 1 then redis.call('SADD', iusers(runner
 local e = get_entry(u)
 if e ~= nil then
     e.n = runner
-    redis.call('HSET', WAITING, u, cmsgpack.pack({q = e.q, i = e.i, o = e.o, t = e.t, s = e.s, n = e.n}))
+    put_entry(u, e)
 end
 local pinst = ''
 if d.roomId ~= nil and d.roomId ~= cjson.null then
@@ -37,12 +37,7 @@ if d.roomId ~= nil and d.roomId ~= cjson.null then
     if raw then
         local room = cjson.decode(raw)
         room.instances[u] = runner
-        room.users = arr(room.users)
-        if room.sharedInterests then room.sharedInterests = arr(room.sharedInterests) end
-        if room.interests then
-            for k, v in pairs(room.interests) do room.interests[k] = arr(v) end
-        end
-        redis.call('SET', 'room:' .. d.roomId, json(room), 'KEEPTTL')
+        redis.call('SET', 'room:' .. d.roomId, room_json(room), 'KEEPTTL')
     end
     if pinst ~= '' and pinst ~= runner and pinst ~= old then
         notify(pinst, {{'v', d.roomId, u, runner}})

@@ -45,6 +45,17 @@ local function json(v)
     return cjson.encode(v)
 end
 
+-- A room read back with cjson.decode has lost which of its empty tables are JSON arrays: mark
+-- them again before it is written back (touch.lua, claim.lua).
+local function room_json(room)
+    room.users = arr(room.users)
+    if room.sharedInterests then room.sharedInterests = arr(room.sharedInterests) end
+    if room.interests then
+        for k, v in pairs(room.interests) do room.interests[k] = arr(v) end
+    end
+    return json(room)
+end
+
 local function ukey(u) return 'user:' .. u end
 local function rskey(k) return 'resume:' .. k end                -- resume key -> user (claim.lua)
 local function qkey(q) return 'queue:' .. q end
@@ -138,8 +149,12 @@ local function dequeue(u)
     return e
 end
 
-local function enqueue(u, e, now, timeout)
+local function put_entry(u, e)
     redis.call('HSET', WAITING, u, cmsgpack.pack({q = e.q, i = e.i, o = e.o, t = e.t, s = e.s, n = e.n}))
+end
+
+local function enqueue(u, e, now, timeout)
+    put_entry(u, e)
     redis.call('ZADD', qkey(e.q), e.t, u)
     for _, i in ipairs(e.i) do redis.call('SADD', ikey(e.q, i), u) end
     if is_open(e, now, timeout) then

@@ -11,12 +11,7 @@ for _, r in ipairs(data[2]) do
     if raw then
         local room = cjson.decode(raw)
         room.lastActivity = data[3]
-        room.users = arr(room.users)
-        if room.sharedInterests then room.sharedInterests = arr(room.sharedInterests) end
-        if room.interests then
-            for k, v in pairs(room.interests) do room.interests[k] = arr(v) end
-        end
-        redis.call('SET', 'room:' .. r, json(room), 'EX', ROOM_TTL)
+        redis.call('SET', 'room:' .. r, room_json(room), 'EX', ROOM_TTL)
     end
 end
 return 1
