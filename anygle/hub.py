@@ -196,7 +196,7 @@ class Hub:
         which runs rarely on purpose, ``tap.tune_gc``)."""
         away, session.away = session.away, None
         if away is not None:
-            if away.timer is not None and away.timer.active():
+            if away.timer.active():
                 away.timer.cancel()
             away.timer, away.end = None, _gone
         return away

@@ -42,10 +42,6 @@ def same_token(expected: str, given: str) -> bool:
     return hmac.compare_digest(expected.encode(), given.encode())
 
 
-class Overflow(Exception):
-    """More was sent to an away user than it may be kept."""
-
-
 class AwayClient:
     """Stands in for the connection of a user who is away: keeps what is sent to it."""
 
