@@ -19,6 +19,7 @@ from functools import partial
 from typing import Any
 
 from bench import procs
+from bench.measure import ratio
 from bench.memory import open_idle, settled
 from bench.suite import Bench, Row
 
@@ -143,6 +144,6 @@ def scenario(bench: Bench) -> dict[str, Any]:
     base = next((r for r in rows if r["row"] == "baseline" and "idle" in r), None)
     for r in rows:
         if r is not base and base and "idle" in r:
-            r["x_baseline"] = round(r["bytes_per_connection"] / base["bytes_per_connection"], 2)
+            r["x_baseline"] = ratio(r["bytes_per_connection"], base["bytes_per_connection"])
             r["anygle_bytes"] = r["idle"]["by_owner"].get("anygle", 0)
     return {"rows": rows, "target": "anygle x_baseline per connection <= 1.0 (issue 19)"}

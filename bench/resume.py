@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import statistics
 import sys
 import time
 import tracemalloc
@@ -31,6 +30,7 @@ from twisted.internet import defer, reactor
 
 from anygle.moderation import Classifier
 from anygle.tap import AnygleService
+from bench.measure import percentile
 from bench.record import machine
 from tests.conftest import settings
 from tests.harness import RedisServer, eventually, sleep
@@ -106,16 +106,16 @@ async def resume_times(pairs: int, classifier: Classifier) -> list[dict[str, Any
                 times.append(await one_resume(a_port, b_port, resume_port, source))
                 if (i + 1) % 10 == 0:
                     log(f"{name}: {i + 1}/{pairs}")
-            first = sorted(t[0] for t in times)
-            last = sorted(t[1] for t in times)
+            first = [t[0] for t in times]
+            last = [t[1] for t in times]
             rows.append(
                 {
                     "case": name,
                     "resumes": pairs,
-                    "resumed_ms_median": round(statistics.median(first), 2),
-                    "resumed_ms_p95": round(first[int(0.95 * (len(first) - 1))], 2),
-                    "replayed_ms_median": round(statistics.median(last), 2),
-                    "replayed_ms_p95": round(last[int(0.95 * (len(last) - 1))], 2),
+                    "resumed_ms_median": percentile(first, 0.5),
+                    "resumed_ms_p95": percentile(first, 0.95),
+                    "replayed_ms_median": percentile(last, 0.5),
+                    "replayed_ms_p95": percentile(last, 0.95),
                 }
             )
         for service in (memory, one, two):
