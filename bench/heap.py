@@ -2,8 +2,9 @@
 heap, anygle's memory engine against the bare relay; and, for anygle, which lines allocated it.
 
 Each server runs under ``tracemalloc`` (``bench/heapdump.py``) and dumps a snapshot before the
-connections are opened, once ``--heap-connections`` of them are connected and idle, and (anygle)
-once they all wait in a queue.  Per connection = the heap's growth ÷ the connections.  Unlike the
+connections are opened and once ``--heap-connections`` of them are connected and idle; for anygle
+a second server does the same with every user waiting in a queue.  Per connection = the heap's
+growth ÷ the connections.  Unlike the
 memory scenario's RSS, this counts what the objects hold, not the allocator's free lists or the
 start-up heap that the first connections reuse.  The allocation sites tell what a connection
 holds beyond Autobahn's own state.
@@ -67,11 +68,13 @@ def grown(before: Any, after: Any, count: int) -> dict[str, Any]:
     stats = after.compare_to(before, "lineno")
     count = max(count, 1)
     owners: dict[str, int] = {}
-    for s in stats:
+    ranked = sorted(stats, key=lambda s: -s.size_diff)
+    ours = []
+    for s in ranked:
         name = owner(s.traceback[0].filename)
         owners[name] = owners.get(name, 0) + s.size_diff
-    ranked = sorted(stats, key=lambda s: -s.size_diff)
-    ours = [s for s in ranked if owner(s.traceback[0].filename) == "anygle"]
+        if name == "anygle":
+            ours.append(s)
     return {
         "bytes": round(sum(s.size_diff for s in stats) / count),
         "by_owner": {k: round(v / count) for k, v in sorted(owners.items(), key=lambda x: -x[1])},
