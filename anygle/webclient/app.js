@@ -276,17 +276,11 @@
 
   /* `resumed`: the session is back on this connection; the frames missed follow it. */
   function resumed(data) {
-    resume = null;
-    fresh = null;
-    closeStale();
+    endResume();
     userId = data.userId;
     if (data.resumeToken) resumeToken = data.resumeToken;
     if (Array.isArray(data.iceServers)) connectedIce = data.iceServers;
-    attempts = 0;
-    setConn("open", "Connected");
-    el.message.placeholder = PLACEHOLDER;
-    startHeartbeat();
-    fetchStats();
+    backOnline();
     const skipped = skippedRoom;
     skippedRoom = null;
     if (data.state === "chatting") {
@@ -298,8 +292,7 @@
     } else if (data.state === "idle" && state === "searching" && prefs) {
       join(); // asked for a search while away, or the search was lost
     } else if (data.state === "queued" && state === "ended") {
-      setState("searching");
-      el.status.textContent = "Looking for a stranger…";
+      lookingForStranger();
     }
     resumeSearch = false;
     settleAfterReplay(data);
@@ -319,8 +312,7 @@
         endChat("The chat ended while you were reconnecting.");
       }
       if (data.state === "queued" && state === "ended") {
-        setState("searching");
-        el.status.textContent = "Looking for a stranger…";
+        lookingForStranger();
       } else if (data.state === "chatting" && otherRoom && state !== "setup") {
         join(); // matched while away, but the match never reached us: search again
       }
@@ -329,25 +321,17 @@
 
   /* The server did not take the session back: this connection's own session is ours now. */
   function resumeFailed() {
-    resume = null;
-    closeStale();
     userId = fresh ? fresh.userId : null;
     resumeToken = fresh ? fresh.resumeToken : null;
-    fresh = null;
+    endResume();
     lastMessageId = null;
-    attempts = 0;
-    setConn("open", "Connected");
-    el.message.placeholder = PLACEHOLDER;
-    startHeartbeat();
-    fetchStats();
+    backOnline();
     afterLoss("You were away too long: the previous chat was lost.");
   }
 
   /* The grace ran out while no connection got through: start over with a new session. */
   function resumeLost() {
-    resume = null;
-    fresh = null;
-    closeStale();
+    endResume();
     userId = null;
     resumeToken = null;
     lastMessageId = null;
@@ -360,6 +344,22 @@
     if (state === "searching") resumeSearch = true;
     chatLost("We could not reconnect in time, and the chat was lost.");
     scheduleReconnect();
+  }
+
+  /* No longer taking a session back (it came, or it is lost). */
+  function endResume() {
+    resume = null;
+    fresh = null;
+    closeStale();
+  }
+
+  /* A session is ours on an open connection again. */
+  function backOnline() {
+    attempts = 0;
+    setConn("open", "Connected");
+    el.message.placeholder = PLACEHOLDER;
+    startHeartbeat();
+    fetchStats();
   }
 
   function afterLoss(text) {
@@ -608,9 +608,13 @@
     if (!prefs) return;
     closeCall();
     room = room && room.endedAt ? room : null;
+    lookingForStranger();
+    if (!send("join", prefs)) resumeSearch = true; // joins once reconnected
+  }
+
+  function lookingForStranger() {
     setState("searching");
     el.status.textContent = "Looking for a stranger…";
-    if (!send("join", prefs)) resumeSearch = true; // joins once reconnected
   }
 
   function showSearching(data) {
@@ -682,8 +686,7 @@
       newChat();
       if (!told && resume) skippedRoom = left; // reconnecting: the server is told once back
       addSystem("You skipped.");
-      setState("searching");
-      el.status.textContent = "Looking for a stranger…";
+      lookingForStranger();
     } else {
       join();
     }
