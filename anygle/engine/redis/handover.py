@@ -26,9 +26,9 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from anygle.engine.redis.delivery import Outbox
-from anygle.engine.redis.local import Local, LocalRoom, LocalUser
+from anygle.engine.redis.local import Local, LocalRoom, LocalUser, unpacked_match
 from anygle.engine.redis.scripts import Commands, ms
-from anygle.model import Match, Preferences
+from anygle.model import Preferences
 
 __all__ = ["Handover"]
 
@@ -117,22 +117,13 @@ class Handover:
         )
         room = package["room"]
         if room is not None:
-            room_id, mode, initiator, responder, interests, shared, at, instances = room
+            room_id, *_, at, instances = room
             instances[user_id] = self.instance
             known = self.local.rooms.get(room_id)
             if known is not None:  # the partner is here
                 known.instances[user_id] = self.instance
             else:
-                match = Match(
-                    room_id,
-                    mode,
-                    initiator,
-                    responder,
-                    {k: tuple(v) for k, v in interests.items()},
-                    tuple(shared),
-                    at,
-                )
-                self.local.rooms[room_id] = LocalRoom(match, instances)
+                self.local.rooms[room_id] = LocalRoom(unpacked_match(room, at), instances)
             user.room = room_id
         self.local.users[user_id] = user
         self.counters["resumes_claimed"] += 1

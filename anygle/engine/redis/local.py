@@ -19,9 +19,25 @@ from twisted.logger import Logger
 from anygle.engine.base import EngineSink
 from anygle.model import Match, Preferences
 
-__all__ = ["GAP_WAIT", "Local", "LocalRoom", "LocalUser"]
+__all__ = ["GAP_WAIT", "Local", "LocalRoom", "LocalUser", "unpacked_match"]
 
 GAP_WAIT = 2.0  # s a relay that came too early waits for those before it (after a move)
+
+
+def unpacked_match(m: list[Any], matched_at: float) -> Match:
+    """A match as scripts and inbox events carry it: ``[room, mode, initiator, responder,
+    interests, shared interests, (time), instances]`` (the time is given apart: its unit
+    differs between the two that send it)."""
+    room_id, mode, initiator, responder, interests, shared, _, _ = m
+    return Match(
+        room_id=room_id,
+        mode=mode,
+        initiator=initiator,
+        responder=responder,
+        interests={k: tuple(v) for k, v in interests.items()},
+        shared_interests=tuple(shared),
+        matched_at=matched_at,
+    )
 
 
 @dataclass(slots=True)
@@ -174,16 +190,8 @@ class Local:
     def apply_match(self, m: list[Any], matched_at: float | None) -> Match:
         """A match from a script (``join``, ``tick``) or the inbox; its local users are told,
         then the events that came before it."""
-        room_id, mode, initiator, responder, interests, shared, at_ms, instances = m
-        match = Match(
-            room_id=room_id,
-            mode=mode,
-            initiator=initiator,
-            responder=responder,
-            interests={k: tuple(v) for k, v in interests.items()},
-            shared_interests=tuple(shared),
-            matched_at=matched_at if matched_at is not None else at_ms / 1000.0,
-        )
+        room_id, _, initiator, responder, *_, at_ms, instances = m
+        match = unpacked_match(m, matched_at if matched_at is not None else at_ms / 1000.0)
         local = [
             u
             for u in (initiator, responder)
