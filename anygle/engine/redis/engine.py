@@ -317,22 +317,25 @@ class RedisEngine:
             return
         room.active = True
         instance = room.instances.get(partner_id)
-        if instance == self.instance:
-            local = self.users.get(partner_id)
-            if local is not None and local.room == room_id:
-                self.relays["relayed_local"] += 1
-                self.local.started_sink().on_relay(partner_id, room_id, frame)
-            return
         if instance is None:
             return
-        if self.outbox.full():
+        if instance != self.instance and self.outbox.full():
             self.local.undelivered(partner_id, room_id, frame)
             return
+        # Numbered whichever way it goes: a partner that just moved here gets this sender's
+        # earlier relays forwarded by its old instance, and ``Local.deliver`` puts a later one
+        # that overtakes them back in order.
         sender = self.users.get(room.match.partner_of(partner_id))
         seq = 0
         if sender is not None:
             sender.sent += 1
             seq = sender.sent
+        if instance == self.instance:
+            local = self.users.get(partner_id)
+            if local is not None and local.room == room_id:
+                self.relays["relayed_local"] += 1
+                self.local.deliver(partner_id, room_id, frame, seq)
+            return
         self.relays["relayed_remote"] += 1
         self.outbox.add(instance, ("r", partner_id, room_id, frame, seq))
 

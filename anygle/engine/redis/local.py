@@ -50,7 +50,7 @@ class LocalUser:
     joined_at: float = 0.0
     room: str | None = None
     resume_key: str = ""  # token_key of the session's resume token (``resume:{key}``)
-    sent: int = 0  # relays this user sent to a partner on another instance (sequence number)
+    sent: int = 0  # relays this user sent to its partner, on any instance (sequence number)
     seen: int = 0  # highest sequence number delivered to this user (duplicates dropped)
     # A user that just moved here (a resume from another instance) gets relays both forwarded
     # by its old instance and straight from its partner's: until ``reorder_until`` one that
